@@ -1,0 +1,74 @@
+//! Stored device passwords: PBKDF2-HMAC-SHA256 with a random salt, encoded as
+//! `pbkdf2-sha256$<iterations>$<salt b64>$<hash b64>`.
+
+use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
+use base64::Engine;
+use rand::RngCore;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+const SCHEME: &str = "pbkdf2-sha256";
+const ITERATIONS: u32 = 20_000;
+
+fn derive(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, iterations, &mut out);
+    out
+}
+
+/// Hashes a password for storage.
+pub fn hash_password(password: &str) -> String {
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let hash = derive(password, &salt, ITERATIONS);
+    format!(
+        "{SCHEME}${ITERATIONS}${}${}",
+        B64.encode(salt),
+        B64.encode(hash)
+    )
+}
+
+/// Checks a password against a stored hash; a malformed hash never matches.
+pub fn verify_password(password: &str, stored: &str) -> bool {
+    let mut parts = stored.split('$');
+    let (Some(SCHEME), Some(iter), Some(salt), Some(hash), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    let (Ok(iter), Ok(salt), Ok(hash)) = (iter.parse::<u32>(), B64.decode(salt), B64.decode(hash))
+    else {
+        return false;
+    };
+    if !(1..=10_000_000).contains(&iter) {
+        return false;
+    }
+    derive(password, &salt, iter).ct_eq(hash.as_slice()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_and_verify() {
+        let h = hash_password("secret");
+        assert!(h.starts_with("pbkdf2-sha256$"));
+        assert!(verify_password("secret", &h));
+        assert!(!verify_password("Secret", &h));
+        assert_ne!(h, hash_password("secret"), "salted");
+        for bad in [
+            "",
+            "secret",
+            "pbkdf2-sha256$x$y$z",
+            "USEPROJECTKEYPWD",
+            "pbkdf2-sha256$0$AA$AA",
+        ] {
+            assert!(!verify_password("secret", bad));
+        }
+    }
+}

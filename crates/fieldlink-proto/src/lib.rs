@@ -1,0 +1,14 @@
+//! Wire vocabulary shared by the fieldlink server and devices: ids, permission levels,
+//! qos, error codes, the signalling messages and the control-data frame. No I/O.
+
+pub mod control;
+pub mod error;
+pub mod ids;
+pub mod signal;
+
+pub use control::{
+    ControlFrame, FrameError, Qos, RateLimiter, MAX_CONTROL_BYTES, MAX_CONTROL_RATE,
+};
+pub use error::ErrorCode;
+pub use ids::{DeviceId, IdError, Role};
+pub use signal::{ClientMsg, FieldInfo, Permission, ServerMsg, PROTOCOL_VERSION};

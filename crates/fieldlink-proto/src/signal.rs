@@ -1,0 +1,255 @@
+//! Signalling messages: JSON text frames over one WebSocket per device (`/ws`).
+//!
+//! Every message is an object with a `type`. A client request may carry `req` (a number the
+//! client picks); the direct answer (`ok`, `error`, `answer`, `field_list`, `login_ok`)
+//! echoes it. Everything else the server sends is an event.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DeviceId, ErrorCode, Role};
+
+/// Bumped on any incompatible change of these messages.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest signalling message the server accepts (an SDP offer fits comfortably).
+pub const MAX_SIGNAL_BYTES: usize = 64 * 1024;
+
+/// Control permission level (SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(into = "u8", try_from = "u8")]
+pub enum Permission {
+    /// Watch video/audio, receive report data; cannot send control data.
+    Guest = 0,
+    /// Everything, including sending control data. At most one per field device.
+    Master = 1,
+}
+
+impl From<Permission> for u8 {
+    fn from(p: Permission) -> u8 {
+        p as u8
+    }
+}
+
+impl TryFrom<u8> for Permission {
+    type Error = String;
+    fn try_from(v: u8) -> Result<Self, String> {
+        match v {
+            0 => Ok(Permission::Guest),
+            1 => Ok(Permission::Master),
+            _ => Err(format!("permission level must be 0 or 1, got {v}")),
+        }
+    }
+}
+
+/// A field device as a remote device sees it in a list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldInfo {
+    pub id: DeviceId,
+    pub name: String,
+    pub online: bool,
+}
+
+/// Messages a device sends to the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMsg {
+    /// First message on a connection.
+    Login {
+        #[serde(default)]
+        req: Option<u64>,
+        version: u32,
+        device_id: DeviceId,
+        password: String,
+        role: Role,
+        /// SPEC §5 `auto_permission` (default true).
+        #[serde(default = "yes")]
+        auto_permission: bool,
+    },
+    /// WebRTC offer (the device is the offerer; the server answers, ICE-lite).
+    Offer {
+        #[serde(default)]
+        req: Option<u64>,
+        sdp: String,
+    },
+    /// Remote only: list the project's field devices (needs `FieldListEnable` = 1).
+    ListFields {
+        #[serde(default)]
+        req: Option<u64>,
+    },
+    /// Remote only: open an operation session with a field device.
+    Connect {
+        #[serde(default)]
+        req: Option<u64>,
+        gwid: DeviceId,
+    },
+    /// Remote only: end an operation session.
+    Disconnect {
+        #[serde(default)]
+        req: Option<u64>,
+        gwid: DeviceId,
+    },
+    /// Remote only: session authorization code for a whitelisted project (SPEC §8).
+    /// A later code for the same field device replaces the earlier one.
+    SetSessionToken {
+        #[serde(default)]
+        req: Option<u64>,
+        field_id: DeviceId,
+        code: String,
+    },
+    /// Remote only: ask the field device for a permission level (1 master, 0 release).
+    RequestPermission {
+        #[serde(default)]
+        req: Option<u64>,
+        gwid: DeviceId,
+        level: Permission,
+    },
+    /// Field only: decide a remote device's level (application mode, or to revoke).
+    SetPermission {
+        #[serde(default)]
+        req: Option<u64>,
+        remote_id: DeviceId,
+        level: Permission,
+    },
+    Ping {
+        #[serde(default)]
+        req: Option<u64>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ClientMsg {
+    pub fn req(&self) -> Option<u64> {
+        match self {
+            ClientMsg::Login { req, .. }
+            | ClientMsg::Offer { req, .. }
+            | ClientMsg::ListFields { req }
+            | ClientMsg::Connect { req, .. }
+            | ClientMsg::Disconnect { req, .. }
+            | ClientMsg::SetSessionToken { req, .. }
+            | ClientMsg::RequestPermission { req, .. }
+            | ClientMsg::SetPermission { req, .. }
+            | ClientMsg::Ping { req } => *req,
+        }
+    }
+}
+
+/// Messages the server sends to a device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    LoginOk {
+        req: Option<u64>,
+        device_id: DeviceId,
+        role: Role,
+        server_version: String,
+    },
+    Answer {
+        req: Option<u64>,
+        sdp: String,
+    },
+    Ok {
+        req: Option<u64>,
+    },
+    Error {
+        req: Option<u64>,
+        code: ErrorCode,
+        name: String,
+        message: String,
+        /// For TOO_MANY_ATTEMPTS: how long to wait before trying again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+    FieldList {
+        req: Option<u64>,
+        fields: Vec<FieldInfo>,
+    },
+    /// To a field device: a remote device opened a session with it.
+    RemoteJoined {
+        remote_id: DeviceId,
+    },
+    /// To a field device: a remote device's session ended.
+    RemoteLeft {
+        remote_id: DeviceId,
+    },
+    /// To remote devices: a field device came online or went offline.
+    Presence {
+        field_id: DeviceId,
+        online: bool,
+    },
+    /// To a remote device: its permission for a field device and who is master now
+    /// (SPEC §5 notification `(field_devid, self_permission, master_devid)`).
+    Permission {
+        field_id: DeviceId,
+        self_permission: Permission,
+        master_id: Option<DeviceId>,
+    },
+    /// To a field device in application mode: a remote asks for a level.
+    PermissionRequest {
+        remote_id: DeviceId,
+        level: Permission,
+    },
+    /// To a field device: who is master of it now.
+    MasterChanged {
+        master_id: Option<DeviceId>,
+    },
+    /// Something the device sent was refused after the fact (e.g. control data dropped).
+    Warning {
+        code: ErrorCode,
+        message: String,
+    },
+    Pong {
+        req: Option<u64>,
+    },
+}
+
+impl ServerMsg {
+    pub fn error(req: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMsg::Error {
+            req,
+            code,
+            name: code.name().to_string(),
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_json_shape() {
+        let m: ClientMsg = serde_json::from_str(
+            r#"{"type":"login","version":1,"device_id":"p/d","password":"x","role":"remote"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            m,
+            ClientMsg::Login {
+                auto_permission: true,
+                ..
+            }
+        ));
+        let bad = r#"{"type":"request_permission","gwid":"p/f","level":2}"#;
+        assert!(serde_json::from_str::<ClientMsg>(bad).is_err());
+        let e = ServerMsg::error(Some(3), ErrorCode::NotMaster, "nope");
+        let s = serde_json::to_string(&e).unwrap();
+        assert!(
+            s.contains(r#""code":-30"#) && s.contains(r#""name":"NOT_MASTER""#),
+            "{s}"
+        );
+        let p = ServerMsg::Permission {
+            field_id: "p/f".parse().unwrap(),
+            self_permission: Permission::Master,
+            master_id: Some("p/r".parse().unwrap()),
+        };
+        let s = serde_json::to_string(&p).unwrap();
+        assert_eq!(
+            s,
+            r#"{"type":"permission","field_id":"p/f","self_permission":1,"master_id":"p/r"}"#
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! Server configuration: TOML file, then `FIELDLINK_*` environment variables and command-line
+//! flags on top (the CLI applies those), then defaults. See docs/configuration.md.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP API, web pages and WebSocket signalling (`/ws`).
+    pub listen: SocketAddr,
+    /// Where the embedded SQLite database lives.
+    pub data_dir: PathBuf,
+    /// `sqlite://...` or `postgres://...`; empty = `<data_dir>/fieldlink.db`.
+    pub database_url: String,
+    /// Bearer token for the admin API; empty = a random one is made and logged at start.
+    pub admin_token: String,
+    pub webrtc: WebRtcConfig,
+    pub login: LoginConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebRtcConfig {
+    /// The one UDP socket every peer connection uses (port 0 = any free port).
+    pub udp_listen: SocketAddr,
+    /// Address put in the ICE candidate, when clients reach the server through NAT or a
+    /// relay; default: the bound address.
+    pub public_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginConfig {
+    /// Failed logins of one device id let through before each attempt must wait.
+    pub device_free_failures: u32,
+    /// The same, for one client address (higher: many devices may share a NAT).
+    pub address_free_failures: u32,
+    /// First wait after the free failures, doubling per further failure.
+    pub base_delay_ms: u64,
+    pub max_delay_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("fieldlink-data"),
+            database_url: String::new(),
+            admin_token: String::new(),
+            webrtc: WebRtcConfig::default(),
+            login: LoginConfig::default(),
+        }
+    }
+}
+
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        WebRtcConfig {
+            udp_listen: SocketAddr::from(([127, 0, 0, 1], 3478)),
+            public_addr: None,
+        }
+    }
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        LoginConfig {
+            device_free_failures: 5,
+            address_free_failures: 50,
+            base_delay_ms: 1000,
+            max_delay_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("fieldlink.db").display()
+            )
+        } else {
+            self.database_url.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_partial_and_rejects_unknown() {
+        let c = Config::from_toml(
+            "listen = \"127.0.0.1:9000\"\n[webrtc]\nudp_listen = \"127.0.0.1:0\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.webrtc.udp_listen.port(), 0);
+        assert_eq!(c.login.device_free_failures, 5);
+        let e = Config::from_toml("lisen = \"x\"").unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        assert!(Config::default()
+            .database_url()
+            .starts_with("sqlite://fieldlink-data/"));
+    }
+}

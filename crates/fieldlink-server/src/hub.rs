@@ -1,0 +1,929 @@
+//! The hub: one task that owns every logged-in device, the operation sessions, the
+//! permission state of every field device, and every WebRTC peer connection on the one
+//! UDP socket. Owning all of it in one place means no locks and a total order of events.
+//!
+//! WebSocket tasks talk to it with [`Cmd`]s; it answers and notifies through each client's
+//! bounded outbound queue (a client that cannot keep up is disconnected, never waited on).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpOffer;
+use str0m::channel::ChannelId;
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use fieldlink_proto::control::LateFilter;
+use fieldlink_proto::{
+    ControlFrame, DeviceId, ErrorCode, Permission, Qos, RateLimiter, Role, ServerMsg,
+};
+
+use crate::permission::{FieldControl, Out};
+use crate::store::{now_ms, AuditEntry};
+
+/// Outbound queue length per client; a client this far behind is dropped.
+pub const CLIENT_QUEUE: usize = 512;
+/// Reliable control messages waiting for one receiver's SCTP buffer.
+const MAX_PENDING_RELIABLE: usize = 1024;
+/// Above this many buffered bytes a lossy message is dropped rather than delivered late.
+const LOSSY_BUFFER_LIMIT: usize = 8 * 1024;
+/// Most sessions one remote device may hold at once.
+const MAX_SESSIONS_PER_REMOTE: usize = 64;
+
+pub type ConnId = u64;
+
+/// What a WebSocket task hands the hub about a logged-in device.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub device: DeviceId,
+    pub role: Role,
+    pub auto_permission: bool,
+    /// The project lets remotes list field devices: this remote hears every field's presence.
+    pub sees_all_fields: bool,
+}
+
+#[derive(Debug)]
+pub enum Outbound {
+    Msg(ServerMsg),
+    /// Send this error and close the connection.
+    Close(ErrorCode, String),
+}
+
+#[derive(Debug)]
+pub enum Cmd {
+    Register {
+        info: ClientInfo,
+        out: mpsc::Sender<Outbound>,
+        reply: oneshot::Sender<ConnId>,
+    },
+    Unregister {
+        conn: ConnId,
+    },
+    Offer {
+        conn: ConnId,
+        req: Option<u64>,
+        sdp: String,
+    },
+    Connect {
+        conn: ConnId,
+        req: Option<u64>,
+        gwid: DeviceId,
+    },
+    Disconnect {
+        conn: ConnId,
+        req: Option<u64>,
+        gwid: DeviceId,
+    },
+    RequestPermission {
+        conn: ConnId,
+        req: Option<u64>,
+        gwid: DeviceId,
+        level: Permission,
+    },
+    SetPermission {
+        conn: ConnId,
+        req: Option<u64>,
+        remote: DeviceId,
+        level: Permission,
+    },
+    /// Ids (`device` part) of the online devices of a project.
+    Online {
+        project: String,
+        reply: oneshot::Sender<HashSet<String>>,
+    },
+}
+
+/// Cloneable handle to the hub task.
+#[derive(Clone, Debug)]
+pub struct HubHandle {
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl HubHandle {
+    pub async fn send(&self, cmd: Cmd) -> Result<(), ErrorCode> {
+        self.tx.send(cmd).await.map_err(|_| ErrorCode::Internal)
+    }
+
+    pub async fn register(
+        &self,
+        info: ClientInfo,
+        out: mpsc::Sender<Outbound>,
+    ) -> Result<ConnId, ErrorCode> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Cmd::Register { info, out, reply }).await?;
+        rx.await.map_err(|_| ErrorCode::Internal)
+    }
+
+    pub async fn online(&self, project: &str) -> Result<HashSet<String>, ErrorCode> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Cmd::Online {
+            project: project.to_string(),
+            reply,
+        })
+        .await?;
+        rx.await.map_err(|_| ErrorCode::Internal)
+    }
+}
+
+/// An audit record bound for the store.
+pub type AuditRecord = (String, AuditEntry);
+
+/// Binds nothing itself: takes the bound socket, returns the handle and the task's future.
+pub fn spawn(
+    socket: UdpSocket,
+    candidate_addr: SocketAddr,
+    audit: mpsc::Sender<AuditRecord>,
+) -> (HubHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(1024);
+    let hub = Hub {
+        socket,
+        candidate_addr,
+        next_conn: 1,
+        clients: HashMap::new(),
+        by_device: HashMap::new(),
+        fields: HashMap::new(),
+        by_addr: HashMap::new(),
+        audit,
+    };
+    let task = tokio::spawn(hub.run(rx));
+    (HubHandle { tx }, task)
+}
+
+struct Peer {
+    rtc: Rtc,
+    channels: [Option<ChannelId>; 2],
+    pending_reliable: VecDeque<Vec<u8>>,
+    next_timeout: Instant,
+}
+
+struct Client {
+    info: ClientInfo,
+    out: mpsc::Sender<Outbound>,
+    peer: Option<Peer>,
+    limiter: RateLimiter,
+    /// Remote: the field devices it is in session with.
+    sessions: Vec<DeviceId>,
+    /// Qos 0 late-drop filters, per sending device (the server never forwards stale ones).
+    late: HashMap<DeviceId, LateFilter>,
+    /// Last time a warning went out, so a flood of bad messages yields few warnings.
+    last_warning: Option<(ErrorCode, Instant)>,
+}
+
+struct Hub {
+    socket: UdpSocket,
+    candidate_addr: SocketAddr,
+    next_conn: ConnId,
+    clients: HashMap<ConnId, Client>,
+    by_device: HashMap<DeviceId, ConnId>,
+    fields: HashMap<DeviceId, FieldControl>,
+    by_addr: HashMap<SocketAddr, ConnId>,
+    audit: mpsc::Sender<AuditRecord>,
+}
+
+enum PeerEvent {
+    Open(ChannelId, String),
+    Data(ChannelId, Vec<u8>),
+    Dead(&'static str),
+}
+
+impl Hub {
+    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let now = Instant::now();
+            let next = self
+                .clients
+                .values()
+                .filter_map(|c| c.peer.as_ref().map(|p| p.next_timeout))
+                .min()
+                .unwrap_or(now + Duration::from_secs(1))
+                .max(now);
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, source)) => self.on_udp(&buf[..n], source),
+                    Err(e) => tracing::debug!("udp receive: {e}"),
+                },
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.on_cmd(cmd),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(next.into()) => {}
+            }
+            self.drive_timeouts();
+        }
+        tracing::info!("hub stopped");
+    }
+
+    // ---- commands -------------------------------------------------------------------
+
+    fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Register { info, out, reply } => {
+                let conn = self.register(info, out);
+                let _ = reply.send(conn);
+            }
+            Cmd::Unregister { conn } => self.unregister(conn),
+            Cmd::Offer { conn, req, sdp } => {
+                let msg = match self.accept_offer(conn, &sdp) {
+                    Ok(sdp) => ServerMsg::Answer { req, sdp },
+                    Err((code, why)) => ServerMsg::error(req, code, why),
+                };
+                self.send(conn, msg);
+            }
+            Cmd::Connect { conn, req, gwid } => {
+                let r = self.connect(conn, &gwid);
+                self.reply(conn, req, r);
+            }
+            Cmd::Disconnect { conn, req, gwid } => {
+                let r = self.disconnect(conn, &gwid);
+                self.reply(conn, req, r);
+            }
+            Cmd::RequestPermission {
+                conn,
+                req,
+                gwid,
+                level,
+            } => {
+                let r = self.request_permission(conn, &gwid, level);
+                self.reply(conn, req, r);
+            }
+            Cmd::SetPermission {
+                conn,
+                req,
+                remote,
+                level,
+            } => {
+                let r = self.set_permission(conn, &remote, level);
+                self.reply(conn, req, r);
+            }
+            Cmd::Online { project, reply } => {
+                let set = self
+                    .by_device
+                    .keys()
+                    .filter(|d| d.project == project)
+                    .map(|d| d.device.clone())
+                    .collect();
+                let _ = reply.send(set);
+            }
+        }
+    }
+
+    fn reply(&mut self, conn: ConnId, req: Option<u64>, r: Result<(), ErrorCode>) {
+        let msg = match r {
+            Ok(()) => ServerMsg::Ok { req },
+            Err(code) => ServerMsg::error(req, code, code.describe()),
+        };
+        self.send(conn, msg);
+    }
+
+    fn register(&mut self, info: ClientInfo, out: mpsc::Sender<Outbound>) -> ConnId {
+        if let Some(old) = self.by_device.get(&info.device).copied() {
+            if let Some(c) = self.clients.get(&old) {
+                let _ = c.out.try_send(Outbound::Close(
+                    ErrorCode::Replaced,
+                    "the same device logged in again".into(),
+                ));
+            }
+            self.unregister(old);
+        }
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let device = info.device.clone();
+        let role = info.role;
+        let auto = info.auto_permission;
+        self.clients.insert(
+            conn,
+            Client {
+                info,
+                out,
+                peer: None,
+                limiter: RateLimiter::default(),
+                sessions: Vec::new(),
+                late: HashMap::new(),
+                last_warning: None,
+            },
+        );
+        self.by_device.insert(device.clone(), conn);
+        tracing::info!(device = %device, role = role.as_str(), conn, "device online");
+        if role == Role::Field {
+            let fc = self
+                .fields
+                .entry(device.clone())
+                .or_insert_with(|| FieldControl::new(device.clone()));
+            let members = fc.members().to_vec();
+            let first_auto = members
+                .iter()
+                .find(|m| {
+                    self.by_device
+                        .get(*m)
+                        .and_then(|c| self.clients.get(c))
+                        .is_some_and(|c| c.info.auto_permission)
+                })
+                .cloned();
+            let fc = self.fields.get_mut(&device).expect("inserted above");
+            let outs = fc.field_presence(true, auto, first_auto);
+            for m in members {
+                self.send(conn, ServerMsg::RemoteJoined { remote_id: m });
+            }
+            self.apply(&device, outs);
+            self.broadcast_presence(&device, true);
+        }
+        conn
+    }
+
+    fn unregister(&mut self, conn: ConnId) {
+        let Some(client) = self.clients.remove(&conn) else {
+            return;
+        };
+        self.by_addr.retain(|_, c| *c != conn);
+        let device = client.info.device.clone();
+        if self.by_device.get(&device) == Some(&conn) {
+            self.by_device.remove(&device);
+        }
+        tracing::info!(device = %device, conn, "device offline");
+        match client.info.role {
+            Role::Field => {
+                if let Some(fc) = self.fields.get_mut(&device) {
+                    let outs = fc.field_presence(false, true, None);
+                    self.apply(&device, outs);
+                }
+                self.broadcast_presence(&device, false);
+                self.drop_idle(&device);
+            }
+            Role::Remote => {
+                for gwid in client.sessions {
+                    self.leave(&device, &gwid);
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self, conn: ConnId, gwid: &DeviceId) -> Result<(), ErrorCode> {
+        let client = self.clients.get_mut(&conn).ok_or(ErrorCode::NotLoggedIn)?;
+        if client.info.role != Role::Remote {
+            return Err(ErrorCode::WrongRoleForCall);
+        }
+        if client.sessions.contains(gwid) {
+            return Ok(());
+        }
+        if client.sessions.len() >= MAX_SESSIONS_PER_REMOTE {
+            return Err(ErrorCode::BadRequest);
+        }
+        client.sessions.push(gwid.clone());
+        let remote = client.info.device.clone();
+        let auto = client.info.auto_permission;
+        let fc = self
+            .fields
+            .entry(gwid.clone())
+            .or_insert_with(|| FieldControl::new(gwid.clone()));
+        let online = fc.field_online();
+        let outs = fc.join(&remote, auto);
+        self.send(
+            conn,
+            ServerMsg::Presence {
+                field_id: gwid.clone(),
+                online,
+            },
+        );
+        if let Some(f) = self.by_device.get(gwid).copied() {
+            self.send(
+                f,
+                ServerMsg::RemoteJoined {
+                    remote_id: remote.clone(),
+                },
+            );
+        }
+        tracing::info!(remote = %remote, field = %gwid, "session opened");
+        self.apply(gwid, outs);
+        Ok(())
+    }
+
+    fn disconnect(&mut self, conn: ConnId, gwid: &DeviceId) -> Result<(), ErrorCode> {
+        let client = self.clients.get_mut(&conn).ok_or(ErrorCode::NotLoggedIn)?;
+        if !client.sessions.contains(gwid) {
+            return Err(ErrorCode::NotInSession);
+        }
+        client.sessions.retain(|g| g != gwid);
+        let remote = client.info.device.clone();
+        self.leave(&remote, gwid);
+        Ok(())
+    }
+
+    fn leave(&mut self, remote: &DeviceId, gwid: &DeviceId) {
+        if let Some(fc) = self.fields.get_mut(gwid) {
+            let outs = fc.leave(remote);
+            self.apply(gwid, outs);
+        }
+        if let Some(f) = self.by_device.get(gwid).copied() {
+            self.send(
+                f,
+                ServerMsg::RemoteLeft {
+                    remote_id: remote.clone(),
+                },
+            );
+        }
+        tracing::info!(remote = %remote, field = %gwid, "session closed");
+        self.drop_idle(gwid);
+    }
+
+    fn drop_idle(&mut self, field: &DeviceId) {
+        if self.fields.get(field).is_some_and(|fc| fc.is_idle()) {
+            self.fields.remove(field);
+        }
+    }
+
+    fn request_permission(
+        &mut self,
+        conn: ConnId,
+        gwid: &DeviceId,
+        level: Permission,
+    ) -> Result<(), ErrorCode> {
+        let client = self.clients.get(&conn).ok_or(ErrorCode::NotLoggedIn)?;
+        if client.info.role != Role::Remote {
+            return Err(ErrorCode::WrongRoleForCall);
+        }
+        let remote = client.info.device.clone();
+        let fc = self.fields.get_mut(gwid).ok_or(ErrorCode::NotInSession)?;
+        let outs = fc.request(&remote, level)?;
+        self.apply(gwid, outs);
+        Ok(())
+    }
+
+    fn set_permission(
+        &mut self,
+        conn: ConnId,
+        remote: &DeviceId,
+        level: Permission,
+    ) -> Result<(), ErrorCode> {
+        let client = self.clients.get(&conn).ok_or(ErrorCode::NotLoggedIn)?;
+        if client.info.role != Role::Field {
+            return Err(ErrorCode::WrongRoleForCall);
+        }
+        let field = client.info.device.clone();
+        let fc = self.fields.get_mut(&field).ok_or(ErrorCode::NotInSession)?;
+        let outs = fc.set(remote, level)?;
+        self.apply(&field, outs);
+        Ok(())
+    }
+
+    /// Carries out what the permission state machine asked for.
+    fn apply(&mut self, field: &DeviceId, outs: Vec<Out>) {
+        for o in outs {
+            match o {
+                Out::Notify {
+                    remote,
+                    self_permission,
+                    master,
+                } => self.send_to_device(
+                    &remote,
+                    ServerMsg::Permission {
+                        field_id: field.clone(),
+                        self_permission,
+                        master_id: master,
+                    },
+                ),
+                Out::AskField { remote, level } => self.send_to_device(
+                    field,
+                    ServerMsg::PermissionRequest {
+                        remote_id: remote,
+                        level,
+                    },
+                ),
+                Out::FieldMaster { master } => {
+                    self.send_to_device(field, ServerMsg::MasterChanged { master_id: master })
+                }
+                Out::Audit {
+                    previous,
+                    master,
+                    actor,
+                    cause,
+                } => {
+                    tracing::info!(field = %field, ?previous, ?master, actor = %actor, cause = cause.as_str(), "master changed");
+                    let entry = AuditEntry {
+                        ts_ms: now_ms(),
+                        field_id: field.to_string(),
+                        previous_master: previous.map(|d| d.to_string()),
+                        master: master.map(|d| d.to_string()),
+                        actor: actor.to_string(),
+                        cause: cause.as_str().to_string(),
+                    };
+                    if self.audit.try_send((field.project.clone(), entry)).is_err() {
+                        tracing::error!(field = %field, "audit queue full: permission change not recorded");
+                    }
+                }
+            }
+        }
+    }
+
+    fn broadcast_presence(&mut self, field: &DeviceId, online: bool) {
+        let members: HashSet<DeviceId> = self
+            .fields
+            .get(field)
+            .map(|fc| fc.members().iter().cloned().collect())
+            .unwrap_or_default();
+        let targets: Vec<ConnId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| {
+                c.info.role == Role::Remote
+                    && c.info.device.project == field.project
+                    && (c.info.sees_all_fields || members.contains(&c.info.device))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for t in targets {
+            self.send(
+                t,
+                ServerMsg::Presence {
+                    field_id: field.clone(),
+                    online,
+                },
+            );
+        }
+    }
+
+    fn send_to_device(&mut self, device: &DeviceId, msg: ServerMsg) {
+        if let Some(conn) = self.by_device.get(device).copied() {
+            self.send(conn, msg);
+        }
+    }
+
+    /// Queues a message; a client whose queue is full is disconnected.
+    fn send(&mut self, conn: ConnId, msg: ServerMsg) {
+        let Some(c) = self.clients.get(&conn) else {
+            return;
+        };
+        if c.out.try_send(Outbound::Msg(msg)).is_err() {
+            tracing::warn!(device = %c.info.device, "signalling queue full or closed: disconnecting");
+            let _ = c.out.try_send(Outbound::Close(
+                ErrorCode::Congested,
+                "signalling queue overflow".into(),
+            ));
+            self.unregister(conn);
+        }
+    }
+
+    /// A warning about something the client sent; at most one per code per second.
+    fn warn(&mut self, conn: ConnId, code: ErrorCode, message: String) {
+        let now = Instant::now();
+        let Some(c) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        if let Some((last_code, at)) = c.last_warning {
+            if last_code == code && now.duration_since(at) < Duration::from_secs(1) {
+                return;
+            }
+        }
+        c.last_warning = Some((code, now));
+        let _ = c
+            .out
+            .try_send(Outbound::Msg(ServerMsg::Warning { code, message }));
+    }
+
+    // ---- WebRTC -----------------------------------------------------------------------
+
+    fn accept_offer(&mut self, conn: ConnId, sdp: &str) -> Result<String, (ErrorCode, String)> {
+        let client = self
+            .clients
+            .get_mut(&conn)
+            .ok_or((ErrorCode::NotLoggedIn, "not logged in".to_string()))?;
+        let offer = SdpOffer::from_sdp_string(sdp)
+            .map_err(|e| (ErrorCode::BadRequest, format!("bad SDP offer: {e}")))?;
+        let now = Instant::now();
+        let mut rtc = Rtc::builder().set_ice_lite(true).build(now);
+        let cand = Candidate::host(self.candidate_addr, "udp")
+            .map_err(|e| (ErrorCode::Internal, format!("candidate: {e}")))?;
+        rtc.add_local_candidate(cand);
+        let answer = catch_unwind(AssertUnwindSafe(|| rtc.sdp_api().accept_offer(offer)))
+            .map_err(|_| {
+                (
+                    ErrorCode::BadRequest,
+                    "SDP offer could not be handled".to_string(),
+                )
+            })?
+            .map_err(|e| (ErrorCode::BadRequest, format!("SDP offer refused: {e}")))?;
+        // A new offer replaces the previous peer connection (media reconnect).
+        client.peer = Some(Peer {
+            rtc,
+            channels: [None, None],
+            pending_reliable: VecDeque::new(),
+            next_timeout: now,
+        });
+        self.by_addr.retain(|_, c| *c != conn);
+        Ok(answer.to_sdp_string())
+    }
+
+    fn on_udp(&mut self, data: &[u8], source: SocketAddr) {
+        let Ok(contents) = data.try_into() else {
+            return;
+        };
+        let input = Input::Receive(
+            Instant::now(),
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.candidate_addr,
+                contents,
+            },
+        );
+        let conn = match self.by_addr.get(&source) {
+            Some(c) if self.peer_accepts(*c, &input) => Some(*c),
+            _ => {
+                let found = self
+                    .clients
+                    .iter()
+                    .find(|(_, c)| c.peer.as_ref().is_some_and(|p| p.rtc.accepts(&input)))
+                    .map(|(id, _)| *id);
+                if let Some(c) = found {
+                    self.by_addr.insert(source, c);
+                }
+                found
+            }
+        };
+        let Some(conn) = conn else {
+            return;
+        };
+        if let Some(peer) = self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) {
+            let ok = catch_unwind(AssertUnwindSafe(|| peer.rtc.handle_input(input)));
+            if !matches!(ok, Ok(Ok(()))) {
+                peer.rtc.disconnect();
+            }
+        }
+        self.poll(conn);
+    }
+
+    fn peer_accepts(&self, conn: ConnId, input: &Input) -> bool {
+        self.clients
+            .get(&conn)
+            .and_then(|c| c.peer.as_ref())
+            .is_some_and(|p| p.rtc.accepts(input))
+    }
+
+    fn drive_timeouts(&mut self) {
+        let now = Instant::now();
+        let due: Vec<ConnId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.peer.as_ref().is_some_and(|p| p.next_timeout <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in due {
+            if let Some(peer) = self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) {
+                let ok = catch_unwind(AssertUnwindSafe(|| {
+                    peer.rtc.handle_input(Input::Timeout(now))
+                }));
+                if !matches!(ok, Ok(Ok(()))) {
+                    peer.rtc.disconnect();
+                }
+            }
+            self.poll(conn);
+        }
+    }
+
+    /// Drains one peer's output: sends datagrams, then handles its events (which may write
+    /// to other peers, which are then polled in turn).
+    fn poll(&mut self, first: ConnId) {
+        let mut todo = vec![first];
+        let mut rounds = 0;
+        while let Some(conn) = todo.pop() {
+            rounds += 1;
+            if rounds > 10_000 {
+                tracing::error!("poll loop did not settle");
+                break;
+            }
+            let events = self.poll_one(conn);
+            for ev in events {
+                match ev {
+                    PeerEvent::Open(cid, label) => {
+                        if let Some(peer) =
+                            self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut())
+                        {
+                            if let Some(q) = Qos::from_label(&label) {
+                                peer.channels[q as usize] = Some(cid);
+                            }
+                        }
+                    }
+                    PeerEvent::Data(cid, data) => {
+                        let qos = self
+                            .clients
+                            .get(&conn)
+                            .and_then(|c| c.peer.as_ref())
+                            .and_then(|p| p.channels.iter().position(|c| *c == Some(cid)));
+                        let Some(qos) =
+                            qos.map(|i| if i == 0 { Qos::Lossy } else { Qos::Reliable })
+                        else {
+                            continue;
+                        };
+                        for target in self.on_control(conn, qos, &data) {
+                            if !todo.contains(&target) {
+                                todo.push(target);
+                            }
+                        }
+                    }
+                    PeerEvent::Dead(why) => {
+                        if let Some(c) = self.clients.get_mut(&conn) {
+                            tracing::info!(device = %c.info.device, why, "media connection closed");
+                            c.peer = None;
+                        }
+                        self.by_addr.retain(|_, c| *c != conn);
+                        self.warn(
+                            conn,
+                            ErrorCode::MediaNotReady,
+                            format!("media connection closed: {why}"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn poll_one(&mut self, conn: ConnId) -> Vec<PeerEvent> {
+        let mut events = Vec::new();
+        let Some(peer) = self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) else {
+            return events;
+        };
+        flush_reliable(peer);
+        loop {
+            if !peer.rtc.is_alive() {
+                events.push(PeerEvent::Dead("peer connection ended"));
+                return events;
+            }
+            let out = match catch_unwind(AssertUnwindSafe(|| peer.rtc.poll_output())) {
+                Ok(Ok(o)) => o,
+                Ok(Err(e)) => {
+                    tracing::debug!("poll_output: {e}");
+                    events.push(PeerEvent::Dead("WebRTC error"));
+                    return events;
+                }
+                Err(_) => {
+                    events.push(PeerEvent::Dead("WebRTC panic"));
+                    return events;
+                }
+            };
+            match out {
+                Output::Timeout(t) => {
+                    peer.next_timeout = t;
+                    return events;
+                }
+                Output::Transmit(t) => {
+                    // UDP: a full socket buffer means loss, which WebRTC repairs or tolerates.
+                    let _ = self.socket.try_send_to(&t.contents, t.destination);
+                }
+                Output::Event(e) => match e {
+                    Event::ChannelOpen(cid, label) => {
+                        if let Some(mut ch) = peer.rtc.channel(cid) {
+                            ch.set_buffered_amount_low_threshold(LOSSY_BUFFER_LIMIT / 2);
+                        }
+                        events.push(PeerEvent::Open(cid, label));
+                    }
+                    Event::ChannelData(d) => events.push(PeerEvent::Data(d.id, d.data)),
+                    Event::ChannelBufferedAmountLow(_) => flush_reliable(peer),
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        peer.rtc.disconnect();
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// Routes one control message; returns the peers written to (to be polled).
+    fn on_control(&mut self, from: ConnId, qos: Qos, data: &[u8]) -> Vec<ConnId> {
+        let now = Instant::now();
+        let frame = match ControlFrame::decode(data) {
+            Ok(f) => f,
+            Err(e) => {
+                self.warn(from, e.code(), format!("control data refused: {e}"));
+                return Vec::new();
+            }
+        };
+        let Some(sender) = self.clients.get_mut(&from) else {
+            return Vec::new();
+        };
+        if !sender.limiter.try_acquire(now) {
+            self.warn(
+                from,
+                ErrorCode::RateLimited,
+                "control data dropped: over 100 messages/s".into(),
+            );
+            return Vec::new();
+        }
+        let me = sender.info.device.clone();
+        let fwd = ControlFrame {
+            peer: &me.to_string(),
+            seq: frame.seq,
+            payload: frame.payload,
+        }
+        .encode();
+        let Ok(fwd) = fwd else {
+            return Vec::new();
+        };
+        let targets: Vec<ConnId> = match sender.info.role {
+            Role::Field => self
+                .fields
+                .get(&me)
+                .map(|fc| {
+                    fc.members()
+                        .iter()
+                        .filter_map(|m| self.by_device.get(m).copied())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Role::Remote => {
+                let Ok(gwid) = frame.peer.parse::<DeviceId>() else {
+                    self.warn(
+                        from,
+                        ErrorCode::BadRequest,
+                        "control data names no valid field device".into(),
+                    );
+                    return Vec::new();
+                };
+                let check = match self.fields.get(&gwid) {
+                    Some(fc) if fc.is_member(&me) => {
+                        if fc.master() == Some(&me) {
+                            self.by_device
+                                .get(&gwid)
+                                .copied()
+                                .ok_or(ErrorCode::FieldOffline)
+                        } else {
+                            Err(ErrorCode::NotMaster)
+                        }
+                    }
+                    _ => Err(ErrorCode::NotInSession),
+                };
+                match check {
+                    Ok(c) => vec![c],
+                    Err(code) => {
+                        self.warn(
+                            from,
+                            code,
+                            format!("control data for {gwid} dropped: {}", code.describe()),
+                        );
+                        return Vec::new();
+                    }
+                }
+            }
+        };
+        let mut written = Vec::new();
+        for t in targets {
+            let Some(target) = self.clients.get_mut(&t) else {
+                continue;
+            };
+            if qos == Qos::Lossy && !target.late.entry(me.clone()).or_default().accept(frame.seq) {
+                continue;
+            }
+            let Some(peer) = target.peer.as_mut() else {
+                continue;
+            };
+            let Some(cid) = peer.channels[qos as usize] else {
+                continue;
+            };
+            match qos {
+                Qos::Lossy => {
+                    if let Some(mut ch) = peer.rtc.channel(cid) {
+                        // Congested: drop rather than deliver late.
+                        if ch.buffered_amount() <= LOSSY_BUFFER_LIMIT {
+                            let _ = ch.write(true, &fwd);
+                        }
+                    }
+                }
+                Qos::Reliable => {
+                    if peer.pending_reliable.len() >= MAX_PENDING_RELIABLE {
+                        tracing::warn!(device = %target.info.device, "reliable control queue full: receiver too slow, message dropped");
+                        let _ = target.out.try_send(Outbound::Msg(ServerMsg::Warning {
+                            code: ErrorCode::Congested,
+                            message: "reliable control data dropped: receiver queue full".into(),
+                        }));
+                        continue;
+                    }
+                    peer.pending_reliable.push_back(fwd.clone());
+                    flush_reliable(peer);
+                }
+            }
+            written.push(t);
+        }
+        written
+    }
+}
+
+/// Writes queued reliable messages while the SCTP buffer accepts them.
+fn flush_reliable(peer: &mut Peer) {
+    let Some(cid) = peer.channels[Qos::Reliable as usize] else {
+        return;
+    };
+    while let Some(front) = peer.pending_reliable.front() {
+        let Some(mut ch) = peer.rtc.channel(cid) else {
+            return;
+        };
+        match ch.write(true, front) {
+            Ok(true) => {
+                peer.pending_reliable.pop_front();
+            }
+            _ => return,
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The fieldlink server: WebSocket signalling and login, operation sessions and control
+//! permission, the WebRTC relay for control data (one UDP port, str0m, ICE-lite), the
+//! store (SQLite or PostgreSQL) and the admin HTTP API.
+
+pub mod api;
+pub mod config;
+pub mod hub;
+pub mod login;
+pub mod permission;
+pub mod store;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+
+pub use config::Config;
+use hub::HubHandle;
+use login::Throttles;
+use store::Store;
+
+/// Shared by the HTTP handlers.
+pub struct AppState {
+    pub store: Store,
+    pub hub: HubHandle,
+    pub throttles: Mutex<Throttles>,
+    pub admin_token: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create data directory {0}: {1}")]
+    DataDir(std::path::PathBuf, std::io::Error),
+    #[error("cannot open database {0}: {1}")]
+    Store(String, store::StoreError),
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("serving HTTP: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A server that is bound and running.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub udp_addr: SocketAddr,
+    pub admin_token: String,
+    pub database_url: String,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+impl Running {
+    /// Stops accepting, lets the hub and the audit writer finish, closes the store.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let Running { shutdown, task, .. } = self;
+        let _ = shutdown.send(());
+        task.await.unwrap_or(Ok(()))
+    }
+
+    /// Waits until the server stops by itself (it does not, unless it fails).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.task.await.unwrap_or(Ok(()))
+    }
+
+    pub fn stop_signal(&mut self) -> &mut tokio::sync::oneshot::Sender<()> {
+        &mut self.shutdown
+    }
+}
+
+fn random_token() -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
+}
+
+/// Binds everything and starts serving in the background.
+pub async fn start(config: Config) -> Result<Running, ServerError> {
+    let url = config.database_url();
+    if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| ServerError::DataDir(config.data_dir.clone(), e))?;
+    }
+    let store = Store::open(&url)
+        .await
+        .map_err(|e| ServerError::Store(redact(&url), e))?;
+    let udp = UdpSocket::bind(config.webrtc.udp_listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what: "WebRTC UDP",
+            addr: config.webrtc.udp_listen,
+            source,
+        })?;
+    let udp_addr = udp.local_addr().map_err(ServerError::Serve)?;
+    let candidate = config.webrtc.public_addr.unwrap_or(udp_addr);
+    let tcp = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what: "HTTP",
+            addr: config.listen,
+            source,
+        })?;
+    let http_addr = tcp.local_addr().map_err(ServerError::Serve)?;
+
+    let (audit_tx, mut audit_rx) = mpsc::channel::<hub::AuditRecord>(10_000);
+    let audit_store = store.clone();
+    let audit_task = tokio::spawn(async move {
+        while let Some((project, entry)) = audit_rx.recv().await {
+            if let Err(e) = audit_store.append_audit(&project, &entry).await {
+                tracing::error!("writing audit log: {e}");
+            }
+        }
+    });
+    let (hub, hub_task) = hub::spawn(udp, candidate, audit_tx);
+
+    let admin_token = if config.admin_token.is_empty() {
+        random_token()
+    } else {
+        config.admin_token.clone()
+    };
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        hub,
+        throttles: Throttles::new(&config.login),
+        admin_token: admin_token.clone(),
+    });
+    let app = api::router()
+        .route("/ws", axum::routing::get(ws::handler))
+        .with_state(state);
+    let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(tcp, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = stop.await;
+            })
+            .await;
+        // The router (and with it the last hub handle) is gone: the hub stops, the audit
+        // queue drains, then the store closes.
+        let _ = hub_task.await;
+        let _ = audit_task.await;
+        store.close().await;
+        tracing::info!("server stopped");
+        served.map_err(ServerError::Serve)
+    });
+    tracing::info!(%http_addr, %udp_addr, %candidate, "fieldlink server listening");
+    Ok(Running {
+        http_addr,
+        udp_addr,
+        admin_token,
+        database_url: redact(&url),
+        shutdown,
+        task,
+    })
+}
+
+/// Hides a password in a database URL for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_password() {
+        assert_eq!(
+            super::redact("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}
