@@ -120,6 +120,21 @@ fn yes() -> bool {
 }
 
 impl ClientMsg {
+    /// Sets the request number the answer will echo.
+    pub fn set_req(&mut self, id: Option<u64>) {
+        match self {
+            ClientMsg::Login { req, .. }
+            | ClientMsg::Offer { req, .. }
+            | ClientMsg::ListFields { req }
+            | ClientMsg::Connect { req, .. }
+            | ClientMsg::Disconnect { req, .. }
+            | ClientMsg::SetSessionToken { req, .. }
+            | ClientMsg::RequestPermission { req, .. }
+            | ClientMsg::SetPermission { req, .. }
+            | ClientMsg::Ping { req } => *req = id,
+        }
+    }
+
     pub fn req(&self) -> Option<u64> {
         match self {
             ClientMsg::Login { req, .. }

@@ -1,1 +1,76 @@
-fn main() {}
+//! `fieldlink`: one binary for the server, field and remote devices, and tools.
+
+mod device_io;
+mod field;
+mod remote;
+mod server;
+mod token;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "fieldlink",
+    version,
+    about = "fieldlink: real-time remote operation platform"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (signalling, WebRTC, admin API, store).
+    Server(server::Args),
+    /// Run a field device from a config.json: prints control data as JSON lines, sends lines read from stdin.
+    Field(field::Args),
+    /// Act as a remote device (operator console) from the command line.
+    Remote(remote::Args),
+    /// Compute key-derived device passwords and session authorization codes (SPEC §8).
+    Token(token::Args),
+}
+
+fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("FIELDLINK_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,str0m=warn,sctp_proto=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Command::Token(a) = cli.cmd {
+        return token::run(a);
+    }
+    init_logs();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(async move {
+        match cli.cmd {
+            Command::Server(a) => server::run(a).await,
+            Command::Field(a) => field::run(a).await,
+            Command::Remote(a) => remote::run(a).await,
+            Command::Token(_) => Ok(()),
+        }
+    });
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! The background task of one device: signalling WebSocket + peer connection, requests and
+//! their answers, incoming events, and reconnection with state restore.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use fieldlink_proto::control::LateFilter;
+use fieldlink_proto::{
+    ClientMsg, ControlFrame, DeviceId, ErrorCode, Role, ServerMsg, PROTOCOL_VERSION,
+};
+
+use crate::peer::{Peer, PeerEvent};
+use crate::{Cmd, DeviceConfig, Event, Result, SdkError, Shared, REQUEST_TIMEOUT};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Queues events for the application without ever blocking the connection.
+struct Emitter {
+    tx: mpsc::Sender<Event>,
+    dropped: u64,
+}
+
+impl Emitter {
+    fn emit(&mut self, ev: Event) {
+        if self.dropped > 0
+            && self
+                .tx
+                .try_send(Event::Lagged {
+                    dropped: self.dropped,
+                })
+                .is_ok()
+        {
+            self.dropped = 0;
+        }
+        if self.dropped > 0 || self.tx.try_send(ev).is_err() {
+            self.dropped += 1;
+        }
+    }
+}
+
+struct Connection {
+    ws: Ws,
+    peer: Peer,
+    /// Events that arrived while connecting, delivered first.
+    early: Vec<ServerMsg>,
+}
+
+fn to_msg(m: &ClientMsg) -> Message {
+    Message::Text(serde_json::to_string(m).unwrap_or_default().into())
+}
+
+fn server_error(m: ServerMsg) -> SdkError {
+    match m {
+        ServerMsg::Error { code, message, .. } => SdkError::new(code, message),
+        other => SdkError::new(ErrorCode::Internal, format!("unexpected answer: {other:?}")),
+    }
+}
+
+fn parse(msg: Message) -> Option<std::result::Result<ServerMsg, ()>> {
+    match msg {
+        Message::Text(t) => Some(serde_json::from_str(t.as_str()).map_err(|_| ())),
+        Message::Close(_) => None,
+        _ => Some(Err(())),
+    }
+}
+
+/// Logs in, offers, and waits until both data channels are open.
+async fn establish(role: Role, cfg: &DeviceConfig) -> Result<Connection> {
+    let lost = |e: &dyn std::fmt::Display| {
+        SdkError::new(ErrorCode::Disconnected, format!("{}: {e}", cfg.server))
+    };
+    let (mut ws, _) = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        tokio_tungstenite::connect_async_with_config(&cfg.server, None, true),
+    )
+    .await
+    .map_err(|e| lost(&e))?
+    .map_err(|e| lost(&e))?;
+    let local_ip = ws
+        .get_ref()
+        .get_ref()
+        .local_addr()
+        .map_err(|e| lost(&e))?
+        .ip();
+    let login = ClientMsg::Login {
+        req: Some(0),
+        version: PROTOCOL_VERSION,
+        device_id: cfg.device_id.clone(),
+        password: cfg.password.clone(),
+        role,
+        auto_permission: cfg.auto_permission,
+    };
+    ws.send(to_msg(&login)).await.map_err(|e| lost(&e))?;
+    let mut early = Vec::new();
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    // Login answer.
+    loop {
+        let m = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .map_err(|_| SdkError::from(ErrorCode::Timeout))?;
+        match m.and_then(|m| m.ok()).and_then(parse) {
+            Some(Ok(ServerMsg::LoginOk { .. })) => break,
+            Some(Ok(e @ ServerMsg::Error { req: Some(0), .. })) => return Err(server_error(e)),
+            Some(Ok(other)) => early.push(other),
+            Some(Err(())) => {}
+            None => {
+                return Err(SdkError::new(
+                    ErrorCode::Disconnected,
+                    "server closed the connection during login",
+                ))
+            }
+        }
+    }
+    let (mut peer, offer) = Peer::new(local_ip).await?;
+    ws.send(to_msg(&ClientMsg::Offer {
+        req: Some(1),
+        sdp: offer,
+    }))
+    .await
+    .map_err(|e| lost(&e))?;
+    let mut answered = false;
+    let mut buf = vec![0u8; 2048];
+    loop {
+        tokio::select! {
+            m = ws.next() => match m.and_then(|m| m.ok()).and_then(parse) {
+                Some(Ok(ServerMsg::Answer { sdp, .. })) => { peer.accept_answer(&sdp)?; answered = true; }
+                Some(Ok(e @ ServerMsg::Error { req: Some(1), .. })) => return Err(server_error(e)),
+                Some(Ok(other)) => early.push(other),
+                Some(Err(())) => {}
+                None => return Err(SdkError::new(ErrorCode::Disconnected, "server closed the connection")),
+            },
+            r = peer.socket.recv_from(&mut buf) => {
+                if let Ok((n, src)) = r { peer.handle_datagram(&buf[..n], src); }
+            }
+            _ = tokio::time::sleep_until(peer.next_timeout.into()) => peer.handle_timeout(),
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(SdkError::new(ErrorCode::MediaNotReady, "media connection not established in time"));
+            }
+        }
+        if answered {
+            for ev in peer.poll() {
+                match ev {
+                    PeerEvent::Ready => return Ok(Connection { ws, peer, early }),
+                    PeerEvent::Dead(why) => {
+                        return Err(SdkError::new(ErrorCode::MediaNotReady, why))
+                    }
+                    PeerEvent::Data(..) => {}
+                }
+            }
+        }
+    }
+}
+
+pub(crate) async fn start(
+    role: Role,
+    cfg: DeviceConfig,
+    cmds: mpsc::Receiver<Cmd>,
+    events: mpsc::Sender<Event>,
+    shared: Arc<Shared>,
+) -> Result<()> {
+    let conn = establish(role, &cfg).await?;
+    let driver = Driver {
+        role,
+        cfg,
+        cmds,
+        ev: Emitter {
+            tx: events,
+            dropped: 0,
+        },
+        shared,
+        pending: HashMap::new(),
+        next_req: 100,
+        seq: 0,
+        late: HashMap::new(),
+        sessions: Vec::new(),
+        codes: HashMap::new(),
+    };
+    tokio::spawn(driver.run(conn));
+    Ok(())
+}
+
+/// What to do when a request is answered.
+enum Pending {
+    Caller(oneshot::Sender<Result<ServerMsg>>, ClientMsg),
+    /// A session or code being restored after reconnecting.
+    Restore(ClientMsg),
+}
+
+enum Stop {
+    /// Reconnect: the connection broke.
+    Lost(String),
+    /// The application closed the device, or another login replaced it.
+    Closed,
+}
+
+struct Driver {
+    role: Role,
+    cfg: DeviceConfig,
+    cmds: mpsc::Receiver<Cmd>,
+    ev: Emitter,
+    shared: Arc<Shared>,
+    pending: HashMap<u64, Pending>,
+    next_req: u64,
+    seq: u32,
+    /// Qos 0 late-drop filter per sender.
+    late: HashMap<DeviceId, LateFilter>,
+    /// Remote: sessions to restore after a reconnect.
+    sessions: Vec<DeviceId>,
+    codes: HashMap<DeviceId, String>,
+}
+
+impl Driver {
+    async fn run(mut self, mut conn: Connection) {
+        loop {
+            for m in std::mem::take(&mut conn.early) {
+                self.on_server(m);
+            }
+            let reason = match self.serve(&mut conn).await {
+                Stop::Closed => {
+                    let _ = conn.ws.close(None).await;
+                    return;
+                }
+                Stop::Lost(r) => r,
+            };
+            tracing::info!(device = %self.cfg.device_id, %reason, "connection lost; reconnecting");
+            for (_, p) in self.pending.drain() {
+                if let Pending::Caller(reply, _) = p {
+                    let _ = reply.send(Err(SdkError::new(ErrorCode::Disconnected, reason.clone())));
+                }
+            }
+            self.shared
+                .permissions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+            self.ev.emit(Event::Disconnected { reason });
+            match self.reconnect().await {
+                Some(c) => conn = c,
+                None => return,
+            }
+            self.restore(&mut conn).await;
+            self.ev.emit(Event::Reconnected);
+        }
+    }
+
+    /// Retries with backoff until connected or closed; calls meanwhile fail at once.
+    async fn reconnect(&mut self) -> Option<Connection> {
+        let mut delay = self.cfg.reconnect_delay;
+        loop {
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    cmd = self.cmds.recv() => match cmd {
+                        None | Some(Cmd::Close) => return None,
+                        Some(Cmd::Request { reply, .. }) => { let _ = reply.send(Err(ErrorCode::Disconnected.into())); }
+                        Some(Cmd::Send { reply, .. }) => { let _ = reply.send(Err(ErrorCode::Disconnected.into())); }
+                    }
+                }
+            }
+            match establish(self.role, &self.cfg).await {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    self.ev.emit(Event::ReconnectFailed {
+                        code: e.code,
+                        message: e.message,
+                    });
+                    delay = (delay * 2).min(self.cfg.reconnect_delay * 8);
+                }
+            }
+        }
+    }
+
+    async fn restore(&mut self, conn: &mut Connection) {
+        let mut msgs: Vec<ClientMsg> = self
+            .codes
+            .iter()
+            .map(|(f, c)| ClientMsg::SetSessionToken {
+                req: None,
+                field_id: f.clone(),
+                code: c.clone(),
+            })
+            .collect();
+        msgs.extend(self.sessions.iter().map(|g| ClientMsg::Connect {
+            req: None,
+            gwid: g.clone(),
+        }));
+        for mut m in msgs {
+            let id = self.req_id();
+            m.set_req(Some(id));
+            if conn.ws.send(to_msg(&m)).await.is_ok() {
+                self.pending.insert(id, Pending::Restore(m));
+            }
+        }
+    }
+
+    fn req_id(&mut self) -> u64 {
+        self.next_req += 1;
+        self.next_req
+    }
+
+    async fn serve(&mut self, conn: &mut Connection) -> Stop {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            tokio::select! {
+                m = conn.ws.next() => match m {
+                    Some(Ok(msg)) => match parse(msg) {
+                        Some(Ok(m)) => {
+                            if let Some(stop) = self.on_server(m) { return stop; }
+                        }
+                        Some(Err(())) => {}
+                        None => return Stop::Lost("server closed the signalling connection".into()),
+                    },
+                    Some(Err(e)) => return Stop::Lost(format!("signalling: {e}")),
+                    None => return Stop::Lost("signalling connection closed".into()),
+                },
+                r = conn.peer.socket.recv_from(&mut buf) => {
+                    if let Ok((n, src)) = r { conn.peer.handle_datagram(&buf[..n], src); }
+                }
+                _ = tokio::time::sleep_until(conn.peer.next_timeout.into()) => conn.peer.handle_timeout(),
+                cmd = self.cmds.recv() => match cmd {
+                    None | Some(Cmd::Close) => return Stop::Closed,
+                    Some(Cmd::Request { mut msg, reply }) => {
+                        let id = self.req_id();
+                        msg.set_req(Some(id));
+                        if let Err(e) = conn.ws.send(to_msg(&msg)).await {
+                            let _ = reply.send(Err(SdkError::new(ErrorCode::Disconnected, e.to_string())));
+                            return Stop::Lost(format!("signalling: {e}"));
+                        }
+                        self.pending.insert(id, Pending::Caller(reply, msg));
+                    }
+                    Some(Cmd::Send { target, payload, qos, reply }) => {
+                        self.seq = self.seq.wrapping_add(1);
+                        let frame = ControlFrame { peer: &target, seq: self.seq, payload: &payload }.encode();
+                        let r = match frame {
+                            Ok(f) => conn.peer.write(qos, &f),
+                            Err(e) => Err(SdkError::new(e.code(), e.to_string())),
+                        };
+                        let _ = reply.send(r);
+                    }
+                },
+            }
+            for ev in conn.peer.poll() {
+                match ev {
+                    PeerEvent::Data(qos, data) => self.on_control(qos, &data),
+                    PeerEvent::Dead(why) => return Stop::Lost(why),
+                    PeerEvent::Ready => {}
+                }
+            }
+        }
+    }
+
+    fn on_control(&mut self, qos: fieldlink_proto::Qos, data: &[u8]) {
+        let Ok(frame) = ControlFrame::decode(data) else {
+            return;
+        };
+        let Ok(from) = frame.peer.parse::<DeviceId>() else {
+            return;
+        };
+        if qos == fieldlink_proto::Qos::Lossy
+            && !self.late.entry(from.clone()).or_default().accept(frame.seq)
+        {
+            return;
+        }
+        self.ev.emit(Event::ControlData {
+            from,
+            data: frame.payload.to_vec(),
+            qos,
+        });
+    }
+
+    /// Handles one server message; `Some` stops the connection.
+    fn on_server(&mut self, m: ServerMsg) -> Option<Stop> {
+        let req = match &m {
+            ServerMsg::Ok { req }
+            | ServerMsg::FieldList { req, .. }
+            | ServerMsg::Error { req, .. }
+            | ServerMsg::Pong { req } => *req,
+            _ => None,
+        };
+        if let Some(p) = req.and_then(|r| self.pending.remove(&r)) {
+            let ok = !matches!(m, ServerMsg::Error { .. });
+            let (sent, caller) = match p {
+                Pending::Caller(reply, sent) => (sent, Some(reply)),
+                Pending::Restore(sent) => (sent, None),
+            };
+            if ok {
+                self.remember(&sent);
+            }
+            match caller {
+                Some(reply) => {
+                    let _ = reply.send(if ok { Ok(m) } else { Err(server_error(m)) });
+                }
+                None if !ok => {
+                    let e = server_error(m);
+                    self.ev.emit(Event::Warning {
+                        code: e.code,
+                        message: format!("could not restore after reconnect: {}", e.message),
+                    });
+                }
+                None => {}
+            }
+            return None;
+        }
+        match m {
+            ServerMsg::Permission {
+                field_id,
+                self_permission,
+                master_id,
+            } => {
+                self.shared
+                    .permissions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(field_id.clone(), self_permission);
+                self.ev.emit(Event::Permission {
+                    field_id,
+                    self_permission,
+                    master_id,
+                });
+            }
+            ServerMsg::PermissionRequest { remote_id, level } => {
+                self.ev.emit(Event::PermissionRequest { remote_id, level })
+            }
+            ServerMsg::MasterChanged { master_id } => {
+                self.ev.emit(Event::MasterChanged { master_id })
+            }
+            ServerMsg::RemoteJoined { remote_id } => {
+                self.ev.emit(Event::RemoteJoined { remote_id })
+            }
+            ServerMsg::RemoteLeft { remote_id } => self.ev.emit(Event::RemoteLeft { remote_id }),
+            ServerMsg::Presence { field_id, online } => {
+                self.ev.emit(Event::Presence { field_id, online })
+            }
+            ServerMsg::Warning { code, message } => self.ev.emit(Event::Warning { code, message }),
+            ServerMsg::Error { code, message, .. } => {
+                self.ev.emit(Event::Warning { code, message });
+                if code == ErrorCode::Replaced {
+                    return Some(Stop::Closed);
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// Keeps what must be restored after a reconnect.
+    fn remember(&mut self, sent: &ClientMsg) {
+        match sent {
+            ClientMsg::Connect { gwid, .. } if !self.sessions.contains(gwid) => {
+                self.sessions.push(gwid.clone())
+            }
+            ClientMsg::Disconnect { gwid, .. } => {
+                self.sessions.retain(|g| g != gwid);
+                self.shared
+                    .permissions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(gwid);
+            }
+            ClientMsg::SetSessionToken { field_id, code, .. } => {
+                self.codes.insert(field_id.clone(), code.clone());
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The device's one WebRTC peer connection to the server (str0m, full ICE, the device
+//! offers): two data channels, one per qos. Thin I/O around str0m's sans-IO `Rtc`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::channel::{ChannelConfig, ChannelId, Reliability};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+
+use fieldlink_proto::{ErrorCode, Qos};
+
+use crate::{Result, SdkError};
+
+pub(crate) enum PeerEvent {
+    /// Both data channels are open.
+    Ready,
+    Data(Qos, Vec<u8>),
+    Dead(String),
+}
+
+pub(crate) struct Peer {
+    rtc: Rtc,
+    pub socket: UdpSocket,
+    local: SocketAddr,
+    channels: [Option<ChannelId>; 2],
+    pending: Option<SdpPendingOffer>,
+    pub next_timeout: Instant,
+    ready: bool,
+}
+
+impl Peer {
+    /// Binds a UDP socket on `ip` and makes the SDP offer.
+    pub async fn new(ip: IpAddr) -> Result<(Peer, String)> {
+        let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await.map_err(|e| {
+            SdkError::new(ErrorCode::MediaNotReady, format!("bind UDP on {ip}: {e}"))
+        })?;
+        let local = socket
+            .local_addr()
+            .map_err(|e| SdkError::new(ErrorCode::MediaNotReady, e.to_string()))?;
+        let now = Instant::now();
+        let mut rtc = Rtc::builder().build(now);
+        let cand = Candidate::host(local, "udp").map_err(|e| {
+            SdkError::new(ErrorCode::MediaNotReady, format!("candidate {local}: {e}"))
+        })?;
+        rtc.add_local_candidate(cand);
+        let mut api = rtc.sdp_api();
+        for qos in [Qos::Lossy, Qos::Reliable] {
+            let (ordered, reliability) = match qos {
+                Qos::Lossy => (false, Reliability::MaxRetransmits { retransmits: 0 }),
+                Qos::Reliable => (true, Reliability::Reliable),
+            };
+            api.add_channel_with_config(ChannelConfig {
+                label: qos.label().to_string(),
+                ordered,
+                reliability,
+                ..Default::default()
+            });
+        }
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| SdkError::new(ErrorCode::Internal, "no SDP changes to offer"))?;
+        Ok((
+            Peer {
+                rtc,
+                socket,
+                local,
+                channels: [None, None],
+                pending: Some(pending),
+                next_timeout: now,
+                ready: false,
+            },
+            offer.to_sdp_string(),
+        ))
+    }
+
+    pub fn accept_answer(&mut self, sdp: &str) -> Result<()> {
+        let answer = SdpAnswer::from_sdp_string(sdp)
+            .map_err(|e| SdkError::new(ErrorCode::BadRequest, format!("bad SDP answer: {e}")))?;
+        let pending = self
+            .pending
+            .take()
+            .ok_or_else(|| SdkError::new(ErrorCode::Internal, "answer without offer"))?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| SdkError::new(ErrorCode::BadRequest, format!("SDP answer refused: {e}")))
+    }
+
+    pub fn handle_datagram(&mut self, data: &[u8], source: SocketAddr) {
+        let Ok(contents) = data.try_into() else {
+            return;
+        };
+        let input = Input::Receive(
+            Instant::now(),
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local,
+                contents,
+            },
+        );
+        self.input(input);
+    }
+
+    pub fn handle_timeout(&mut self) {
+        self.input(Input::Timeout(Instant::now()));
+    }
+
+    fn input(&mut self, input: Input) {
+        let r = catch_unwind(AssertUnwindSafe(|| self.rtc.handle_input(input)));
+        if !matches!(r, Ok(Ok(()))) {
+            self.rtc.disconnect();
+        }
+    }
+
+    /// Writes one control frame. Lossy frames that do not fit are dropped (never late);
+    /// a reliable frame that does not fit is an error for the caller.
+    pub fn write(&mut self, qos: Qos, frame: &[u8]) -> Result<()> {
+        let cid = self.channels[qos as usize].ok_or(ErrorCode::MediaNotReady)?;
+        let mut ch = self.rtc.channel(cid).ok_or(ErrorCode::MediaNotReady)?;
+        match ch.write(true, frame) {
+            Ok(true) => Ok(()),
+            Ok(false) if qos == Qos::Lossy => Ok(()),
+            Ok(false) => Err(SdkError::new(
+                ErrorCode::Congested,
+                "reliable send buffer full",
+            )),
+            Err(e) => Err(SdkError::new(ErrorCode::MediaNotReady, e.to_string())),
+        }
+    }
+
+    /// Drains output: sends datagrams, returns events, updates `next_timeout`.
+    pub fn poll(&mut self) -> Vec<PeerEvent> {
+        let mut events = Vec::new();
+        loop {
+            if !self.rtc.is_alive() {
+                events.push(PeerEvent::Dead("media connection closed".into()));
+                return events;
+            }
+            let out = match catch_unwind(AssertUnwindSafe(|| self.rtc.poll_output())) {
+                Ok(Ok(o)) => o,
+                Ok(Err(e)) => {
+                    events.push(PeerEvent::Dead(format!("WebRTC error: {e}")));
+                    return events;
+                }
+                Err(_) => {
+                    events.push(PeerEvent::Dead("WebRTC panic".into()));
+                    return events;
+                }
+            };
+            match out {
+                Output::Timeout(t) => {
+                    self.next_timeout = t;
+                    return events;
+                }
+                Output::Transmit(t) => {
+                    let _ = self.socket.try_send_to(&t.contents, t.destination);
+                }
+                Output::Event(e) => match e {
+                    Event::ChannelOpen(cid, label) => {
+                        if let Some(q) = Qos::from_label(&label) {
+                            self.channels[q as usize] = Some(cid);
+                        }
+                        if !self.ready && self.channels.iter().all(Option::is_some) {
+                            self.ready = true;
+                            events.push(PeerEvent::Ready);
+                        }
+                    }
+                    Event::ChannelData(d) => {
+                        if let Some(i) = self.channels.iter().position(|c| *c == Some(d.id)) {
+                            let q = if i == 0 { Qos::Lossy } else { Qos::Reliable };
+                            events.push(PeerEvent::Data(q, d.data));
+                        }
+                    }
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        events.push(PeerEvent::Dead("media connection lost (ICE)".into()));
+                        self.rtc.disconnect();
+                        return events;
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+}

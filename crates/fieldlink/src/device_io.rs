@@ -1,0 +1,189 @@
+//! What `fieldlink field` and `fieldlink remote` share: events printed as JSON lines (or
+//! short human lines), and commands read from stdin.
+
+use fieldlink_sdk::{DeviceId, Event, Permission, Qos, SdkError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+fn hex(data: &[u8]) -> String {
+    data.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unhex(s: &str) -> Result<Vec<u8>, String> {
+    if s.len() % 2 != 0 {
+        return Err("hex needs an even number of digits".into());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(s.get(i..i + 2).unwrap_or("zz"), 16)
+                .map_err(|_| format!("bad hex {s:?}"))
+        })
+        .collect()
+}
+
+/// One event as a JSON object (`{"event": ..., ...}`).
+pub fn event_json(ev: &Event) -> Value {
+    match ev {
+        Event::ControlData { from, data, qos } => json!({
+            "event": "control_data", "from": from, "qos": *qos as u8, "len": data.len(),
+            "text": std::str::from_utf8(data).ok(), "hex": hex(data),
+        }),
+        Event::Permission {
+            field_id,
+            self_permission,
+            master_id,
+        } => json!({
+            "event": "permission", "field_id": field_id, "self_permission": *self_permission as u8, "master_id": master_id,
+        }),
+        Event::PermissionRequest { remote_id, level } => {
+            json!({"event": "permission_request", "remote_id": remote_id, "level": *level as u8})
+        }
+        Event::MasterChanged { master_id } => {
+            json!({"event": "master_changed", "master_id": master_id})
+        }
+        Event::RemoteJoined { remote_id } => {
+            json!({"event": "remote_joined", "remote_id": remote_id})
+        }
+        Event::RemoteLeft { remote_id } => json!({"event": "remote_left", "remote_id": remote_id}),
+        Event::Presence { field_id, online } => {
+            json!({"event": "presence", "field_id": field_id, "online": online})
+        }
+        Event::Warning { code, message } => {
+            json!({"event": "warning", "code": code.code(), "name": code.name(), "message": message})
+        }
+        Event::Disconnected { reason } => json!({"event": "disconnected", "reason": reason}),
+        Event::Reconnected => json!({"event": "reconnected"}),
+        Event::ReconnectFailed { code, message } => {
+            json!({"event": "reconnect_failed", "code": code.code(), "name": code.name(), "message": message})
+        }
+        Event::Lagged { dropped } => json!({"event": "lagged", "dropped": dropped}),
+    }
+}
+
+pub fn error_json(e: &SdkError) -> Value {
+    json!({"event": "error", "code": e.code.code(), "name": e.code.name(), "message": e.message})
+}
+
+/// Prints one line: the JSON, or a short human form.
+pub fn print(json_out: bool, v: &Value) {
+    if json_out {
+        println!("{v}");
+        return;
+    }
+    let kind = v["event"].as_str().unwrap_or("?");
+    let mut rest = v.clone();
+    if let Some(o) = rest.as_object_mut() {
+        o.remove("event");
+        if o.get("text").is_some_and(|t| !t.is_null()) {
+            o.remove("hex");
+        }
+    }
+    println!("{kind:<18} {rest}");
+}
+
+/// A command line read from stdin. Plain text (not starting with `{`) means "send it".
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    /// Send this UTF-8 text.
+    pub send: Option<String>,
+    /// Send these bytes, as hex.
+    pub send_hex: Option<String>,
+    pub qos: Option<u8>,
+    /// Remote: target field device (default: the session's).
+    pub gwid: Option<DeviceId>,
+    /// Remote: ask for a level (1 master, 0 release).
+    pub request_permission: Option<u8>,
+    /// Field: set a remote's level.
+    pub set_permission: Option<SetPermission>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPermission {
+    pub remote_id: DeviceId,
+    pub level: u8,
+}
+
+pub enum Action {
+    Send {
+        gwid: Option<DeviceId>,
+        data: Vec<u8>,
+        qos: Qos,
+    },
+    Request(Permission),
+    Set(DeviceId, Permission),
+}
+
+pub fn level(v: u8) -> Result<Permission, String> {
+    Permission::try_from(v)
+}
+
+/// Parses one stdin line into an action.
+pub fn parse_line(line: &str, default_qos: Qos) -> Result<Option<Action>, String> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    if !line.trim_start().starts_with('{') {
+        return Ok(Some(Action::Send {
+            gwid: None,
+            data: line.as_bytes().to_vec(),
+            qos: default_qos,
+        }));
+    }
+    let c: Command = serde_json::from_str(line).map_err(|e| format!("bad command: {e}"))?;
+    let qos = match c.qos {
+        Some(q) => Qos::try_from(q)?,
+        None => default_qos,
+    };
+    if let Some(t) = c.send {
+        return Ok(Some(Action::Send {
+            gwid: c.gwid,
+            data: t.into_bytes(),
+            qos,
+        }));
+    }
+    if let Some(h) = c.send_hex {
+        return Ok(Some(Action::Send {
+            gwid: c.gwid,
+            data: unhex(&h)?,
+            qos,
+        }));
+    }
+    if let Some(l) = c.request_permission {
+        return Ok(Some(Action::Request(level(l)?)));
+    }
+    if let Some(s) = c.set_permission {
+        return Ok(Some(Action::Set(s.remote_id, level(s.level)?)));
+    }
+    Err("command needs one of send, send_hex, request_permission, set_permission".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands() {
+        assert!(matches!(
+            parse_line("hello\n", Qos::Reliable),
+            Ok(Some(Action::Send {
+                qos: Qos::Reliable,
+                ..
+            }))
+        ));
+        assert!(
+            matches!(parse_line(r#"{"send_hex":"0aff","qos":0}"#, Qos::Reliable), Ok(Some(Action::Send { qos: Qos::Lossy, ref data, .. })) if data == &[10, 255])
+        );
+        assert!(matches!(
+            parse_line(r#"{"request_permission":1}"#, Qos::Reliable),
+            Ok(Some(Action::Request(Permission::Master)))
+        ));
+        assert!(parse_line(r#"{"request_permission":2}"#, Qos::Reliable).is_err());
+        assert!(parse_line(r#"{"send_hex":"0"}"#, Qos::Reliable).is_err());
+        assert!(parse_line(r#"{"bogus":1}"#, Qos::Reliable).is_err());
+        assert!(matches!(parse_line("  ", Qos::Reliable), Ok(None)));
+    }
+}

@@ -1,0 +1,218 @@
+//! `fieldlink remote ...`: a remote device (operator console) on the command line.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args as ClapArgs, Subcommand};
+use fieldlink_sdk::{
+    DeviceConfig, DeviceId, ErrorCode, Event, Permission, Qos, RemoteDevice, SdkError,
+};
+use tokio::io::AsyncBufReadExt;
+
+use crate::device_io::{error_json, event_json, parse_line, print, unhex, Action};
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Server WebSocket URL.
+    #[arg(
+        long,
+        env = "FIELDLINK_SERVER",
+        default_value = "ws://127.0.0.1:8080/ws"
+    )]
+    server: String,
+    /// This remote device's id, project_id/device_id.
+    #[arg(long, env = "FIELDLINK_DEVICE_ID")]
+    device_id: DeviceId,
+    /// Own password or a key-derived one.
+    #[arg(long, env = "FIELDLINK_PASSWORD", hide_env_values = true)]
+    password: String,
+    /// Do not ask for master automatically when a session opens (SPEC §5 auto_permission 0).
+    #[arg(long)]
+    no_auto_permission: bool,
+    /// JSON lines on stdout, for scripts.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List the project's field devices with their online state.
+    List,
+    /// Open a session, print everything that arrives, and take commands from stdin:
+    /// plain text = send it; {"send":"..","qos":0}, {"send_hex":".."}, {"request_permission":1|0}.
+    Connect {
+        #[arg(long)]
+        gwid: DeviceId,
+        /// Session authorization code (whitelisted projects).
+        #[arg(long)]
+        token: Option<String>,
+        /// Leave after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Qos for plain-text stdin lines.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+        qos: u8,
+    },
+    /// Open a session, wait for master, send control data, and leave.
+    Send {
+        #[arg(long)]
+        gwid: DeviceId,
+        /// UTF-8 text to send.
+        #[arg(long, conflicts_with = "hex", required_unless_present = "hex")]
+        data: Option<String>,
+        /// Bytes to send, as hex.
+        #[arg(long)]
+        hex: Option<String>,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+        qos: u8,
+        /// Send it this many times, at --rate per second.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        #[arg(long)]
+        token: Option<String>,
+    },
+}
+
+async fn login(a: &Args) -> anyhow::Result<(RemoteDevice, fieldlink_sdk::Events)> {
+    let mut cfg = DeviceConfig::new(a.server.clone(), a.device_id.clone(), a.password.clone());
+    cfg.auto_permission = !a.no_auto_permission;
+    RemoteDevice::connect(cfg)
+        .await
+        .with_context(|| format!("logging in as {}", a.device_id))
+}
+
+async fn open(dev: &RemoteDevice, gwid: &DeviceId, token: &Option<String>) -> anyhow::Result<()> {
+    if let Some(t) = token {
+        dev.set_session_permission_token(gwid, t)
+            .await
+            .context("session code")?;
+    }
+    dev.open_session(gwid)
+        .await
+        .with_context(|| format!("opening a session with {gwid}"))
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let (dev, mut events) = login(&a).await?;
+    let json = a.json;
+    match &a.cmd {
+        Cmd::List => {
+            let list = dev.list_fields().await.context("listing field devices")?;
+            if json {
+                println!("{}", serde_json::to_string(&list)?);
+            } else {
+                for f in list {
+                    println!(
+                        "{:<40} {:<8} {}",
+                        f.id,
+                        if f.online { "online" } else { "offline" },
+                        f.name
+                    );
+                }
+            }
+        }
+        Cmd::Connect {
+            gwid,
+            token,
+            duration,
+            qos,
+        } => {
+            open(&dev, gwid, token).await?;
+            print(
+                json,
+                &serde_json::json!({"event": "session_open", "gwid": gwid}),
+            );
+            let default_qos = Qos::try_from(*qos).map_err(anyhow::Error::msg)?;
+            let until =
+                duration.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d.max(0.0)));
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            let mut stdin_open = true;
+            loop {
+                let stop = async {
+                    match until {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    ev = events.recv() => match ev {
+                        Some(ev) => print(json, &event_json(&ev)),
+                        None => break,
+                    },
+                    line = lines.next_line(), if stdin_open => match line {
+                        Ok(Some(l)) => {
+                            let r = match parse_line(&l, default_qos) {
+                                Ok(Some(Action::Send { gwid: g, data, qos })) => dev.send(g.as_ref().unwrap_or(gwid), &data, qos).await,
+                                Ok(Some(Action::Request(level))) => dev.request_permission(gwid, level).await,
+                                Ok(Some(Action::Set(..))) => Err(SdkError::new(ErrorCode::WrongRoleForCall, "only a field device sets permission")),
+                                Ok(None) => continue,
+                                Err(e) => Err(SdkError::new(ErrorCode::BadRequest, e)),
+                            };
+                            if let Err(e) = r { print(json, &error_json(&e)); }
+                        }
+                        _ => stdin_open = false,
+                    },
+                    _ = stop => break,
+                    _ = tokio::signal::ctrl_c() => break,
+                }
+            }
+        }
+        Cmd::Send {
+            gwid,
+            data,
+            hex,
+            qos,
+            count,
+            rate,
+            token,
+        } => {
+            let payload = match (data, hex) {
+                (Some(d), _) => d.clone().into_bytes(),
+                (None, Some(h)) => unhex(h).map_err(anyhow::Error::msg)?,
+                (None, None) => bail!("give --data or --hex"),
+            };
+            let qos = Qos::try_from(*qos).map_err(anyhow::Error::msg)?;
+            open(&dev, gwid, token).await?;
+            if a.no_auto_permission {
+                dev.request_permission(gwid, Permission::Master)
+                    .await
+                    .context("requesting master")?;
+            }
+            wait_master(&dev, &mut events, gwid).await?;
+            let period = Duration::from_secs_f64(1.0 / rate.clamp(0.1, 100.0));
+            let mut tick = tokio::time::interval(period);
+            for _ in 0..*count {
+                tick.tick().await;
+                dev.send(gwid, &payload, qos).await.context("sending")?;
+            }
+            print(
+                json,
+                &serde_json::json!({"event": "sent", "count": count, "gwid": gwid}),
+            );
+            // Let the last messages leave before closing.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    dev.close().await;
+    Ok(())
+}
+
+async fn wait_master(
+    dev: &RemoteDevice,
+    events: &mut fieldlink_sdk::Events,
+    gwid: &DeviceId,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while dev.permission(gwid) != Permission::Master {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Event::Permission { .. })) | Ok(Some(_)) => {}
+            Ok(None) => bail!("connection closed"),
+            Err(_) => bail!("not granted master of {gwid} within 10 s (is the field device online and granting?)"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! `fieldlink server`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args as ClapArgs;
+use fieldlink_server::Config;
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// TOML configuration file (see docs/configuration.md). Flags and FIELDLINK_* variables override it.
+    #[arg(long, short, env = "FIELDLINK_CONFIG")]
+    config: Option<PathBuf>,
+    /// HTTP API and WebSocket signalling address.
+    #[arg(long, env = "FIELDLINK_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// The one UDP address for all WebRTC peer connections.
+    #[arg(long, env = "FIELDLINK_UDP_LISTEN")]
+    udp_listen: Option<SocketAddr>,
+    /// Address to advertise in ICE candidates (behind NAT or a relay).
+    #[arg(long, env = "FIELDLINK_PUBLIC_ADDR")]
+    public_addr: Option<SocketAddr>,
+    /// Directory of the embedded SQLite database.
+    #[arg(long, env = "FIELDLINK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// sqlite://... or postgres://user:pass@host/db (default: SQLite in the data directory).
+    #[arg(long, env = "FIELDLINK_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Bearer token for the admin API (default: random, printed at start).
+    #[arg(long, env = "FIELDLINK_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+pub fn config(a: &Args) -> anyhow::Result<Config> {
+    let mut c = match &a.config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    if let Some(v) = a.listen {
+        c.listen = v;
+    }
+    if let Some(v) = a.udp_listen {
+        c.webrtc.udp_listen = v;
+    }
+    if let Some(v) = a.public_addr {
+        c.webrtc.public_addr = Some(v);
+    }
+    if let Some(v) = &a.data_dir {
+        c.data_dir = v.clone();
+    }
+    if let Some(v) = &a.database_url {
+        c.database_url = v.clone();
+    }
+    if let Some(v) = &a.admin_token {
+        c.admin_token = v.clone();
+    }
+    Ok(c)
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let c = config(&a)?;
+    let token_given = !c.admin_token.is_empty();
+    let running = fieldlink_server::start(c)
+        .await
+        .context("starting the server")?;
+    // One machine-readable line on stdout, for scripts and tests.
+    println!(
+        "{}",
+        serde_json::json!({
+            "event": "ready",
+            "http": running.http_addr.to_string(),
+            "ws": format!("ws://{}/ws", running.http_addr),
+            "udp": running.udp_addr.to_string(),
+            "database": running.database_url,
+            "admin_token": if token_given { None } else { Some(running.admin_token.clone()) },
+        })
+    );
+    eprintln!(
+        "fieldlink server on http://{} (WebSocket ws://{}/ws, WebRTC udp {})",
+        running.http_addr, running.http_addr, running.udp_addr
+    );
+    if !token_given {
+        eprintln!(
+            "admin token (random, set --admin-token to fix it): {}",
+            running.admin_token
+        );
+    }
+    let mut running = running;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; }
+        _ = terminate() => {}
+        _ = running.stop_signal().closed() => {}
+    }
+    eprintln!("shutting down...");
+    running.shutdown().await.context("shutting down")?;
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn terminate() {
+    if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        s.recv().await;
+    } else {
+        std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(not(unix))]
+async fn terminate() {
+    std::future::pending::<()>().await;
+}
