@@ -261,7 +261,9 @@ impl Driver {
                     cmd = self.cmds.recv() => match cmd {
                         None | Some(Cmd::Close) => return None,
                         Some(Cmd::Request { reply, .. }) => { let _ = reply.send(Err(ErrorCode::Disconnected.into())); }
-                        Some(Cmd::Send { reply, .. }) => { let _ = reply.send(Err(ErrorCode::Disconnected.into())); }
+                        Some(Cmd::Send { reply, .. }) | Some(Cmd::SendRaw { reply, .. }) => {
+                            let _ = reply.send(Err(ErrorCode::Disconnected.into()));
+                        }
                     }
                 }
             }
@@ -344,6 +346,9 @@ impl Driver {
                             Err(e) => Err(SdkError::new(e.code(), e.to_string())),
                         };
                         let _ = reply.send(r);
+                    }
+                    Some(Cmd::SendRaw { frame, qos, reply }) => {
+                        let _ = reply.send(conn.peer.write(qos, &frame));
                     }
                 },
             }

@@ -164,6 +164,12 @@ pub(crate) enum Cmd {
         qos: Qos,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Bytes written to a data channel as they are (tests of server-side enforcement).
+    SendRaw {
+        frame: Vec<u8>,
+        qos: Qos,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// Log out and stop the connection task.
     Close,
 }
@@ -383,6 +389,20 @@ impl RemoteDevice {
             return Err(ErrorCode::NotMaster.into());
         }
         self.h.send(gwid.to_string(), data, qos).await
+    }
+
+    /// Writes a raw control frame with none of the SDK's checks (size, rate, master).
+    /// Only for testing that the server enforces them against a misbehaving client.
+    #[doc(hidden)]
+    pub async fn send_raw_frame(&self, frame: Vec<u8>, qos: Qos) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.h
+            .tx
+            .send(Cmd::SendRaw { frame, qos, reply })
+            .await
+            .map_err(|_| SdkError::from(ErrorCode::Disconnected))?;
+        rx.await
+            .unwrap_or_else(|_| Err(ErrorCode::Disconnected.into()))
     }
 
     pub async fn close(self) {

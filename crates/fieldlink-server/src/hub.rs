@@ -90,6 +90,8 @@ pub enum Cmd {
         remote: DeviceId,
         level: Permission,
     },
+    /// Close every connection and stop (server shutdown).
+    Shutdown,
     /// Ids (`device` part) of the online devices of a project.
     Online {
         project: String,
@@ -208,12 +210,18 @@ impl Hub {
                     Err(e) => tracing::debug!("udp receive: {e}"),
                 },
                 cmd = rx.recv() => match cmd {
+                    Some(Cmd::Shutdown) | None => break,
                     Some(cmd) => self.on_cmd(cmd),
-                    None => break,
                 },
                 _ = tokio::time::sleep_until(next.into()) => {}
             }
             self.drive_timeouts();
+        }
+        for c in self.clients.values() {
+            let _ = c.out.try_send(Outbound::Close(
+                ErrorCode::Disconnected,
+                "server shutting down".into(),
+            ));
         }
         tracing::info!("hub stopped");
     }
@@ -260,6 +268,7 @@ impl Hub {
                 let r = self.set_permission(conn, &remote, level);
                 self.reply(conn, req, r);
             }
+            Cmd::Shutdown => {}
             Cmd::Online { project, reply } => {
                 let set = self
                     .by_device
@@ -329,8 +338,9 @@ impl Hub {
             for m in members {
                 self.send(conn, ServerMsg::RemoteJoined { remote_id: m });
             }
-            self.apply(&device, outs);
+            // Remotes learn the field is online before any permission change it brings.
             self.broadcast_presence(&device, true);
+            self.apply(&device, outs);
         }
         conn
     }

@@ -120,6 +120,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         }
     });
     let (hub, hub_task) = hub::spawn(udp, candidate, audit_tx);
+    let hub_stop = hub.clone();
 
     let admin_token = if config.admin_token.is_empty() {
         random_token()
@@ -142,8 +143,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
                 let _ = stop.await;
             })
             .await;
-        // The router (and with it the last hub handle) is gone: the hub stops, the audit
-        // queue drains, then the store closes.
+        // The hub closes every device connection and stops; the audit queue drains; then
+        // the store closes.
+        let _ = hub_stop.send(hub::Cmd::Shutdown).await;
         let _ = hub_task.await;
         let _ = audit_task.await;
         store.close().await;
