@@ -168,6 +168,16 @@ impl RateLimiter {
         }
     }
 
+    /// When the next slot frees up (`now` if one is free).
+    pub fn next_free(&self, now: Instant) -> Instant {
+        if self.sent.len() < self.limit {
+            return now;
+        }
+        self.sent
+            .front()
+            .map_or(now, |t| (*t + self.window).max(now))
+    }
+
     /// Takes one slot at `now`; false if the window is full (nothing is recorded then).
     pub fn try_acquire(&mut self, now: Instant) -> bool {
         while let Some(&t) = self.sent.front() {
@@ -278,6 +288,10 @@ mod tests {
             assert!(r.try_acquire(t0 + Duration::from_millis(i)), "{i}");
         }
         assert!(!r.try_acquire(t0 + Duration::from_millis(500)));
+        assert_eq!(
+            r.next_free(t0 + Duration::from_millis(500)),
+            t0 + Duration::from_millis(1000)
+        );
         assert!(!r.try_acquire(t0 + Duration::from_millis(999)));
         assert!(r.try_acquire(t0 + Duration::from_millis(1000)));
         assert!(!r.try_acquire(t0 + Duration::from_millis(1000)));

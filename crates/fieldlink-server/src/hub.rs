@@ -31,6 +31,9 @@ pub const CLIENT_QUEUE: usize = 512;
 const MAX_PENDING_RELIABLE: usize = 1024;
 /// Above this many buffered bytes a lossy message is dropped rather than delivered late.
 const LOSSY_BUFFER_LIMIT: usize = 8 * 1024;
+/// Reliable control messages of one sender waiting for their turn under the rate limit
+/// (10 s at the full rate).
+const MAX_PACED: usize = 1000;
 /// Most sessions one remote device may hold at once.
 const MAX_SESSIONS_PER_REMOTE: usize = 64;
 
@@ -167,6 +170,8 @@ struct Client {
     out: mpsc::Sender<Outbound>,
     peer: Option<Peer>,
     limiter: RateLimiter,
+    /// Reliable control frames over the rate limit, waiting their turn.
+    paced: VecDeque<Vec<u8>>,
     /// Remote: the field devices it is in session with.
     sessions: Vec<DeviceId>,
     /// Qos 0 late-drop filters, per sending device (the server never forwards stale ones).
@@ -201,6 +206,12 @@ impl Hub {
                 .clients
                 .values()
                 .filter_map(|c| c.peer.as_ref().map(|p| p.next_timeout))
+                .chain(
+                    self.clients
+                        .values()
+                        .filter(|c| !c.paced.is_empty())
+                        .map(|c| c.limiter.next_free(now)),
+                )
                 .min()
                 .unwrap_or(now + Duration::from_secs(1))
                 .max(now);
@@ -311,6 +322,7 @@ impl Hub {
                 out,
                 peer: None,
                 limiter: RateLimiter::default(),
+                paced: VecDeque::new(),
                 sessions: Vec::new(),
                 late: HashMap::new(),
                 last_warning: None,
@@ -675,6 +687,9 @@ impl Hub {
 
     fn drive_timeouts(&mut self) {
         let now = Instant::now();
+        for conn in self.drive_paced(now) {
+            self.poll(conn);
+        }
         let due: Vec<ConnId> = self
             .clients
             .iter()
@@ -728,7 +743,7 @@ impl Hub {
                         else {
                             continue;
                         };
-                        for target in self.on_control(conn, qos, &data) {
+                        for target in self.on_control(conn, qos, data) {
                             if !todo.contains(&target) {
                                 todo.push(target);
                             }
@@ -801,20 +816,31 @@ impl Hub {
         }
     }
 
-    /// Routes one control message; returns the peers written to (to be polled).
-    fn on_control(&mut self, from: ConnId, qos: Qos, data: &[u8]) -> Vec<ConnId> {
+    /// Admits one control message under the sender's rate limit. Lossy messages over the
+    /// limit are dropped. Reliable ones are paced: a compliant sender's messages can
+    /// arrive in a burst after the network held them back (SCTP retransmission), and must
+    /// not be lost, so they wait their turn in a bounded queue; a sender that keeps
+    /// exceeding the limit fills it and loses messages (with a warning).
+    /// Returns the peers written to (to be polled).
+    fn on_control(&mut self, from: ConnId, qos: Qos, data: Vec<u8>) -> Vec<ConnId> {
         let now = Instant::now();
-        let frame = match ControlFrame::decode(data) {
-            Ok(f) => f,
-            Err(e) => {
-                self.warn(from, e.code(), format!("control data refused: {e}"));
-                return Vec::new();
-            }
-        };
+        if let Err(e) = ControlFrame::decode(&data) {
+            self.warn(from, e.code(), format!("control data refused: {e}"));
+            return Vec::new();
+        }
         let Some(sender) = self.clients.get_mut(&from) else {
             return Vec::new();
         };
-        if !sender.limiter.try_acquire(now) {
+        let admitted = match qos {
+            Qos::Lossy => sender.limiter.try_acquire(now),
+            Qos::Reliable if sender.paced.is_empty() && sender.limiter.try_acquire(now) => true,
+            Qos::Reliable if sender.paced.len() < MAX_PACED => {
+                sender.paced.push_back(data);
+                return Vec::new();
+            }
+            Qos::Reliable => false,
+        };
+        if !admitted {
             self.warn(
                 from,
                 ErrorCode::RateLimited,
@@ -822,6 +848,47 @@ impl Hub {
             );
             return Vec::new();
         }
+        self.route(from, qos, &data)
+    }
+
+    /// Releases paced reliable messages whose turn has come.
+    fn drive_paced(&mut self, now: Instant) -> Vec<ConnId> {
+        let senders: Vec<ConnId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| !c.paced.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut touched = Vec::new();
+        for from in senders {
+            loop {
+                let Some(c) = self.clients.get_mut(&from) else {
+                    break;
+                };
+                if c.paced.is_empty() || !c.limiter.try_acquire(now) {
+                    break;
+                }
+                let Some(data) = c.paced.pop_front() else {
+                    break;
+                };
+                for t in self.route(from, Qos::Reliable, &data) {
+                    if !touched.contains(&t) {
+                        touched.push(t);
+                    }
+                }
+            }
+        }
+        touched
+    }
+
+    /// Forwards one admitted control message to its receivers.
+    fn route(&mut self, from: ConnId, qos: Qos, data: &[u8]) -> Vec<ConnId> {
+        let Ok(frame) = ControlFrame::decode(data) else {
+            return Vec::new();
+        };
+        let Some(sender) = self.clients.get(&from) else {
+            return Vec::new();
+        };
         let me = sender.info.device.clone();
         let fwd = ControlFrame {
             peer: &me.to_string(),

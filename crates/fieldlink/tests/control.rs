@@ -208,9 +208,9 @@ async fn server_enforces_limits_against_a_misbehaving_client() {
         )
     })
     .await;
-    // 150 messages at once: only 100 pass.
+    // 150 lossy messages at once: exactly 100 pass, the rest are dropped with a warning.
     for i in 0..150u32 {
-        r1.send_raw_frame(frame(format!("m{i}").as_bytes(), 10 + i), Qos::Reliable)
+        r1.send_raw_frame(frame(format!("m{i}").as_bytes(), 10 + i), Qos::Lossy)
             .await
             .unwrap();
     }
@@ -224,7 +224,7 @@ async fn server_enforces_limits_against_a_misbehaving_client() {
         )
     })
     .await;
-    let got: Vec<Vec<u8>> = drain(&mut fe, Duration::from_millis(1500))
+    let got: Vec<Vec<u8>> = drain(&mut fe, Duration::from_millis(1200))
         .await
         .into_iter()
         .filter_map(|e| match e {
@@ -232,8 +232,42 @@ async fn server_enforces_limits_against_a_misbehaving_client() {
             _ => None,
         })
         .collect();
-    assert_eq!(got.len(), 100, "server passes exactly 100 in a second");
+    assert_eq!(
+        got.len(),
+        100,
+        "server passes exactly 100 lossy messages in a second"
+    );
     assert!(!got.iter().any(|d| d == b"guest-sneaks" || d.len() == 701));
-    assert_eq!(got[0], b"m0");
-    assert_eq!(got[99], b"m99");
+    assert_eq!(
+        (got[0].as_slice(), got[99].as_slice()),
+        (&b"m0"[..], &b"m99"[..])
+    );
+
+    // 150 reliable messages at once: none is lost, but the server paces them to 100/s.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let start = tokio::time::Instant::now();
+    for i in 0..150u32 {
+        r1.send_raw_frame(frame(format!("q{i}").as_bytes(), 500 + i), Qos::Reliable)
+            .await
+            .unwrap();
+    }
+    let mut arrivals = Vec::new();
+    while arrivals.len() < 150 {
+        match tokio::time::timeout(WAIT, fe.recv()).await {
+            Ok(Some(Event::ControlData { data, .. })) => arrivals.push((data, start.elapsed())),
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    let order: Vec<Vec<u8>> = (0..150).map(|i| format!("q{i}").into_bytes()).collect();
+    assert_eq!(
+        arrivals.iter().map(|a| a.0.clone()).collect::<Vec<_>>(),
+        order,
+        "all 150, in order"
+    );
+    let gap = arrivals[100].1 - arrivals[0].1;
+    assert!(
+        gap >= Duration::from_millis(900),
+        "the 101st waited for the next second ({gap:?})"
+    );
 }

@@ -1,0 +1,212 @@
+//! Control data across a lossy network: a UDP relay on 127.0.0.1 drops a set share of
+//! datagrams in both directions between the devices and the server (this kernel has no
+//! netem). The server advertises the relay as its ICE candidate, so all media crosses it.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use fieldlink_sdk::{Event, Permission, Qos};
+use rand::Rng;
+use tokio::net::UdpSocket;
+
+/// Forwards datagrams between clients and the server, dropping `loss_pct` % of them.
+struct LossyRelay {
+    loss_pct: Arc<AtomicU32>,
+    dropped: Arc<AtomicU64>,
+    passed: Arc<AtomicU64>,
+}
+
+impl LossyRelay {
+    async fn start(front: UdpSocket, server: SocketAddr) -> LossyRelay {
+        let relay = LossyRelay {
+            loss_pct: Arc::new(AtomicU32::new(0)),
+            dropped: Arc::new(AtomicU64::new(0)),
+            passed: Arc::new(AtomicU64::new(0)),
+        };
+        let (loss, dropped, passed) = (
+            relay.loss_pct.clone(),
+            relay.dropped.clone(),
+            relay.passed.clone(),
+        );
+        let front = Arc::new(front);
+        tokio::spawn(async move {
+            let keep = move |loss: &AtomicU32, dropped: &AtomicU64, passed: &AtomicU64| {
+                let drop = rand::rng().random_range(0..100) < loss.load(Ordering::Relaxed);
+                if drop {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    passed.fetch_add(1, Ordering::Relaxed);
+                }
+                !drop
+            };
+            let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let Ok((n, client)) = front.recv_from(&mut buf).await else {
+                    return;
+                };
+                if !upstreams.contains_key(&client) {
+                    if upstreams.len() >= 16 {
+                        continue;
+                    }
+                    let up = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                    up.connect(server).await.unwrap();
+                    let (up2, front2) = (up.clone(), front.clone());
+                    let (l, d, p) = (loss.clone(), dropped.clone(), passed.clone());
+                    tokio::spawn(async move {
+                        let mut b = vec![0u8; 2048];
+                        while let Ok(n) = up2.recv(&mut b).await {
+                            if keep(&l, &d, &p) {
+                                let _ = front2.send_to(&b[..n], client).await;
+                            }
+                        }
+                    });
+                    upstreams.insert(client, up);
+                }
+                if keep(&loss, &dropped, &passed) {
+                    let _ = upstreams[&client].send(&buf[..n]).await;
+                }
+            }
+        });
+        relay
+    }
+}
+
+fn counter(data: &[u8]) -> u32 {
+    std::str::from_utf8(data)
+        .ok()
+        .and_then(|s| s.strip_prefix("n"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
+/// Every message, in order, exactly once.
+fn check_complete(what: &str, got: &[u32], n: u32) {
+    let first_bad = got.iter().enumerate().find(|(i, v)| **v != *i as u32);
+    assert!(
+        got.len() == n as usize && first_bad.is_none(),
+        "{what}: {} of {n} arrived; first out of place: {first_bad:?}; tail {:?}",
+        got.len(),
+        &got[got.len().saturating_sub(5)..]
+    );
+}
+
+/// Collects the counters of `n` reliable messages (or what arrived within 30 s).
+async fn collect(ev: &mut fieldlink_sdk::Events, n: usize) -> Vec<u32> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < n {
+        match tokio::time::timeout_at(deadline, ev.recv()).await {
+            Ok(Some(Event::ControlData {
+                data,
+                qos: Qos::Reliable,
+                ..
+            })) => got.push(counter(&data)),
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reliable_is_complete_and_ordered_and_lossy_is_never_late_at_10_percent_loss() {
+    let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = front.local_addr().unwrap().to_string();
+    let s = TestServer::start_with("", &["--public-addr", &front_addr]);
+    let relay = LossyRelay::start(front, s.udp.parse().unwrap()).await;
+    s.standard();
+    let (field, mut fe) = s.field("p/f", "fpw").await;
+    let (r1, mut e1) = s.remote("p/r1", "rpw").await;
+    let f = id("p/f");
+    r1.open_session(&f).await.unwrap();
+    expect_event(&mut e1, "master", |e| {
+        matches!(
+            e,
+            Event::Permission {
+                self_permission: Permission::Master,
+                ..
+            }
+        )
+    })
+    .await;
+    assert!(
+        relay.passed.load(Ordering::Relaxed) > 0,
+        "media goes through the relay"
+    );
+
+    relay.loss_pct.store(10, Ordering::Relaxed);
+    const N: u32 = 300;
+    // Both directions at once, ~90 messages/s each (under the 100/s limit).
+    let sender = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(11));
+        for i in 0..N {
+            tick.tick().await;
+            r1.send(&f, format!("n{i}").as_bytes(), Qos::Reliable)
+                .await
+                .unwrap();
+            field
+                .send(format!("n{i}").as_bytes(), Qos::Reliable)
+                .await
+                .unwrap();
+        }
+    };
+    let (_, at_field, at_remote) = tokio::join!(
+        sender,
+        collect(&mut fe, N as usize),
+        collect(&mut e1, N as usize)
+    );
+    check_complete("remote -> field", &at_field, N);
+    check_complete("field -> remote", &at_remote, N);
+    let dropped = relay.dropped.load(Ordering::Relaxed);
+    assert!(
+        dropped > 20,
+        "the relay really dropped datagrams ({dropped})"
+    );
+
+    // Lossy: some are lost, none arrives late (strictly increasing).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut tick = tokio::time::interval(Duration::from_millis(11));
+    for i in 0..N {
+        tick.tick().await;
+        r1.send(&f, format!("n{i}").as_bytes(), Qos::Lossy)
+            .await
+            .unwrap();
+    }
+    let got: Vec<u32> = drain(&mut fe, Duration::from_secs(2))
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::ControlData {
+                data,
+                qos: Qos::Lossy,
+                ..
+            } => Some(counter(&data)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "qos 0 never delivered late or twice: {got:?}"
+    );
+    assert!(
+        got.len() < N as usize,
+        "qos 0 is not retransmitted: {} of {N} arrived",
+        got.len()
+    );
+    assert!(
+        got.len() > N as usize / 2,
+        "most qos 0 messages arrive: {}",
+        got.len()
+    );
+    eprintln!(
+        "loss test: relay dropped {dropped} datagrams; qos 0 delivered {} of {N}",
+        got.len()
+    );
+}
