@@ -861,16 +861,13 @@ impl Hub {
             .collect();
         let mut touched = Vec::new();
         for from in senders {
-            loop {
-                let Some(c) = self.clients.get_mut(&from) else {
-                    break;
-                };
+            while let Some(data) = self.clients.get_mut(&from).and_then(|c| {
                 if c.paced.is_empty() || !c.limiter.try_acquire(now) {
-                    break;
+                    None
+                } else {
+                    c.paced.pop_front()
                 }
-                let Some(data) = c.paced.pop_front() else {
-                    break;
-                };
+            }) {
                 for t in self.route(from, Qos::Reliable, &data) {
                     if !touched.contains(&t) {
                         touched.push(t);

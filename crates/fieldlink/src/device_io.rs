@@ -10,7 +10,7 @@ fn hex(data: &[u8]) -> String {
 }
 
 pub fn unhex(s: &str) -> Result<Vec<u8>, String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err("hex needs an even number of digits".into());
     }
     (0..s.len())

@@ -1,0 +1,288 @@
+//! The `fieldlink` command line: token vectors, and field/remote processes talking through
+//! a real server.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+
+use common::*;
+use serde_json::Value;
+
+fn fieldlink() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fieldlink"));
+    c.env("FIELDLINK_LOG", "warn");
+    c
+}
+
+#[test]
+fn token_prints_the_spec_test_vectors() {
+    let out = fieldlink()
+        .args([
+            "token",
+            "device-password",
+            "--key",
+            KEY,
+            "--device-id",
+            "proj1/dev1",
+            "--expire",
+            "29433600",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "sINpihXd9RT0pkibuCg4Z3NlhJuCpUFCZE3pqNlk8do_29433600\n"
+    );
+    let out = fieldlink()
+        .args([
+            "token",
+            "session-code",
+            "--key",
+            KEY,
+            "--remote-id",
+            "proj1/remote1",
+            "--field-id",
+            "proj1/dev1",
+            "--expire",
+            "29433600",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ZbHRkwBaykRp7h9tG9CecqmAUkcw5Bt5v8Q46S7XeQQ_29433600\n"
+    );
+    let out = fieldlink()
+        .args([
+            "token",
+            "device-password",
+            "--key",
+            "TOO-SHORT",
+            "--device-id",
+            "p/d",
+            "--expire",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("32 characters"));
+    let out = fieldlink()
+        .args([
+            "token",
+            "device-password",
+            "--key",
+            KEY,
+            "--device-id",
+            "no-slash",
+            "--expire",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+/// Reads JSON lines of a child's stdout on a thread.
+fn lines(child: &mut std::process::Child) -> mpsc::Receiver<Value> {
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+fn wait_line(rx: &mpsc::Receiver<Value>, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(v) if pred(&v) => return v,
+            Ok(_) => {}
+            Err(_) => panic!("no line for {what}"),
+        }
+    }
+}
+
+#[test]
+fn field_and_remote_command_lines_exchange_control_data() {
+    let s = TestServer::start();
+    s.standard();
+    let cfg = s.dir.join("field.json");
+    std::fs::write(
+        &cfg,
+        format!(r#"{{"device_id":"f","projectid":"p","password":"fpw","device_streams":1,"server":"{}"}}"#, s.ws),
+    )
+    .unwrap();
+    let mut field = fieldlink()
+        .args(["field", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let field_out = lines(&mut field);
+    wait_line(&field_out, "field ready", |v| v["event"] == "ready");
+
+    let remote = |extra: &[&str]| {
+        let mut c = fieldlink();
+        c.args([
+            "remote",
+            "--server",
+            &s.ws,
+            "--device-id",
+            "p/r1",
+            "--password",
+            "rpw",
+            "--json",
+        ])
+        .args(extra);
+        c
+    };
+    // List.
+    let out = remote(&["list"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["id"], "p/f");
+    assert_eq!(list[0]["online"], true);
+
+    // One-shot send: waits for master, sends, exits 0.
+    let out = remote(&[
+        "send",
+        "--gwid",
+        "p/f",
+        "--data",
+        "hello field",
+        "--count",
+        "3",
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for _ in 0..3 {
+        let v = wait_line(&field_out, "control data at field", |v| {
+            v["event"] == "control_data"
+        });
+        assert_eq!(
+            (v["from"].as_str(), v["text"].as_str(), v["qos"].as_u64()),
+            (Some("p/r1"), Some("hello field"), Some(1))
+        );
+    }
+
+    // Interactive session: report data from the field's stdin reaches the remote.
+    let mut conn = remote(&["connect", "--gwid", "p/f", "--duration", "8"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let conn_out = lines(&mut conn);
+    wait_line(&conn_out, "master", |v| {
+        v["event"] == "permission" && v["self_permission"] == 1
+    });
+    writeln!(
+        field.stdin.as_mut().unwrap(),
+        r#"{{"send_hex":"00ff10","qos":0}}"#
+    )
+    .unwrap();
+    let v = wait_line(&conn_out, "report at remote", |v| {
+        v["event"] == "control_data"
+    });
+    assert_eq!(
+        (v["from"].as_str(), v["hex"].as_str(), v["qos"].as_u64()),
+        (Some("p/f"), Some("00ff10"), Some(0))
+    );
+    // A bad command line is reported, not fatal.
+    writeln!(field.stdin.as_mut().unwrap(), r#"{{"send_hex":"zz"}}"#).unwrap();
+    let v = wait_line(&field_out, "error line", |v| v["event"] == "error");
+    assert_eq!(v["name"], "BAD_REQUEST");
+    // The remote sends from its stdin, and releases master.
+    writeln!(conn.stdin.as_mut().unwrap(), "typed line").unwrap();
+    let v = wait_line(&field_out, "typed line at field", |v| {
+        v["event"] == "control_data"
+    });
+    assert_eq!(v["text"], "typed line");
+    writeln!(
+        conn.stdin.as_mut().unwrap(),
+        r#"{{"request_permission":0}}"#
+    )
+    .unwrap();
+    wait_line(&field_out, "master released", |v| {
+        v["event"] == "master_changed" && v["master_id"].is_null()
+    });
+    // As a guest, sending is refused with NOT_MASTER.
+    writeln!(conn.stdin.as_mut().unwrap(), "not allowed").unwrap();
+    let v = wait_line(&conn_out, "not master", |v| v["event"] == "error");
+    assert_eq!(v["name"], "NOT_MASTER");
+    drop(conn.stdin.take());
+    assert!(conn.wait().unwrap().success());
+    let _ = field.kill();
+    let _ = field.wait();
+}
+
+#[test]
+fn clear_errors_for_bad_logins_and_configs() {
+    let s = TestServer::start();
+    s.standard();
+    let out = fieldlink()
+        .args([
+            "remote",
+            "--server",
+            &s.ws,
+            "--device-id",
+            "p/r1",
+            "--password",
+            "wrong",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("WRONG_PASSWORD"), "{err}");
+    let cfg = s.dir.join("bad.json");
+    std::fs::write(
+        &cfg,
+        r#"{"device_id":"f","projectid":"p","password":"x","nonsense":1}"#,
+    )
+    .unwrap();
+    let out = fieldlink()
+        .args(["field", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nonsense"));
+    let out = fieldlink()
+        .args([
+            "remote",
+            "--server",
+            "ws://127.0.0.1:9/ws",
+            "--device-id",
+            "p/r1",
+            "--password",
+            "x",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DISCONNECTED"));
+}
