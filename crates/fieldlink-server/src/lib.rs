@@ -51,6 +51,8 @@ pub struct Running {
     pub udp_addr: SocketAddr,
     pub admin_token: String,
     pub database_url: String,
+    /// The store, for in-process tools (the demo seeds it).
+    pub store: Store,
     shutdown: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), ServerError>>,
 }
@@ -127,6 +129,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     } else {
         config.admin_token.clone()
     };
+    let state_store = store.clone();
     let state = Arc::new(AppState {
         store: store.clone(),
         hub,
@@ -158,6 +161,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         udp_addr,
         admin_token,
         database_url: redact(&url),
+        store: state_store,
         shutdown,
         task,
     })

@@ -172,29 +172,47 @@ impl Store {
             pool,
             seq: Default::default(),
         };
-        store.migrate().await?;
+        store.migrate(is_sqlite).await?;
         Ok(store)
     }
 
-    async fn migrate(&self) -> Result<()> {
-        sqlx::query("CREATE TABLE IF NOT EXISTS fieldlink_schema (version BIGINT NOT NULL)")
-            .execute(&self.pool)
-            .await?;
-        let row = sqlx::query("SELECT MAX(version) AS v FROM fieldlink_schema")
-            .fetch_one(&self.pool)
-            .await?;
-        let current: Option<i64> = row.try_get("v")?;
-        let current = current.unwrap_or(0) as usize;
-        for (i, step) in MIGRATIONS.iter().enumerate().skip(current) {
-            let mut tx = self.pool.begin().await?;
-            sqlx::query(step).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO fieldlink_schema (version) VALUES ($1)")
-                .bind((i + 1) as i64)
-                .execute(&mut *tx)
+    async fn migrate(&self, is_sqlite: bool) -> Result<()> {
+        use sqlx::Acquire;
+        // One connection throughout; on PostgreSQL an advisory lock keeps two servers
+        // (or test processes) starting at once from migrating twice.
+        let mut conn = self.pool.acquire().await?;
+        if !is_sqlite {
+            sqlx::query("SELECT pg_advisory_lock(727172)")
+                .execute(&mut *conn)
                 .await?;
-            tx.commit().await?;
         }
-        Ok(())
+        let result = async {
+            sqlx::query("CREATE TABLE IF NOT EXISTS fieldlink_schema (version BIGINT NOT NULL)")
+                .execute(&mut *conn)
+                .await?;
+            let row = sqlx::query("SELECT MAX(version) AS v FROM fieldlink_schema")
+                .fetch_one(&mut *conn)
+                .await?;
+            let current: Option<i64> = row.try_get("v")?;
+            let current = current.unwrap_or(0) as usize;
+            for (i, step) in MIGRATIONS.iter().enumerate().skip(current) {
+                let mut tx = conn.begin().await?;
+                sqlx::query(step).execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO fieldlink_schema (version) VALUES ($1)")
+                    .bind((i + 1) as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        if !is_sqlite {
+            sqlx::query("SELECT pg_advisory_unlock(727172)")
+                .execute(&mut *conn)
+                .await?;
+        }
+        result
     }
 
     /// Flushes and closes every connection (graceful shutdown).

@@ -1,5 +1,6 @@
 //! `fieldlink`: one binary for the server, field and remote devices, and tools.
 
+mod demo;
 mod device_io;
 mod field;
 mod remote;
@@ -21,6 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the server with embedded defaults, a demo project and a demo field device.
+    Demo(demo::Args),
     /// Run the server (signalling, WebRTC, admin API, store).
     Server(server::Args),
     /// Run a field device from a config.json: prints control data as JSON lines, sends lines read from stdin.
@@ -60,6 +63,7 @@ fn main() -> std::process::ExitCode {
     };
     let r = rt.block_on(async move {
         match cli.cmd {
+            Command::Demo(a) => demo::run(a).await,
             Command::Server(a) => server::run(a).await,
             Command::Field(a) => field::run(a).await,
             Command::Remote(a) => remote::run(a).await,

@@ -250,3 +250,46 @@ async fn data_survives_a_graceful_restart() {
         .iter()
         .all(|e| e["ts_ms"].as_i64().unwrap() > 0 && e["field_id"] == "p/f"));
 }
+
+/// The same server on PostgreSQL (CI provides one; locally skipped without it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_runs_on_postgres() {
+    let Ok(url) = std::env::var("FIELDLINK_TEST_PG_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide FIELDLINK_TEST_PG_URL"
+        );
+        eprintln!("FIELDLINK_TEST_PG_URL not set: PostgreSQL server test skipped");
+        return;
+    };
+    let s = TestServer::start_with("", &["--database-url", &url]);
+    let p = format!("pg{}", std::process::id());
+    let _ = s.api("DELETE", &format!("/api/v1/projects/{p}"), None);
+    s.project(&p, json!({"Mode": 1, "Key": KEY, "AutoRegister": 3}));
+    s.device(&p, "f", "field", "fpw");
+    let (_f, _fe) = s.field(&format!("{p}/f"), "fpw").await;
+    // Auto-registration writes through the same portable SQL.
+    let r = format!("{p}/r");
+    let pw = fieldlink_auth::device_password(KEY, &r, now_minutes() + 5);
+    let (remote, mut re) = s.remote(&r, &pw).await;
+    remote.open_session(&id(&format!("{p}/f"))).await.unwrap();
+    expect_event(&mut re, "master", |e| {
+        matches!(
+            e,
+            fieldlink_sdk::Event::Permission {
+                self_permission: fieldlink_sdk::Permission::Master,
+                ..
+            }
+        )
+    })
+    .await;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (_, log) = s.api("GET", &format!("/api/v1/projects/{p}/audit"), None);
+    assert_eq!(log[0]["cause"], "auto_grant", "{log}");
+    let (_, devs) = s.api("GET", &format!("/api/v1/projects/{p}/devices"), None);
+    assert_eq!(devs.as_array().unwrap().len(), 2, "{devs}");
+    assert_eq!(
+        s.api("DELETE", &format!("/api/v1/projects/{p}"), None).0,
+        204
+    );
+}

@@ -1,0 +1,371 @@
+//! `fieldlink-bench control`: control-data latency through a real `fieldlink server`
+//! process on loopback, and how many field+remote pairs at 100 Hz it sustains on one core
+//! with p99 under 5 ms. The server is pinned to CPU 0 (`taskset`), this process to CPU 1.
+//! Figures go to stdout; see docs/benchmarks.md.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use fieldlink_sdk::{
+    DeviceConfig, DeviceId, Event, Events, FieldDevice, Permission, Qos, RemoteDevice,
+};
+use fieldlink_server::store::{Device, Project, Security, Store};
+
+#[derive(Parser)]
+#[command(about = "fieldlink benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Control-data latency (qos 0 and 1) and capacity at 100 Hz.
+    Control {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// Largest number of field+remote pairs to try.
+        #[arg(long, default_value_t = 64)]
+        max_pairs: usize,
+        /// The fieldlink binary (default: next to this one).
+        #[arg(long)]
+        fieldlink: Option<PathBuf>,
+    },
+}
+
+/// Time base shared by senders and receivers (one process, one clock).
+fn epoch() -> Instant {
+    static E: OnceLock<Instant> = OnceLock::new();
+    *E.get_or_init(Instant::now)
+}
+
+fn stamp() -> Vec<u8> {
+    (epoch().elapsed().as_nanos() as u64).to_be_bytes().to_vec()
+}
+
+fn latency_us(data: &[u8]) -> Option<u64> {
+    let sent = u64::from_be_bytes(data.get(..8)?.try_into().ok()?);
+    Some((epoch().elapsed().as_nanos() as u64).saturating_sub(sent) / 1000)
+}
+
+struct Server {
+    child: Child,
+    ws: String,
+    dir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn start_server(bin: &PathBuf, pairs: usize) -> anyhow::Result<Server> {
+    let dir = std::env::temp_dir().join(format!("fieldlink-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let url = format!("sqlite://{}?mode=rwc", dir.join("fieldlink.db").display());
+    let store = Store::open(&url).await?;
+    store
+        .create_project(&Project {
+            id: "bench".into(),
+            name: "bench".into(),
+            security: Security::default(),
+            created_ms: 0,
+        })
+        .await?;
+    let hash = fieldlink_auth::hash_password("pw");
+    for i in 0..pairs {
+        for (id, kind) in [
+            (format!("f{i}"), fieldlink_sdk::Role::Field),
+            (format!("r{i}"), fieldlink_sdk::Role::Remote),
+        ] {
+            store
+                .create_device(&Device {
+                    project_id: "bench".into(),
+                    device_id: id.clone(),
+                    kind,
+                    name: id,
+                    password: hash.clone(),
+                    key_password_only: false,
+                    auto_registered: false,
+                    created_ms: 0,
+                })
+                .await?;
+        }
+    }
+    store.close().await;
+    let pinned = Command::new("taskset").arg("--version").output().is_ok();
+    let mut cmd = if pinned {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    };
+    cmd.args([
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--udp-listen",
+        "127.0.0.1:0",
+        "--admin-token",
+        "bench",
+    ])
+    .arg("--data-dir")
+    .arg(&dir)
+    .env("FIELDLINK_LOG", "warn")
+    .stdout(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let ready: serde_json::Value =
+        serde_json::from_str(&line).with_context(|| format!("ready line {line:?}"))?;
+    let ws = ready["ws"].as_str().context("ws address")?.to_string();
+    if !pinned {
+        eprintln!("note: taskset not found; the server is not pinned to one core");
+    }
+    Ok(Server { child, ws, dir })
+}
+
+/// CPU seconds (user + system) used so far by a process.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+struct Pair {
+    field: Arc<FieldDevice>,
+    remote: Arc<RemoteDevice>,
+    gwid: DeviceId,
+    fe: Events,
+    re: Events,
+}
+
+async fn pair(ws: &str, i: usize) -> anyhow::Result<Pair> {
+    let gwid: DeviceId = format!("bench/f{i}").parse()?;
+    let (field, fe) = FieldDevice::connect(DeviceConfig::new(ws, gwid.clone(), "pw")).await?;
+    let (remote, mut re) =
+        RemoteDevice::connect(DeviceConfig::new(ws, format!("bench/r{i}").parse()?, "pw")).await?;
+    remote.open_session(&gwid).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while remote.permission(&gwid) != Permission::Master {
+        if tokio::time::timeout_at(deadline, re.recv()).await.is_err() {
+            bail!("pair {i}: no master");
+        }
+    }
+    Ok(Pair {
+        field: Arc::new(field),
+        remote: Arc::new(remote),
+        gwid,
+        fe,
+        re,
+    })
+}
+
+#[derive(Default)]
+struct Stats {
+    lat_us: Mutex<Vec<u64>>,
+    sent: AtomicU64,
+    received: AtomicU64,
+    send_errors: AtomicU64,
+}
+
+fn pct(v: &mut [u64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i] as f64 / 1000.0
+}
+
+/// Runs every pair at 100 Hz in both directions for `secs`; returns (field->remote,
+/// remote->field) statistics.
+async fn run_load(pairs: Vec<Pair>, qos: Qos, secs: u64) -> (Arc<Stats>, Arc<Stats>, Vec<Pair>) {
+    let down = Arc::new(Stats::default()); // field -> remote
+    let up = Arc::new(Stats::default()); // remote -> field
+    let stop = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    let mut back = Vec::new();
+    for (k, p) in pairs.into_iter().enumerate() {
+        let Pair {
+            field,
+            remote,
+            gwid,
+            mut fe,
+            mut re,
+        } = p;
+        let (f2, r2, g2, d2, u2) = (
+            field.clone(),
+            remote.clone(),
+            gwid.clone(),
+            down.clone(),
+            up.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            // Spread the senders over the 10 ms period.
+            tokio::time::sleep(Duration::from_micros((k as u64 * 379) % 10_000)).await;
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while Instant::now() < stop {
+                tick.tick().await;
+                for (r, st) in [
+                    (f2.send(&stamp(), qos).await, &d2),
+                    (r2.send(&g2, &stamp(), qos).await, &u2),
+                ] {
+                    match r {
+                        Ok(()) => st.sent.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => st.send_errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            }
+        }));
+        let (d3, u3) = (down.clone(), up.clone());
+        let recv = tokio::spawn(async move {
+            let until = tokio::time::Instant::from_std(stop + Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    e = fe.recv() => if let Some(Event::ControlData { data, .. }) = e {
+                        if let Some(l) = latency_us(&data) { u3.lat_us.lock().unwrap().push(l); u3.received.fetch_add(1, Ordering::Relaxed); }
+                    },
+                    e = re.recv() => if let Some(Event::ControlData { data, .. }) = e {
+                        if let Some(l) = latency_us(&data) { d3.lat_us.lock().unwrap().push(l); d3.received.fetch_add(1, Ordering::Relaxed); }
+                    },
+                    _ = tokio::time::sleep_until(until) => break,
+                }
+            }
+            (fe, re)
+        });
+        back.push((field, remote, gwid, recv));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut out = Vec::new();
+    for (field, remote, gwid, recv) in back {
+        if let Ok((fe, re)) = recv.await {
+            out.push(Pair {
+                field,
+                remote,
+                gwid,
+                fe,
+                re,
+            });
+        }
+    }
+    (down, up, out)
+}
+
+fn summary(name: &str, s: &Stats) -> (f64, f64, f64) {
+    let mut v = std::mem::take(&mut *s.lat_us.lock().unwrap());
+    let sent = s.sent.load(Ordering::Relaxed).max(1);
+    let delivered = s.received.load(Ordering::Relaxed) as f64 / sent as f64 * 100.0;
+    let (p50, p99) = (pct(&mut v, 0.5), pct(&mut v, 0.99));
+    println!("  {name:<16} sent {sent:>7}  delivered {delivered:>6.2}%  p50 {p50:>7.3} ms  p99 {p99:>7.3} ms");
+    (p50, p99, delivered)
+}
+
+async fn control(secs: u64, max_pairs: usize, bin: PathBuf) -> anyhow::Result<()> {
+    epoch();
+    let server = start_server(&bin, max_pairs).await?;
+    let pid = server.child.id();
+    println!("fieldlink-bench control: server pid {pid} (CPU 0), {secs} s per step, loopback");
+
+    println!("\n1 pair, 100 Hz each way:");
+    let mut pairs = vec![pair(&server.ws, 0).await?];
+    for qos in [Qos::Lossy, Qos::Reliable] {
+        let (down, up, back) = run_load(pairs, qos, secs).await;
+        pairs = back;
+        println!(" qos {}:", qos as u8);
+        summary("field->remote", &down);
+        summary("remote->field", &up);
+    }
+
+    println!("\ncapacity, qos 0, 100 Hz each way per pair (server on one core):");
+    println!(
+        "  {:>5} {:>10} {:>10} {:>11} {:>10}",
+        "pairs", "p50 ms", "p99 ms", "delivered", "server CPU"
+    );
+    let mut best = 0;
+    let mut n = 1;
+    while n <= max_pairs {
+        while pairs.len() < n {
+            let i = pairs.len();
+            pairs.push(pair(&server.ws, i).await?);
+        }
+        let cpu0 = cpu_secs(pid);
+        let t0 = Instant::now();
+        let (down, up, back) = run_load(pairs, Qos::Lossy, secs).await;
+        pairs = back;
+        let cpu = (cpu_secs(pid) - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+        let mut all: Vec<u64> = down
+            .lat_us
+            .lock()
+            .unwrap()
+            .drain(..)
+            .chain(up.lat_us.lock().unwrap().drain(..))
+            .collect();
+        let sent = down.sent.load(Ordering::Relaxed) + up.sent.load(Ordering::Relaxed);
+        let recvd = down.received.load(Ordering::Relaxed) + up.received.load(Ordering::Relaxed);
+        let delivered = recvd as f64 / sent.max(1) as f64 * 100.0;
+        let (p50, p99) = (pct(&mut all, 0.5), pct(&mut all, 0.99));
+        println!("  {n:>5} {p50:>10.3} {p99:>10.3} {delivered:>10.2}% {cpu:>9.1}%");
+        if p99 < 5.0 && delivered > 99.0 {
+            best = n;
+        } else {
+            break;
+        }
+        n *= 2;
+    }
+    println!("\nRESULT: {best} field+remote pairs at 100 Hz each way with p99 < 5 ms (largest step tried: {})", n.min(max_pairs));
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Cmd::Control {
+            secs,
+            max_pairs,
+            fieldlink,
+        } => {
+            let bin = match fieldlink {
+                Some(b) => b,
+                None => std::env::current_exe()?.with_file_name("fieldlink"),
+            };
+            if !bin.exists() {
+                bail!(
+                    "{} not found: build it first (cargo build --release -p fieldlink)",
+                    bin.display()
+                );
+            }
+            // This process on CPU 1, away from the server.
+            let _ = Command::new("taskset")
+                .args(["-pc", "1", &std::process::id().to_string()])
+                .output();
+            rt.block_on(control(secs, max_pairs, bin))
+        }
+    }
+}
