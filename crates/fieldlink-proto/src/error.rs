@@ -52,7 +52,6 @@ codes! {
     NotMaster = -30, "NOT_MASTER", "only the master may send control data";
     MessageTooLarge = -31, "MESSAGE_TOO_LARGE", "control message larger than 700 bytes";
     RateLimited = -32, "RATE_LIMITED", "more than 100 control messages in one second";
-    InvalidLevel = -33, "INVALID_LEVEL", "permission level must be 0 (guest) or 1 (master)";
     MediaNotReady = -34, "MEDIA_NOT_READY", "media connection is not established";
     Congested = -35, "CONGESTED", "send buffer full";
     WrongRoleForCall = -36, "WRONG_ROLE_FOR_CALL", "this call is for the other device role";
