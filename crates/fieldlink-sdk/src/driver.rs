@@ -18,6 +18,10 @@ use fieldlink_proto::{
 use crate::peer::{Peer, PeerEvent};
 use crate::{Cmd, DeviceConfig, Event, Result, SdkError, Shared, REQUEST_TIMEOUT};
 
+/// Requests waiting for an answer; more are refused (a server that stopped answering must
+/// not make this grow without bound).
+const MAX_PENDING: usize = 1024;
+
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Queues events for the application without ever blocking the connection.
@@ -330,6 +334,10 @@ impl Driver {
                 cmd = self.cmds.recv() => match cmd {
                     None | Some(Cmd::Close) => return Stop::Closed,
                     Some(Cmd::Request { mut msg, reply }) => {
+                        if self.pending.len() >= MAX_PENDING {
+                            let _ = reply.send(Err(SdkError::new(ErrorCode::Congested, "too many requests waiting for the server")));
+                            continue;
+                        }
                         let id = self.req_id();
                         msg.set_req(Some(id));
                         if let Err(e) = conn.ws.send(to_msg(&msg)).await {

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
@@ -42,7 +42,12 @@ impl Peer {
             .local_addr()
             .map_err(|e| SdkError::new(ErrorCode::MediaNotReady, e.to_string()))?;
         let now = Instant::now();
-        let mut rtc = Rtc::builder().build(now);
+        // Faster consent checks than the defaults (3 s max RTO, 9 retransmits, ~20 s):
+        // an operator should learn of a dead media path in about 5 s.
+        let mut config = Rtc::builder();
+        config.set_max_stun_rto(Duration::from_secs(1));
+        config.set_max_stun_retransmits(6);
+        let mut rtc = config.build(now);
         let cand = Candidate::host(local, "udp").map_err(|e| {
             SdkError::new(ErrorCode::MediaNotReady, format!("candidate {local}: {e}"))
         })?;

@@ -331,11 +331,11 @@ impl Hub {
         self.by_device.insert(device.clone(), conn);
         tracing::info!(device = %device, role = role.as_str(), conn, "device online");
         if role == Role::Field {
-            let fc = self
+            let members = self
                 .fields
-                .entry(device.clone())
-                .or_insert_with(|| FieldControl::new(device.clone()));
-            let members = fc.members().to_vec();
+                .get(&device)
+                .map(|fc| fc.members().to_vec())
+                .unwrap_or_default();
             let first_auto = members
                 .iter()
                 .find(|m| {
@@ -345,7 +345,10 @@ impl Hub {
                         .is_some_and(|c| c.info.auto_permission)
                 })
                 .cloned();
-            let fc = self.fields.get_mut(&device).expect("inserted above");
+            let fc = self
+                .fields
+                .entry(device.clone())
+                .or_insert_with(|| FieldControl::new(device.clone()));
             let outs = fc.field_presence(true, auto, first_auto);
             for m in members {
                 self.send(conn, ServerMsg::RemoteJoined { remote_id: m });

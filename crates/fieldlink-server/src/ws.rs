@@ -195,16 +195,17 @@ impl Session {
         let req = msg.req();
         let r = self.handle_inner(msg).await;
         match r {
-            Ok(Some(cmd)) => match self.state.hub.send(cmd).await {
+            Ok(cmd) => match self.state.hub.send(cmd).await {
                 Ok(()) => None,
                 Err(code) => Some(ServerMsg::error(req, code, "server shutting down")),
             },
-            Ok(None) => None,
-            Err(m) => Some(m),
+            Err(answer) => Some(answer),
         }
     }
 
-    async fn handle_inner(&mut self, msg: ClientMsg) -> Result<Option<Cmd>, ServerMsg> {
+    /// `Ok`: a command for the hub, which answers. `Err`: the answer to send now — an
+    /// error, or the result of a request answered here (so `?` ends a request early).
+    async fn handle_inner(&mut self, msg: ClientMsg) -> Result<Cmd, ServerMsg> {
         let conn = self.conn;
         let err = |req, code: ErrorCode| ServerMsg::error(req, code, code.describe());
         match msg {
@@ -214,7 +215,7 @@ impl Session {
                 "already logged in",
             )),
             ClientMsg::Ping { req } => Err(ServerMsg::Pong { req }),
-            ClientMsg::Offer { req, sdp } => Ok(Some(Cmd::Offer { conn, req, sdp })),
+            ClientMsg::Offer { req, sdp } => Ok(Cmd::Offer { conn, req, sdp }),
             ClientMsg::ListFields { req } => {
                 self.need(Role::Remote, req)?;
                 let project = self.project(req).await?;
@@ -249,11 +250,11 @@ impl Session {
             ClientMsg::Connect { req, gwid } => {
                 self.need(Role::Remote, req)?;
                 self.may_connect(req, &gwid).await?;
-                Ok(Some(Cmd::Connect { conn, req, gwid }))
+                Ok(Cmd::Connect { conn, req, gwid })
             }
             ClientMsg::Disconnect { req, gwid } => {
                 self.need(Role::Remote, req)?;
-                Ok(Some(Cmd::Disconnect { conn, req, gwid }))
+                Ok(Cmd::Disconnect { conn, req, gwid })
             }
             ClientMsg::SetSessionToken {
                 req,
@@ -280,12 +281,12 @@ impl Session {
             }
             ClientMsg::RequestPermission { req, gwid, level } => {
                 self.need(Role::Remote, req)?;
-                Ok(Some(Cmd::RequestPermission {
+                Ok(Cmd::RequestPermission {
                     conn,
                     req,
                     gwid,
                     level,
-                }))
+                })
             }
             ClientMsg::SetPermission {
                 req,
@@ -293,12 +294,12 @@ impl Session {
                 level,
             } => {
                 self.need(Role::Field, req)?;
-                Ok(Some(Cmd::SetPermission {
+                Ok(Cmd::SetPermission {
                     conn,
                     req,
                     remote: remote_id,
                     level,
-                }))
+                })
             }
         }
     }

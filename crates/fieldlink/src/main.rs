@@ -34,15 +34,22 @@ enum Command {
     Token(token::Args),
 }
 
+/// Logs to stderr: `FIELDLINK_LOG` is the filter, `FIELDLINK_LOG_FORMAT=json` gives one
+/// JSON object per line.
 fn init_logs() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("FIELDLINK_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,str0m=warn,sctp_proto=warn"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if std::env::var("FIELDLINK_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 fn main() -> std::process::ExitCode {

@@ -210,3 +210,74 @@ async fn reliable_is_complete_and_ordered_and_lossy_is_never_late_at_10_percent_
         got.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_loss_is_detected_and_repaired_without_the_application() {
+    let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = front.local_addr().unwrap().to_string();
+    let s = TestServer::start_with("", &["--public-addr", &front_addr]);
+    let relay = LossyRelay::start(front, s.udp.parse().unwrap()).await;
+    s.standard();
+    let (field, mut fe) = s.field("p/f", "fpw").await;
+    let (r1, mut e1) = s.remote("p/r1", "rpw").await;
+    let f = id("p/f");
+    r1.open_session(&f).await.unwrap();
+    expect_event(&mut e1, "master", |e| {
+        matches!(
+            e,
+            Event::Permission {
+                self_permission: Permission::Master,
+                ..
+            }
+        )
+    })
+    .await;
+
+    // The media path goes dark while signalling (TCP) stays up.
+    relay.loss_pct.store(100, Ordering::Relaxed);
+    let t0 = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        match tokio::time::timeout_at(deadline, e1.recv()).await {
+            Ok(Some(Event::Disconnected { reason })) => {
+                eprintln!("media loss detected after {:?}: {reason}", t0.elapsed());
+                break;
+            }
+            Ok(Some(_)) => {}
+            _ => panic!("media loss not detected within 40 s"),
+        }
+    }
+    relay.loss_pct.store(0, Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, e1.recv()).await {
+            Ok(Some(Event::Reconnected)) => break,
+            Ok(Some(_)) => {}
+            _ => panic!("no reconnection within 20 s"),
+        }
+    }
+    expect_event(&mut e1, "master again", |e| {
+        matches!(
+            e,
+            Event::Permission {
+                self_permission: Permission::Master,
+                ..
+            }
+        )
+    })
+    .await;
+    r1.send(&f, b"back", Qos::Reliable).await.unwrap();
+    expect_event(
+        &mut fe,
+        "control after repair",
+        |e| matches!(e, Event::ControlData { data, .. } if data == b"back"),
+    )
+    .await;
+    field.send(b"report", Qos::Reliable).await.unwrap();
+    expect_event(
+        &mut e1,
+        "report after repair",
+        |e| matches!(e, Event::ControlData { data, .. } if data == b"report"),
+    )
+    .await;
+}
