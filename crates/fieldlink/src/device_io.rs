@@ -1,9 +1,10 @@
 //! What `fieldlink field` and `fieldlink remote` share: events printed as JSON lines (or
 //! short human lines), and commands read from stdin.
 
-use fieldlink_sdk::{DeviceId, Event, Permission, Qos, SdkError};
+use fieldlink_sdk::{DeviceId, ErrorCode, Event, Events, Permission, Qos, SdkError};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::io::AsyncBufReadExt;
 
 fn hex(data: &[u8]) -> String {
     data.iter().map(|b| format!("{b:02x}")).collect()
@@ -159,6 +160,50 @@ pub fn parse_line(line: &str, default_qos: Qos) -> Result<Option<Action>, String
         return Ok(Some(Action::Set(s.remote_id, level(s.level)?)));
     }
     Err("command needs one of send, send_hex, request_permission, set_permission".into())
+}
+
+/// The interactive loop of `field` and `remote connect`: prints every event, turns each
+/// stdin line into an action for `act`, prints failures; ends on Ctrl-C, at `until`, or
+/// when the device closes. End of stdin only stops reading.
+pub async fn console(
+    events: &mut Events,
+    json: bool,
+    default_qos: Qos,
+    until: Option<tokio::time::Instant>,
+    mut act: impl AsyncFnMut(Action) -> Result<(), SdkError>,
+) {
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    let stop = async {
+        match until {
+            Some(t) => tokio::time::sleep_until(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ev) => print(json, &event_json(&ev)),
+                None => break,
+            },
+            line = lines.next_line(), if stdin_open => match line {
+                Ok(Some(l)) => {
+                    let r = match parse_line(&l, default_qos) {
+                        Ok(Some(a)) => act(a).await,
+                        Ok(None) => continue,
+                        Err(e) => Err(SdkError::new(ErrorCode::BadRequest, e)),
+                    };
+                    if let Err(e) = r {
+                        print(json, &error_json(&e));
+                    }
+                }
+                _ => stdin_open = false,
+            },
+            _ = &mut stop => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,11 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args as ClapArgs;
-use fieldlink_sdk::{DeviceConfig, DeviceId, FieldDevice, Qos};
+use fieldlink_sdk::{DeviceConfig, DeviceId, ErrorCode, FieldDevice, Qos, SdkError};
 use serde::Deserialize;
-use tokio::io::AsyncBufReadExt;
 
-use crate::device_io::{error_json, event_json, parse_line, print, Action};
+use crate::device_io::{console, print, Action};
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -82,31 +81,21 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         &serde_json::json!({"event": "ready", "device_id": id}),
     );
     let default_qos = Qos::try_from(a.qos).map_err(anyhow::Error::msg)?;
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let mut stdin_open = true;
-    loop {
-        tokio::select! {
-            ev = events.recv() => match ev {
-                Some(ev) => print(json, &event_json(&ev)),
-                None => break,
-            },
-            line = lines.next_line(), if stdin_open => match line {
-                Ok(Some(l)) => {
-                    let r = match parse_line(&l, default_qos) {
-                        Ok(Some(Action::Send { data, qos, .. })) => dev.send(&data, qos).await,
-                        Ok(Some(Action::Set(remote, level))) => dev.set_operation_permission(&remote, level).await,
-                        Ok(Some(Action::Request(_))) => Err(fieldlink_sdk::SdkError::new(fieldlink_sdk::ErrorCode::WrongRoleForCall, "a field device sets permission, it does not request it")),
-                        Ok(None) => continue,
-                        Err(e) => Err(fieldlink_sdk::SdkError::new(fieldlink_sdk::ErrorCode::BadRequest, e)),
-                    };
-                    if let Err(e) = r { print(json, &error_json(&e)); }
-                }
-                // End of input: keep running and printing until Ctrl-C.
-                _ => stdin_open = false,
-            },
-            _ = tokio::signal::ctrl_c() => break,
-        }
-    }
+    console(
+        &mut events,
+        json,
+        default_qos,
+        None,
+        async |action| match action {
+            Action::Send { data, qos, .. } => dev.send(&data, qos).await,
+            Action::Set(remote, level) => dev.set_operation_permission(&remote, level).await,
+            Action::Request(_) => Err(SdkError::new(
+                ErrorCode::WrongRoleForCall,
+                "a field device sets permission, it does not request it",
+            )),
+        },
+    )
+    .await;
     dev.close().await;
     Ok(())
 }

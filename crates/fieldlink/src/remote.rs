@@ -7,9 +7,8 @@ use clap::{Args as ClapArgs, Subcommand};
 use fieldlink_sdk::{
     DeviceConfig, DeviceId, ErrorCode, Event, Permission, Qos, RemoteDevice, SdkError,
 };
-use tokio::io::AsyncBufReadExt;
 
-use crate::device_io::{error_json, event_json, parse_line, print, unhex, Action};
+use crate::device_io::{console, print, unhex, Action};
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -129,37 +128,23 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             let default_qos = Qos::try_from(*qos).map_err(anyhow::Error::msg)?;
             let until =
                 duration.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d.max(0.0)));
-            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-            let mut stdin_open = true;
-            loop {
-                let stop = async {
-                    match until {
-                        Some(t) => tokio::time::sleep_until(t).await,
-                        None => std::future::pending().await,
+            console(
+                &mut events,
+                json,
+                default_qos,
+                until,
+                async |action| match action {
+                    Action::Send { gwid: g, data, qos } => {
+                        dev.send(g.as_ref().unwrap_or(gwid), &data, qos).await
                     }
-                };
-                tokio::select! {
-                    ev = events.recv() => match ev {
-                        Some(ev) => print(json, &event_json(&ev)),
-                        None => break,
-                    },
-                    line = lines.next_line(), if stdin_open => match line {
-                        Ok(Some(l)) => {
-                            let r = match parse_line(&l, default_qos) {
-                                Ok(Some(Action::Send { gwid: g, data, qos })) => dev.send(g.as_ref().unwrap_or(gwid), &data, qos).await,
-                                Ok(Some(Action::Request(level))) => dev.request_permission(gwid, level).await,
-                                Ok(Some(Action::Set(..))) => Err(SdkError::new(ErrorCode::WrongRoleForCall, "only a field device sets permission")),
-                                Ok(None) => continue,
-                                Err(e) => Err(SdkError::new(ErrorCode::BadRequest, e)),
-                            };
-                            if let Err(e) = r { print(json, &error_json(&e)); }
-                        }
-                        _ => stdin_open = false,
-                    },
-                    _ = stop => break,
-                    _ = tokio::signal::ctrl_c() => break,
-                }
-            }
+                    Action::Request(level) => dev.request_permission(gwid, level).await,
+                    Action::Set(..) => Err(SdkError::new(
+                        ErrorCode::WrongRoleForCall,
+                        "only a field device sets permission",
+                    )),
+                },
+            )
+            .await;
         }
         Cmd::Send {
             gwid,
