@@ -55,6 +55,9 @@ codes! {
     MediaNotReady = -34, "MEDIA_NOT_READY", "media connection is not established";
     Congested = -35, "CONGESTED", "send buffer full";
     WrongRoleForCall = -36, "WRONG_ROLE_FOR_CALL", "this call is for the other device role";
+    StreamOutOfRange = -40, "STREAM_OUT_OF_RANGE", "stream id is not in 0..device_streams-1 of that field device";
+    ConnFdOutOfRange = -41, "CONN_FD_OUT_OF_RANGE", "conn_fd is not in 0..max_streams-1";
+    NoVideo = -42, "NO_VIDEO", "the field device publishes no video";
 }
 
 impl ErrorCode {

@@ -11,4 +11,4 @@ pub use control::{
 };
 pub use error::ErrorCode;
 pub use ids::{DeviceId, IdError, Role};
-pub use signal::{ClientMsg, FieldInfo, Permission, ServerMsg, PROTOCOL_VERSION};
+pub use signal::{ClientMsg, FieldInfo, Permission, ServerMsg, StreamState, PROTOCOL_VERSION};

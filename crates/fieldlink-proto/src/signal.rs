@@ -40,6 +40,20 @@ impl TryFrom<u8> for Permission {
     }
 }
 
+/// State of a receiver (`conn_fd`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamState {
+    /// Routed; waiting for the stream's first keyframe (one was requested).
+    Connecting,
+    /// The first decodable frame of the stream was forwarded.
+    Playing,
+    /// It cannot play now (e.g. the field device went offline); it resumes by itself.
+    Failed,
+    /// Disconnected (by request, by a new stream on the receiver, or the session ended).
+    Disconnected,
+}
+
 /// A field device as a remote device sees it in a list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldInfo {
@@ -69,6 +83,10 @@ pub enum ClientMsg {
         #[serde(default)]
         req: Option<u64>,
         sdp: String,
+        /// The video m-lines' mids in order: a field device's stream 0, 1, ...
+        /// (sendonly), or a remote device's receivers `conn_fd` 0, 1, ... (recvonly).
+        #[serde(default)]
+        video_mids: Vec<String>,
     },
     /// Remote only: list the project's field devices (needs `FieldListEnable` = 1).
     ListFields {
@@ -80,6 +98,26 @@ pub enum ClientMsg {
         #[serde(default)]
         req: Option<u64>,
         gwid: DeviceId,
+    },
+    /// Remote only: connect field streams to receivers, pairwise (SPEC §2 `connect`).
+    /// Opens the operation session if needed. A receiver that had another stream drops it.
+    Watch {
+        #[serde(default)]
+        req: Option<u64>,
+        gwid: DeviceId,
+        stream_ids: Vec<u32>,
+        conn_fds: Vec<u32>,
+    },
+    /// Remote only: disconnect receivers (SPEC §2 `disconnect`).
+    Unwatch {
+        #[serde(default)]
+        req: Option<u64>,
+        conn_fds: Vec<u32>,
+    },
+    /// Remote only: disconnect every receiver (SPEC §2 `disconnect_all`).
+    UnwatchAll {
+        #[serde(default)]
+        req: Option<u64>,
     },
     /// Remote only: end an operation session.
     Disconnect {
@@ -128,6 +166,9 @@ impl ClientMsg {
             | ClientMsg::ListFields { req }
             | ClientMsg::Connect { req, .. }
             | ClientMsg::Disconnect { req, .. }
+            | ClientMsg::Watch { req, .. }
+            | ClientMsg::Unwatch { req, .. }
+            | ClientMsg::UnwatchAll { req }
             | ClientMsg::SetSessionToken { req, .. }
             | ClientMsg::RequestPermission { req, .. }
             | ClientMsg::SetPermission { req, .. }
@@ -142,6 +183,9 @@ impl ClientMsg {
             | ClientMsg::ListFields { req }
             | ClientMsg::Connect { req, .. }
             | ClientMsg::Disconnect { req, .. }
+            | ClientMsg::Watch { req, .. }
+            | ClientMsg::Unwatch { req, .. }
+            | ClientMsg::UnwatchAll { req }
             | ClientMsg::SetSessionToken { req, .. }
             | ClientMsg::RequestPermission { req, .. }
             | ClientMsg::SetPermission { req, .. }
@@ -208,6 +252,15 @@ pub enum ServerMsg {
     /// To a field device: who is master of it now.
     MasterChanged {
         master_id: Option<DeviceId>,
+    },
+    /// To a remote: the state of one receiver (SPEC §2 state callback per conn_fd).
+    StreamState {
+        conn_fd: u32,
+        gwid: DeviceId,
+        stream_id: u32,
+        state: StreamState,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// Something the device sent was refused after the fact (e.g. control data dropped).
     Warning {

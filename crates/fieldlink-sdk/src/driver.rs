@@ -121,10 +121,12 @@ async fn establish(role: Role, cfg: &DeviceConfig) -> Result<Connection> {
             }
         }
     }
-    let (mut peer, offer) = Peer::new(local_ip).await?;
+    let (mut peer, offer, video_mids) =
+        Peer::new(local_ip, cfg.streams, role == Role::Field).await?;
     ws.send(to_msg(&ClientMsg::Offer {
         req: Some(1),
         sdp: offer,
+        video_mids,
     }))
     .await
     .map_err(|e| lost(&e))?;
@@ -154,7 +156,9 @@ async fn establish(role: Role, cfg: &DeviceConfig) -> Result<Connection> {
                     PeerEvent::Dead(why) => {
                         return Err(SdkError::new(ErrorCode::MediaNotReady, why))
                     }
-                    PeerEvent::Data(..) => {}
+                    PeerEvent::Data(..)
+                    | PeerEvent::Frame { .. }
+                    | PeerEvent::KeyframeRequest(_) => {}
                 }
             }
         }
@@ -184,6 +188,8 @@ pub(crate) async fn start(
         late: HashMap::new(),
         sessions: Vec::new(),
         codes: HashMap::new(),
+        watches: HashMap::new(),
+        video_epoch: std::time::SystemTime::now(),
     };
     tokio::spawn(driver.run(conn));
     Ok(())
@@ -217,6 +223,10 @@ struct Driver {
     /// Remote: sessions to restore after a reconnect.
     sessions: Vec<DeviceId>,
     codes: HashMap<DeviceId, String>,
+    /// Remote: receivers to reconnect after a reconnect (conn_fd -> stream).
+    watches: HashMap<u32, (DeviceId, u32)>,
+    /// Field: RTP timestamps count from here.
+    video_epoch: std::time::SystemTime,
 }
 
 impl Driver {
@@ -268,6 +278,7 @@ impl Driver {
                         Some(Cmd::Send { reply, .. }) | Some(Cmd::SendRaw { reply, .. }) => {
                             let _ = reply.send(Err(ErrorCode::Disconnected.into()));
                         }
+                        Some(Cmd::Video { .. }) => {}
                     }
                 }
             }
@@ -297,6 +308,12 @@ impl Driver {
         msgs.extend(self.sessions.iter().map(|g| ClientMsg::Connect {
             req: None,
             gwid: g.clone(),
+        }));
+        msgs.extend(self.watches.iter().map(|(fd, (g, s))| ClientMsg::Watch {
+            req: None,
+            gwid: g.clone(),
+            stream_ids: vec![*s],
+            conn_fds: vec![*fd],
         }));
         for mut m in msgs {
             let id = self.req_id();
@@ -358,16 +375,65 @@ impl Driver {
                     Some(Cmd::SendRaw { frame, qos, reply }) => {
                         let _ = reply.send(conn.peer.write(qos, &frame));
                     }
+                    Some(Cmd::Video { stream, frame }) => {
+                        let since = frame.capture.duration_since(self.video_epoch).unwrap_or_default();
+                        let rtp = (since.as_micros() as u64).saturating_mul(9) / 100;
+                        if let Err(e) = conn.peer.write_video(stream, &frame.data, rtp, frame.capture) {
+                            tracing::debug!(stream, "video frame dropped: {e}");
+                        }
+                    }
                 },
             }
             for ev in conn.peer.poll() {
                 match ev {
                     PeerEvent::Data(qos, data) => self.on_control(qos, &data),
+                    PeerEvent::Frame {
+                        index,
+                        data,
+                        rtp_time,
+                        capture,
+                    } => self.on_frame(index, data, rtp_time, capture),
+                    PeerEvent::KeyframeRequest(index) => {
+                        if let Some(flag) = self.shared.keyframe_wanted.get(index) {
+                            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
                     PeerEvent::Dead(why) => return Stop::Lost(why),
                     PeerEvent::Ready => {}
                 }
             }
         }
+    }
+
+    fn on_frame(
+        &mut self,
+        index: usize,
+        data: Vec<u8>,
+        rtp_time: u64,
+        capture: Option<std::time::SystemTime>,
+    ) {
+        let conn_fd = index as u32;
+        let (stream, window) = {
+            let r = self
+                .shared
+                .receivers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            r.get(index)
+                .map(|r| (r.stream.clone(), r.window))
+                .unwrap_or((None, None))
+        };
+        let keyframe = fieldlink_media::is_h264_keyframe(&data);
+        self.ev.emit(Event::Frame(crate::VideoFrame {
+            conn_fd,
+            stream,
+            window,
+            keyframe,
+            rtp_time,
+            capture,
+            received: std::time::SystemTime::now(),
+            data,
+        }));
     }
 
     fn on_control(&mut self, qos: fieldlink_proto::Qos, data: &[u8]) {
@@ -452,6 +518,33 @@ impl Driver {
             ServerMsg::Presence { field_id, online } => {
                 self.ev.emit(Event::Presence { field_id, online })
             }
+            ServerMsg::StreamState {
+                conn_fd,
+                gwid,
+                stream_id,
+                state,
+                reason,
+            } => {
+                if let Some(r) = self
+                    .shared
+                    .receivers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(conn_fd as usize)
+                {
+                    r.stream = match state {
+                        fieldlink_proto::StreamState::Disconnected => None,
+                        _ => Some((gwid.clone(), stream_id)),
+                    };
+                }
+                self.ev.emit(Event::StreamState {
+                    conn_fd,
+                    gwid,
+                    stream_id,
+                    state,
+                    reason,
+                });
+            }
             ServerMsg::Warning { code, message } => self.ev.emit(Event::Warning { code, message }),
             ServerMsg::Error { code, message, .. } => {
                 self.ev.emit(Event::Warning { code, message });
@@ -472,6 +565,7 @@ impl Driver {
             }
             ClientMsg::Disconnect { gwid, .. } => {
                 self.sessions.retain(|g| g != gwid);
+                self.watches.retain(|_, (g, _)| g != gwid);
                 self.shared
                     .permissions
                     .lock()
@@ -481,6 +575,25 @@ impl Driver {
             ClientMsg::SetSessionToken { field_id, code, .. } => {
                 self.codes.insert(field_id.clone(), code.clone());
             }
+            ClientMsg::Watch {
+                gwid,
+                stream_ids,
+                conn_fds,
+                ..
+            } => {
+                if !self.sessions.contains(gwid) {
+                    self.sessions.push(gwid.clone());
+                }
+                for (s, fd) in stream_ids.iter().zip(conn_fds) {
+                    self.watches.insert(*fd, (gwid.clone(), *s));
+                }
+            }
+            ClientMsg::Unwatch { conn_fds, .. } => {
+                for fd in conn_fds {
+                    self.watches.remove(fd);
+                }
+            }
+            ClientMsg::UnwatchAll { .. } => self.watches.clear(),
             _ => {}
         }
     }

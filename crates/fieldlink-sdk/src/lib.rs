@@ -9,6 +9,7 @@
 
 mod driver;
 mod peer;
+pub mod video;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +17,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use fieldlink_proto::{control::check_payload, RateLimiter};
-pub use fieldlink_proto::{DeviceId, ErrorCode, FieldInfo, Permission, Qos, Role};
+pub use fieldlink_proto::{DeviceId, ErrorCode, FieldInfo, Permission, Qos, Role, StreamState};
+pub use video::{EncodedFrame, VideoSource};
 
 /// How long a request waits for the server's answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,6 +63,9 @@ pub struct DeviceConfig {
     pub auto_permission: bool,
     /// Wait between reconnection attempts (doubles up to 8×).
     pub reconnect_delay: Duration,
+    /// Video m-lines: a field device's `device_streams`, or a remote device's
+    /// `max_streams` receivers (`conn_fd` 0..max_streams-1). 0 = control data only.
+    pub streams: u32,
 }
 
 impl DeviceConfig {
@@ -75,6 +80,7 @@ impl DeviceConfig {
             password: password.into(),
             auto_permission: true,
             reconnect_delay: Duration::from_millis(500),
+            streams: 0,
         }
     }
 }
@@ -137,6 +143,34 @@ pub enum Event {
     Lagged {
         dropped: u64,
     },
+    /// Remote: the state of a receiver changed (SPEC §2 per-conn_fd state callback).
+    StreamState {
+        conn_fd: u32,
+        gwid: DeviceId,
+        stream_id: u32,
+        state: StreamState,
+        reason: Option<String>,
+    },
+    /// Remote: a video frame arrived on a receiver (external rendering).
+    Frame(VideoFrame),
+}
+
+/// One received video access unit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoFrame {
+    pub conn_fd: u32,
+    /// The stream the receiver is connected to, as last announced by the server.
+    pub stream: Option<(DeviceId, u32)>,
+    /// The window the receiver is bound to (`set_windows`), `None` = external rendering.
+    pub window: Option<u64>,
+    /// H.264 Annex-B access unit.
+    pub data: Vec<u8>,
+    pub keyframe: bool,
+    /// RTP time, 90 kHz, continuous per receiver across switches.
+    pub rtp_time: u64,
+    /// Capture time on the field device's clock (abs-capture-time), when sent.
+    pub capture: Option<std::time::SystemTime>,
+    pub received: std::time::SystemTime,
 }
 
 /// The event stream of one device.
@@ -170,15 +204,26 @@ pub(crate) enum Cmd {
         qos: Qos,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Field: one encoded frame of a stream.
+    Video { stream: usize, frame: EncodedFrame },
     /// Log out and stop the connection task.
     Close,
 }
 
 /// State both the handle and the driver see.
-#[derive(Default)]
 pub(crate) struct Shared {
     /// Remote: own level per field device, as last notified.
     pub permissions: Mutex<std::collections::HashMap<DeviceId, Permission>>,
+    /// Field: per stream, a receiver asked for a keyframe.
+    pub keyframe_wanted: Vec<std::sync::atomic::AtomicBool>,
+    /// Remote: per receiver, its stream and window.
+    pub receivers: Mutex<Vec<Receiver>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Receiver {
+    pub stream: Option<(DeviceId, u32)>,
+    pub window: Option<u64>,
 }
 
 struct Handle {
@@ -193,7 +238,11 @@ impl Handle {
     async fn start(role: Role, cfg: DeviceConfig) -> Result<(Handle, Events)> {
         let (tx, rx) = mpsc::channel(256);
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            permissions: Default::default(),
+            keyframe_wanted: (0..cfg.streams).map(|_| Default::default()).collect(),
+            receivers: Mutex::new(vec![Receiver::default(); cfg.streams as usize]),
+        });
         let id = cfg.device_id.clone();
         driver::start(role, cfg, rx, ev_tx, shared.clone()).await?;
         Ok((
@@ -274,6 +323,65 @@ impl FieldDevice {
     /// Sends control (report) data to every remote device in session with this device.
     pub async fn send(&self, data: &[u8], qos: Qos) -> Result<()> {
         self.h.send(String::new(), data, qos).await
+    }
+
+    /// Starts publishing stream `stream_id` from `source` at its frame rate, until the
+    /// device is closed. Keyframe requests from receivers reach the source.
+    pub fn start_video(&self, stream_id: u32, mut source: impl VideoSource) -> Result<()> {
+        let flags = self.h.shared.clone();
+        let idx = stream_id as usize;
+        if idx >= flags.keyframe_wanted.len() {
+            return Err(SdkError::new(
+                ErrorCode::StreamOutOfRange,
+                format!(
+                    "stream {stream_id} is not in 0..{} (DeviceConfig::streams)",
+                    flags.keyframe_wanted.len()
+                ),
+            ));
+        }
+        let fps = source.fps();
+        if !(fps > 0.0 && fps <= 240.0) {
+            return Err(SdkError::new(
+                ErrorCode::BadRequest,
+                format!("source fps {fps} is not in (0, 240]"),
+            ));
+        }
+        let tx = self.h.tx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / fps));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let force =
+                    flags.keyframe_wanted[idx].swap(false, std::sync::atomic::Ordering::Relaxed);
+                // Encoding is CPU work: keep it off the async workers.
+                let (s, r) = match tokio::task::spawn_blocking(move || {
+                    let r = source.next_frame(force);
+                    (source, r)
+                })
+                .await
+                {
+                    Ok(v) => v,
+                    Err(_) => return,
+                };
+                source = s;
+                match r {
+                    Ok(Some(frame)) => {
+                        // A full queue drops the frame rather than falling behind.
+                        match tx.try_send(Cmd::Video { stream: idx, frame }) {
+                            Err(mpsc::error::TrySendError::Closed(_)) => return,
+                            _ => {}
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(stream_id, "video source failed: {e}");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Sets a remote device's level (SPEC §5 `set_operation_permission`).
@@ -368,6 +476,97 @@ impl RemoteDevice {
                 level,
             })
             .await
+    }
+
+    /// Connects field streams to receivers, pairwise (SPEC §2 `connect`): asynchronous,
+    /// each conn_fd then reports [`Event::StreamState`] (connecting, playing, ...). A
+    /// receiver that had another stream drops it. Opens the operation session if needed.
+    pub async fn connect_streams(
+        &self,
+        gwid: &DeviceId,
+        stream_ids: &[u32],
+        conn_fds: &[u32],
+    ) -> Result<()> {
+        if stream_ids.len() != conn_fds.len() || stream_ids.is_empty() {
+            return Err(SdkError::new(
+                ErrorCode::BadRequest,
+                "give one conn_fd per stream id",
+            ));
+        }
+        self.check_fds(conn_fds)?;
+        self.h
+            .ok(fieldlink_proto::ClientMsg::Watch {
+                req: None,
+                gwid: gwid.clone(),
+                stream_ids: stream_ids.to_vec(),
+                conn_fds: conn_fds.to_vec(),
+            })
+            .await
+    }
+
+    /// Disconnects receivers (SPEC §2 `disconnect`).
+    pub async fn disconnect_streams(&self, conn_fds: &[u32]) -> Result<()> {
+        self.check_fds(conn_fds)?;
+        self.h
+            .ok(fieldlink_proto::ClientMsg::Unwatch {
+                req: None,
+                conn_fds: conn_fds.to_vec(),
+            })
+            .await
+    }
+
+    /// Disconnects every receiver (SPEC §2 `disconnect_all`).
+    pub async fn disconnect_all(&self) -> Result<()> {
+        self.h
+            .ok(fieldlink_proto::ClientMsg::UnwatchAll { req: None })
+            .await
+    }
+
+    /// Binds receivers to windows (`Some(id)`) or to external rendering (`None`). Purely
+    /// local: streams are not touched, so re-binding never interrupts them.
+    pub fn set_windows(&self, conn_fds: &[u32], windows: &[Option<u64>]) -> Result<()> {
+        if conn_fds.len() != windows.len() {
+            return Err(SdkError::new(
+                ErrorCode::BadRequest,
+                "give one window per conn_fd",
+            ));
+        }
+        self.check_fds(conn_fds)?;
+        let mut r = self
+            .h
+            .shared
+            .receivers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (fd, w) in conn_fds.iter().zip(windows) {
+            r[*fd as usize].window = *w;
+        }
+        Ok(())
+    }
+
+    fn check_fds(&self, conn_fds: &[u32]) -> Result<()> {
+        let max = self
+            .h
+            .shared
+            .receivers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        for (i, fd) in conn_fds.iter().enumerate() {
+            if *fd as usize >= max {
+                return Err(SdkError::new(
+                    ErrorCode::ConnFdOutOfRange,
+                    format!("conn_fd {fd} is not in 0..{max} (max_streams)"),
+                ));
+            }
+            if conn_fds[..i].contains(fd) {
+                return Err(SdkError::new(
+                    ErrorCode::BadRequest,
+                    format!("conn_fd {fd} given twice"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// This device's level for `gwid`, as last notified by the server.

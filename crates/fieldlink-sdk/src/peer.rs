@@ -3,11 +3,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
+
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::{AbsCaptureTime, Extension};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 
@@ -15,10 +18,22 @@ use fieldlink_proto::{ErrorCode, Qos};
 
 use crate::{Result, SdkError};
 
+/// RTP header extension id for abs-capture-time (not in str0m's default map).
+pub(crate) const EXT_ABS_CAPTURE_TIME: u8 = 5;
+
 pub(crate) enum PeerEvent {
     /// Both data channels are open.
     Ready,
     Data(Qos, Vec<u8>),
+    /// Remote: a video frame on receiver `index`.
+    Frame {
+        index: usize,
+        data: Vec<u8>,
+        rtp_time: u64,
+        capture: Option<SystemTime>,
+    },
+    /// Field: the server asks stream `index` for a keyframe.
+    KeyframeRequest(usize),
     Dead(String),
 }
 
@@ -30,11 +45,15 @@ pub(crate) struct Peer {
     pending: Option<SdpPendingOffer>,
     pub next_timeout: Instant,
     ready: bool,
+    /// Video m-lines: a field device's streams (sendonly) or a remote's receivers (recvonly).
+    video_mids: Vec<Mid>,
 }
 
 impl Peer {
-    /// Binds a UDP socket on `ip` and makes the SDP offer.
-    pub async fn new(ip: IpAddr) -> Result<(Peer, String)> {
+    /// Binds a UDP socket on `ip` and makes the SDP offer, with `videos` video m-lines
+    /// (`send`: sendonly streams of a field device, else recvonly receivers of a remote).
+    /// Returns the offer and the video mids in order.
+    pub async fn new(ip: IpAddr, videos: u32, send: bool) -> Result<(Peer, String, Vec<String>)> {
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await.map_err(|e| {
             SdkError::new(ErrorCode::MediaNotReady, format!("bind UDP on {ip}: {e}"))
         })?;
@@ -47,7 +66,11 @@ impl Peer {
         let mut config = Rtc::builder();
         config.set_max_stun_rto(Duration::from_secs(1));
         config.set_max_stun_retransmits(6);
-        let mut rtc = config.build(now);
+        let mut rtc = config
+            .clear_codecs()
+            .enable_h264(true)
+            .set_extension(EXT_ABS_CAPTURE_TIME, Extension::AbsoluteCaptureTime)
+            .build(now);
         let cand = Candidate::host(local, "udp").map_err(|e| {
             SdkError::new(ErrorCode::MediaNotReady, format!("candidate {local}: {e}"))
         })?;
@@ -65,6 +88,22 @@ impl Peer {
                 ..Default::default()
             });
         }
+        let dir = if send {
+            Direction::SendOnly
+        } else {
+            Direction::RecvOnly
+        };
+        let video_mids: Vec<Mid> = (0..videos)
+            .map(|i| {
+                api.add_media(
+                    MediaKind::Video,
+                    dir,
+                    Some(format!("fieldlink-{i}")),
+                    Some(format!("video-{i}")),
+                    None,
+                )
+            })
+            .collect();
         let (offer, pending) = api
             .apply()
             .ok_or_else(|| SdkError::new(ErrorCode::Internal, "no SDP changes to offer"))?;
@@ -77,8 +116,10 @@ impl Peer {
                 pending: Some(pending),
                 next_timeout: now,
                 ready: false,
+                video_mids: video_mids.clone(),
             },
             offer.to_sdp_string(),
+            video_mids.iter().map(|m| m.to_string()).collect(),
         ))
     }
 
@@ -138,6 +179,41 @@ impl Peer {
         }
     }
 
+    /// Field: sends one encoded frame on stream `index` (frames that cannot be sent are
+    /// dropped: video never waits).
+    pub fn write_video(
+        &mut self,
+        index: usize,
+        data: &[u8],
+        rtp_time: u64,
+        capture: SystemTime,
+    ) -> Result<()> {
+        let mid = *self
+            .video_mids
+            .get(index)
+            .ok_or(ErrorCode::StreamOutOfRange)?;
+        let writer = self.rtc.writer(mid).ok_or(ErrorCode::MediaNotReady)?;
+        let pt = writer
+            .payload_params()
+            .next()
+            .map(|p| p.pt())
+            .ok_or_else(|| {
+                SdkError::new(ErrorCode::MediaNotReady, "no H.264 payload type negotiated")
+            })?;
+        writer
+            .abs_capture_time(AbsCaptureTime {
+                capture_time: capture,
+                clock_offset: None,
+            })
+            .write(
+                pt,
+                Instant::now(),
+                MediaTime::from_90khz(rtp_time),
+                data.to_vec(),
+            )
+            .map_err(|e| SdkError::new(ErrorCode::MediaNotReady, e.to_string()))
+    }
+
     /// Drains output: sends datagrams, returns events, updates `next_timeout`.
     pub fn poll(&mut self) -> Vec<PeerEvent> {
         let mut events = Vec::new();
@@ -179,6 +255,21 @@ impl Peer {
                         if let Some(i) = self.channels.iter().position(|c| *c == Some(d.id)) {
                             let q = if i == 0 { Qos::Lossy } else { Qos::Reliable };
                             events.push(PeerEvent::Data(q, d.data));
+                        }
+                    }
+                    Event::MediaData(d) => {
+                        if let Some(index) = self.video_mids.iter().position(|m| *m == d.mid) {
+                            events.push(PeerEvent::Frame {
+                                index,
+                                data: d.data.to_vec(),
+                                rtp_time: d.time.rebase(Frequency::NINETY_KHZ).numer(),
+                                capture: d.ext_vals.abs_capture_time.map(|a| a.capture_time),
+                            });
+                        }
+                    }
+                    Event::KeyframeRequest(r) => {
+                        if let Some(index) = self.video_mids.iter().position(|m| *m == r.mid) {
+                            events.push(PeerEvent::KeyframeRequest(index));
                         }
                     }
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {

@@ -12,14 +12,16 @@ use std::time::{Duration, Instant};
 
 use str0m::change::SdpOffer;
 use str0m::channel::ChannelId;
+use str0m::media::{Frequency, KeyframeRequestKind, MediaData, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::Extension;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use fieldlink_proto::control::LateFilter;
 use fieldlink_proto::{
-    ControlFrame, DeviceId, ErrorCode, Permission, Qos, RateLimiter, Role, ServerMsg,
+    ControlFrame, DeviceId, ErrorCode, Permission, Qos, RateLimiter, Role, ServerMsg, StreamState,
 };
 
 use crate::permission::{FieldControl, Out};
@@ -34,6 +36,12 @@ const LOSSY_BUFFER_LIMIT: usize = 8 * 1024;
 /// Reliable control messages of one sender waiting for their turn under the rate limit
 /// (10 s at the full rate).
 const MAX_PACED: usize = 1000;
+/// Most video m-lines (streams or receivers) of one peer connection.
+const MAX_VIDEO_MLINES: usize = 64;
+/// RTP header extension id for abs-capture-time (the SDK uses the same).
+const EXT_ABS_CAPTURE_TIME: u8 = 5;
+/// Keyframe requests to one stream are collapsed within this interval.
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(100);
 /// Most sessions one remote device may hold at once.
 const MAX_SESSIONS_PER_REMOTE: usize = 64;
 
@@ -70,6 +78,20 @@ pub enum Cmd {
         conn: ConnId,
         req: Option<u64>,
         sdp: String,
+        video_mids: Vec<String>,
+    },
+    Watch {
+        conn: ConnId,
+        req: Option<u64>,
+        gwid: DeviceId,
+        stream_ids: Vec<u32>,
+        conn_fds: Vec<u32>,
+    },
+    /// `None`: every receiver.
+    Unwatch {
+        conn: ConnId,
+        req: Option<u64>,
+        conn_fds: Option<Vec<u32>>,
     },
     Connect {
         conn: ConnId,
@@ -153,6 +175,7 @@ pub fn spawn(
         fields: HashMap::new(),
         by_addr: HashMap::new(),
         audit,
+        dirty: Vec::new(),
     };
     let task = tokio::spawn(hub.run(rx));
     (HubHandle { tx }, task)
@@ -160,6 +183,10 @@ pub fn spawn(
 
 struct Peer {
     rtc: Rtc,
+    /// Video m-lines by index: a field's stream ids, or a remote's conn_fds.
+    video_mids: Vec<Mid>,
+    /// Field: when each stream was last asked for a keyframe.
+    keyframe_asked: Vec<Option<Instant>>,
     channels: [Option<ChannelId>; 2],
     pending_reliable: VecDeque<Vec<u8>>,
     next_timeout: Instant,
@@ -178,6 +205,20 @@ struct Client {
     late: HashMap<DeviceId, LateFilter>,
     /// Last time a warning went out, so a flood of bad messages yields few warnings.
     last_warning: Option<(ErrorCode, Instant)>,
+    /// Remote: its receivers (`conn_fd` = index).
+    receivers: Vec<Receiver>,
+}
+
+/// One receiver of a remote device: which stream it wants, and the timestamp rewrite
+/// that keeps its output continuous across switches.
+#[derive(Debug, Clone, Default)]
+struct Receiver {
+    want: Option<(DeviceId, u32)>,
+    /// A keyframe of `want` has been forwarded since it was set.
+    live: bool,
+    /// Added (wrapping) to the source's 90 kHz time.
+    offset: u64,
+    last_out: Option<u64>,
 }
 
 struct Hub {
@@ -189,11 +230,16 @@ struct Hub {
     fields: HashMap<DeviceId, FieldControl>,
     by_addr: HashMap<SocketAddr, ConnId>,
     audit: mpsc::Sender<AuditRecord>,
+    /// Peers written to outside `poll` (e.g. a keyframe request) that must be polled.
+    dirty: Vec<ConnId>,
 }
 
 enum PeerEvent {
     Open(ChannelId, String),
     Data(ChannelId, Vec<u8>),
+    Media(MediaData),
+    /// A remote's receiver asks for a keyframe.
+    Keyframe(Mid),
     Dead(&'static str),
 }
 
@@ -227,6 +273,9 @@ impl Hub {
                 _ = tokio::time::sleep_until(next.into()) => {}
             }
             self.drive_timeouts();
+            for conn in std::mem::take(&mut self.dirty) {
+                self.poll(conn);
+            }
         }
         for c in self.clients.values() {
             let _ = c.out.try_send(Outbound::Close(
@@ -246,8 +295,31 @@ impl Hub {
                 let _ = reply.send(conn);
             }
             Cmd::Unregister { conn } => self.unregister(conn),
-            Cmd::Offer { conn, req, sdp } => {
-                let msg = match self.accept_offer(conn, &sdp) {
+            Cmd::Watch {
+                conn,
+                req,
+                gwid,
+                stream_ids,
+                conn_fds,
+            } => {
+                let r = self.watch(conn, &gwid, &stream_ids, &conn_fds);
+                self.reply(conn, req, r);
+            }
+            Cmd::Unwatch {
+                conn,
+                req,
+                conn_fds,
+            } => {
+                let r = self.unwatch(conn, conn_fds.as_deref());
+                self.reply(conn, req, r);
+            }
+            Cmd::Offer {
+                conn,
+                req,
+                sdp,
+                video_mids,
+            } => {
+                let msg = match self.accept_offer(conn, &sdp, &video_mids) {
                     Ok(sdp) => ServerMsg::Answer { req, sdp },
                     Err((code, why)) => ServerMsg::error(req, code, why),
                 };
@@ -326,6 +398,7 @@ impl Hub {
                 sessions: Vec::new(),
                 late: HashMap::new(),
                 last_warning: None,
+                receivers: Vec::new(),
             },
         );
         self.by_device.insert(device.clone(), conn);
@@ -377,6 +450,7 @@ impl Hub {
                     self.apply(&device, outs);
                 }
                 self.broadcast_presence(&device, false);
+                self.set_watchers(&device, StreamState::Failed, Some("field device offline"));
                 self.drop_idle(&device);
             }
             Role::Remote => {
@@ -439,6 +513,21 @@ impl Hub {
     }
 
     fn leave(&mut self, remote: &DeviceId, gwid: &DeviceId) {
+        if let Some(conn) = self.by_device.get(remote).copied() {
+            let fds: Vec<u32> = self
+                .clients
+                .get(&conn)
+                .map(|c| {
+                    c.receivers
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| r.want.as_ref().is_some_and(|(f, _)| f == gwid))
+                        .map(|(i, _)| i as u32)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let _ = self.unwatch(conn, Some(&fds));
+        }
         if let Some(fc) = self.fields.get_mut(gwid) {
             let outs = fc.leave(remote);
             self.apply(gwid, outs);
@@ -609,9 +698,298 @@ impl Hub {
             .try_send(Outbound::Msg(ServerMsg::Warning { code, message }));
     }
 
+    // ---- video routing ---------------------------------------------------------------
+
+    /// SPEC §2 connect: routes `stream_ids[i]` of `gwid` to receiver `conn_fds[i]`.
+    fn watch(
+        &mut self,
+        conn: ConnId,
+        gwid: &DeviceId,
+        stream_ids: &[u32],
+        conn_fds: &[u32],
+    ) -> Result<(), ErrorCode> {
+        let client = self.clients.get(&conn).ok_or(ErrorCode::NotLoggedIn)?;
+        if client.info.role != Role::Remote {
+            return Err(ErrorCode::WrongRoleForCall);
+        }
+        if stream_ids.len() != conn_fds.len() || stream_ids.is_empty() {
+            return Err(ErrorCode::BadRequest);
+        }
+        if conn_fds
+            .iter()
+            .any(|fd| *fd as usize >= client.receivers.len())
+        {
+            return Err(ErrorCode::ConnFdOutOfRange);
+        }
+        // The stream count is known while the field device is online.
+        let streams = self
+            .by_device
+            .get(gwid)
+            .and_then(|c| self.clients.get(c))
+            .and_then(|c| c.peer.as_ref())
+            .map(|p| p.video_mids.len());
+        if let Some(n) = streams {
+            if n == 0 {
+                return Err(ErrorCode::NoVideo);
+            }
+            if stream_ids.iter().any(|s| *s as usize >= n) {
+                return Err(ErrorCode::StreamOutOfRange);
+            }
+        }
+        self.connect(conn, gwid)?;
+        let mut msgs = Vec::new();
+        if let Some(client) = self.clients.get_mut(&conn) {
+            for (s, fd) in stream_ids.iter().zip(conn_fds) {
+                let r = &mut client.receivers[*fd as usize];
+                let new = Some((gwid.clone(), *s));
+                if r.want == new && r.live {
+                    continue;
+                }
+                if let Some((of, os)) = r.want.take() {
+                    msgs.push(stream_state(
+                        *fd,
+                        of,
+                        os,
+                        StreamState::Disconnected,
+                        Some("another stream was connected"),
+                    ));
+                }
+                r.want = new;
+                r.live = false;
+                let (state, why) = match streams {
+                    Some(_) => (StreamState::Connecting, None),
+                    None => (StreamState::Failed, Some("field device offline")),
+                };
+                msgs.push(stream_state(*fd, gwid.clone(), *s, state, why));
+            }
+        }
+        for m in msgs {
+            self.send(conn, m);
+        }
+        for s in stream_ids {
+            self.ask_keyframe(gwid, *s);
+        }
+        Ok(())
+    }
+
+    /// SPEC §2 disconnect / disconnect_all (`None`).
+    fn unwatch(&mut self, conn: ConnId, conn_fds: Option<&[u32]>) -> Result<(), ErrorCode> {
+        let client = self.clients.get_mut(&conn).ok_or(ErrorCode::NotLoggedIn)?;
+        let all: Vec<u32> = (0..client.receivers.len() as u32).collect();
+        let fds = conn_fds.unwrap_or(&all);
+        if fds.iter().any(|fd| *fd as usize >= client.receivers.len()) {
+            return Err(ErrorCode::ConnFdOutOfRange);
+        }
+        let mut msgs = Vec::new();
+        for fd in fds {
+            let r = &mut client.receivers[*fd as usize];
+            if let Some((f, s)) = r.want.take() {
+                r.live = false;
+                msgs.push(stream_state(*fd, f, s, StreamState::Disconnected, None));
+            }
+        }
+        for m in msgs {
+            self.send(conn, m);
+        }
+        Ok(())
+    }
+
+    /// Tells every receiver watching `field` a new state (field offline / back).
+    fn set_watchers(&mut self, field: &DeviceId, state: StreamState, why: Option<&str>) {
+        let mut out = Vec::new();
+        for (conn, c) in self.clients.iter_mut() {
+            for (fd, r) in c.receivers.iter_mut().enumerate() {
+                if let Some((f, s)) = &r.want {
+                    if f == field {
+                        r.live = false;
+                        out.push((*conn, stream_state(fd as u32, f.clone(), *s, state, why)));
+                    }
+                }
+            }
+        }
+        for (conn, m) in out {
+            self.send(conn, m);
+        }
+    }
+
+    /// A field device's video m-lines are known: receivers waiting for it connect.
+    fn field_video_ready(&mut self, field: &DeviceId) {
+        let n = self
+            .by_device
+            .get(field)
+            .and_then(|c| self.clients.get(c))
+            .and_then(|c| c.peer.as_ref())
+            .map_or(0, |p| p.video_mids.len());
+        let mut out = Vec::new();
+        for (conn, c) in self.clients.iter_mut() {
+            for (fd, r) in c.receivers.iter_mut().enumerate() {
+                let Some((f, s)) = r.want.clone() else {
+                    continue;
+                };
+                if &f != field {
+                    continue;
+                }
+                r.live = false;
+                if (s as usize) < n {
+                    out.push((
+                        *conn,
+                        stream_state(fd as u32, f, s, StreamState::Connecting, None),
+                    ));
+                } else {
+                    r.want = None;
+                    out.push((
+                        *conn,
+                        stream_state(
+                            fd as u32,
+                            f,
+                            s,
+                            StreamState::Disconnected,
+                            Some("stream id out of range for this field device"),
+                        ),
+                    ));
+                }
+            }
+        }
+        for (conn, m) in out {
+            self.send(conn, m);
+        }
+    }
+
+    /// Asks a field device's stream for a keyframe (collapsed within 100 ms).
+    fn ask_keyframe(&mut self, field: &DeviceId, stream: u32) {
+        let Some(conn) = self.by_device.get(field).copied() else {
+            return;
+        };
+        let Some(peer) = self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) else {
+            return;
+        };
+        let i = stream as usize;
+        let (Some(mid), Some(asked)) = (
+            peer.video_mids.get(i).copied(),
+            peer.keyframe_asked.get_mut(i),
+        ) else {
+            return;
+        };
+        let now = Instant::now();
+        if asked.is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_INTERVAL) {
+            return;
+        }
+        if let Some(mut w) = peer.rtc.writer(mid) {
+            if w.request_keyframe(None, KeyframeRequestKind::Pli).is_ok() {
+                *asked = Some(now);
+                if !self.dirty.contains(&conn) {
+                    self.dirty.push(conn);
+                }
+            }
+        }
+    }
+
+    /// Forwards one frame of a field device's stream to every receiver that wants it. A
+    /// receiver starts on a keyframe; its timestamps continue from what it played before.
+    fn on_media(&mut self, from: ConnId, d: MediaData) -> Vec<ConnId> {
+        let Some((field, stream)) = self.clients.get(&from).and_then(|c| {
+            if c.info.role != Role::Field {
+                return None;
+            }
+            let s = c
+                .peer
+                .as_ref()?
+                .video_mids
+                .iter()
+                .position(|m| *m == d.mid)?;
+            Some((c.info.device.clone(), s as u32))
+        }) else {
+            return Vec::new();
+        };
+        let members: Vec<ConnId> = self
+            .fields
+            .get(&field)
+            .map(|fc| {
+                fc.members()
+                    .iter()
+                    .filter_map(|m| self.by_device.get(m).copied())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let keyframe = fieldlink_media::is_h264_keyframe(&d.data);
+        let in_t = d.time.rebase(Frequency::NINETY_KHZ).numer();
+        let want = Some((field.clone(), stream));
+        let mut written = Vec::new();
+        let mut msgs = Vec::new();
+        for conn in members {
+            let Some(c) = self.clients.get_mut(&conn) else {
+                continue;
+            };
+            let Some(peer) = c.peer.as_mut() else {
+                continue;
+            };
+            for (fd, r) in c.receivers.iter_mut().enumerate() {
+                if r.want != want {
+                    continue;
+                }
+                if !r.live {
+                    if !keyframe {
+                        continue;
+                    }
+                    r.live = true;
+                    // Continue one frame interval after the last output, whatever the source.
+                    r.offset = r
+                        .last_out
+                        .map_or(0, |l| l.wrapping_add(3000).wrapping_sub(in_t));
+                    msgs.push((
+                        conn,
+                        stream_state(fd as u32, field.clone(), stream, StreamState::Playing, None),
+                    ));
+                }
+                let out_t = in_t.wrapping_add(r.offset) & 0xFFFF_FFFF_FFFF;
+                r.last_out = Some(out_t);
+                let Some(mid) = peer.video_mids.get(fd).copied() else {
+                    continue;
+                };
+                let Some(writer) = peer.rtc.writer(mid) else {
+                    continue;
+                };
+                let Some(pt) = writer.match_params(d.params) else {
+                    continue;
+                };
+                let writer = match d.ext_vals.abs_capture_time {
+                    Some(act) => writer.abs_capture_time(act),
+                    None => writer,
+                };
+                if writer
+                    .write(
+                        pt,
+                        d.network_time,
+                        MediaTime::from_90khz(out_t),
+                        d.data.clone(),
+                    )
+                    .is_ok()
+                    && !written.contains(&conn)
+                {
+                    written.push(conn);
+                }
+            }
+        }
+        for (conn, m) in msgs {
+            self.send(conn, m);
+        }
+        written
+    }
+
     // ---- WebRTC -----------------------------------------------------------------------
 
-    fn accept_offer(&mut self, conn: ConnId, sdp: &str) -> Result<String, (ErrorCode, String)> {
+    fn accept_offer(
+        &mut self,
+        conn: ConnId,
+        sdp: &str,
+        video_mids: &[String],
+    ) -> Result<String, (ErrorCode, String)> {
+        if video_mids.len() > MAX_VIDEO_MLINES {
+            return Err((
+                ErrorCode::BadRequest,
+                format!("at most {MAX_VIDEO_MLINES} video streams"),
+            ));
+        }
         let client = self
             .clients
             .get_mut(&conn)
@@ -619,7 +997,12 @@ impl Hub {
         let offer = SdpOffer::from_sdp_string(sdp)
             .map_err(|e| (ErrorCode::BadRequest, format!("bad SDP offer: {e}")))?;
         let now = Instant::now();
-        let mut rtc = Rtc::builder().set_ice_lite(true).build(now);
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .clear_codecs()
+            .enable_h264(true)
+            .set_extension(EXT_ABS_CAPTURE_TIME, Extension::AbsoluteCaptureTime)
+            .build(now);
         let cand = Candidate::host(self.candidate_addr, "udp")
             .map_err(|e| (ErrorCode::Internal, format!("candidate: {e}")))?;
         rtc.add_local_candidate(cand);
@@ -632,13 +1015,38 @@ impl Hub {
             })?
             .map_err(|e| (ErrorCode::BadRequest, format!("SDP offer refused: {e}")))?;
         // A new offer replaces the previous peer connection (media reconnect).
+        let mids: Vec<Mid> = video_mids.iter().map(|m| Mid::from(m.as_str())).collect();
         client.peer = Some(Peer {
             rtc,
+            keyframe_asked: vec![None; mids.len()],
+            video_mids: mids,
             channels: [None, None],
             pending_reliable: VecDeque::new(),
             next_timeout: now,
         });
         self.by_addr.retain(|_, c| *c != conn);
+        let n = video_mids.len();
+        match client.info.role {
+            Role::Remote => {
+                // A new peer connection starts every receiver on a keyframe again.
+                client.receivers.resize(n, Receiver::default());
+                for r in &mut client.receivers {
+                    r.live = false;
+                }
+                let wanted: Vec<(DeviceId, u32)> = client
+                    .receivers
+                    .iter()
+                    .filter_map(|r| r.want.clone())
+                    .collect();
+                for (f, s) in wanted {
+                    self.ask_keyframe(&f, s);
+                }
+            }
+            Role::Field => {
+                let device = client.info.device.clone();
+                self.field_video_ready(&device);
+            }
+        }
         Ok(answer.to_sdp_string())
     }
 
@@ -752,6 +1160,22 @@ impl Hub {
                             }
                         }
                     }
+                    PeerEvent::Media(d) => {
+                        for target in self.on_media(conn, d) {
+                            if !todo.contains(&target) {
+                                todo.push(target);
+                            }
+                        }
+                    }
+                    PeerEvent::Keyframe(mid) => {
+                        let want = self.clients.get(&conn).and_then(|c| {
+                            let fd = c.peer.as_ref()?.video_mids.iter().position(|m| *m == mid)?;
+                            c.receivers.get(fd)?.want.clone()
+                        });
+                        if let Some((f, s)) = want {
+                            self.ask_keyframe(&f, s);
+                        }
+                    }
                     PeerEvent::Dead(why) => {
                         if let Some(c) = self.clients.get_mut(&conn) {
                             tracing::info!(device = %c.info.device, why, "media connection closed");
@@ -809,6 +1233,8 @@ impl Hub {
                         events.push(PeerEvent::Open(cid, label));
                     }
                     Event::ChannelData(d) => events.push(PeerEvent::Data(d.id, d.data)),
+                    Event::MediaData(d) => events.push(PeerEvent::Media(d)),
+                    Event::KeyframeRequest(r) => events.push(PeerEvent::Keyframe(r.mid)),
                     Event::ChannelBufferedAmountLow(_) => flush_reliable(peer),
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         peer.rtc.disconnect();
@@ -984,6 +1410,22 @@ impl Hub {
             written.push(t);
         }
         written
+    }
+}
+
+fn stream_state(
+    conn_fd: u32,
+    gwid: DeviceId,
+    stream_id: u32,
+    state: StreamState,
+    reason: Option<&str>,
+) -> ServerMsg {
+    ServerMsg::StreamState {
+        conn_fd,
+        gwid,
+        stream_id,
+        state,
+        reason: reason.map(str::to_string),
     }
 }
 

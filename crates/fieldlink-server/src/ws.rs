@@ -215,7 +215,48 @@ impl Session {
                 "already logged in",
             )),
             ClientMsg::Ping { req } => Err(ServerMsg::Pong { req }),
-            ClientMsg::Offer { req, sdp } => Ok(Cmd::Offer { conn, req, sdp }),
+            ClientMsg::Offer {
+                req,
+                sdp,
+                video_mids,
+            } => Ok(Cmd::Offer {
+                conn,
+                req,
+                sdp,
+                video_mids,
+            }),
+            ClientMsg::Watch {
+                req,
+                gwid,
+                stream_ids,
+                conn_fds,
+            } => {
+                self.need(Role::Remote, req)?;
+                self.may_connect(req, &gwid).await?;
+                Ok(Cmd::Watch {
+                    conn,
+                    req,
+                    gwid,
+                    stream_ids,
+                    conn_fds,
+                })
+            }
+            ClientMsg::Unwatch { req, conn_fds } => {
+                self.need(Role::Remote, req)?;
+                Ok(Cmd::Unwatch {
+                    conn,
+                    req,
+                    conn_fds: Some(conn_fds),
+                })
+            }
+            ClientMsg::UnwatchAll { req } => {
+                self.need(Role::Remote, req)?;
+                Ok(Cmd::Unwatch {
+                    conn,
+                    req,
+                    conn_fds: None,
+                })
+            }
             ClientMsg::ListFields { req } => {
                 self.need(Role::Remote, req)?;
                 let project = self.project(req).await?;

@@ -59,7 +59,30 @@ pub fn event_json(ev: &Event) -> Value {
             json!({"event": "reconnect_failed", "code": code.code(), "name": code.name(), "message": message})
         }
         Event::Lagged { dropped } => json!({"event": "lagged", "dropped": dropped}),
+        Event::StreamState {
+            conn_fd,
+            gwid,
+            stream_id,
+            state,
+            reason,
+        } => json!({
+            "event": "stream_state", "conn_fd": conn_fd, "gwid": gwid, "stream_id": stream_id,
+            "state": state, "reason": reason,
+        }),
+        Event::Frame(f) => json!({
+            "event": "frame", "conn_fd": f.conn_fd, "stream": f.stream.as_ref().map(|(g, s)| json!([g, s])),
+            "keyframe": f.keyframe, "len": f.data.len(), "latency_ms": latency_ms(f),
+        }),
     }
+}
+
+/// Capture-to-arrival time of a frame (the field's and this host's clocks).
+pub fn latency_ms(f: &fieldlink_sdk::VideoFrame) -> Option<f64> {
+    let c = f.capture?;
+    f.received
+        .duration_since(c)
+        .ok()
+        .map(|d| d.as_secs_f64() * 1000.0)
 }
 
 pub fn error_json(e: &SdkError) -> Value {

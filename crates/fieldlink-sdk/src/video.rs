@@ -1,0 +1,376 @@
+//! Video sources of a field device. Each stream has one [`VideoSource`]; the SDK asks it
+//! for a frame at its frame rate and tells it when a receiver needs a keyframe.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fieldlink_media::annexb::{h264_nal_type, nal_units};
+use fieldlink_media::FrameMeta;
+use openh264::encoder::{BitRate, Encoder, EncoderConfig, FrameRate, IntraFramePeriod};
+use openh264::formats::YUVBuffer;
+use openh264::OpenH264API;
+
+use crate::{ErrorCode, SdkError};
+
+/// One encoded access unit (H.264 Annex-B).
+#[derive(Debug, Clone)]
+pub struct EncodedFrame {
+    pub data: Vec<u8>,
+    pub keyframe: bool,
+    /// When the picture was taken (the field device's clock).
+    pub capture: SystemTime,
+}
+
+/// A stream's source: a camera, a file, a test pattern.
+pub trait VideoSource: Send + 'static {
+    /// Frames per second the SDK asks for.
+    fn fps(&self) -> f64;
+    /// The next frame; `force_keyframe` when a receiver needs one now. `Ok(None)` skips.
+    fn next_frame(&mut self, force_keyframe: bool) -> Result<Option<EncodedFrame>, SdkError>;
+}
+
+/// Settings of a test-pattern stream.
+#[derive(Debug, Clone, Copy)]
+pub struct TestPatternConfig {
+    pub width: u32,
+    pub height: u32,
+    pub fps: f64,
+    /// Target bitrate, kbit/s.
+    pub kbps: u32,
+    /// Frames between periodic keyframes.
+    pub gop: u32,
+}
+
+impl Default for TestPatternConfig {
+    fn default() -> Self {
+        TestPatternConfig {
+            width: 640,
+            height: 360,
+            fps: 25.0,
+            kbps: 800,
+            gop: 50,
+        }
+    }
+}
+
+/// A moving picture with the stream id, the frame counter and the capture time drawn in,
+/// encoded with openh264. Every access unit also carries a [`FrameMeta`] SEI with the same
+/// numbers, so a receiver can check which stream and frame it got without decoding.
+pub struct TestPattern {
+    stream_id: u32,
+    cfg: TestPatternConfig,
+    frame: u64,
+    encoder: Encoder,
+    yuv: Vec<u8>,
+}
+
+impl TestPattern {
+    pub fn new(stream_id: u32, cfg: TestPatternConfig) -> Result<TestPattern, SdkError> {
+        if cfg.width < 16
+            || cfg.height < 16
+            || cfg.width % 2 != 0
+            || cfg.height % 2 != 0
+            || cfg.width > 4096
+            || cfg.height > 2304
+        {
+            return Err(SdkError::new(
+                ErrorCode::BadRequest,
+                "test pattern size must be even, 16x16..4096x2304",
+            ));
+        }
+        if !(1.0..=120.0).contains(&cfg.fps) {
+            return Err(SdkError::new(
+                ErrorCode::BadRequest,
+                "test pattern fps must be 1..=120",
+            ));
+        }
+        let config = EncoderConfig::new()
+            .bitrate(BitRate::from_bps(cfg.kbps.saturating_mul(1000)))
+            .max_frame_rate(FrameRate::from_hz(cfg.fps as f32))
+            .intra_frame_period(IntraFramePeriod::from_num_frames(cfg.gop.max(1)));
+        let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
+            .map_err(|e| SdkError::new(ErrorCode::Internal, format!("openh264: {e}")))?;
+        let n = (cfg.width * cfg.height) as usize;
+        Ok(TestPattern {
+            stream_id,
+            cfg,
+            frame: 0,
+            encoder,
+            yuv: vec![0; n + n / 2],
+        })
+    }
+
+    fn draw(&mut self, capture_ms: u64) {
+        let (w, h) = (self.cfg.width as usize, self.cfg.height as usize);
+        let t = self.frame as usize;
+        let (y_plane, uv) = self.yuv.split_at_mut(w * h);
+        for y in 0..h {
+            for x in 0..w {
+                y_plane[y * w + x] =
+                    (((x + t * 4) / 8 + y / 8) % 2 * 96 + 48 + ((x + y + t * 2) % 64)) as u8;
+            }
+        }
+        // A tint per stream, so streams are told apart at a glance.
+        let (u, v) = (
+            [90u8, 200, 60, 180][self.stream_id as usize % 4],
+            [200u8, 90, 110, 60][self.stream_id as usize % 4],
+        );
+        let (up, vp) = uv.split_at_mut(w * h / 4);
+        up.fill(u);
+        vp.fill(v);
+        let scale = (h / 40).max(1);
+        let lines = [
+            format!("S{}", self.stream_id),
+            format!("F{}", self.frame),
+            format!("T{}", capture_ms % 100_000_000),
+        ];
+        for (i, text) in lines.iter().enumerate() {
+            draw_text(
+                y_plane,
+                w,
+                h,
+                scale * 2,
+                scale * 2 + i * scale * 7,
+                scale,
+                text,
+            );
+        }
+    }
+}
+
+/// 3×5 glyphs for `0-9`, `S`, `F`, `T`, one bit per pixel, rows top to bottom.
+fn glyph(c: char) -> [u8; 5] {
+    match c {
+        '0' => [7, 5, 5, 5, 7],
+        '1' => [2, 6, 2, 2, 7],
+        '2' => [7, 1, 7, 4, 7],
+        '3' => [7, 1, 7, 1, 7],
+        '4' => [5, 5, 7, 1, 1],
+        '5' => [7, 4, 7, 1, 7],
+        '6' => [7, 4, 7, 5, 7],
+        '7' => [7, 1, 1, 1, 1],
+        '8' => [7, 5, 7, 5, 7],
+        '9' => [7, 5, 7, 1, 7],
+        'S' => [7, 4, 7, 1, 7],
+        'F' => [7, 4, 6, 4, 4],
+        'T' => [7, 2, 2, 2, 2],
+        _ => [0; 5],
+    }
+}
+
+fn draw_text(
+    y_plane: &mut [u8],
+    w: usize,
+    h: usize,
+    x0: usize,
+    y0: usize,
+    scale: usize,
+    text: &str,
+) {
+    for (k, c) in text.chars().enumerate() {
+        let g = glyph(c);
+        for (row, bits) in g.iter().enumerate() {
+            for col in 0..3 {
+                let on = bits >> (2 - col) & 1 == 1;
+                for dy in 0..scale {
+                    for dx in 0..scale {
+                        let x = x0 + (k * 4 + col) * scale + dx;
+                        let y = y0 + row * scale + dy;
+                        if x < w && y < h {
+                            y_plane[y * w + x] = if on { 235 } else { 16 };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl VideoSource for TestPattern {
+    fn fps(&self) -> f64 {
+        self.cfg.fps
+    }
+
+    fn next_frame(&mut self, force_keyframe: bool) -> Result<Option<EncodedFrame>, SdkError> {
+        let capture = SystemTime::now();
+        let capture_us = capture
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_micros() as u64;
+        self.draw(capture_us / 1000);
+        if force_keyframe {
+            self.encoder.force_intra_frame();
+        }
+        let yuv = YUVBuffer::from_vec(
+            self.yuv.clone(),
+            self.cfg.width as usize,
+            self.cfg.height as usize,
+        );
+        let encoded = self
+            .encoder
+            .encode(&yuv)
+            .map_err(|e| SdkError::new(ErrorCode::Internal, format!("openh264 encode: {e}")))?
+            .to_vec();
+        let meta = FrameMeta {
+            stream_id: self.stream_id,
+            frame: self.frame,
+            capture_unix_us: capture_us,
+        };
+        self.frame += 1;
+        if encoded.is_empty() {
+            return Ok(None); // the rate control skipped this frame
+        }
+        let keyframe = fieldlink_media::is_h264_keyframe(&encoded);
+        let data = insert_before_first_slice(&encoded, &meta.to_annexb_nal());
+        Ok(Some(EncodedFrame {
+            data,
+            keyframe,
+            capture,
+        }))
+    }
+}
+
+/// Puts `nal` (with its start code) before the first slice, after any parameter sets, as
+/// H.264 orders SEI.
+fn insert_before_first_slice(au: &[u8], nal: &[u8]) -> Vec<u8> {
+    let pos = (0..au.len().saturating_sub(4))
+        .find(|&i| au[i..i + 4] == [0, 0, 0, 1] && matches!(au[i + 4] & 0x1f, 1 | 5))
+        .unwrap_or(0);
+    let mut out = Vec::with_capacity(au.len() + nal.len());
+    out.extend_from_slice(&au[..pos]);
+    out.extend_from_slice(nal);
+    out.extend_from_slice(&au[pos..]);
+    out
+}
+
+/// An H.264 Annex-B file played in a loop at a fixed frame rate. Keyframe requests cannot
+/// be honoured; the file's own keyframes are what receivers start on.
+pub struct AnnexBFile {
+    frames: Vec<(Vec<u8>, bool)>,
+    next: usize,
+    fps: f64,
+}
+
+impl AnnexBFile {
+    pub fn open(path: &std::path::Path, fps: f64) -> Result<AnnexBFile, SdkError> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            SdkError::new(ErrorCode::BadRequest, format!("{}: {e}", path.display()))
+        })?;
+        let frames = split_access_units(&bytes);
+        if frames.is_empty() {
+            return Err(SdkError::new(
+                ErrorCode::BadRequest,
+                format!("{}: no H.264 access units found", path.display()),
+            ));
+        }
+        if !frames.iter().any(|f| f.1) {
+            return Err(SdkError::new(
+                ErrorCode::BadRequest,
+                format!("{}: no keyframe (IDR) in the file", path.display()),
+            ));
+        }
+        if !(1.0..=120.0).contains(&fps) {
+            return Err(SdkError::new(ErrorCode::BadRequest, "fps must be 1..=120"));
+        }
+        Ok(AnnexBFile {
+            frames,
+            next: 0,
+            fps,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+}
+
+/// Groups an Annex-B stream into access units: a new one starts at an access unit
+/// delimiter, a parameter set or SEI after a picture, or a slice with first_mb_in_slice 0.
+pub fn split_access_units(bytes: &[u8]) -> Vec<(Vec<u8>, bool)> {
+    let mut out: Vec<(Vec<u8>, bool)> = Vec::new();
+    let mut cur: Vec<u8> = Vec::new();
+    let (mut has_vcl, mut key) = (false, false);
+    for nal in nal_units(bytes) {
+        let t = h264_nal_type(nal).unwrap_or(0);
+        let vcl = matches!(t, 1 | 5);
+        let first_slice = vcl && nal.get(1).is_some_and(|b| b & 0x80 != 0);
+        let starts_au = matches!(t, 6 | 7 | 8 | 9) || first_slice;
+        if has_vcl && starts_au {
+            out.push((std::mem::take(&mut cur), key));
+            has_vcl = false;
+            key = false;
+        }
+        cur.extend_from_slice(&[0, 0, 0, 1]);
+        cur.extend_from_slice(nal);
+        has_vcl |= vcl;
+        key |= t == 5;
+    }
+    if has_vcl {
+        out.push((cur, key));
+    }
+    out
+}
+
+impl VideoSource for AnnexBFile {
+    fn fps(&self) -> f64 {
+        self.fps
+    }
+
+    fn next_frame(&mut self, _force_keyframe: bool) -> Result<Option<EncodedFrame>, SdkError> {
+        let (data, keyframe) = self.frames[self.next].clone();
+        self.next = (self.next + 1) % self.frames.len();
+        Ok(Some(EncodedFrame {
+            data,
+            keyframe,
+            capture: SystemTime::now(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_pattern_encodes_keyframes_on_request_with_metadata() {
+        let mut tp = TestPattern::new(
+            3,
+            TestPatternConfig {
+                width: 160,
+                height: 96,
+                fps: 25.0,
+                kbps: 300,
+                gop: 1000,
+            },
+        )
+        .unwrap();
+        let first = tp.next_frame(false).unwrap().unwrap();
+        assert!(first.keyframe, "the first frame is a keyframe");
+        let second = tp.next_frame(false).unwrap().unwrap();
+        assert!(!second.keyframe);
+        let forced = tp.next_frame(true).unwrap().unwrap();
+        assert!(forced.keyframe, "forced keyframe");
+        let meta = FrameMeta::find(&forced.data).unwrap();
+        assert_eq!((meta.stream_id, meta.frame), (3, 2));
+        // The encoded stream splits back into the same access units.
+        let mut all = first.data.clone();
+        all.extend(&second.data);
+        all.extend(&forced.data);
+        let aus = split_access_units(&all);
+        assert_eq!(
+            aus.iter().map(|a| a.1).collect::<Vec<_>>(),
+            [true, false, true]
+        );
+        assert!(TestPattern::new(
+            0,
+            TestPatternConfig {
+                width: 15,
+                ..Default::default()
+            }
+        )
+        .is_err());
+    }
+}
