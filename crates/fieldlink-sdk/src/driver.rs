@@ -396,6 +396,7 @@ impl Driver {
                     PeerEvent::KeyframeRequest(index) => {
                         if let Some(flag) = self.shared.keyframe_wanted.get(index) {
                             flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                            self.shared.keyframe_notify[index].notify_one();
                         }
                     }
                     PeerEvent::Dead(why) => return Stop::Lost(why),
@@ -423,6 +424,9 @@ impl Driver {
                 .map(|r| (r.stream.clone(), r.window))
                 .unwrap_or((None, None))
         };
+        if stream.is_none() {
+            return; // in flight when the receiver was disconnected
+        }
         let keyframe = fieldlink_media::is_h264_keyframe(&data);
         self.ev.emit(Event::Frame(crate::VideoFrame {
             conn_fd,

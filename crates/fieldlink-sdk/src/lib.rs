@@ -214,8 +214,10 @@ pub(crate) enum Cmd {
 pub(crate) struct Shared {
     /// Remote: own level per field device, as last notified.
     pub permissions: Mutex<std::collections::HashMap<DeviceId, Permission>>,
-    /// Field: per stream, a receiver asked for a keyframe.
+    /// Field: per stream, a receiver asked for a keyframe (flag, and a wake-up so the
+    /// source answers at once instead of at its next frame time).
     pub keyframe_wanted: Vec<std::sync::atomic::AtomicBool>,
+    pub keyframe_notify: Vec<tokio::sync::Notify>,
     /// Remote: per receiver, its stream and window.
     pub receivers: Mutex<Vec<Receiver>>,
 }
@@ -241,6 +243,7 @@ impl Handle {
         let shared = Arc::new(Shared {
             permissions: Default::default(),
             keyframe_wanted: (0..cfg.streams).map(|_| Default::default()).collect(),
+            keyframe_notify: (0..cfg.streams).map(|_| Default::default()).collect(),
             receivers: Mutex::new(vec![Receiver::default(); cfg.streams as usize]),
         });
         let id = cfg.device_id.clone();
@@ -351,7 +354,11 @@ impl FieldDevice {
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / fps));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    // A keyframe request is served now; the regular cadence restarts from here.
+                    _ = flags.keyframe_notify[idx].notified() => tick.reset(),
+                }
                 let force =
                     flags.keyframe_wanted[idx].swap(false, std::sync::atomic::Ordering::Relaxed);
                 // Encoding is CPU work: keep it off the async workers.
@@ -368,9 +375,10 @@ impl FieldDevice {
                 match r {
                     Ok(Some(frame)) => {
                         // A full queue drops the frame rather than falling behind.
-                        match tx.try_send(Cmd::Video { stream: idx, frame }) {
-                            Err(mpsc::error::TrySendError::Closed(_)) => return,
-                            _ => {}
+                        if let Err(mpsc::error::TrySendError::Closed(_)) =
+                            tx.try_send(Cmd::Video { stream: idx, frame })
+                        {
+                            return;
                         }
                     }
                     Ok(None) => {}

@@ -67,8 +67,8 @@ impl TestPattern {
     pub fn new(stream_id: u32, cfg: TestPatternConfig) -> Result<TestPattern, SdkError> {
         if cfg.width < 16
             || cfg.height < 16
-            || cfg.width % 2 != 0
-            || cfg.height % 2 != 0
+            || !cfg.width.is_multiple_of(2)
+            || !cfg.height.is_multiple_of(2)
             || cfg.width > 4096
             || cfg.height > 2304
         {
@@ -297,7 +297,7 @@ pub fn split_access_units(bytes: &[u8]) -> Vec<(Vec<u8>, bool)> {
         let t = h264_nal_type(nal).unwrap_or(0);
         let vcl = matches!(t, 1 | 5);
         let first_slice = vcl && nal.get(1).is_some_and(|b| b & 0x80 != 0);
-        let starts_au = matches!(t, 6 | 7 | 8 | 9) || first_slice;
+        let starts_au = matches!(t, 6..=9) || first_slice;
         if has_vcl && starts_au {
             out.push((std::mem::take(&mut cur), key));
             has_vcl = false;

@@ -40,8 +40,9 @@ const MAX_PACED: usize = 1000;
 const MAX_VIDEO_MLINES: usize = 64;
 /// RTP header extension id for abs-capture-time (the SDK uses the same).
 const EXT_ABS_CAPTURE_TIME: u8 = 5;
-/// Keyframe requests to one stream are collapsed within this interval.
-const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(100);
+/// A keyframe request still unanswered after this long is sent again; before that, new
+/// requests for the same stream wait for the same keyframe.
+const KEYFRAME_REQUEST_RETRY: Duration = Duration::from_millis(300);
 /// Most sessions one remote device may hold at once.
 const MAX_SESSIONS_PER_REMOTE: usize = 64;
 
@@ -185,7 +186,7 @@ struct Peer {
     rtc: Rtc,
     /// Video m-lines by index: a field's stream ids, or a remote's conn_fds.
     video_mids: Vec<Mid>,
-    /// Field: when each stream was last asked for a keyframe.
+    /// Field: per stream, when a keyframe was asked for and none has come since.
     keyframe_asked: Vec<Option<Instant>>,
     channels: [Option<ChannelId>; 2],
     pending_reliable: VecDeque<Vec<u8>>,
@@ -237,7 +238,7 @@ struct Hub {
 enum PeerEvent {
     Open(ChannelId, String),
     Data(ChannelId, Vec<u8>),
-    Media(MediaData),
+    Media(Box<MediaData>),
     /// A remote's receiver asks for a keyframe.
     Keyframe(Mid),
     Dead(&'static str),
@@ -855,7 +856,7 @@ impl Hub {
         }
     }
 
-    /// Asks a field device's stream for a keyframe (collapsed within 100 ms).
+    /// Asks a field device's stream for a keyframe, unless one is already on its way.
     fn ask_keyframe(&mut self, field: &DeviceId, stream: u32) {
         let Some(conn) = self.by_device.get(field).copied() else {
             return;
@@ -871,7 +872,7 @@ impl Hub {
             return;
         };
         let now = Instant::now();
-        if asked.is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_INTERVAL) {
+        if asked.is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_RETRY) {
             return;
         }
         if let Some(mut w) = peer.rtc.writer(mid) {
@@ -886,7 +887,7 @@ impl Hub {
 
     /// Forwards one frame of a field device's stream to every receiver that wants it. A
     /// receiver starts on a keyframe; its timestamps continue from what it played before.
-    fn on_media(&mut self, from: ConnId, d: MediaData) -> Vec<ConnId> {
+    fn on_media(&mut self, from: ConnId, d: Box<MediaData>) -> Vec<ConnId> {
         let Some((field, stream)) = self.clients.get(&from).and_then(|c| {
             if c.info.role != Role::Field {
                 return None;
@@ -912,6 +913,17 @@ impl Hub {
             })
             .unwrap_or_default();
         let keyframe = fieldlink_media::is_h264_keyframe(&d.data);
+        if keyframe {
+            // The request, if any, is answered.
+            if let Some(a) = self
+                .clients
+                .get_mut(&from)
+                .and_then(|c| c.peer.as_mut())
+                .and_then(|p| p.keyframe_asked.get_mut(stream as usize))
+            {
+                *a = None;
+            }
+        }
         let in_t = d.time.rebase(Frequency::NINETY_KHZ).numer();
         let want = Some((field.clone(), stream));
         let mut written = Vec::new();
@@ -1233,7 +1245,7 @@ impl Hub {
                         events.push(PeerEvent::Open(cid, label));
                     }
                     Event::ChannelData(d) => events.push(PeerEvent::Data(d.id, d.data)),
-                    Event::MediaData(d) => events.push(PeerEvent::Media(d)),
+                    Event::MediaData(d) => events.push(PeerEvent::Media(Box::new(d))),
                     Event::KeyframeRequest(r) => events.push(PeerEvent::Keyframe(r.mid)),
                     Event::ChannelBufferedAmountLow(_) => flush_reliable(peer),
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {

@@ -136,3 +136,157 @@ async fn receivers_play_switch_and_disconnect() {
         .count();
     assert!(late <= 2, "frames keep coming after disconnect_all: {late}");
 }
+
+/// 2 field devices × 4 streams, 2 remotes × 3 receivers, a random sequence of connect,
+/// switch, new-window switch, disconnect and disconnect_all: every frame a receiver gets
+/// carries the stream that receiver was last asked for (after it reported playing), and
+/// nothing arrives on a disconnected receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_invariants_hold_under_random_operations() {
+    use rand::{Rng, SeedableRng};
+    let s = TestServer::start();
+    s.standard();
+    s.device("p", "g", "field", "fpw");
+    let (_f1, _e1) = field_with_streams(&s, "p/f", 4).await;
+    let (_f2, _e2) = field_with_streams(&s, "p/g", 4).await;
+    let fields = [id("p/f"), id("p/g")];
+    let mut remotes = Vec::new();
+    for r in ["p/r1", "p/r2"] {
+        remotes.push(remote_with_receivers(&s, r, 3).await);
+    }
+    let seed: u64 = std::env::var("FIELDLINK_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // What each receiver should show: (field index, stream) or nothing.
+    let mut expect: Vec<Vec<Option<(usize, u32)>>> = vec![vec![None; 3]; 2];
+    for step in 0..24 {
+        let ri = rng.random_range(0..2usize);
+        let (r, ev) = &mut remotes[ri];
+        let op = rng.random_range(0..10u32);
+        let mut waits: Vec<u32> = Vec::new();
+        let before = expect[ri].clone();
+        match op {
+            0..=5 => {
+                // Connect or switch a stream into a receiver (its window).
+                let fd = rng.random_range(0..3u32);
+                let fi = rng.random_range(0..2usize);
+                let st = rng.random_range(0..4u32);
+                r.connect_streams(&fields[fi], &[st], &[fd]).await.unwrap();
+                if expect[ri][fd as usize] != Some((fi, st)) {
+                    waits.push(fd);
+                }
+                expect[ri][fd as usize] = Some((fi, st));
+            }
+            6 | 7 => {
+                // Switch into a new window: connect on a free receiver, drop the old one.
+                let Some(old) = (0..3u32).find(|fd| expect[ri][*fd as usize].is_some()) else {
+                    continue;
+                };
+                let Some(new) = (0..3u32).find(|fd| expect[ri][*fd as usize].is_none()) else {
+                    continue;
+                };
+                let (fi, st) = expect[ri][old as usize].unwrap();
+                r.connect_streams(&fields[fi], &[st], &[new]).await.unwrap();
+                r.disconnect_streams(&[old]).await.unwrap();
+                expect[ri][new as usize] = Some((fi, st));
+                expect[ri][old as usize] = None;
+                waits.push(new);
+            }
+            8 => {
+                let fd = rng.random_range(0..3u32);
+                r.disconnect_streams(&[fd]).await.unwrap();
+                expect[ri][fd as usize] = None;
+            }
+            _ => {
+                r.disconnect_all().await.unwrap();
+                expect[ri] = vec![None; 3];
+            }
+        }
+        // Wait for the receivers that stopped to say so, and those that changed to play.
+        for fd in 0..3u32 {
+            if before[fd as usize].is_some() && expect[ri][fd as usize].is_none() {
+                expect_event(ev, &format!("step {step}: fd {fd} disconnected"), |e| {
+                    matches!(e, Event::StreamState { conn_fd, state: StreamState::Disconnected, .. } if *conn_fd == fd)
+                })
+                .await;
+            }
+        }
+        for fd in waits {
+            let (fi, st) = expect[ri][fd as usize].unwrap();
+            let gw = fields[fi].clone();
+            expect_event(ev, &format!("step {step}: fd {fd} plays {gw}/{st}"), |e| {
+                matches!(e, Event::StreamState { conn_fd, gwid, stream_id, state: StreamState::Playing, .. }
+                    if *conn_fd == fd && *gwid == gw && *stream_id == st)
+            })
+            .await;
+        }
+        // Then, for a while, every frame on every receiver of this remote matches.
+        let evs = drain(ev, Duration::from_millis(300)).await;
+        for e in &evs {
+            if let Event::Frame(f) = e {
+                let meta = FrameMeta::find(&f.data).unwrap();
+                let want = expect[ri][f.conn_fd as usize];
+                let gw = f.stream.as_ref().map(|(g, _)| g.clone());
+                assert_eq!(
+                    want.map(|(fi, st)| (fields[fi].clone(), st)),
+                    gw.map(|g| (g, meta.stream_id)),
+                    "step {step} (seed {seed}): remote {ri} conn_fd {} got stream {} of {:?}",
+                    f.conn_fd,
+                    meta.stream_id,
+                    f.stream
+                );
+            }
+        }
+        let playing: Vec<u32> = (0..3)
+            .filter(|fd| expect[ri][*fd as usize].is_some())
+            .collect();
+        for fd in playing {
+            assert!(
+                evs.iter()
+                    .any(|e| matches!(e, Event::Frame(f) if f.conn_fd == fd)),
+                "step {step}: conn_fd {fd} of remote {ri} got no frame in 300 ms"
+            );
+        }
+    }
+}
+
+/// From the connect call on a playing receiver to the first frame of the new stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_is_fast() {
+    let s = TestServer::start();
+    s.standard();
+    let (_f, _fe) = field_with_streams(&s, "p/f", 2).await;
+    let (r, mut re) = remote_with_receivers(&s, "p/r1", 1).await;
+    let f = id("p/f");
+    r.connect_streams(&f, &[0], &[0]).await.unwrap();
+    frames_on(&mut re, 0, 5).await;
+    let mut times = Vec::new();
+    for i in 0..6u32 {
+        let target = (i + 1) % 2;
+        let t0 = std::time::Instant::now();
+        r.connect_streams(&f, &[target], &[0]).await.unwrap();
+        loop {
+            match tokio::time::timeout(WAIT, re.recv()).await {
+                Ok(Some(Event::Frame(fr)))
+                    if FrameMeta::find(&fr.data).unwrap().stream_id == target =>
+                {
+                    break
+                }
+                Ok(Some(_)) => {}
+                _ => panic!("switch {i} never completed"),
+            }
+        }
+        times.push(t0.elapsed());
+    }
+    times.sort();
+    eprintln!("switch times: {times:?}");
+    // 25 fps: two frame intervals are 80 ms; loopback RTT is well under 1 ms. Loose bound
+    // for a debug build on a loaded machine; the bench measures it tightly.
+    assert!(
+        times[times.len() / 2] < Duration::from_millis(250),
+        "median switch {:?}",
+        times[times.len() / 2]
+    );
+}
