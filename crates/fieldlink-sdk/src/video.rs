@@ -28,6 +28,15 @@ pub trait VideoSource: Send + 'static {
     fn next_frame(&mut self, force_keyframe: bool) -> Result<Option<EncodedFrame>, SdkError>;
 }
 
+impl<T: VideoSource + ?Sized> VideoSource for Box<T> {
+    fn fps(&self) -> f64 {
+        (**self).fps()
+    }
+    fn next_frame(&mut self, force_keyframe: bool) -> Result<Option<EncodedFrame>, SdkError> {
+        (**self).next_frame(force_keyframe)
+    }
+}
+
 /// Settings of a test-pattern stream.
 #[derive(Debug, Clone, Copy)]
 pub struct TestPatternConfig {
@@ -86,7 +95,9 @@ impl TestPattern {
         let config = EncoderConfig::new()
             .bitrate(BitRate::from_bps(cfg.kbps.saturating_mul(1000)))
             .max_frame_rate(FrameRate::from_hz(cfg.fps as f32))
-            .intra_frame_period(IntraFramePeriod::from_num_frames(cfg.gop.max(1)));
+            .intra_frame_period(IntraFramePeriod::from_num_frames(cfg.gop.max(1)))
+            // A test source must hold its frame rate; quality gives way instead.
+            .skip_frames(false);
         let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
             .map_err(|e| SdkError::new(ErrorCode::Internal, format!("openh264: {e}")))?;
         let n = (cfg.width * cfg.height) as usize;

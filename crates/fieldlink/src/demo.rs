@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
+use fieldlink_sdk::video::{TestPattern, TestPatternConfig};
 use fieldlink_sdk::{DeviceConfig, Event, FieldDevice, Qos};
 use fieldlink_server::store::{now_ms, Device, Project, Security, StoreError};
 use fieldlink_server::Config;
@@ -29,6 +30,8 @@ const FIELD_PW: &str = "field1";
 const OPERATORS: [&str; 2] = ["op1", "op2"];
 const OPERATOR_PW: &str = "op";
 const ADMIN_TOKEN: &str = "demo";
+/// Test-pattern video streams of the demo field device.
+const STREAMS: u32 = 4;
 
 fn ignore_existing(r: Result<(), StoreError>) -> anyhow::Result<()> {
     match r {
@@ -88,17 +91,24 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     }
     let ws = format!("ws://{}/ws", running.http_addr);
     let gwid = format!("{PROJECT}/{FIELD}").parse()?;
-    let (field, mut events) = FieldDevice::connect(DeviceConfig::new(ws.clone(), gwid, FIELD_PW))
-        .await
-        .context("starting the demo field device")?;
+    let mut cfg = DeviceConfig::new(ws.clone(), gwid, FIELD_PW);
+    cfg.streams = STREAMS;
+    let (field, mut events) = FieldDevice::connect(cfg).await.context("starting the demo field device")?;
+    for i in 0..STREAMS {
+        let source = TestPattern::new(i, TestPatternConfig::default())?;
+        field.start_video(i, source)?;
+    }
     println!(
         "\nfieldlink demo is running.\n\
          \n  server        http://{http}  (admin API token: {ADMIN_TOKEN})\
          \n  signalling    {ws}\
-         \n  field device  {PROJECT}/{FIELD}: reports \"tick N\" every second, echoes control data back\
+         \n  field device  {PROJECT}/{FIELD}: {STREAMS} test-pattern video streams (640x360, 25 fps),\
+         \n                reports \"tick N\" every second, echoes control data back\
          \n  operators     {PROJECT}/op1 and {PROJECT}/op2, password \"{OPERATOR_PW}\"\
          \n\nIn another terminal, operate it (type a line to send it as control data):\
          \n  cargo run --release -p fieldlink -- remote --device-id {PROJECT}/op1 --password {OPERATOR_PW} connect --gwid {PROJECT}/{FIELD}\
+         \n\nWatch streams 0 and 1 on receivers 0 and 1 (state changes and a stats line per second):\
+         \n  cargo run --release -p fieldlink -- remote --device-id {PROJECT}/op2 --password {OPERATOR_PW} watch --gwid {PROJECT}/{FIELD} --streams 0,1 --conn-fds 0,1\
          \n\nCtrl-C stops the demo.\n",
         http = running.http_addr,
     );

@@ -43,7 +43,7 @@ pub struct FieldConfig {
     #[serde(default)]
     pub certificate: Option<String>,
     #[serde(default)]
-    pub streams_config: Option<serde_json::Value>,
+    pub streams_config: Vec<StreamConfig>,
     /// Server WebSocket URL (fieldlink addition), default ws://127.0.0.1:8080/ws.
     #[serde(default)]
     pub server: Option<String>,
@@ -52,11 +52,90 @@ pub struct FieldConfig {
     pub auto_permission: Option<u8>,
 }
 
+/// One video stream (SPEC §7 `streams_config[i]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    #[serde(default)]
+    pub fps: Option<f64>,
+    /// Target bitrate, kbit/s.
+    #[serde(default)]
+    pub bps: Option<u32>,
+    #[serde(default)]
+    pub width: Option<u32>,
+    #[serde(default)]
+    pub height: Option<u32>,
+    /// `rtsp_enc` (passthrough) or `normal` (transcode); cameras arrive with RTSP support.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub cameras: Vec<CameraConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // width/height/protocol describe RTSP cameras (not supported yet)
+pub struct CameraConfig {
+    #[serde(default)]
+    pub width: Option<u32>,
+    #[serde(default)]
+    pub height: Option<u32>,
+    /// fieldlink's reading of the vendor field: the RTSP transport, 1 = TCP.
+    #[serde(default)]
+    pub protocol: Option<u32>,
+    /// `test://pattern` (default), `file:///path/to/stream.h264` (Annex-B, looped), or
+    /// `rtsp://...` (not supported yet).
+    pub url: String,
+}
+
+/// The source of stream `i`, from its config (a test pattern when nothing is said).
+pub fn source_for(i: u32, sc: Option<&StreamConfig>) -> anyhow::Result<Box<dyn fieldlink_sdk::VideoSource>> {
+    use fieldlink_sdk::video::{AnnexBFile, TestPattern, TestPatternConfig};
+    if let Some(p) = sc.and_then(|c| c.protocol.as_deref()) {
+        if !matches!(p, "rtsp_enc" | "normal") {
+            bail!("streams_config[{i}].protocol: {p:?} is neither \"rtsp_enc\" nor \"normal\"");
+        }
+    }
+    let d = TestPatternConfig::default();
+    let fps = sc.and_then(|c| c.fps).unwrap_or(d.fps);
+    let url = sc.and_then(|c| c.cameras.first()).map_or("test://pattern", |c| c.url.as_str());
+    if url == "test://pattern" {
+        let cfg = TestPatternConfig {
+            width: sc.and_then(|c| c.width).unwrap_or(d.width),
+            height: sc.and_then(|c| c.height).unwrap_or(d.height),
+            fps,
+            kbps: sc.and_then(|c| c.bps).unwrap_or(d.kbps),
+            gop: (fps * 2.0).round() as u32,
+        };
+        return Ok(Box::new(TestPattern::new(i, cfg).with_context(|| format!("streams_config[{i}]"))?));
+    }
+    if let Some(path) = url.strip_prefix("file://") {
+        let f = AnnexBFile::open(std::path::Path::new(path), fps).with_context(|| format!("streams_config[{i}].cameras[0].url"))?;
+        return Ok(Box::new(f));
+    }
+    if url.starts_with("rtsp://") {
+        bail!("streams_config[{i}].cameras[0].url: RTSP cameras are not supported yet (use test://pattern or file://)");
+    }
+    bail!("streams_config[{i}].cameras[0].url: unknown source {url:?} (test://pattern, file://PATH)")
+}
+
 pub fn load(path: &PathBuf) -> anyhow::Result<FieldConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let c: FieldConfig =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    if let Some(n) = c.device_streams {
+        if !c.streams_config.is_empty() && c.streams_config.len() != n as usize {
+            bail!(
+                "{}: device_streams is {n} but streams_config has {} entries",
+                path.display(),
+                c.streams_config.len()
+            );
+        }
+        if n > 16 {
+            bail!("{}: device_streams must be 0..=16", path.display());
+        }
+    }
     if !matches!(c.auto_permission, None | Some(0) | Some(1)) {
         bail!("{}: auto_permission must be 0 or 1", path.display());
     }
@@ -72,9 +151,17 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| "ws://127.0.0.1:8080/ws".into());
     let mut cfg = DeviceConfig::new(server, id.clone(), c.password);
     cfg.auto_permission = c.auto_permission.unwrap_or(1) == 1;
+    let streams = c.device_streams.unwrap_or(c.streams_config.len() as u32);
+    cfg.streams = streams;
+    let sources = (0..streams)
+        .map(|i| source_for(i, c.streams_config.get(i as usize)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let (dev, mut events) = FieldDevice::connect(cfg)
         .await
         .with_context(|| format!("logging in as {id}"))?;
+    for (i, src) in sources.into_iter().enumerate() {
+        dev.start_video(i as u32, src)?;
+    }
     let json = !a.human;
     print(
         json,

@@ -25,6 +25,9 @@ pub struct Args {
     /// Own password or a key-derived one.
     #[arg(long, env = "FIELDLINK_PASSWORD", hide_env_values = true)]
     password: String,
+    /// Receivers of this remote device (SPEC §2 max_streams): conn_fd 0..max_streams-1.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=64))]
+    max_streams: u32,
     /// Do not ask for master automatically when a session opens (SPEC §5 auto_permission 0).
     #[arg(long)]
     no_auto_permission: bool,
@@ -54,6 +57,23 @@ enum Cmd {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
         qos: u8,
     },
+    /// Watch field streams on receivers: prints state changes and, every second, per
+    /// conn_fd: fps, kbit/s, frames, keyframes, latency. Exits 0 only if every conn_fd played.
+    Watch {
+        #[arg(long)]
+        gwid: DeviceId,
+        /// Stream ids, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        streams: Vec<u32>,
+        /// Receivers (conn_fd), comma-separated, one per stream.
+        #[arg(long, value_delimiter = ',', required = true)]
+        conn_fds: Vec<u32>,
+        /// Leave after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        duration: Option<f64>,
+        #[arg(long)]
+        token: Option<String>,
+    },
     /// Open a session, wait for master, send control data, and leave.
     Send {
         #[arg(long)]
@@ -79,6 +99,7 @@ enum Cmd {
 async fn login(a: &Args) -> anyhow::Result<(RemoteDevice, fieldlink_sdk::Events)> {
     let mut cfg = DeviceConfig::new(a.server.clone(), a.device_id.clone(), a.password.clone());
     cfg.auto_permission = !a.no_auto_permission;
+    cfg.streams = a.max_streams;
     RemoteDevice::connect(cfg)
         .await
         .with_context(|| format!("logging in as {}", a.device_id))
@@ -146,6 +167,24 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             )
             .await;
         }
+        Cmd::Watch {
+            gwid,
+            streams,
+            conn_fds,
+            duration,
+            token,
+        } => {
+            if let Some(t) = token {
+                dev.set_session_permission_token(gwid, t).await.context("session code")?;
+            }
+            let played = watch(&dev, &mut events, json, gwid, streams, conn_fds, *duration).await?;
+            dev.close().await;
+            let missing: Vec<&u32> = conn_fds.iter().filter(|fd| !played.contains(fd)).collect();
+            if !missing.is_empty() {
+                bail!("conn_fd {missing:?} never reached playing");
+            }
+            return Ok(());
+        }
         Cmd::Send {
             gwid,
             data,
@@ -200,4 +239,78 @@ async fn wait_master(
         }
     }
     Ok(())
+}
+
+#[derive(Default)]
+struct Tally {
+    frames: u64,
+    bytes: u64,
+    keyframes: u64,
+    latency_ms: Vec<f64>,
+}
+
+/// Connects, then reports every second until `duration`; returns the conn_fds that played.
+async fn watch(
+    dev: &RemoteDevice,
+    events: &mut fieldlink_sdk::Events,
+    json: bool,
+    gwid: &DeviceId,
+    streams: &[u32],
+    conn_fds: &[u32],
+    duration: Option<f64>,
+) -> anyhow::Result<Vec<u32>> {
+    dev.connect_streams(gwid, streams, conn_fds).await.context("connecting streams")?;
+    let until = duration.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d.max(0.0)));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut tallies: std::collections::BTreeMap<u32, Tally> = conn_fds.iter().map(|fd| (*fd, Tally::default())).collect();
+    let mut played = Vec::new();
+    let mut totals: std::collections::BTreeMap<u32, u64> = Default::default();
+    loop {
+        let stop = async {
+            match until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(Event::Frame(f)) => {
+                    let t = tallies.entry(f.conn_fd).or_default();
+                    t.frames += 1;
+                    t.bytes += f.data.len() as u64;
+                    t.keyframes += u64::from(f.keyframe);
+                    if let Some(l) = crate::device_io::latency_ms(&f) {
+                        t.latency_ms.push(l);
+                    }
+                }
+                Some(e) => {
+                    if let Event::StreamState { conn_fd, state: fieldlink_sdk::StreamState::Playing, .. } = &e {
+                        if !played.contains(conn_fd) {
+                            played.push(*conn_fd);
+                        }
+                    }
+                    print(json, &crate::device_io::event_json(&e));
+                }
+                None => bail!("connection closed"),
+            },
+            _ = tick.tick() => {
+                for (fd, t) in std::mem::take(&mut tallies) {
+                    let mut l = t.latency_ms.clone();
+                    l.sort_by(f64::total_cmp);
+                    let p50 = l.get(l.len() / 2).copied();
+                    *totals.entry(fd).or_default() += t.frames;
+                    print(json, &serde_json::json!({
+                        "event": "stats", "conn_fd": fd, "fps": t.frames, "kbps": t.bytes * 8 / 1000,
+                        "keyframes": t.keyframes, "latency_ms": p50.map(|v| (v * 10.0).round() / 10.0),
+                        "frames_total": totals[&fd],
+                    }));
+                }
+                tallies = conn_fds.iter().map(|fd| (*fd, Tally::default())).collect();
+            }
+            _ = stop => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    Ok(played)
 }
