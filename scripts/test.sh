@@ -19,6 +19,11 @@ if [ -z "${FIELDLINK_TEST_PG_URL:-}" ] && [ -n "$pg_bin" ] && [ -x "$pg_bin/init
   export FIELDLINK_TEST_PG_URL="postgres://postgres@127.0.0.1:$pg_port/fieldlink_test"
 fi
 
+if [ ! -d tests/browser/node_modules ] && command -v npm >/dev/null; then
+  echo "== installing the browser test driver (playwright-core)"
+  npm ci --prefix tests/browser --no-audit --no-fund
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "== cargo-nextest not found: installing it"
   cargo install cargo-nextest --locked

@@ -152,7 +152,7 @@ impl TestPattern {
 fn glyph(c: char) -> [u8; 5] {
     match c {
         '0' => [7, 5, 5, 5, 7],
-        '1' => [2, 6, 2, 2, 7],
+        '1' => [2, 6, 2, 2, 2],
         '2' => [7, 1, 7, 4, 7],
         '3' => [7, 1, 7, 1, 7],
         '4' => [5, 5, 7, 1, 1],
@@ -180,8 +180,9 @@ fn draw_text(
     for (k, c) in text.chars().enumerate() {
         let g = glyph(c);
         for (row, bits) in g.iter().enumerate() {
-            for col in 0..3 {
-                let on = bits >> (2 - col) & 1 == 1;
+            // Three glyph columns and one of spacing, all drawn, so text reads on any background.
+            for col in 0..4 {
+                let on = col < 3 && bits >> (2 - col) & 1 == 1;
                 for dy in 0..scale {
                     for dx in 0..scale {
                         let x = x0 + (k * 4 + col) * scale + dx;

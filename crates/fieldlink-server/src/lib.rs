@@ -138,6 +138,16 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     });
     let app = api::router()
         .route("/ws", axum::routing::get(ws::handler))
+        .route(
+            "/",
+            axum::routing::get(|| async { axum::response::Redirect::to("/watch") }),
+        )
+        .route(
+            "/watch",
+            axum::routing::get(|| async {
+                axum::response::Html(include_str!("../web/watch.html"))
+            }),
+        )
         .with_state(state);
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {

@@ -93,7 +93,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let gwid = format!("{PROJECT}/{FIELD}").parse()?;
     let mut cfg = DeviceConfig::new(ws.clone(), gwid, FIELD_PW);
     cfg.streams = STREAMS;
-    let (field, mut events) = FieldDevice::connect(cfg).await.context("starting the demo field device")?;
+    let (field, mut events) = FieldDevice::connect(cfg)
+        .await
+        .context("starting the demo field device")?;
     for i in 0..STREAMS {
         let source = TestPattern::new(i, TestPatternConfig::default())?;
         field.start_video(i, source)?;

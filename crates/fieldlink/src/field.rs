@@ -89,7 +89,10 @@ pub struct CameraConfig {
 }
 
 /// The source of stream `i`, from its config (a test pattern when nothing is said).
-pub fn source_for(i: u32, sc: Option<&StreamConfig>) -> anyhow::Result<Box<dyn fieldlink_sdk::VideoSource>> {
+pub fn source_for(
+    i: u32,
+    sc: Option<&StreamConfig>,
+) -> anyhow::Result<Box<dyn fieldlink_sdk::VideoSource>> {
     use fieldlink_sdk::video::{AnnexBFile, TestPattern, TestPatternConfig};
     if let Some(p) = sc.and_then(|c| c.protocol.as_deref()) {
         if !matches!(p, "rtsp_enc" | "normal") {
@@ -98,7 +101,9 @@ pub fn source_for(i: u32, sc: Option<&StreamConfig>) -> anyhow::Result<Box<dyn f
     }
     let d = TestPatternConfig::default();
     let fps = sc.and_then(|c| c.fps).unwrap_or(d.fps);
-    let url = sc.and_then(|c| c.cameras.first()).map_or("test://pattern", |c| c.url.as_str());
+    let url = sc
+        .and_then(|c| c.cameras.first())
+        .map_or("test://pattern", |c| c.url.as_str());
     if url == "test://pattern" {
         let cfg = TestPatternConfig {
             width: sc.and_then(|c| c.width).unwrap_or(d.width),
@@ -107,16 +112,21 @@ pub fn source_for(i: u32, sc: Option<&StreamConfig>) -> anyhow::Result<Box<dyn f
             kbps: sc.and_then(|c| c.bps).unwrap_or(d.kbps),
             gop: (fps * 2.0).round() as u32,
         };
-        return Ok(Box::new(TestPattern::new(i, cfg).with_context(|| format!("streams_config[{i}]"))?));
+        return Ok(Box::new(
+            TestPattern::new(i, cfg).with_context(|| format!("streams_config[{i}]"))?,
+        ));
     }
     if let Some(path) = url.strip_prefix("file://") {
-        let f = AnnexBFile::open(std::path::Path::new(path), fps).with_context(|| format!("streams_config[{i}].cameras[0].url"))?;
+        let f = AnnexBFile::open(std::path::Path::new(path), fps)
+            .with_context(|| format!("streams_config[{i}].cameras[0].url"))?;
         return Ok(Box::new(f));
     }
     if url.starts_with("rtsp://") {
         bail!("streams_config[{i}].cameras[0].url: RTSP cameras are not supported yet (use test://pattern or file://)");
     }
-    bail!("streams_config[{i}].cameras[0].url: unknown source {url:?} (test://pattern, file://PATH)")
+    bail!(
+        "streams_config[{i}].cameras[0].url: unknown source {url:?} (test://pattern, file://PATH)"
+    )
 }
 
 pub fn load(path: &PathBuf) -> anyhow::Result<FieldConfig> {

@@ -175,7 +175,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             token,
         } => {
             if let Some(t) = token {
-                dev.set_session_permission_token(gwid, t).await.context("session code")?;
+                dev.set_session_permission_token(gwid, t)
+                    .await
+                    .context("session code")?;
             }
             let played = watch(&dev, &mut events, json, gwid, streams, conn_fds, *duration).await?;
             dev.close().await;
@@ -259,11 +261,14 @@ async fn watch(
     conn_fds: &[u32],
     duration: Option<f64>,
 ) -> anyhow::Result<Vec<u32>> {
-    dev.connect_streams(gwid, streams, conn_fds).await.context("connecting streams")?;
+    dev.connect_streams(gwid, streams, conn_fds)
+        .await
+        .context("connecting streams")?;
     let until = duration.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d.max(0.0)));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
-    let mut tallies: std::collections::BTreeMap<u32, Tally> = conn_fds.iter().map(|fd| (*fd, Tally::default())).collect();
+    let mut tallies: std::collections::BTreeMap<u32, Tally> =
+        conn_fds.iter().map(|fd| (*fd, Tally::default())).collect();
     let mut played = Vec::new();
     let mut totals: std::collections::BTreeMap<u32, u64> = Default::default();
     loop {
