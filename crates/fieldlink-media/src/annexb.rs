@@ -44,6 +44,48 @@ pub fn is_h265_keyframe(data: &[u8]) -> bool {
     })
 }
 
+/// Remembers an H.264 stream's parameter sets and puts them before every keyframe that
+/// lacks them, so a receiver can start decoding at any keyframe (encoders and cameras
+/// often send SPS/PPS only once).
+#[derive(Debug, Clone, Default)]
+pub struct ParamSets {
+    sps: Option<Vec<u8>>,
+    pps: Option<Vec<u8>>,
+}
+
+impl ParamSets {
+    /// Learns SPS/PPS from `au`; returns `au` with them prepended if it is a keyframe
+    /// without them.
+    pub fn complete(&mut self, au: &[u8]) -> Vec<u8> {
+        let nals = nal_units(au);
+        let (mut has_sps, mut has_pps, mut idr) = (false, false, false);
+        for n in &nals {
+            match h264_nal_type(n) {
+                Some(7) => {
+                    has_sps = true;
+                    self.sps = Some(n.to_vec());
+                }
+                Some(8) => {
+                    has_pps = true;
+                    self.pps = Some(n.to_vec());
+                }
+                Some(5) => idr = true,
+                _ => {}
+            }
+        }
+        if !idr || (has_sps && has_pps) {
+            return au.to_vec();
+        }
+        let mut out = Vec::with_capacity(au.len() + 64);
+        for ps in [&self.sps, &self.pps].into_iter().flatten() {
+            out.extend_from_slice(&[0, 0, 0, 1]);
+            out.extend_from_slice(ps);
+        }
+        out.extend_from_slice(au);
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +105,20 @@ mod tests {
         assert!(nal_units(&[]).is_empty());
         assert!(nal_units(&[0, 0, 1]).is_empty());
         assert!(is_h265_keyframe(&[0, 0, 1, 19 << 1, 1]));
+    }
+
+    #[test]
+    fn parameter_sets_are_put_before_bare_keyframes() {
+        let mut ps = ParamSets::default();
+        let first = [
+            0, 0, 0, 1, 0x67, 1, 0, 0, 0, 1, 0x68, 2, 0, 0, 0, 1, 0x65, 9,
+        ];
+        assert_eq!(ps.complete(&first), first.to_vec());
+        let p = [0, 0, 0, 1, 0x41, 7];
+        assert_eq!(ps.complete(&p), p.to_vec());
+        let bare_idr = [0, 0, 0, 1, 0x65, 8];
+        let fixed = ps.complete(&bare_idr);
+        let types: Vec<u8> = nal_units(&fixed).iter().map(|n| n[0] & 0x1f).collect();
+        assert_eq!(types, [7, 8, 5]);
     }
 }

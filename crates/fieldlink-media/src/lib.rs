@@ -5,5 +5,5 @@
 pub mod annexb;
 pub mod sei;
 
-pub use annexb::{is_h264_keyframe, nal_units};
+pub use annexb::{is_h264_keyframe, nal_units, ParamSets};
 pub use sei::{FrameMeta, SeiError};

@@ -190,6 +190,7 @@ pub(crate) async fn start(
         codes: HashMap::new(),
         watches: HashMap::new(),
         video_epoch: std::time::SystemTime::now(),
+        decoders: Vec::new(),
     };
     tokio::spawn(driver.run(conn));
     Ok(())
@@ -227,6 +228,8 @@ struct Driver {
     watches: HashMap<u32, (DeviceId, u32)>,
     /// Field: RTP timestamps count from here.
     video_epoch: std::time::SystemTime,
+    /// Remote with `decode`: one H.264 decoder per receiver.
+    decoders: Vec<Option<openh264::decoder::Decoder>>,
 }
 
 impl Driver {
@@ -425,9 +428,14 @@ impl Driver {
                 .unwrap_or((None, None))
         };
         if stream.is_none() {
-            return; // in flight when the receiver was disconnected
+            return; // in flight when the application disconnected the receiver
         }
         let keyframe = fieldlink_media::is_h264_keyframe(&data);
+        let picture = if self.cfg.decode {
+            self.decode(index, &data)
+        } else {
+            None
+        };
         self.ev.emit(Event::Frame(crate::VideoFrame {
             conn_fd,
             stream,
@@ -437,7 +445,34 @@ impl Driver {
             capture,
             received: std::time::SystemTime::now(),
             data,
+            picture,
         }));
+    }
+
+    /// Decodes one access unit on receiver `index` (one decoder per receiver).
+    fn decode(&mut self, index: usize, data: &[u8]) -> Option<crate::Picture> {
+        use openh264::formats::YUVSource;
+        if self.decoders.len() <= index {
+            self.decoders.resize_with(index + 1, || None);
+        }
+        if self.decoders[index].is_none() {
+            self.decoders[index] = openh264::decoder::Decoder::new().ok();
+        }
+        let yuv = self.decoders[index].as_mut()?.decode(data).ok()??;
+        let (w, h) = yuv.dimensions();
+        let (sy, su, sv) = yuv.strides();
+        let plane = |p: &[u8], stride: usize, w: usize, h: usize| -> Vec<u8> {
+            (0..h)
+                .flat_map(|r| p[r * stride..r * stride + w].iter().copied())
+                .collect()
+        };
+        Some(crate::Picture {
+            width: w,
+            height: h,
+            y: plane(yuv.y(), sy, w, h),
+            u: plane(yuv.u(), su, w / 2, h / 2),
+            v: plane(yuv.v(), sv, w / 2, h / 2),
+        })
     }
 
     fn on_control(&mut self, qos: fieldlink_proto::Qos, data: &[u8]) {

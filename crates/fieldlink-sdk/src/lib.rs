@@ -66,6 +66,9 @@ pub struct DeviceConfig {
     /// Video m-lines: a field device's `device_streams`, or a remote device's
     /// `max_streams` receivers (`conn_fd` 0..max_streams-1). 0 = control data only.
     pub streams: u32,
+    /// Remote: also decode every received frame to I420 ([`VideoFrame::picture`]). Costs
+    /// CPU on the connection task; leave off when the application decodes itself.
+    pub decode: bool,
 }
 
 impl DeviceConfig {
@@ -81,6 +84,7 @@ impl DeviceConfig {
             auto_permission: true,
             reconnect_delay: Duration::from_millis(500),
             streams: 0,
+            decode: false,
         }
     }
 }
@@ -171,6 +175,18 @@ pub struct VideoFrame {
     /// Capture time on the field device's clock (abs-capture-time), when sent.
     pub capture: Option<std::time::SystemTime>,
     pub received: std::time::SystemTime,
+    /// The decoded picture, when [`DeviceConfig::decode`] is on and the decoder had one.
+    pub picture: Option<Picture>,
+}
+
+/// A decoded I420 picture, planes tightly packed (stride = width, chroma = width / 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Picture {
+    pub width: usize,
+    pub height: usize,
+    pub y: Vec<u8>,
+    pub u: Vec<u8>,
+    pub v: Vec<u8>,
 }
 
 /// The event stream of one device.
@@ -502,6 +518,9 @@ impl RemoteDevice {
             ));
         }
         self.check_fds(conn_fds)?;
+        // From now on frames on these receivers belong to the new streams: the first
+        // keyframe can arrive before the server's state message does.
+        self.set_receivers(conn_fds, |i| Some((gwid.clone(), stream_ids[i])));
         self.h
             .ok(fieldlink_proto::ClientMsg::Watch {
                 req: None,
@@ -515,6 +534,8 @@ impl RemoteDevice {
     /// Disconnects receivers (SPEC §2 `disconnect`).
     pub async fn disconnect_streams(&self, conn_fds: &[u32]) -> Result<()> {
         self.check_fds(conn_fds)?;
+        // Frames still in flight for these receivers are not delivered.
+        self.set_receivers(conn_fds, |_| None);
         self.h
             .ok(fieldlink_proto::ClientMsg::Unwatch {
                 req: None,
@@ -525,6 +546,15 @@ impl RemoteDevice {
 
     /// Disconnects every receiver (SPEC §2 `disconnect_all`).
     pub async fn disconnect_all(&self) -> Result<()> {
+        let all: Vec<u32> = (0..self
+            .h
+            .shared
+            .receivers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len() as u32)
+            .collect();
+        self.set_receivers(&all, |_| None);
         self.h
             .ok(fieldlink_proto::ClientMsg::UnwatchAll { req: None })
             .await
@@ -550,6 +580,20 @@ impl RemoteDevice {
             r[*fd as usize].window = *w;
         }
         Ok(())
+    }
+
+    fn set_receivers(&self, conn_fds: &[u32], stream: impl Fn(usize) -> Option<(DeviceId, u32)>) {
+        let mut r = self
+            .h
+            .shared
+            .receivers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (i, fd) in conn_fds.iter().enumerate() {
+            if let Some(rc) = r.get_mut(*fd as usize) {
+                rc.stream = stream(i);
+            }
+        }
     }
 
     fn check_fds(&self, conn_fds: &[u32]) -> Result<()> {

@@ -70,6 +70,7 @@ pub struct TestPattern {
     frame: u64,
     encoder: Encoder,
     yuv: Vec<u8>,
+    params: fieldlink_media::ParamSets,
 }
 
 impl TestPattern {
@@ -107,6 +108,7 @@ impl TestPattern {
             frame: 0,
             encoder,
             yuv: vec![0; n + n / 2],
+            params: Default::default(),
         })
     }
 
@@ -231,6 +233,8 @@ impl VideoSource for TestPattern {
         if encoded.is_empty() {
             return Ok(None); // the rate control skipped this frame
         }
+        // A forced keyframe comes without SPS/PPS; receivers starting on it need them.
+        let encoded = self.params.complete(&encoded);
         let keyframe = fieldlink_media::is_h264_keyframe(&encoded);
         let data = insert_before_first_slice(&encoded, &meta.to_annexb_nal());
         Ok(Some(EncodedFrame {
@@ -384,5 +388,40 @@ mod tests {
             }
         )
         .is_err());
+    }
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::*;
+
+    #[test]
+    fn test_pattern_decodes_frame_by_frame() {
+        let mut tp = TestPattern::new(
+            1,
+            TestPatternConfig {
+                width: 160,
+                height: 96,
+                fps: 25.0,
+                kbps: 200,
+                gop: 50,
+            },
+        )
+        .unwrap();
+        let mut dec = openh264::decoder::Decoder::new().unwrap();
+        let mut ok = 0;
+        for _ in 0..5 {
+            tp.next_frame(false).unwrap();
+        }
+        // A decoder that starts at a forced keyframe decodes everything from there.
+        for i in 0..30 {
+            let f = tp.next_frame(i == 0).unwrap().unwrap();
+            match dec.decode(&f.data) {
+                Ok(Some(_)) => ok += 1,
+                Ok(None) => eprintln!("frame {i}: no picture"),
+                Err(e) => eprintln!("frame {i}: {e}"),
+            }
+        }
+        assert_eq!(ok, 30);
     }
 }

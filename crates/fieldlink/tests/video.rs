@@ -290,3 +290,37 @@ async fn switching_is_fast() {
         times[times.len() / 2]
     );
 }
+
+/// External rendering with decoding on request: I420 pictures at the source's size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_decode_to_i420_on_request() {
+    let s = TestServer::start();
+    s.standard();
+    let (_f, _fe) = field_with_streams(&s, "p/f", 1).await;
+    let mut cfg = s.cfg("p/r1", "rpw");
+    cfg.streams = 1;
+    cfg.decode = true;
+    let (r, mut re) = RemoteDevice::connect(cfg).await.unwrap();
+    r.connect_streams(&id("p/f"), &[0], &[0]).await.unwrap();
+    let (mut decoded, mut frames) = (0, 0);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while decoded < 20 {
+        match tokio::time::timeout_at(deadline, re.recv()).await {
+            Ok(Some(Event::Frame(f))) => {
+                frames += 1;
+                if let Some(p) = f.picture {
+                    assert_eq!(
+                        (p.width, p.height),
+                        (SMALL.width as usize, SMALL.height as usize)
+                    );
+                    assert_eq!((p.y.len(), p.u.len()), (160 * 96, 80 * 48));
+                    decoded += 1;
+                }
+            }
+            Ok(Some(_)) => {}
+            _ => panic!("only {decoded} decoded frames"),
+        }
+    }
+    // The decoder may hold back the very first picture; every later frame decodes.
+    assert!(frames - decoded <= 1, "{frames} frames, {decoded} decoded");
+}
