@@ -157,6 +157,17 @@ pub enum Event {
     },
     /// Remote: a video frame arrived on a receiver (external rendering).
     Frame(VideoFrame),
+    /// Remote: once a second per receiver, its network figures (from RTCP).
+    ReceiverStats {
+        conn_fd: u32,
+        /// Packet loss before repair, percent.
+        loss_pct: Option<f32>,
+        /// Round trip time to the server.
+        rtt_ms: Option<f64>,
+        /// NACKs sent so far (repair requests).
+        nacks: u64,
+        packets: u64,
+    },
 }
 
 /// One received video access unit.

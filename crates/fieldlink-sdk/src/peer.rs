@@ -34,6 +34,14 @@ pub(crate) enum PeerEvent {
     },
     /// Field: the server asks stream `index` for a keyframe.
     KeyframeRequest(usize),
+    /// Remote: receive statistics of receiver `index` (once a second).
+    Stats {
+        index: usize,
+        loss: Option<f32>,
+        rtt: Option<Duration>,
+        nacks: u64,
+        packets: u64,
+    },
     Dead(String),
 }
 
@@ -70,6 +78,7 @@ impl Peer {
             .clear_codecs()
             .enable_h264(true)
             .set_extension(EXT_ABS_CAPTURE_TIME, Extension::AbsoluteCaptureTime)
+            .set_stats_interval((!send && videos > 0).then_some(Duration::from_secs(1)))
             .build(now);
         let cand = Candidate::host(local, "udp").map_err(|e| {
             SdkError::new(ErrorCode::MediaNotReady, format!("candidate {local}: {e}"))
@@ -264,6 +273,17 @@ impl Peer {
                                 data: d.data.to_vec(),
                                 rtp_time: d.time.rebase(Frequency::NINETY_KHZ).numer(),
                                 capture: d.ext_vals.abs_capture_time.map(|a| a.capture_time),
+                            });
+                        }
+                    }
+                    Event::MediaIngressStats(st) => {
+                        if let Some(index) = self.video_mids.iter().position(|m| *m == st.mid) {
+                            events.push(PeerEvent::Stats {
+                                index,
+                                loss: st.loss,
+                                rtt: st.rtt,
+                                nacks: st.nacks,
+                                packets: st.packets,
                             });
                         }
                     }

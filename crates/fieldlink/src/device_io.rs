@@ -69,6 +69,10 @@ pub fn event_json(ev: &Event) -> Value {
             "event": "stream_state", "conn_fd": conn_fd, "gwid": gwid, "stream_id": stream_id,
             "state": state, "reason": reason,
         }),
+        Event::ReceiverStats { conn_fd, loss_pct, rtt_ms, nacks, packets } => json!({
+            "event": "receiver_stats", "conn_fd": conn_fd, "loss_pct": loss_pct, "rtt_ms": rtt_ms,
+            "nacks": nacks, "packets": packets,
+        }),
         Event::Frame(f) => json!({
             "event": "frame", "conn_fd": f.conn_fd, "stream": f.stream.as_ref().map(|(g, s)| json!([g, s])),
             "keyframe": f.keyframe, "len": f.data.len(), "latency_ms": latency_ms(f),

@@ -245,6 +245,8 @@ async fn wait_master(
 
 #[derive(Default)]
 struct Tally {
+    loss_pct: Option<f32>,
+    rtt_ms: Option<f64>,
     frames: u64,
     bytes: u64,
     keyframes: u64,
@@ -289,6 +291,11 @@ async fn watch(
                         t.latency_ms.push(l);
                     }
                 }
+                Some(Event::ReceiverStats { conn_fd, loss_pct, rtt_ms, .. }) => {
+                    let t = tallies.entry(conn_fd).or_default();
+                    t.loss_pct = loss_pct;
+                    t.rtt_ms = rtt_ms;
+                }
                 Some(e) => {
                     if let Event::StreamState { conn_fd, state: fieldlink_sdk::StreamState::Playing, .. } = &e {
                         if !played.contains(conn_fd) {
@@ -308,6 +315,7 @@ async fn watch(
                     print(json, &serde_json::json!({
                         "event": "stats", "conn_fd": fd, "fps": t.frames, "kbps": t.bytes * 8 / 1000,
                         "keyframes": t.keyframes, "latency_ms": p50.map(|v| (v * 10.0).round() / 10.0),
+                        "loss_pct": t.loss_pct, "rtt_ms": t.rtt_ms,
                         "frames_total": totals[&fd],
                     }));
                 }
