@@ -26,6 +26,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Video: capture-to-arrival latency and switch time through the server.
+    Video {
+        /// Seconds of latency measurement.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// Switches to time.
+        #[arg(long, default_value_t = 100)]
+        switches: u32,
+        #[arg(long)]
+        fieldlink: Option<PathBuf>,
+    },
     /// Control-data latency (qos 0 and 1) and capacity at 100 Hz.
     Control {
         /// Seconds per measurement.
@@ -347,33 +358,84 @@ async fn control(secs: u64, max_pairs: usize, bin: PathBuf) -> anyhow::Result<()
     Ok(())
 }
 
+async fn video(secs: u64, switches: u32, bin: PathBuf) -> anyhow::Result<()> {
+    use fieldlink_sdk::video::{TestPattern, TestPatternConfig};
+    let server = start_server(&bin, 1).await?;
+    println!("fieldlink-bench video: server pid {} (CPU 0), loopback, 640x360 25 fps test pattern", server.child.id());
+    let gwid: DeviceId = "bench/f0".parse()?;
+    let mut fc = DeviceConfig::new(server.ws.as_str(), gwid.clone(), "pw");
+    fc.streams = 2;
+    let (field, _fe) = FieldDevice::connect(fc).await?;
+    for i in 0..2 {
+        field.start_video(i, TestPattern::new(i, TestPatternConfig::default())?)?;
+    }
+    let mut rc = DeviceConfig::new(server.ws.as_str(), "bench/r0".parse()?, "pw");
+    rc.streams = 1;
+    let (remote, mut ev) = RemoteDevice::connect(rc).await?;
+    remote.connect_streams(&gwid, &[0], &[0]).await?;
+
+    // Capture (field clock) to arrival (same host clock): encode + send + server + receive.
+    let mut lat = Vec::new();
+    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while let Ok(Some(e)) = tokio::time::timeout_at(end, ev.recv()).await {
+        if let Event::Frame(f) = e {
+            if let Some(c) = f.capture {
+                if let Ok(d) = f.received.duration_since(c) {
+                    lat.push(d.as_micros() as u64);
+                }
+            }
+        }
+    }
+    let n = lat.len();
+    println!("\ncapture -> frame complete at the remote ({n} frames):");
+    println!("  p50 {:.2} ms  p99 {:.2} ms", pct(&mut lat, 0.5), pct(&mut lat, 0.99));
+
+    // Switch: connect call on a playing receiver -> first frame of the new stream.
+    let mut times = Vec::new();
+    for i in 0..switches {
+        let target = (i + 1) % 2;
+        let t0 = Instant::now();
+        remote.connect_streams(&gwid, &[target], &[0]).await?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), ev.recv()).await {
+                Ok(Some(Event::Frame(f))) => {
+                    if fieldlink_media::FrameMeta::find(&f.data).map(|m| m.stream_id) == Some(target) {
+                        break;
+                    }
+                }
+                Ok(Some(_)) => {}
+                _ => bail!("switch {i} did not complete"),
+            }
+        }
+        times.push(t0.elapsed().as_micros() as u64);
+        // Let the receiver settle for a few frames, as an operator would.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    println!("\nswitch time, {switches} switches (frame interval 40 ms):");
+    println!("  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms", pct(&mut times, 0.5), pct(&mut times, 0.99), pct(&mut times, 1.0));
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    match cli.cmd {
-        Cmd::Control {
-            secs,
-            max_pairs,
-            fieldlink,
-        } => {
-            let bin = match fieldlink {
-                Some(b) => b,
-                None => std::env::current_exe()?.with_file_name("fieldlink"),
-            };
-            if !bin.exists() {
-                bail!(
-                    "{} not found: build it first (cargo build --release -p fieldlink)",
-                    bin.display()
-                );
-            }
-            // This process on CPU 1, away from the server.
-            let _ = Command::new("taskset")
-                .args(["-pc", "1", &std::process::id().to_string()])
-                .output();
-            rt.block_on(control(secs, max_pairs, bin))
+    let bin_of = |given: Option<PathBuf>| -> anyhow::Result<PathBuf> {
+        let bin = match given {
+            Some(b) => b,
+            None => std::env::current_exe()?.with_file_name("fieldlink"),
+        };
+        if !bin.exists() {
+            bail!("{} not found: build it first (cargo build --release -p fieldlink)", bin.display());
         }
+        // This process on CPU 1, away from the server.
+        let _ = Command::new("taskset").args(["-pc", "1", &std::process::id().to_string()]).output();
+        Ok(bin)
+    };
+    match cli.cmd {
+        Cmd::Control { secs, max_pairs, fieldlink } => rt.block_on(control(secs, max_pairs, bin_of(fieldlink)?)),
+        Cmd::Video { secs, switches, fieldlink } => rt.block_on(video(secs, switches, bin_of(fieldlink)?)),
     }
 }
