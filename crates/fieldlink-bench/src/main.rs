@@ -361,7 +361,10 @@ async fn control(secs: u64, max_pairs: usize, bin: PathBuf) -> anyhow::Result<()
 async fn video(secs: u64, switches: u32, bin: PathBuf) -> anyhow::Result<()> {
     use fieldlink_sdk::video::{TestPattern, TestPatternConfig};
     let server = start_server(&bin, 1).await?;
-    println!("fieldlink-bench video: server pid {} (CPU 0), loopback, 640x360 25 fps test pattern", server.child.id());
+    println!(
+        "fieldlink-bench video: server pid {} (CPU 0), loopback, 640x360 25 fps test pattern",
+        server.child.id()
+    );
     let gwid: DeviceId = "bench/f0".parse()?;
     let mut fc = DeviceConfig::new(server.ws.as_str(), gwid.clone(), "pw");
     fc.streams = 2;
@@ -388,7 +391,11 @@ async fn video(secs: u64, switches: u32, bin: PathBuf) -> anyhow::Result<()> {
     }
     let n = lat.len();
     println!("\ncapture -> frame complete at the remote ({n} frames):");
-    println!("  p50 {:.2} ms  p99 {:.2} ms", pct(&mut lat, 0.5), pct(&mut lat, 0.99));
+    println!(
+        "  p50 {:.2} ms  p99 {:.2} ms",
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99)
+    );
 
     // Switch: connect call on a playing receiver -> first frame of the new stream.
     let mut times = Vec::new();
@@ -399,7 +406,9 @@ async fn video(secs: u64, switches: u32, bin: PathBuf) -> anyhow::Result<()> {
         loop {
             match tokio::time::timeout(Duration::from_secs(5), ev.recv()).await {
                 Ok(Some(Event::Frame(f))) => {
-                    if fieldlink_media::FrameMeta::find(&f.data).map(|m| m.stream_id) == Some(target) {
+                    if fieldlink_media::FrameMeta::find(&f.data).map(|m| m.stream_id)
+                        == Some(target)
+                    {
                         break;
                     }
                 }
@@ -412,7 +421,12 @@ async fn video(secs: u64, switches: u32, bin: PathBuf) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     println!("\nswitch time, {switches} switches (frame interval 40 ms):");
-    println!("  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms", pct(&mut times, 0.5), pct(&mut times, 0.99), pct(&mut times, 1.0));
+    println!(
+        "  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        pct(&mut times, 0.5),
+        pct(&mut times, 0.99),
+        pct(&mut times, 1.0)
+    );
     Ok(())
 }
 
@@ -428,14 +442,27 @@ fn main() -> anyhow::Result<()> {
             None => std::env::current_exe()?.with_file_name("fieldlink"),
         };
         if !bin.exists() {
-            bail!("{} not found: build it first (cargo build --release -p fieldlink)", bin.display());
+            bail!(
+                "{} not found: build it first (cargo build --release -p fieldlink)",
+                bin.display()
+            );
         }
         // This process on CPU 1, away from the server.
-        let _ = Command::new("taskset").args(["-pc", "1", &std::process::id().to_string()]).output();
+        let _ = Command::new("taskset")
+            .args(["-pc", "1", &std::process::id().to_string()])
+            .output();
         Ok(bin)
     };
     match cli.cmd {
-        Cmd::Control { secs, max_pairs, fieldlink } => rt.block_on(control(secs, max_pairs, bin_of(fieldlink)?)),
-        Cmd::Video { secs, switches, fieldlink } => rt.block_on(video(secs, switches, bin_of(fieldlink)?)),
+        Cmd::Control {
+            secs,
+            max_pairs,
+            fieldlink,
+        } => rt.block_on(control(secs, max_pairs, bin_of(fieldlink)?)),
+        Cmd::Video {
+            secs,
+            switches,
+            fieldlink,
+        } => rt.block_on(video(secs, switches, bin_of(fieldlink)?)),
     }
 }

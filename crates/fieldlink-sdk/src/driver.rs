@@ -403,7 +403,13 @@ impl Driver {
                             self.shared.keyframe_notify[index].notify_one();
                         }
                     }
-                    PeerEvent::Stats { index, loss, rtt, nacks, packets } => self.ev.emit(Event::ReceiverStats {
+                    PeerEvent::Stats {
+                        index,
+                        loss,
+                        rtt,
+                        nacks,
+                        packets,
+                    } => self.ev.emit(Event::ReceiverStats {
                         conn_fd: index as u32,
                         loss_pct: loss.map(|l| l * 100.0),
                         rtt_ms: rtt.map(|d| d.as_secs_f64() * 1000.0),

@@ -69,7 +69,13 @@ pub fn event_json(ev: &Event) -> Value {
             "event": "stream_state", "conn_fd": conn_fd, "gwid": gwid, "stream_id": stream_id,
             "state": state, "reason": reason,
         }),
-        Event::ReceiverStats { conn_fd, loss_pct, rtt_ms, nacks, packets } => json!({
+        Event::ReceiverStats {
+            conn_fd,
+            loss_pct,
+            rtt_ms,
+            nacks,
+            packets,
+        } => json!({
             "event": "receiver_stats", "conn_fd": conn_fd, "loss_pct": loss_pct, "rtt_ms": rtt_ms,
             "nacks": nacks, "packets": packets,
         }),
