@@ -3,6 +3,7 @@
 //! that the test-pattern source puts in every access unit.
 
 pub mod annexb;
+pub mod fmp4;
 pub mod sei;
 
 pub use annexb::{is_h264_keyframe, nal_units, ParamSets};

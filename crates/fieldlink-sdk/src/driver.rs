@@ -192,6 +192,7 @@ pub(crate) async fn start(
         watches: HashMap::new(),
         video_epoch: std::time::SystemTime::now(),
         decoders: Vec::new(),
+        recorders: HashMap::new(),
     };
     tokio::spawn(driver.run(conn));
     Ok(())
@@ -231,6 +232,8 @@ struct Driver {
     video_epoch: std::time::SystemTime,
     /// Remote with `decode`: one H.264 decoder per receiver.
     decoders: Vec<Option<openh264::decoder::Decoder>>,
+    /// Remote: open recordings by receiver index.
+    recorders: HashMap<usize, crate::record::Recorder>,
 }
 
 impl Driver {
@@ -241,6 +244,7 @@ impl Driver {
             }
             let reason = match self.serve(&mut conn).await {
                 Stop::Closed => {
+                    self.finish_recordings();
                     let _ = conn.ws.close(None).await;
                     return;
                 }
@@ -431,16 +435,17 @@ impl Driver {
         capture: Option<std::time::SystemTime>,
     ) {
         let conn_fd = index as u32;
-        let (stream, window) = {
+        let (stream, window, record) = {
             let r = self
                 .shared
                 .receivers
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             r.get(index)
-                .map(|r| (r.stream.clone(), r.window))
-                .unwrap_or((None, None))
+                .map(|r| (r.stream.clone(), r.window, r.record.clone()))
+                .unwrap_or((None, None, None))
         };
+        self.record(index, record.filter(|_| stream.is_some()), &data, rtp_time);
         if stream.is_none() {
             return; // in flight when the application disconnected the receiver
         }
@@ -461,6 +466,48 @@ impl Driver {
             data,
             picture,
         }));
+    }
+
+    /// Feeds receiver `index`'s recorder; a changed or removed target closes the old one.
+    fn record(
+        &mut self,
+        index: usize,
+        target: Option<crate::record::Target>,
+        data: &[u8],
+        rtp_time: u64,
+    ) {
+        let current = self.recorders.get(&index).map(|r| &r.target);
+        if current != target.as_ref() {
+            if let Some(mut old) = self.recorders.remove(&index) {
+                if let Err(e) = old.finish() {
+                    self.ev.emit(Event::Warning {
+                        code: e.code,
+                        message: e.message,
+                    });
+                }
+            }
+            if let Some(t) = target {
+                self.recorders
+                    .insert(index, crate::record::Recorder::new(t));
+            }
+        }
+        if let Some(r) = self.recorders.get_mut(&index) {
+            if let Err(e) = r.push(data, rtp_time) {
+                // Recording stops on an I/O error (disk full, no permission), once.
+                self.recorders.remove(&index);
+                self.ev.emit(Event::Warning {
+                    code: e.code,
+                    message: e.message,
+                });
+            }
+        }
+    }
+
+    /// Closes every recording (disconnect, shutdown).
+    fn finish_recordings(&mut self) {
+        for (_, mut r) in self.recorders.drain() {
+            let _ = r.finish();
+        }
     }
 
     /// Decodes one access unit on receiver `index` (one decoder per receiver).

@@ -9,6 +9,7 @@
 
 mod driver;
 mod peer;
+pub mod record;
 pub mod video;
 
 use std::sync::{Arc, Mutex};
@@ -69,6 +70,9 @@ pub struct DeviceConfig {
     /// Remote: also decode every received frame to I420 ([`VideoFrame::picture`]). Costs
     /// CPU on the connection task; leave off when the application decodes itself.
     pub decode: bool,
+    /// Remote: record every connected stream here unless `connect_streams_recorded` says
+    /// otherwise (SPEC §2 global recording configuration).
+    pub record: Option<record::RecordSettings>,
 }
 
 impl DeviceConfig {
@@ -85,6 +89,7 @@ impl DeviceConfig {
             reconnect_delay: Duration::from_millis(500),
             streams: 0,
             decode: false,
+            record: None,
         }
     }
 }
@@ -253,6 +258,8 @@ pub(crate) struct Shared {
 pub(crate) struct Receiver {
     pub stream: Option<(DeviceId, u32)>,
     pub window: Option<u64>,
+    /// Where this receiver records, if it does.
+    pub record: Option<record::Target>,
 }
 
 struct Handle {
@@ -442,12 +449,14 @@ impl FieldDevice {
 /// A remote device: opens sessions with field devices, asks for control, sends control data.
 pub struct RemoteDevice {
     h: Handle,
+    record: Option<record::RecordSettings>,
 }
 
 impl RemoteDevice {
     pub async fn connect(cfg: DeviceConfig) -> Result<(RemoteDevice, Events)> {
+        let record = cfg.record.clone();
         let (h, ev) = Handle::start(Role::Remote, cfg).await?;
-        Ok((RemoteDevice { h }, ev))
+        Ok((RemoteDevice { h, record }, ev))
     }
 
     pub fn id(&self) -> &DeviceId {
@@ -522,6 +531,19 @@ impl RemoteDevice {
         stream_ids: &[u32],
         conn_fds: &[u32],
     ) -> Result<()> {
+        self.connect_streams_recorded(gwid, stream_ids, conn_fds, None)
+            .await
+    }
+
+    /// [`RemoteDevice::connect_streams`] with SPEC §2 `record_config` (one file name and
+    /// segment length per stream); `None` applies the global [`DeviceConfig::record`].
+    pub async fn connect_streams_recorded(
+        &self,
+        gwid: &DeviceId,
+        stream_ids: &[u32],
+        conn_fds: &[u32],
+        record_config: Option<&record::RecordConfig>,
+    ) -> Result<()> {
         if stream_ids.len() != conn_fds.len() || stream_ids.is_empty() {
             return Err(SdkError::new(
                 ErrorCode::BadRequest,
@@ -529,9 +551,49 @@ impl RemoteDevice {
             ));
         }
         self.check_fds(conn_fds)?;
+        if let Some(rc) = record_config {
+            if rc.file_names.len() != stream_ids.len() {
+                return Err(SdkError::new(
+                    ErrorCode::BadRequest,
+                    "record_config needs one file_names entry per stream",
+                ));
+            }
+        }
+        let targets: Vec<Option<record::Target>> = (0..stream_ids.len())
+            .map(|i| match (record_config, &self.record) {
+                (Some(rc), global) => Some(record::Target {
+                    source: format!("{gwid}#{}", stream_ids[i]),
+                    dir: global
+                        .as_ref()
+                        .map_or_else(|| std::path::PathBuf::from("recordings"), |g| g.dir.clone()),
+                    base: rc.file_names[i].file.clone(),
+                    segment_secs: rc.file_names[i].duration,
+                }),
+                (None, Some(g)) => Some(record::Target {
+                    source: format!("{gwid}#{}", stream_ids[i]),
+                    dir: g.dir.clone(),
+                    base: format!("{}_{}_s{}", gwid.project, gwid.device, stream_ids[i]),
+                    segment_secs: g.segment_secs.max(1),
+                }),
+                (None, None) => None,
+            })
+            .collect();
         // From now on frames on these receivers belong to the new streams: the first
         // keyframe can arrive before the server's state message does.
         self.set_receivers(conn_fds, |i| Some((gwid.clone(), stream_ids[i])));
+        {
+            let mut r = self
+                .h
+                .shared
+                .receivers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for (i, fd) in conn_fds.iter().enumerate() {
+                if let Some(rc) = r.get_mut(*fd as usize) {
+                    rc.record = targets[i].clone();
+                }
+            }
+        }
         self.h
             .ok(fieldlink_proto::ClientMsg::Watch {
                 req: None,

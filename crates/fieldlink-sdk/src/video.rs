@@ -425,3 +425,53 @@ mod decode_tests {
         assert_eq!(ok, 30);
     }
 }
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+    use fieldlink_media::fmp4::{SegmentOut, Segmenter};
+
+    #[test]
+    fn segments_start_on_keyframes_and_hold_the_target_duration() {
+        let mut tp = TestPattern::new(
+            0,
+            TestPatternConfig {
+                width: 160,
+                height: 96,
+                fps: 25.0,
+                kbps: 200,
+                gop: 25,
+            },
+        )
+        .unwrap();
+        // Two seconds per segment at 25 fps with a keyframe every second.
+        let mut seg = Segmenter::new(2 * 90_000);
+        let mut outs = Vec::new();
+        for i in 0..130u64 {
+            let f = tp.next_frame(false).unwrap().unwrap();
+            outs.extend(seg.push(&f.data, i * 3600));
+        }
+        outs.extend(seg.finish());
+        let closes: Vec<(u32, u64)> = outs
+            .iter()
+            .filter_map(|o| match o {
+                SegmentOut::Close { index, duration } => Some((*index, *duration)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(closes.iter().map(|c| c.0).collect::<Vec<_>>(), [1, 2, 3]);
+        // Every full segment lasts the target, or at most one GOP (1 s) more.
+        for (i, d) in &closes[..2] {
+            assert!((2 * 90_000..3 * 90_000).contains(d), "segment {i}: {d}");
+        }
+        let total: u64 = closes.iter().map(|c| c.1).sum();
+        assert_eq!(total, 130 * 3600, "no frame lost or duplicated");
+        // Each segment opens with ftyp and moov.
+        for o in &outs {
+            if let SegmentOut::Open { bytes, .. } = o {
+                assert_eq!(&bytes[4..8], b"ftyp");
+                assert!(bytes.windows(4).any(|w| w == b"avcC"));
+            }
+        }
+    }
+}

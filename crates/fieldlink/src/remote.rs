@@ -73,6 +73,16 @@ enum Cmd {
         duration: Option<f64>,
         #[arg(long)]
         token: Option<String>,
+        /// Record every stream into this directory (fragmented MP4 segments).
+        #[arg(long)]
+        record: Option<std::path::PathBuf>,
+        /// Segment length for --record, seconds.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3600))]
+        segment_secs: u32,
+        /// SPEC §2 record_config JSON, e.g. '{"file_names":[{"file":"test","duration":15}]}'
+        /// (one entry per stream; files go to --record, default ./recordings).
+        #[arg(long)]
+        record_config: Option<String>,
     },
     /// Open a session, wait for master, send control data, and leave.
     Send {
@@ -100,6 +110,17 @@ async fn login(a: &Args) -> anyhow::Result<(RemoteDevice, fieldlink_sdk::Events)
     let mut cfg = DeviceConfig::new(a.server.clone(), a.device_id.clone(), a.password.clone());
     cfg.auto_permission = !a.no_auto_permission;
     cfg.streams = a.max_streams;
+    if let Cmd::Watch {
+        record: Some(dir),
+        segment_secs,
+        ..
+    } = &a.cmd
+    {
+        cfg.record = Some(fieldlink_sdk::record::RecordSettings {
+            dir: dir.clone(),
+            segment_secs: *segment_secs,
+        });
+    }
     RemoteDevice::connect(cfg)
         .await
         .with_context(|| format!("logging in as {}", a.device_id))
@@ -173,13 +194,26 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             conn_fds,
             duration,
             token,
+            record_config,
+            ..
         } => {
             if let Some(t) = token {
                 dev.set_session_permission_token(gwid, t)
                     .await
                     .context("session code")?;
             }
-            let played = watch(&dev, &mut events, json, gwid, streams, conn_fds, *duration).await?;
+            let rc = record_config
+                .as_deref()
+                .map(fieldlink_sdk::record::RecordConfig::parse)
+                .transpose()?;
+            let plan = WatchPlan {
+                gwid,
+                streams,
+                conn_fds,
+                duration: *duration,
+                record_config: rc.as_ref(),
+            };
+            let played = watch(&dev, &mut events, json, plan).await?;
             dev.close().await;
             let missing: Vec<&u32> = conn_fds.iter().filter(|fd| !played.contains(fd)).collect();
             if !missing.is_empty() {
@@ -253,17 +287,30 @@ struct Tally {
     latency_ms: Vec<f64>,
 }
 
+/// What `remote watch` connects.
+struct WatchPlan<'a> {
+    gwid: &'a DeviceId,
+    streams: &'a [u32],
+    conn_fds: &'a [u32],
+    duration: Option<f64>,
+    record_config: Option<&'a fieldlink_sdk::record::RecordConfig>,
+}
+
 /// Connects, then reports every second until `duration`; returns the conn_fds that played.
 async fn watch(
     dev: &RemoteDevice,
     events: &mut fieldlink_sdk::Events,
     json: bool,
-    gwid: &DeviceId,
-    streams: &[u32],
-    conn_fds: &[u32],
-    duration: Option<f64>,
+    plan: WatchPlan<'_>,
 ) -> anyhow::Result<Vec<u32>> {
-    dev.connect_streams(gwid, streams, conn_fds)
+    let WatchPlan {
+        gwid,
+        streams,
+        conn_fds,
+        duration,
+        record_config,
+    } = plan;
+    dev.connect_streams_recorded(gwid, streams, conn_fds, record_config)
         .await
         .context("connecting streams")?;
     let until = duration.map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d.max(0.0)));
