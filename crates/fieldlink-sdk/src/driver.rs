@@ -152,14 +152,21 @@ async fn establish(role: Role, cfg: &DeviceConfig) -> Result<Connection> {
         if answered {
             for ev in peer.poll() {
                 match ev {
-                    PeerEvent::Ready => return Ok(Connection { ws, peer, early }),
+                    PeerEvent::Ready => {
+                        if role == Role::Field && cfg.streams > 0 {
+                            let n = u64::from(cfg.streams);
+                            peer.set_bitrate_range(100_000 * n, 800_000 * n);
+                        }
+                        return Ok(Connection { ws, peer, early });
+                    }
                     PeerEvent::Dead(why) => {
                         return Err(SdkError::new(ErrorCode::MediaNotReady, why))
                     }
                     PeerEvent::Data(..)
                     | PeerEvent::Frame { .. }
                     | PeerEvent::KeyframeRequest(_)
-                    | PeerEvent::Stats { .. } => {}
+                    | PeerEvent::Stats { .. }
+                    | PeerEvent::Estimate(_) => {}
                 }
             }
         }
@@ -193,6 +200,7 @@ pub(crate) async fn start(
         video_epoch: std::time::SystemTime::now(),
         decoders: Vec::new(),
         recorders: HashMap::new(),
+        last_estimate_kbps: 0,
     };
     tokio::spawn(driver.run(conn));
     Ok(())
@@ -234,6 +242,8 @@ struct Driver {
     decoders: Vec<Option<openh264::decoder::Decoder>>,
     /// Remote: open recordings by receiver index.
     recorders: HashMap<usize, crate::record::Recorder>,
+    /// Field: the last bandwidth estimate reported to the application.
+    last_estimate_kbps: u32,
 }
 
 impl Driver {
@@ -420,6 +430,17 @@ impl Driver {
                         nacks,
                         packets,
                     }),
+                    PeerEvent::Estimate(bps) => {
+                        self.shared
+                            .estimate_bps
+                            .store(bps, std::sync::atomic::Ordering::Relaxed);
+                        let kbps = (bps / 1000) as u32;
+                        // Report changes of more than 10% (the estimate moves constantly).
+                        if kbps.abs_diff(self.last_estimate_kbps) * 10 > self.last_estimate_kbps {
+                            self.last_estimate_kbps = kbps;
+                            self.ev.emit(Event::BitrateEstimate { kbps });
+                        }
+                    }
                     PeerEvent::Dead(why) => return Stop::Lost(why),
                     PeerEvent::Ready => {}
                 }

@@ -70,6 +70,11 @@ pub struct DeviceConfig {
     /// Remote: also decode every received frame to I420 ([`VideoFrame::picture`]). Costs
     /// CPU on the connection task; leave off when the application decodes itself.
     pub decode: bool,
+    /// Field: let video sources follow the bandwidth estimate
+    /// ([`VideoSource::set_target_kbps`]). Off by default: with the test pattern the loop is
+    /// not tuned yet (a re-made encoder starts with a keyframe, and under a tight link the
+    /// estimate keeps falling). [`Event::BitrateEstimate`] is reported either way.
+    pub adapt_bitrate: bool,
     /// Remote: record every connected stream here unless `connect_streams_recorded` says
     /// otherwise (SPEC §2 global recording configuration).
     pub record: Option<record::RecordSettings>,
@@ -89,6 +94,7 @@ impl DeviceConfig {
             reconnect_delay: Duration::from_millis(500),
             streams: 0,
             decode: false,
+            adapt_bitrate: false,
             record: None,
         }
     }
@@ -162,6 +168,11 @@ pub enum Event {
     },
     /// Remote: a video frame arrived on a receiver (external rendering).
     Frame(VideoFrame),
+    /// Field: the bandwidth estimate for what this device sends changed (TWCC); the
+    /// video sources share it (see [`VideoSource::set_target_kbps`]).
+    BitrateEstimate {
+        kbps: u32,
+    },
     /// Remote: once a second per receiver, its network figures (from RTCP).
     ReceiverStats {
         conn_fd: u32,
@@ -250,6 +261,10 @@ pub(crate) struct Shared {
     /// source answers at once instead of at its next frame time).
     pub keyframe_wanted: Vec<std::sync::atomic::AtomicBool>,
     pub keyframe_notify: Vec<tokio::sync::Notify>,
+    /// Field: the current send-side bandwidth estimate, bits per second (0 = none yet).
+    pub estimate_bps: std::sync::atomic::AtomicU64,
+    /// Field: sources follow the estimate (`DeviceConfig::adapt_bitrate`).
+    pub adapt_bitrate: bool,
     /// Remote: per receiver, its stream and window.
     pub receivers: Mutex<Vec<Receiver>>,
 }
@@ -274,10 +289,13 @@ impl Handle {
     async fn start(role: Role, cfg: DeviceConfig) -> Result<(Handle, Events)> {
         let (tx, rx) = mpsc::channel(256);
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+        let adapt = cfg.adapt_bitrate;
         let shared = Arc::new(Shared {
             permissions: Default::default(),
             keyframe_wanted: (0..cfg.streams).map(|_| Default::default()).collect(),
             keyframe_notify: (0..cfg.streams).map(|_| Default::default()).collect(),
+            estimate_bps: Default::default(),
+            adapt_bitrate: adapt,
             receivers: Mutex::new(vec![Receiver::default(); cfg.streams as usize]),
         });
         let id = cfg.device_id.clone();
@@ -395,8 +413,20 @@ impl FieldDevice {
                 }
                 let force =
                     flags.keyframe_wanted[idx].swap(false, std::sync::atomic::Ordering::Relaxed);
+                // Each stream gets an equal share of the bandwidth estimate.
+                let est = if flags.adapt_bitrate {
+                    flags
+                        .estimate_bps
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                } else {
+                    0
+                };
+                let share_kbps = (est / 1000 / flags.keyframe_wanted.len().max(1) as u64) as u32;
                 // Encoding is CPU work: keep it off the async workers.
                 let (s, r) = match tokio::task::spawn_blocking(move || {
+                    if share_kbps > 0 {
+                        source.set_target_kbps(share_kbps);
+                    }
                     let r = source.next_frame(force);
                     (source, r)
                 })

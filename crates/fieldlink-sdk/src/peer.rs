@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{AbsCaptureTime, Extension};
@@ -34,6 +35,8 @@ pub(crate) enum PeerEvent {
     },
     /// Field: the server asks stream `index` for a keyframe.
     KeyframeRequest(usize),
+    /// Field: the send-side bandwidth estimate (TWCC), bits per second.
+    Estimate(u64),
     /// Remote: receive statistics of receiver `index` (once a second).
     Stats {
         index: usize,
@@ -78,8 +81,13 @@ impl Peer {
             .clear_codecs()
             .enable_h264(true)
             .set_extension(EXT_ABS_CAPTURE_TIME, Extension::AbsoluteCaptureTime)
-            .set_stats_interval((!send && videos > 0).then_some(Duration::from_secs(1)))
-            .build(now);
+            .set_stats_interval((!send && videos > 0).then_some(Duration::from_secs(1)));
+        if send && videos > 0 {
+            // Congestion control for what this device sends: TWCC feedback from the server
+            // drives the estimate that the sources follow.
+            rtc = rtc.enable_bwe(Some(Bitrate::kbps(u64::from(videos) * 800)));
+        }
+        let mut rtc = rtc.build(now);
         let cand = Candidate::host(local, "udp").map_err(|e| {
             SdkError::new(ErrorCode::MediaNotReady, format!("candidate {local}: {e}"))
         })?;
@@ -188,6 +196,13 @@ impl Peer {
         }
     }
 
+    /// Field: tells the estimator the range it may probe in (bits per second).
+    pub fn set_bitrate_range(&mut self, min_bps: u64, desired_bps: u64) {
+        self.rtc
+            .bwe()
+            .set_bitrate(Bitrate::bps(min_bps), Bitrate::bps(desired_bps));
+    }
+
     /// Field: sends one encoded frame on stream `index` (frames that cannot be sent are
     /// dropped: video never waits).
     pub fn write_video(
@@ -275,6 +290,9 @@ impl Peer {
                                 capture: d.ext_vals.abs_capture_time.map(|a| a.capture_time),
                             });
                         }
+                    }
+                    Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                        events.push(PeerEvent::Estimate(estimate.as_u64()));
                     }
                     Event::MediaIngressStats(st) => {
                         if let Some(index) = self.video_mids.iter().position(|m| *m == st.mid) {

@@ -6,6 +6,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fieldlink_media::annexb::{h264_nal_type, nal_units};
 use fieldlink_media::FrameMeta;
 use openh264::encoder::{BitRate, Encoder, EncoderConfig, FrameRate, IntraFramePeriod};
+
+impl TestPattern {
+    /// The bitrate the encoder targets now, kbit/s.
+    pub fn current_kbps(&self) -> u32 {
+        self.current_kbps
+    }
+}
 use openh264::formats::YUVBuffer;
 use openh264::OpenH264API;
 
@@ -26,6 +33,9 @@ pub trait VideoSource: Send + 'static {
     fn fps(&self) -> f64;
     /// The next frame; `force_keyframe` when a receiver needs one now. `Ok(None)` skips.
     fn next_frame(&mut self, force_keyframe: bool) -> Result<Option<EncodedFrame>, SdkError>;
+    /// The network can carry about `kbps` for this stream now. Sources that encode adapt
+    /// (never above their configured bitrate); passthrough sources ignore it.
+    fn set_target_kbps(&mut self, _kbps: u32) {}
 }
 
 impl<T: VideoSource + ?Sized> VideoSource for Box<T> {
@@ -34,6 +44,9 @@ impl<T: VideoSource + ?Sized> VideoSource for Box<T> {
     }
     fn next_frame(&mut self, force_keyframe: bool) -> Result<Option<EncodedFrame>, SdkError> {
         (**self).next_frame(force_keyframe)
+    }
+    fn set_target_kbps(&mut self, kbps: u32) {
+        (**self).set_target_kbps(kbps)
     }
 }
 
@@ -71,6 +84,23 @@ pub struct TestPattern {
     encoder: Encoder,
     yuv: Vec<u8>,
     params: fieldlink_media::ParamSets,
+    /// The bitrate the encoder runs at now (<= cfg.kbps), and when it last changed.
+    current_kbps: u32,
+    changed: Option<std::time::Instant>,
+}
+
+/// Lowest bitrate a test pattern adapts down to.
+const MIN_KBPS: u32 = 100;
+
+fn make_encoder(cfg: &TestPatternConfig, kbps: u32) -> Result<Encoder, SdkError> {
+    let config = EncoderConfig::new()
+        .bitrate(BitRate::from_bps(kbps.saturating_mul(1000)))
+        .max_frame_rate(FrameRate::from_hz(cfg.fps as f32))
+        .intra_frame_period(IntraFramePeriod::from_num_frames(cfg.gop.max(1)))
+        // A test source must hold its frame rate; quality gives way instead.
+        .skip_frames(false);
+    Encoder::with_api_config(OpenH264API::from_source(), config)
+        .map_err(|e| SdkError::new(ErrorCode::Internal, format!("openh264: {e}")))
 }
 
 impl TestPattern {
@@ -93,14 +123,7 @@ impl TestPattern {
                 "test pattern fps must be 1..=120",
             ));
         }
-        let config = EncoderConfig::new()
-            .bitrate(BitRate::from_bps(cfg.kbps.saturating_mul(1000)))
-            .max_frame_rate(FrameRate::from_hz(cfg.fps as f32))
-            .intra_frame_period(IntraFramePeriod::from_num_frames(cfg.gop.max(1)))
-            // A test source must hold its frame rate; quality gives way instead.
-            .skip_frames(false);
-        let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
-            .map_err(|e| SdkError::new(ErrorCode::Internal, format!("openh264: {e}")))?;
+        let encoder = make_encoder(&cfg, cfg.kbps)?;
         let n = (cfg.width * cfg.height) as usize;
         Ok(TestPattern {
             stream_id,
@@ -109,6 +132,8 @@ impl TestPattern {
             encoder,
             yuv: vec![0; n + n / 2],
             params: Default::default(),
+            current_kbps: cfg.kbps,
+            changed: None,
         })
     }
 
@@ -202,6 +227,24 @@ fn draw_text(
 impl VideoSource for TestPattern {
     fn fps(&self) -> f64 {
         self.cfg.fps
+    }
+
+    /// Follows the estimate within [100, configured] kbit/s. The openh264 crate has no safe
+    /// way to change the bitrate of a running encoder, so a new one is made (its first
+    /// frame is a keyframe): only for changes over 25%, at most every 2 s.
+    fn set_target_kbps(&mut self, kbps: u32) {
+        let want = kbps.clamp(MIN_KBPS.min(self.cfg.kbps), self.cfg.kbps);
+        let big = want.abs_diff(self.current_kbps) * 100 > self.current_kbps * 25;
+        let calm = self
+            .changed
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(2));
+        if big && calm {
+            if let Ok(enc) = make_encoder(&self.cfg, want) {
+                self.encoder = enc;
+                self.current_kbps = want;
+                self.changed = Some(std::time::Instant::now());
+            }
+        }
     }
 
     fn next_frame(&mut self, force_keyframe: bool) -> Result<Option<EncodedFrame>, SdkError> {

@@ -79,6 +79,7 @@ pub fn event_json(ev: &Event) -> Value {
             "event": "receiver_stats", "conn_fd": conn_fd, "loss_pct": loss_pct, "rtt_ms": rtt_ms,
             "nacks": nacks, "packets": packets,
         }),
+        Event::BitrateEstimate { kbps } => json!({"event": "bitrate_estimate", "kbps": kbps}),
         Event::Frame(f) => json!({
             "event": "frame", "conn_fd": f.conn_fd, "stream": f.stream.as_ref().map(|(g, s)| json!([g, s])),
             "keyframe": f.keyframe, "len": f.data.len(), "latency_ms": latency_ms(f),

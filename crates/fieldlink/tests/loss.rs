@@ -15,9 +15,11 @@ use fieldlink_sdk::{Event, Permission, Qos};
 use rand::Rng;
 use tokio::net::UdpSocket;
 
-/// Forwards datagrams between clients and the server, dropping `loss_pct` % of them.
+/// Forwards datagrams between clients and the server, dropping `loss_pct` % of them, and
+/// shaping each client's upstream to `rate_kbps` (0 = unlimited; up to 200 ms of queue).
 struct LossyRelay {
     loss_pct: Arc<AtomicU32>,
+    rate_kbps: Arc<AtomicU32>,
     dropped: Arc<AtomicU64>,
     passed: Arc<AtomicU64>,
 }
@@ -26,9 +28,11 @@ impl LossyRelay {
     async fn start(front: UdpSocket, server: SocketAddr) -> LossyRelay {
         let relay = LossyRelay {
             loss_pct: Arc::new(AtomicU32::new(0)),
+            rate_kbps: Arc::new(AtomicU32::new(0)),
             dropped: Arc::new(AtomicU64::new(0)),
             passed: Arc::new(AtomicU64::new(0)),
         };
+        let rate = relay.rate_kbps.clone();
         let (loss, dropped, passed) = (
             relay.loss_pct.clone(),
             relay.dropped.clone(),
@@ -46,6 +50,8 @@ impl LossyRelay {
                 !drop
             };
             let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+            // Per client: when the shaper lets the next packet leave.
+            let mut buckets: HashMap<SocketAddr, tokio::time::Instant> = HashMap::new();
             let mut buf = vec![0u8; 2048];
             loop {
                 let Ok((n, client)) = front.recv_from(&mut buf).await else {
@@ -68,6 +74,28 @@ impl LossyRelay {
                         }
                     });
                     upstreams.insert(client, up);
+                }
+                let kbps = rate.load(Ordering::Relaxed);
+                if kbps > 0 {
+                    // A shaper like `tc tbf`: packets leave at the rate, waiting up to 200 ms;
+                    // what would wait longer is dropped.
+                    let per_sec = f64::from(kbps) * 1000.0 / 8.0;
+                    let now = tokio::time::Instant::now();
+                    let next = buckets.entry(client).or_insert(now);
+                    let depart = (*next).max(now);
+                    if depart.duration_since(now) > Duration::from_millis(200) {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    *next = depart + Duration::from_secs_f64(n as f64 / per_sec);
+                    if keep(&loss, &dropped, &passed) {
+                        let (up, data) = (upstreams[&client].clone(), buf[..n].to_vec());
+                        tokio::spawn(async move {
+                            tokio::time::sleep_until(depart).await;
+                            let _ = up.send(&data).await;
+                        });
+                    }
+                    continue;
                 }
                 if keep(&loss, &dropped, &passed) {
                     let _ = upstreams[&client].send(&buf[..n]).await;
@@ -344,4 +372,60 @@ async fn video_survives_10_percent_loss() {
     );
     assert!(span >= 150, "too few frames sent: {span}");
     assert!(pct >= 99.0, "only {pct:.2}% of frames arrived");
+}
+
+/// Congestion feedback (TWCC) reaches the field device: with its uplink shaped to 400
+/// kbit/s, the send-side estimate reported to the application falls below 600 kbit/s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bandwidth_estimate_follows_a_limited_uplink() {
+    use fieldlink_sdk::video::{TestPattern, TestPatternConfig};
+    let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = front.local_addr().unwrap().to_string();
+    let s = TestServer::start_with("", &["--public-addr", &front_addr]);
+    let relay = LossyRelay::start(front, s.udp.parse().unwrap()).await;
+    s.standard();
+    let mut fc = s.cfg("p/f", "fpw");
+    fc.streams = 1;
+    let (field, mut fe) = fieldlink_sdk::FieldDevice::connect(fc).await.unwrap();
+    let tp = TestPatternConfig {
+        width: 640,
+        height: 360,
+        fps: 25.0,
+        kbps: 1500,
+        gop: 50,
+    };
+    field
+        .start_video(0, TestPattern::new(0, tp).unwrap())
+        .unwrap();
+    let mut rc = s.cfg("p/r1", "rpw");
+    rc.streams = 1;
+    let (r, mut re) = fieldlink_sdk::RemoteDevice::connect(rc).await.unwrap();
+    r.connect_streams(&id("p/f"), &[0], &[0]).await.unwrap();
+    expect_event(&mut re, "playing", |e| {
+        matches!(
+            e,
+            Event::StreamState {
+                state: fieldlink_sdk::StreamState::Playing,
+                ..
+            }
+        )
+    })
+    .await;
+    // Unlimited first: the estimate stays high.
+    let mut highest = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    while let Ok(Some(e)) = tokio::time::timeout_at(until, fe.recv()).await {
+        if let Event::BitrateEstimate { kbps } = e {
+            highest = highest.max(kbps);
+        }
+    }
+    assert!(highest > 1000, "estimate without a limit: {highest}");
+    relay.rate_kbps.store(400, Ordering::Relaxed);
+    let lowest = expect_event(
+        &mut fe,
+        "estimate below 600",
+        |e| matches!(e, Event::BitrateEstimate { kbps } if *kbps < 600),
+    )
+    .await;
+    eprintln!("estimate without limit up to {highest} kbps; with 400 kbps: {lowest:?}");
 }
