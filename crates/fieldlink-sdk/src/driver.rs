@@ -658,6 +658,17 @@ impl Driver {
                         _ => Some((gwid.clone(), stream_id)),
                     };
                 }
+                if state == fieldlink_proto::StreamState::Disconnected {
+                    // The recording of that stream is complete.
+                    if let Some(mut rec) = self.recorders.remove(&(conn_fd as usize)) {
+                        if let Err(e) = rec.finish() {
+                            self.ev.emit(Event::Warning {
+                                code: e.code,
+                                message: e.message,
+                            });
+                        }
+                    }
+                }
                 self.ev.emit(Event::StreamState {
                     conn_fd,
                     gwid,

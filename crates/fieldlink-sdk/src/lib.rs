@@ -610,20 +610,10 @@ impl RemoteDevice {
             .collect();
         // From now on frames on these receivers belong to the new streams: the first
         // keyframe can arrive before the server's state message does.
-        self.set_receivers(conn_fds, |i| Some((gwid.clone(), stream_ids[i])));
-        {
-            let mut r = self
-                .h
-                .shared
-                .receivers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            for (i, fd) in conn_fds.iter().enumerate() {
-                if let Some(rc) = r.get_mut(*fd as usize) {
-                    rc.record = targets[i].clone();
-                }
-            }
-        }
+        self.set_receivers(conn_fds, |i, rc| {
+            rc.stream = Some((gwid.clone(), stream_ids[i]));
+            rc.record = targets[i].clone();
+        });
         self.h
             .ok(fieldlink_proto::ClientMsg::Watch {
                 req: None,
@@ -638,7 +628,10 @@ impl RemoteDevice {
     pub async fn disconnect_streams(&self, conn_fds: &[u32]) -> Result<()> {
         self.check_fds(conn_fds)?;
         // Frames still in flight for these receivers are not delivered.
-        self.set_receivers(conn_fds, |_| None);
+        self.set_receivers(conn_fds, |_, rc| {
+            rc.stream = None;
+            rc.record = None;
+        });
         self.h
             .ok(fieldlink_proto::ClientMsg::Unwatch {
                 req: None,
@@ -657,7 +650,10 @@ impl RemoteDevice {
             .unwrap_or_else(|p| p.into_inner())
             .len() as u32)
             .collect();
-        self.set_receivers(&all, |_| None);
+        self.set_receivers(&all, |_, rc| {
+            rc.stream = None;
+            rc.record = None;
+        });
         self.h
             .ok(fieldlink_proto::ClientMsg::UnwatchAll { req: None })
             .await
@@ -685,7 +681,8 @@ impl RemoteDevice {
         Ok(())
     }
 
-    fn set_receivers(&self, conn_fds: &[u32], stream: impl Fn(usize) -> Option<(DeviceId, u32)>) {
+    /// Updates receivers `conn_fds` (`set(i, receiver)` for the i-th of them).
+    fn set_receivers(&self, conn_fds: &[u32], set: impl Fn(usize, &mut Receiver)) {
         let mut r = self
             .h
             .shared
@@ -694,7 +691,7 @@ impl RemoteDevice {
             .unwrap_or_else(|p| p.into_inner());
         for (i, fd) in conn_fds.iter().enumerate() {
             if let Some(rc) = r.get_mut(*fd as usize) {
-                rc.stream = stream(i);
+                set(i, rc);
             }
         }
     }

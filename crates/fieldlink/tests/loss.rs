@@ -112,6 +112,16 @@ impl LossyRelay {
     }
 }
 
+/// A server whose WebRTC traffic all crosses a fresh relay, with the standard devices.
+async fn through_relay() -> (TestServer, LossyRelay) {
+    let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = front.local_addr().unwrap().to_string();
+    let s = TestServer::start_with("", &["--public-addr", &front_addr]);
+    let relay = LossyRelay::start(front, s.udp.parse().unwrap()).await;
+    s.standard();
+    (s, relay)
+}
+
 fn counter(data: &[u8]) -> u32 {
     std::str::from_utf8(data)
         .ok()
@@ -151,11 +161,7 @@ async fn collect(ev: &mut fieldlink_sdk::Events, n: usize) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reliable_is_complete_and_ordered_and_lossy_is_never_late_at_10_percent_loss() {
-    let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let front_addr = front.local_addr().unwrap().to_string();
-    let s = TestServer::start_with("", &["--public-addr", &front_addr]);
-    let relay = LossyRelay::start(front, s.udp.parse().unwrap()).await;
-    s.standard();
+    let (s, relay) = through_relay().await;
     let (field, mut fe) = s.field("p/f", "fpw").await;
     let (r1, mut e1) = s.remote("p/r1", "rpw").await;
     let f = id("p/f");
@@ -247,11 +253,7 @@ async fn reliable_is_complete_and_ordered_and_lossy_is_never_late_at_10_percent_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_loss_is_detected_and_repaired_without_the_application() {
-    let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let front_addr = front.local_addr().unwrap().to_string();
-    let s = TestServer::start_with("", &["--public-addr", &front_addr]);
-    let relay = LossyRelay::start(front, s.udp.parse().unwrap()).await;
-    s.standard();
+    let (s, relay) = through_relay().await;
     let (field, mut fe) = s.field("p/f", "fpw").await;
     let (r1, mut e1) = s.remote("p/r1", "rpw").await;
     let f = id("p/f");
@@ -322,11 +324,7 @@ async fn media_loss_is_detected_and_repaired_without_the_application() {
 async fn video_survives_10_percent_loss() {
     use fieldlink_media::FrameMeta;
     use fieldlink_sdk::video::{TestPattern, TestPatternConfig};
-    let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let front_addr = front.local_addr().unwrap().to_string();
-    let s = TestServer::start_with("", &["--public-addr", &front_addr]);
-    let relay = LossyRelay::start(front, s.udp.parse().unwrap()).await;
-    s.standard();
+    let (s, relay) = through_relay().await;
     let mut fc = s.cfg("p/f", "fpw");
     fc.streams = 1;
     let (field, _fe) = fieldlink_sdk::FieldDevice::connect(fc).await.unwrap();
@@ -387,11 +385,7 @@ async fn video_survives_10_percent_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bandwidth_estimate_follows_a_limited_uplink() {
     use fieldlink_sdk::video::{TestPattern, TestPatternConfig};
-    let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let front_addr = front.local_addr().unwrap().to_string();
-    let s = TestServer::start_with("", &["--public-addr", &front_addr]);
-    let relay = LossyRelay::start(front, s.udp.parse().unwrap()).await;
-    s.standard();
+    let (s, relay) = through_relay().await;
     let mut fc = s.cfg("p/f", "fpw");
     fc.streams = 1;
     let (field, mut fe) = fieldlink_sdk::FieldDevice::connect(fc).await.unwrap();
