@@ -71,9 +71,9 @@ pub struct DeviceConfig {
     /// CPU on the connection task; leave off when the application decodes itself.
     pub decode: bool,
     /// Field: let video sources follow the bandwidth estimate
-    /// ([`VideoSource::set_target_kbps`]). Off by default: with the test pattern the loop is
-    /// not tuned yet (a re-made encoder starts with a keyframe, and under a tight link the
-    /// estimate keeps falling). [`Event::BitrateEstimate`] is reported either way.
+    /// ([`VideoSource::set_target_kbps`]). Off by default: the loop is not tuned yet (under
+    /// a tight link the estimate keeps falling, see docs/architecture.md).
+    /// [`Event::BitrateEstimate`] is reported either way.
     pub adapt_bitrate: bool,
     /// Remote: record every connected stream here unless `connect_streams_recorded` says
     /// otherwise (SPEC §2 global recording configuration).
