@@ -324,3 +324,51 @@ async fn frames_decode_to_i420_on_request() {
     // The decoder may hold back the very first picture; every later frame decodes.
     assert!(frames - decoded <= 1, "{frames} frames, {decoded} decoded");
 }
+
+/// The H.264 Annex-B file source: a file made of 30 test-pattern frames plays in a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annexb_file_source_loops() {
+    use fieldlink_sdk::video::AnnexBFile;
+    use fieldlink_sdk::VideoSource;
+    let s = TestServer::start();
+    s.standard();
+    let path = s.dir.join("clip.h264");
+    let mut tp = TestPattern::new(7, SMALL).unwrap();
+    let mut bytes = Vec::new();
+    for _ in 0..30 {
+        bytes.extend(tp.next_frame(false).unwrap().unwrap().data);
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let file = AnnexBFile::open(&path, 25.0).unwrap();
+    assert_eq!(file.len(), 30);
+    let mut cfg = s.cfg("p/f", "fpw");
+    cfg.streams = 1;
+    let (f, _fe) = FieldDevice::connect(cfg).await.unwrap();
+    f.start_video(0, file).unwrap();
+    let (r, mut re) = remote_with_receivers(&s, "p/r1", 1).await;
+    r.connect_streams(&id("p/f"), &[0], &[0]).await.unwrap();
+    // The receiver starts at one of the file's keyframes and sees the loop wrap around.
+    let mut frames = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while frames.len() < 45 {
+        match tokio::time::timeout_at(deadline, re.recv()).await {
+            Ok(Some(Event::Frame(fr))) => {
+                if frames.is_empty() {
+                    assert!(fr.keyframe, "a receiver starts on a keyframe");
+                }
+                frames.push(FrameMeta::find(&fr.data).unwrap().frame)
+            }
+            Ok(Some(_)) => {}
+            _ => panic!("only {} frames from the file", frames.len()),
+        }
+    }
+    // In file order, wrapping from the last frame to the first.
+    assert!(
+        frames.windows(2).all(|w| w[1] == (w[0] + 1) % 30),
+        "{frames:?}"
+    );
+    // Bad files are refused with a clear error.
+    std::fs::write(s.dir.join("empty.h264"), b"nothing here").unwrap();
+    assert!(AnnexBFile::open(&s.dir.join("empty.h264"), 25.0).is_err());
+    assert!(AnnexBFile::open(&s.dir.join("missing.h264"), 25.0).is_err());
+}
