@@ -421,7 +421,9 @@ impl FieldDevice {
                 } else {
                     0
                 };
-                let share_kbps = (est / 1000 / flags.keyframe_wanted.len().max(1) as u64) as u32;
+                // Leave headroom: encoders overshoot (keyframes), and a full link means loss.
+                let share_kbps =
+                    (est * 85 / 100 / 1000 / flags.keyframe_wanted.len().max(1) as u64) as u32;
                 // Encoding is CPU work: keep it off the async workers.
                 let (s, r) = match tokio::task::spawn_blocking(move || {
                     if share_kbps > 0 {
