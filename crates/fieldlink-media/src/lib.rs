@@ -4,6 +4,7 @@
 
 pub mod annexb;
 pub mod fmp4;
+pub mod ps;
 pub mod sei;
 
 pub use annexb::{is_h264_keyframe, nal_units, ParamSets};
