@@ -232,7 +232,7 @@ impl Demuxer {
             pos = at + need;
             match id {
                 0xBC => self.on_psm(&packet),
-                0xE0..=0xEF | 0xC0..=0xDF => self.on_pes(&packet, id >= 0xE0, &mut out)?,
+                0xC0..=0xEF => self.on_pes(&packet, id >= 0xE0, &mut out)?,
                 _ => {}
             }
         }
