@@ -6,6 +6,7 @@
 pub mod digest;
 pub mod ids;
 pub mod manscdp;
+pub mod rtp;
 pub mod ssrc;
 
 pub use digest::{DigestError, DigestResponse, NonceCheck, Nonces};
