@@ -91,7 +91,7 @@ impl TcpFramer {
                 [h, l, ..] => (2, usize::from(u16::from_be_bytes([*h, *l]))),
                 _ => break,
             };
-            if len < 12 || len > MAX_FRAME {
+            if !(12..=MAX_FRAME).contains(&len) {
                 self.buf.clear();
                 return Err(RtpError::Framing(len));
             }
