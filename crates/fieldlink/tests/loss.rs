@@ -22,6 +22,9 @@ struct LossyRelay {
     loss_pct: Arc<AtomicU32>,
     /// Loss only on the way to the server (the media a field device sends).
     upstream_only: Arc<std::sync::atomic::AtomicBool>,
+    /// One-way delay added in each direction, ms (a loopback RTT of microseconds is not a
+    /// network: retransmission timing needs a real round trip).
+    delay_ms: Arc<AtomicU32>,
     rate_kbps: Arc<AtomicU32>,
     dropped: Arc<AtomicU64>,
     passed: Arc<AtomicU64>,
@@ -32,12 +35,14 @@ impl LossyRelay {
         let relay = LossyRelay {
             loss_pct: Arc::new(AtomicU32::new(0)),
             upstream_only: Default::default(),
+            delay_ms: Arc::new(AtomicU32::new(0)),
             rate_kbps: Arc::new(AtomicU32::new(0)),
             dropped: Arc::new(AtomicU64::new(0)),
             passed: Arc::new(AtomicU64::new(0)),
         };
         let rate = relay.rate_kbps.clone();
         let upstream_only = relay.upstream_only.clone();
+        let delay = relay.delay_ms.clone();
         let (loss, dropped, passed) = (
             relay.loss_pct.clone(),
             relay.dropped.clone(),
@@ -71,11 +76,23 @@ impl LossyRelay {
                     let (up2, front2) = (up.clone(), front.clone());
                     let (l, d, p) = (loss.clone(), dropped.clone(), passed.clone());
                     let up_only = upstream_only.clone();
+                    let delay2 = delay.clone();
                     tokio::spawn(async move {
                         let mut b = vec![0u8; 2048];
                         while let Ok(n) = up2.recv(&mut b).await {
                             if up_only.load(Ordering::Relaxed) || keep(&l, &d, &p) {
-                                let _ = front2.send_to(&b[..n], client).await;
+                                let ms = delay2.load(Ordering::Relaxed);
+                                if ms == 0 {
+                                    let _ = front2.send_to(&b[..n], client).await;
+                                } else {
+                                    let (f3, data) = (front2.clone(), b[..n].to_vec());
+                                    let at = tokio::time::Instant::now()
+                                        + Duration::from_millis(u64::from(ms));
+                                    tokio::spawn(async move {
+                                        tokio::time::sleep_until(at).await;
+                                        let _ = f3.send_to(&data, client).await;
+                                    });
+                                }
                             }
                         }
                     });
@@ -104,7 +121,17 @@ impl LossyRelay {
                     continue;
                 }
                 if keep(&loss, &dropped, &passed) {
-                    let _ = upstreams[&client].send(&buf[..n]).await;
+                    let ms = delay.load(Ordering::Relaxed);
+                    if ms == 0 {
+                        let _ = upstreams[&client].send(&buf[..n]).await;
+                    } else {
+                        let (up, data) = (upstreams[&client].clone(), buf[..n].to_vec());
+                        let at = tokio::time::Instant::now() + Duration::from_millis(u64::from(ms));
+                        tokio::spawn(async move {
+                            tokio::time::sleep_until(at).await;
+                            let _ = up.send(&data).await;
+                        });
+                    }
                 }
             }
         });
@@ -353,7 +380,9 @@ async fn video_survives_10_percent_loss() {
     })
     .await;
 
-    // Loss on what goes to the server: the field's media (and the remote's feedback).
+    // Loss on what goes to the server: the field's media (and the remote's feedback),
+    // over a path with a 20 ms round trip.
+    relay.delay_ms.store(10, Ordering::Relaxed);
     relay.upstream_only.store(true, Ordering::Relaxed);
     relay.loss_pct.store(10, Ordering::Relaxed);
     let mut seen = std::collections::BTreeSet::new();
