@@ -157,40 +157,34 @@ fn yes() -> bool {
     true
 }
 
+/// Binds the `req` field of any `ClientMsg` variant (all have one) and evaluates `$body`.
+macro_rules! with_req {
+    ($msg:expr, $req:ident => $body:expr) => {
+        match $msg {
+            ClientMsg::Login { req: $req, .. }
+            | ClientMsg::Offer { req: $req, .. }
+            | ClientMsg::ListFields { req: $req }
+            | ClientMsg::Connect { req: $req, .. }
+            | ClientMsg::Disconnect { req: $req, .. }
+            | ClientMsg::Watch { req: $req, .. }
+            | ClientMsg::Unwatch { req: $req, .. }
+            | ClientMsg::UnwatchAll { req: $req }
+            | ClientMsg::SetSessionToken { req: $req, .. }
+            | ClientMsg::RequestPermission { req: $req, .. }
+            | ClientMsg::SetPermission { req: $req, .. }
+            | ClientMsg::Ping { req: $req } => $body,
+        }
+    };
+}
+
 impl ClientMsg {
     /// Sets the request number the answer will echo.
     pub fn set_req(&mut self, id: Option<u64>) {
-        match self {
-            ClientMsg::Login { req, .. }
-            | ClientMsg::Offer { req, .. }
-            | ClientMsg::ListFields { req }
-            | ClientMsg::Connect { req, .. }
-            | ClientMsg::Disconnect { req, .. }
-            | ClientMsg::Watch { req, .. }
-            | ClientMsg::Unwatch { req, .. }
-            | ClientMsg::UnwatchAll { req }
-            | ClientMsg::SetSessionToken { req, .. }
-            | ClientMsg::RequestPermission { req, .. }
-            | ClientMsg::SetPermission { req, .. }
-            | ClientMsg::Ping { req } => *req = id,
-        }
+        with_req!(self, req => *req = id)
     }
 
     pub fn req(&self) -> Option<u64> {
-        match self {
-            ClientMsg::Login { req, .. }
-            | ClientMsg::Offer { req, .. }
-            | ClientMsg::ListFields { req }
-            | ClientMsg::Connect { req, .. }
-            | ClientMsg::Disconnect { req, .. }
-            | ClientMsg::Watch { req, .. }
-            | ClientMsg::Unwatch { req, .. }
-            | ClientMsg::UnwatchAll { req }
-            | ClientMsg::SetSessionToken { req, .. }
-            | ClientMsg::RequestPermission { req, .. }
-            | ClientMsg::SetPermission { req, .. }
-            | ClientMsg::Ping { req } => *req,
-        }
+        with_req!(self, req => *req)
     }
 }
 
@@ -303,6 +297,9 @@ mod tests {
         ));
         let bad = r#"{"type":"request_permission","gwid":"p/f","level":2}"#;
         assert!(serde_json::from_str::<ClientMsg>(bad).is_err());
+        let mut m2 = m.clone();
+        m2.set_req(Some(9));
+        assert_eq!((m.req(), m2.req()), (None, Some(9)));
         let e = ServerMsg::error(Some(3), ErrorCode::NotMaster, "nope");
         let s = serde_json::to_string(&e).unwrap();
         assert!(
