@@ -127,6 +127,39 @@ async fn through_relay() -> (TestServer, LossyRelay) {
     (s, relay)
 }
 
+/// Field `p/f` publishing one test-pattern stream, remote `p/r1` playing it on conn_fd 0.
+async fn one_stream(
+    s: &TestServer,
+    tp: fieldlink_sdk::video::TestPatternConfig,
+) -> (
+    fieldlink_sdk::FieldDevice,
+    fieldlink_sdk::Events,
+    fieldlink_sdk::RemoteDevice,
+    fieldlink_sdk::Events,
+) {
+    let mut fc = s.cfg("p/f", "fpw");
+    fc.streams = 1;
+    let (field, fe) = fieldlink_sdk::FieldDevice::connect(fc).await.unwrap();
+    field
+        .start_video(0, fieldlink_sdk::video::TestPattern::new(0, tp).unwrap())
+        .unwrap();
+    let mut rc = s.cfg("p/r1", "rpw");
+    rc.streams = 1;
+    let (r, mut re) = fieldlink_sdk::RemoteDevice::connect(rc).await.unwrap();
+    r.connect_streams(&id("p/f"), &[0], &[0]).await.unwrap();
+    expect_event(&mut re, "playing", |e| {
+        matches!(
+            e,
+            Event::StreamState {
+                state: fieldlink_sdk::StreamState::Playing,
+                ..
+            }
+        )
+    })
+    .await;
+    (field, fe, r, re)
+}
+
 /// An order-keeping delay line: datagrams leave in the order they came, each not before
 /// its time (one task per direction; per-packet timers would reorder them).
 struct Pipe {
@@ -358,11 +391,8 @@ async fn media_loss_is_detected_and_repaired_without_the_application() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn video_survives_10_percent_loss() {
     use fieldlink_media::FrameMeta;
-    use fieldlink_sdk::video::{TestPattern, TestPatternConfig};
+    use fieldlink_sdk::video::TestPatternConfig;
     let (s, relay) = through_relay().await;
-    let mut fc = s.cfg("p/f", "fpw");
-    fc.streams = 1;
-    let (field, _fe) = fieldlink_sdk::FieldDevice::connect(fc).await.unwrap();
     let tp = TestPatternConfig {
         width: 320,
         height: 180,
@@ -370,23 +400,7 @@ async fn video_survives_10_percent_loss() {
         kbps: 400,
         gop: 50,
     };
-    field
-        .start_video(0, TestPattern::new(0, tp).unwrap())
-        .unwrap();
-    let mut rc = s.cfg("p/r1", "rpw");
-    rc.streams = 1;
-    let (r, mut re) = fieldlink_sdk::RemoteDevice::connect(rc).await.unwrap();
-    r.connect_streams(&id("p/f"), &[0], &[0]).await.unwrap();
-    expect_event(&mut re, "playing", |e| {
-        matches!(
-            e,
-            Event::StreamState {
-                state: fieldlink_sdk::StreamState::Playing,
-                ..
-            }
-        )
-    })
-    .await;
+    let (_field, _fe, _r, mut re) = one_stream(&s, tp).await;
 
     // Loss on what goes to the server: the field's media (and the remote's feedback),
     // over a path with a 20 ms round trip.
@@ -421,11 +435,8 @@ async fn video_survives_10_percent_loss() {
 /// kbit/s, the send-side estimate reported to the application falls below 600 kbit/s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bandwidth_estimate_follows_a_limited_uplink() {
-    use fieldlink_sdk::video::{TestPattern, TestPatternConfig};
+    use fieldlink_sdk::video::TestPatternConfig;
     let (s, relay) = through_relay().await;
-    let mut fc = s.cfg("p/f", "fpw");
-    fc.streams = 1;
-    let (field, mut fe) = fieldlink_sdk::FieldDevice::connect(fc).await.unwrap();
     let tp = TestPatternConfig {
         width: 640,
         height: 360,
@@ -433,23 +444,7 @@ async fn the_bandwidth_estimate_follows_a_limited_uplink() {
         kbps: 1500,
         gop: 50,
     };
-    field
-        .start_video(0, TestPattern::new(0, tp).unwrap())
-        .unwrap();
-    let mut rc = s.cfg("p/r1", "rpw");
-    rc.streams = 1;
-    let (r, mut re) = fieldlink_sdk::RemoteDevice::connect(rc).await.unwrap();
-    r.connect_streams(&id("p/f"), &[0], &[0]).await.unwrap();
-    expect_event(&mut re, "playing", |e| {
-        matches!(
-            e,
-            Event::StreamState {
-                state: fieldlink_sdk::StreamState::Playing,
-                ..
-            }
-        )
-    })
-    .await;
+    let (_field, mut fe, _r, _re) = one_stream(&s, tp).await;
     // Unlimited first: the estimate stays high.
     let mut highest = 0;
     let until = tokio::time::Instant::now() + Duration::from_secs(3);
