@@ -17,6 +17,8 @@ use fieldlink_sdk::{
 };
 use fieldlink_server::store::{Device, Project, Security, Store};
 
+mod tap;
+
 #[derive(Parser)]
 #[command(about = "fieldlink benchmarks")]
 struct Cli {
@@ -69,6 +71,8 @@ fn latency_us(data: &[u8]) -> Option<u64> {
 struct Server {
     child: Child,
     ws: String,
+    /// The server's WebRTC socket.
+    udp: String,
     dir: PathBuf,
 }
 
@@ -80,7 +84,7 @@ impl Drop for Server {
     }
 }
 
-async fn start_server(bin: &PathBuf, pairs: usize) -> anyhow::Result<Server> {
+async fn start_server(bin: &PathBuf, pairs: usize, extra: &[String]) -> anyhow::Result<Server> {
     let dir = std::env::temp_dir().join(format!("fieldlink-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -134,6 +138,7 @@ async fn start_server(bin: &PathBuf, pairs: usize) -> anyhow::Result<Server> {
     ])
     .arg("--data-dir")
     .arg(&dir)
+    .args(extra)
     .env("FIELDLINK_LOG", "warn")
     .stdout(Stdio::piped());
     let mut child = cmd
@@ -144,10 +149,16 @@ async fn start_server(bin: &PathBuf, pairs: usize) -> anyhow::Result<Server> {
     let ready: serde_json::Value =
         serde_json::from_str(&line).with_context(|| format!("ready line {line:?}"))?;
     let ws = ready["ws"].as_str().context("ws address")?.to_string();
+    let udp = ready["udp"].as_str().context("udp address")?.to_string();
     if !pinned {
         eprintln!("note: taskset not found; the server is not pinned to one core");
     }
-    Ok(Server { child, ws, dir })
+    Ok(Server {
+        child,
+        ws,
+        udp,
+        dir,
+    })
 }
 
 /// CPU seconds (user + system) used so far by a process.
@@ -296,7 +307,7 @@ fn summary(name: &str, s: &Stats) -> (f64, f64, f64) {
 
 async fn control(secs: u64, max_pairs: usize, bin: PathBuf) -> anyhow::Result<()> {
     epoch();
-    let server = start_server(&bin, max_pairs).await?;
+    let server = start_server(&bin, max_pairs, &[]).await?;
     let pid = server.child.id();
     println!("fieldlink-bench control: server pid {pid} (CPU 0), {secs} s per step, loopback");
 
@@ -360,7 +371,11 @@ async fn control(secs: u64, max_pairs: usize, bin: PathBuf) -> anyhow::Result<()
 
 async fn video(secs: u64, switches: u32, bin: PathBuf) -> anyhow::Result<()> {
     use fieldlink_sdk::video::{TestPattern, TestPatternConfig};
-    let server = start_server(&bin, 1).await?;
+    // All media crosses a timestamping tap that the server advertises as its address.
+    let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let public = front.local_addr()?.to_string();
+    let server = start_server(&bin, 2, &["--public-addr".to_string(), public]).await?;
+    let log = tap::start(front, server.udp.parse()?, 1_000_000);
     println!(
         "fieldlink-bench video: server pid {} (CPU 0), loopback, 640x360 25 fps test pattern",
         server.child.id()
@@ -376,25 +391,73 @@ async fn video(secs: u64, switches: u32, bin: PathBuf) -> anyhow::Result<()> {
     rc.streams = 1;
     let (remote, mut ev) = RemoteDevice::connect(rc).await?;
     remote.connect_streams(&gwid, &[0], &[0]).await?;
+    // A second remote decodes, as a player would: capture -> picture.
+    let mut rc = DeviceConfig::new(server.ws.as_str(), "bench/r1".parse()?, "pw");
+    rc.streams = 1;
+    rc.decode = true;
+    let (player, mut pev) = RemoteDevice::connect(rc).await?;
+    player.connect_streams(&gwid, &[0], &[0]).await?;
 
     // Capture (field clock) to arrival (same host clock): encode + send + server + receive.
-    let mut lat = Vec::new();
+    let (mut lat, mut glass) = (Vec::new(), Vec::new());
+    let since = |f: &fieldlink_sdk::VideoFrame| {
+        f.capture
+            .and_then(|c| f.received.duration_since(c).ok())
+            .map(|d| d.as_micros() as u64)
+    };
+    log.lock()
+        .map_err(|_| anyhow::anyhow!("tap log"))?
+        .inbound
+        .clear();
+    log.lock()
+        .map_err(|_| anyhow::anyhow!("tap log"))?
+        .outbound
+        .clear();
     let end = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while let Ok(Some(e)) = tokio::time::timeout_at(end, ev.recv()).await {
-        if let Event::Frame(f) = e {
-            if let Some(c) = f.capture {
-                if let Ok(d) = f.received.duration_since(c) {
-                    lat.push(d.as_micros() as u64);
-                }
-            }
+    loop {
+        tokio::select! {
+            e = ev.recv() => if let Some(Event::Frame(f)) = e { lat.extend(since(&f)); },
+            e = pev.recv() => if let Some(Event::Frame(f)) = e {
+                if f.picture.is_some() { glass.extend(since(&f)); }
+            },
+            _ = tokio::time::sleep_until(end) => break,
         }
     }
+    let (mut per_packet, mut frame_first) = {
+        let l = log.lock().map_err(|_| anyhow::anyhow!("tap log"))?;
+        tap::server_delays(&l)
+    };
+    drop(player);
     let n = lat.len();
     println!("\ncapture -> frame complete at the remote ({n} frames):");
     println!(
         "  p50 {:.2} ms  p99 {:.2} ms",
         pct(&mut lat, 0.5),
         pct(&mut lat, 0.99)
+    );
+    let n = glass.len();
+    println!(
+        "\nglass-to-glass minus camera: capture -> decoded picture at the remote ({n} frames):"
+    );
+    println!(
+        "  p50 {:.2} ms  p99 {:.2} ms",
+        pct(&mut glass, 0.5),
+        pct(&mut glass, 0.99)
+    );
+    println!(
+        "\nadded by the server, at a tap on its UDP port ({} packets, {} frames to one of two receivers):",
+        per_packet.len(),
+        frame_first.len()
+    );
+    println!(
+        "  per packet (n-th packet of a frame in -> n-th out)  p50 {:.3} ms  p99 {:.3} ms",
+        pct(&mut per_packet, 0.5),
+        pct(&mut per_packet, 0.99)
+    );
+    println!(
+        "  frame complete in -> its first packet out            p50 {:.3} ms  p99 {:.3} ms",
+        pct(&mut frame_first, 0.5),
+        pct(&mut frame_first, 0.99)
     );
 
     // Switch: connect call on a playing receiver -> first frame of the new stream.

@@ -9,3 +9,11 @@ pub mod sei;
 
 pub use annexb::{is_h264_keyframe, nal_units, ParamSets};
 pub use sei::{FrameMeta, SeiError};
+
+/// Share of sent bytes that retransmissions may take before a sender drops queued resends.
+/// str0m's default (0.15) gives up repairs at ~10% loss, which the product must survive;
+/// at 0.5 a sender still cannot spend most of a congested link on repairs.
+pub const RTX_RATIO_CAP: f32 = 0.5;
+
+/// How long sent video packets stay available for retransmission, and how many.
+pub const RTX_CACHE: (usize, std::time::Duration) = (2000, std::time::Duration::from_secs(3));

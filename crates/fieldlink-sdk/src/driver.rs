@@ -200,6 +200,7 @@ pub(crate) async fn start(
         video_epoch: std::time::SystemTime::now(),
         decoders: Vec::new(),
         recorders: HashMap::new(),
+        counts: HashMap::new(),
         last_estimate_kbps: 0,
     };
     tokio::spawn(driver.run(conn));
@@ -240,6 +241,8 @@ struct Driver {
     video_epoch: std::time::SystemTime,
     /// Remote with `decode`: one H.264 decoder per receiver.
     decoders: Vec<Option<openh264::decoder::Decoder>>,
+    /// Remote: frame counters by receiver index, with the stream they count.
+    counts: HashMap<usize, (Option<(DeviceId, u32)>, crate::receive::FrameCounts)>,
     /// Remote: open recordings by receiver index.
     recorders: HashMap<usize, crate::record::Recorder>,
     /// Field: the last bandwidth estimate reported to the application.
@@ -410,7 +413,12 @@ impl Driver {
                         data,
                         rtp_time,
                         capture,
-                    } => self.on_frame(index, data, rtp_time, capture),
+                        contiguous,
+                    } => {
+                        if self.on_frame(index, data, rtp_time, capture, contiguous) {
+                            conn.peer.request_keyframe(index);
+                        }
+                    }
                     PeerEvent::KeyframeRequest(index) => {
                         if let Some(flag) = self.shared.keyframe_wanted.get(index) {
                             flag.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -423,13 +431,23 @@ impl Driver {
                         rtt,
                         nacks,
                         packets,
-                    } => self.ev.emit(Event::ReceiverStats {
-                        conn_fd: index as u32,
-                        loss_pct: loss.map(|l| l * 100.0),
-                        rtt_ms: rtt.map(|d| d.as_secs_f64() * 1000.0),
-                        nacks,
-                        packets,
-                    }),
+                    } => {
+                        let c = self
+                            .counts
+                            .get(&index)
+                            .map(|(_, c)| c.clone())
+                            .unwrap_or_default();
+                        self.ev.emit(Event::ReceiverStats {
+                            conn_fd: index as u32,
+                            loss_pct: loss.map(|l| l * 100.0),
+                            rtt_ms: rtt.map(|d| d.as_secs_f64() * 1000.0),
+                            nacks,
+                            packets,
+                            frames: c.received,
+                            decoded: self.cfg.decode.then_some(c.decoded),
+                            dropped: c.dropped,
+                        })
+                    }
                     PeerEvent::Estimate(bps) => {
                         self.shared
                             .estimate_bps
@@ -448,13 +466,15 @@ impl Driver {
         }
     }
 
+    /// Hands one frame to the application; returns whether to ask for a keyframe.
     fn on_frame(
         &mut self,
         index: usize,
         data: Vec<u8>,
         rtp_time: u64,
         capture: Option<std::time::SystemTime>,
-    ) {
+        contiguous: bool,
+    ) -> bool {
         let conn_fd = index as u32;
         let (stream, window, record) = {
             let r = self
@@ -466,16 +486,41 @@ impl Driver {
                 .map(|r| (r.stream.clone(), r.window, r.record.clone()))
                 .unwrap_or((None, None, None))
         };
-        self.record(index, record.filter(|_| stream.is_some()), &data, rtp_time);
         if stream.is_none() {
-            return; // in flight when the application disconnected the receiver
+            self.record(index, None, &data, rtp_time);
+            return false; // in flight when the application disconnected the receiver
         }
         let keyframe = fieldlink_media::is_h264_keyframe(&data);
+        let (counted, counts) = self.counts.entry(index).or_default();
+        if *counted != stream {
+            // Counters start again with each stream the receiver is connected to.
+            *counted = stream.clone();
+            *counts = Default::default();
+        }
+        let admit = counts.admit(contiguous, keyframe);
+        let mut ask = admit.request_keyframe;
+        if !admit.deliver {
+            return ask;
+        }
+        self.record(index, record, &data, rtp_time);
         let picture = if self.cfg.decode {
-            self.decode(index, &data)
+            match self.decode(index, &data) {
+                Ok(p) => p,
+                Err(()) => {
+                    if let Some((_, c)) = self.counts.get_mut(&index) {
+                        ask |= c.decode_failed();
+                    }
+                    return ask;
+                }
+            }
         } else {
             None
         };
+        if picture.is_some() {
+            if let Some((_, c)) = self.counts.get_mut(&index) {
+                c.decoded += 1;
+            }
+        }
         self.ev.emit(Event::Frame(crate::VideoFrame {
             conn_fd,
             stream,
@@ -487,6 +532,7 @@ impl Driver {
             data,
             picture,
         }));
+        ask
     }
 
     /// Feeds receiver `index`'s recorder; a changed or removed target closes the old one.
@@ -531,8 +577,13 @@ impl Driver {
         }
     }
 
-    /// Decodes one access unit on receiver `index` (one decoder per receiver).
-    fn decode(&mut self, index: usize, data: &[u8]) -> Option<crate::Picture> {
+    /// Decodes one access unit on receiver `index` (one decoder per receiver). `Ok(None)`:
+    /// no picture out of this one (yet); `Err`: the decoder rejected it.
+    fn decode(
+        &mut self,
+        index: usize,
+        data: &[u8],
+    ) -> std::result::Result<Option<crate::Picture>, ()> {
         use openh264::formats::YUVSource;
         if self.decoders.len() <= index {
             self.decoders.resize_with(index + 1, || None);
@@ -540,7 +591,12 @@ impl Driver {
         if self.decoders[index].is_none() {
             self.decoders[index] = openh264::decoder::Decoder::new().ok();
         }
-        let yuv = self.decoders[index].as_mut()?.decode(data).ok()??;
+        let Some(decoder) = self.decoders[index].as_mut() else {
+            return Ok(None);
+        };
+        let Some(yuv) = decoder.decode(data).map_err(|_| ())? else {
+            return Ok(None);
+        };
         let (w, h) = yuv.dimensions();
         let (sy, su, sv) = yuv.strides();
         let plane = |p: &[u8], stride: usize, w: usize, h: usize| -> Vec<u8> {
@@ -548,13 +604,13 @@ impl Driver {
                 .flat_map(|r| p[r * stride..r * stride + w].iter().copied())
                 .collect()
         };
-        Some(crate::Picture {
+        Ok(Some(crate::Picture {
             width: w,
             height: h,
             y: plane(yuv.y(), sy, w, h),
             u: plane(yuv.u(), su, w / 2, h / 2),
             v: plane(yuv.v(), sv, w / 2, h / 2),
-        })
+        }))
     }
 
     fn on_control(&mut self, qos: fieldlink_proto::Qos, data: &[u8]) {

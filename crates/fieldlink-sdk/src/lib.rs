@@ -9,6 +9,7 @@
 
 mod driver;
 mod peer;
+mod receive;
 pub mod record;
 pub mod video;
 
@@ -71,8 +72,7 @@ pub struct DeviceConfig {
     /// CPU on the connection task; leave off when the application decodes itself.
     pub decode: bool,
     /// Field: let video sources follow the bandwidth estimate
-    /// ([`VideoSource::set_target_kbps`]). Off by default: the loop is not tuned yet (under
-    /// a tight link the estimate keeps falling, see docs/architecture.md).
+    /// ([`VideoSource::set_target_kbps`]), within their configured bitrate. On by default.
     /// [`Event::BitrateEstimate`] is reported either way.
     pub adapt_bitrate: bool,
     /// Remote: record every connected stream here unless `connect_streams_recorded` says
@@ -94,7 +94,7 @@ impl DeviceConfig {
             reconnect_delay: Duration::from_millis(500),
             streams: 0,
             decode: false,
-            adapt_bitrate: false,
+            adapt_bitrate: true,
             record: None,
         }
     }
@@ -183,6 +183,13 @@ pub enum Event {
         /// NACKs sent so far (repair requests).
         nacks: u64,
         packets: u64,
+        /// Frames that arrived complete since the receiver was connected to its stream.
+        frames: u64,
+        /// Pictures decoded (only when [`DeviceConfig::decode`] is on).
+        decoded: Option<u64>,
+        /// Frames lost or unusable: missing after a gap, broken, or held back while the
+        /// receiver waited for a keyframe after either.
+        dropped: u64,
     },
 }
 

@@ -9,7 +9,7 @@ use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 
 use str0m::bwe::{Bitrate, BweKind};
-use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
+use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{AbsCaptureTime, Extension};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
@@ -32,6 +32,8 @@ pub(crate) enum PeerEvent {
         data: Vec<u8>,
         rtp_time: u64,
         capture: Option<SystemTime>,
+        /// False when packets before this frame were lost for good.
+        contiguous: bool,
     },
     /// Field: the server asks stream `index` for a keyframe.
     KeyframeRequest(usize),
@@ -58,6 +60,8 @@ pub(crate) struct Peer {
     ready: bool,
     /// Video m-lines: a field device's streams (sendonly) or a remote's receivers (recvonly).
     video_mids: Vec<Mid>,
+    /// The m-lines send (a field device).
+    sends_video: bool,
 }
 
 impl Peer {
@@ -134,6 +138,7 @@ impl Peer {
                 next_timeout: now,
                 ready: false,
                 video_mids: video_mids.clone(),
+                sends_video: send,
             },
             offer.to_sdp_string(),
             video_mids.iter().map(|m| m.to_string()).collect(),
@@ -150,7 +155,25 @@ impl Peer {
         self.rtc
             .sdp_api()
             .accept_answer(pending, answer)
-            .map_err(|e| SdkError::new(ErrorCode::BadRequest, format!("SDP answer refused: {e}")))
+            .map_err(|e| {
+                SdkError::new(ErrorCode::BadRequest, format!("SDP answer refused: {e}"))
+            })?;
+        let (packets, age) = fieldlink_media::RTX_CACHE;
+        let sending = if self.sends_video {
+            &self.video_mids[..]
+        } else {
+            &[]
+        };
+        for mid in sending {
+            if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(*mid, None) {
+                tx.set_rtx_cache(packets, age, Some(fieldlink_media::RTX_RATIO_CAP));
+                // Video leaves at once: str0m paces at 1.1 × the estimate, which holds a
+                // keyframe back for tens of ms (a switch waits for it). The sources follow
+                // the estimate instead, and TWCC still sees every packet.
+                tx.set_unpaced(true);
+            }
+        }
+        Ok(())
     }
 
     pub fn handle_datagram(&mut self, data: &[u8], source: SocketAddr) {
@@ -238,9 +261,22 @@ impl Peer {
             .map_err(|e| SdkError::new(ErrorCode::MediaNotReady, e.to_string()))
     }
 
+    /// Remote: asks the server for a keyframe on receiver `index` (after a loss).
+    pub fn request_keyframe(&mut self, index: usize) {
+        if let Some(mid) = self.video_mids.get(index).copied() {
+            if let Some(rx) = self.rtc.direct_api().stream_rx_by_mid(mid, None) {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+            }
+        }
+    }
+
     /// Drains output: sends datagrams, returns events, updates `next_timeout`.
     pub fn poll(&mut self) -> Vec<PeerEvent> {
         let mut events = Vec::new();
+        // Timeouts already due are served here, not by the caller's timer: a timer wakes
+        // at millisecond granularity, and a burst of queued packets (a keyframe) would
+        // leave one per wake-up. Only while that makes progress, and bounded.
+        let (mut due_now, mut progressed) = (0, true);
         loop {
             if !self.rtc.is_alive() {
                 events.push(PeerEvent::Dead("media connection closed".into()));
@@ -259,10 +295,18 @@ impl Peer {
             };
             match out {
                 Output::Timeout(t) => {
+                    let now = Instant::now();
+                    if t <= now && progressed && due_now < 256 {
+                        due_now += 1;
+                        progressed = false;
+                        self.input(Input::Timeout(now));
+                        continue;
+                    }
                     self.next_timeout = t;
                     return events;
                 }
                 Output::Transmit(t) => {
+                    progressed = true;
                     let _ = self.socket.try_send_to(&t.contents, t.destination);
                 }
                 Output::Event(e) => match e {
@@ -288,6 +332,7 @@ impl Peer {
                                 data: d.data.to_vec(),
                                 rtp_time: d.time.rebase(Frequency::NINETY_KHZ).numer(),
                                 capture: d.ext_vals.abs_capture_time.map(|a| a.capture_time),
+                                contiguous: d.contiguous,
                             });
                         }
                     }

@@ -158,10 +158,12 @@ impl TestPattern {
         let (w, h) = (self.cfg.width as usize, self.cfg.height as usize);
         let t = self.frame as usize;
         let (y_plane, uv) = self.yuv.split_at_mut(w * h);
+        // The whole picture slides 4 px a frame (one motion vector): an encoder can go as
+        // low as a congested link needs, which bitrate adaptation relies on.
         for y in 0..h {
             for x in 0..w {
-                y_plane[y * w + x] =
-                    (((x + t * 4) / 8 + y / 8) % 2 * 96 + 48 + ((x + y + t * 2) % 64)) as u8;
+                let sx = x + t * 4;
+                y_plane[y * w + x] = ((sx / 8 + y / 8) % 2 * 96 + 48 + ((sx + y) % 64)) as u8;
             }
         }
         // A tint per stream, so streams are told apart at a glance.

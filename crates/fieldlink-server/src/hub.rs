@@ -177,6 +177,7 @@ pub fn spawn(
         by_addr: HashMap::new(),
         audit,
         dirty: Vec::new(),
+        keyframe_rescan: None,
     };
     let task = tokio::spawn(hub.run(rx));
     (HubHandle { tx }, task)
@@ -233,6 +234,8 @@ struct Hub {
     audit: mpsc::Sender<AuditRecord>,
     /// Peers written to outside `poll` (e.g. a keyframe request) that must be polled.
     dirty: Vec<ConnId>,
+    /// When receivers still waiting for a keyframe ask again, if any wait.
+    keyframe_rescan: Option<Instant>,
 }
 
 enum PeerEvent {
@@ -259,6 +262,7 @@ impl Hub {
                         .filter(|c| !c.paced.is_empty())
                         .map(|c| c.limiter.next_free(now)),
                 )
+                .chain(self.keyframe_rescan)
                 .min()
                 .unwrap_or(now + Duration::from_secs(1))
                 .max(now);
@@ -274,6 +278,7 @@ impl Hub {
                 _ = tokio::time::sleep_until(next.into()) => {}
             }
             self.drive_timeouts();
+            self.retry_keyframes();
             for conn in std::mem::take(&mut self.dirty) {
                 self.poll(conn);
             }
@@ -770,6 +775,7 @@ impl Hub {
         for s in stream_ids {
             self.ask_keyframe(gwid, *s);
         }
+        self.keyframe_rescan = Some(Instant::now() + KEYFRAME_REQUEST_RETRY / 3);
         Ok(())
     }
 
@@ -856,6 +862,28 @@ impl Hub {
         }
     }
 
+    /// Receivers still waiting for a keyframe ask again: a PLI can be lost on the way, and
+    /// `ask_keyframe` spaces the requests by `KEYFRAME_REQUEST_RETRY`.
+    fn retry_keyframes(&mut self) {
+        let now = Instant::now();
+        if self.keyframe_rescan.is_some_and(|t| t > now) {
+            return;
+        }
+        let mut waiting: Vec<(DeviceId, u32)> = self
+            .clients
+            .values()
+            .flat_map(|c| c.receivers.iter())
+            .filter(|r| !r.live)
+            .filter_map(|r| r.want.clone())
+            .collect();
+        waiting.sort();
+        waiting.dedup();
+        self.keyframe_rescan = (!waiting.is_empty()).then(|| now + KEYFRAME_REQUEST_RETRY / 3);
+        for (f, s) in waiting {
+            self.ask_keyframe(&f, s);
+        }
+    }
+
     /// Asks a field device's stream for a keyframe, unless one is already on its way.
     fn ask_keyframe(&mut self, field: &DeviceId, stream: u32) {
         let Some(conn) = self.by_device.get(field).copied() else {
@@ -874,6 +902,9 @@ impl Hub {
         let now = Instant::now();
         if asked.is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_RETRY) {
             return;
+        }
+        if asked.is_some() {
+            tracing::debug!(%field, stream, "keyframe request repeated");
         }
         if let Some(mut w) = peer.rtc.writer(mid) {
             if w.request_keyframe(None, KeyframeRequestKind::Pli).is_ok() {
@@ -1028,6 +1059,12 @@ impl Hub {
             .map_err(|e| (ErrorCode::BadRequest, format!("SDP offer refused: {e}")))?;
         // A new offer replaces the previous peer connection (media reconnect).
         let mids: Vec<Mid> = video_mids.iter().map(|m| Mid::from(m.as_str())).collect();
+        let (packets, age) = fieldlink_media::RTX_CACHE;
+        for mid in &mids {
+            if let Some(tx) = rtc.direct_api().stream_tx_by_mid(*mid, None) {
+                tx.set_rtx_cache(packets, age, Some(fieldlink_media::RTX_RATIO_CAP));
+            }
+        }
         client.peer = Some(Peer {
             rtc,
             keyframe_asked: vec![None; mids.len()],
@@ -1211,6 +1248,10 @@ impl Hub {
             return events;
         };
         flush_reliable(peer);
+        // Serve timeouts already due here, while that makes progress (bounded): the hub's
+        // timer has millisecond granularity, and a queued burst would otherwise leave one
+        // packet per wake-up.
+        let (mut due_now, mut progressed) = (0, true);
         loop {
             if !peer.rtc.is_alive() {
                 events.push(PeerEvent::Dead("peer connection ended"));
@@ -1230,10 +1271,23 @@ impl Hub {
             };
             match out {
                 Output::Timeout(t) => {
+                    let now = Instant::now();
+                    if t <= now && progressed && due_now < 256 {
+                        due_now += 1;
+                        progressed = false;
+                        let ok = catch_unwind(AssertUnwindSafe(|| {
+                            peer.rtc.handle_input(Input::Timeout(now))
+                        }));
+                        if matches!(ok, Ok(Ok(()))) {
+                            continue;
+                        }
+                        peer.rtc.disconnect();
+                    }
                     peer.next_timeout = t;
                     return events;
                 }
                 Output::Transmit(t) => {
+                    progressed = true;
                     // UDP: a full socket buffer means loss, which WebRTC repairs or tolerates.
                     let _ = self.socket.try_send_to(&t.contents, t.destination);
                 }

@@ -75,9 +75,13 @@ pub fn event_json(ev: &Event) -> Value {
             rtt_ms,
             nacks,
             packets,
+            frames,
+            decoded,
+            dropped,
         } => json!({
             "event": "receiver_stats", "conn_fd": conn_fd, "loss_pct": loss_pct, "rtt_ms": rtt_ms,
-            "nacks": nacks, "packets": packets,
+            "nacks": nacks, "packets": packets, "frames": frames, "decoded": decoded,
+            "dropped": dropped,
         }),
         Event::BitrateEstimate { kbps } => json!({"event": "bitrate_estimate", "kbps": kbps}),
         Event::Frame(f) => json!({

@@ -83,6 +83,9 @@ enum Cmd {
         /// (one entry per stream; files go to --record, default ./recordings).
         #[arg(long)]
         record_config: Option<String>,
+        /// Decode every frame (openh264), as a player would, and report frames decoded.
+        #[arg(long)]
+        decode: bool,
     },
     /// Open a session, wait for master, send control data, and leave.
     Send {
@@ -111,15 +114,19 @@ async fn login(a: &Args) -> anyhow::Result<(RemoteDevice, fieldlink_sdk::Events)
     cfg.auto_permission = !a.no_auto_permission;
     cfg.streams = a.max_streams;
     if let Cmd::Watch {
-        record: Some(dir),
+        record,
         segment_secs,
+        decode,
         ..
     } = &a.cmd
     {
-        cfg.record = Some(fieldlink_sdk::record::RecordSettings {
-            dir: dir.clone(),
-            segment_secs: *segment_secs,
-        });
+        cfg.decode = *decode;
+        cfg.record = record
+            .as_ref()
+            .map(|dir| fieldlink_sdk::record::RecordSettings {
+                dir: dir.clone(),
+                segment_secs: *segment_secs,
+            });
     }
     RemoteDevice::connect(cfg)
         .await
@@ -285,6 +292,9 @@ struct Tally {
     bytes: u64,
     keyframes: u64,
     latency_ms: Vec<f64>,
+    /// Cumulative, from the SDK's receiver statistics.
+    decoded: Option<u64>,
+    dropped: Option<u64>,
 }
 
 /// What `remote watch` connects.
@@ -338,10 +348,12 @@ async fn watch(
                         t.latency_ms.push(l);
                     }
                 }
-                Some(Event::ReceiverStats { conn_fd, loss_pct, rtt_ms, .. }) => {
+                Some(Event::ReceiverStats { conn_fd, loss_pct, rtt_ms, decoded, dropped, .. }) => {
                     let t = tallies.entry(conn_fd).or_default();
                     t.loss_pct = loss_pct;
                     t.rtt_ms = rtt_ms;
+                    t.decoded = decoded;
+                    t.dropped = Some(dropped);
                 }
                 Some(e) => {
                     if let Event::StreamState { conn_fd, state: fieldlink_sdk::StreamState::Playing, .. } = &e {
@@ -363,7 +375,8 @@ async fn watch(
                         "event": "stats", "conn_fd": fd, "fps": t.frames, "kbps": t.bytes * 8 / 1000,
                         "keyframes": t.keyframes, "latency_ms": p50.map(|v| (v * 10.0).round() / 10.0),
                         "loss_pct": t.loss_pct, "rtt_ms": t.rtt_ms,
-                        "frames_total": totals[&fd],
+                        "frames_total": totals[&fd], "frames_decoded": t.decoded,
+                        "frames_dropped": t.dropped,
                     }));
                 }
                 tallies = conn_fds.iter().map(|fd| (*fd, Tally::default())).collect();

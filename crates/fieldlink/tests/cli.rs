@@ -237,6 +237,97 @@ fn field_and_remote_command_lines_exchange_control_data() {
     let _ = field.wait();
 }
 
+/// `remote watch --json --decode`: a state line per conn_fd and a stats line per second
+/// (fps, kbps, latency, frames decoded/dropped); exit 0 only when every conn_fd played.
+#[test]
+fn remote_watch_prints_states_and_stats_and_exits_by_outcome() {
+    let s = TestServer::start();
+    s.standard();
+    let cfg = s.dir.join("field.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"device_id":"f","projectid":"p","password":"fpw","device_streams":2,"server":"{}",
+                "streams_config":[{{"width":320,"height":180,"fps":25,"bps":300}},{{"width":320,"height":180,"fps":25,"bps":300}}]}}"#,
+            s.ws
+        ),
+    )
+    .unwrap();
+    let mut field = fieldlink()
+        .args(["field", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let field_out = lines(&mut field);
+    wait_line(&field_out, "field ready", |v| v["event"] == "ready");
+    let watch = |extra: &[&str]| {
+        fieldlink()
+            .args([
+                "remote",
+                "--server",
+                &s.ws,
+                "--device-id",
+                "p/r1",
+                "--password",
+                "rpw",
+                "--json",
+                "watch",
+                "--gwid",
+                "p/f",
+                "--duration",
+                "3",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = watch(&["--streams", "0,1", "--conn-fds", "0,1", "--decode"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    for fd in [0, 1] {
+        assert!(
+            lines.iter().any(|v| v["event"] == "stream_state"
+                && v["conn_fd"] == fd
+                && v["state"] == "playing"),
+            "conn_fd {fd} never played: {text}"
+        );
+        let stats: Vec<&Value> = lines
+            .iter()
+            .filter(|v| v["event"] == "stats" && v["conn_fd"] == fd)
+            .collect();
+        assert!(stats.len() >= 2, "stats lines for {fd}: {text}");
+        let last = stats.last().unwrap();
+        assert!(last["fps"].as_u64().unwrap() >= 15, "fps: {last}");
+        assert!(last["kbps"].as_u64().unwrap() > 0, "kbps: {last}");
+        assert!(last["latency_ms"].as_f64().is_some(), "latency: {last}");
+        assert!(
+            last["frames_decoded"].as_u64().unwrap_or(0) >= 15,
+            "decoded: {last}"
+        );
+        assert_eq!(last["frames_dropped"], 0, "dropped on loopback: {last}");
+    }
+    // A stream the field device does not have: a failed state and exit status 1.
+    let out = watch(&["--streams", "7", "--conn-fds", "0"]);
+    assert!(!out.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("STREAM_OUT_OF_RANGE"), "{all}");
+    let _ = field.kill();
+    let _ = field.wait();
+}
+
 #[test]
 fn clear_errors_for_bad_logins_and_configs() {
     let s = TestServer::start();

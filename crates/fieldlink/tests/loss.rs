@@ -137,8 +137,23 @@ async fn one_stream(
     fieldlink_sdk::RemoteDevice,
     fieldlink_sdk::Events,
 ) {
+    one_stream_with(s, tp, false).await
+}
+
+/// [`one_stream`], with the field's sources following the bandwidth estimate or not.
+async fn one_stream_with(
+    s: &TestServer,
+    tp: fieldlink_sdk::video::TestPatternConfig,
+    adapt_bitrate: bool,
+) -> (
+    fieldlink_sdk::FieldDevice,
+    fieldlink_sdk::Events,
+    fieldlink_sdk::RemoteDevice,
+    fieldlink_sdk::Events,
+) {
     let mut fc = s.cfg("p/f", "fpw");
     fc.streams = 1;
+    fc.adapt_bitrate = adapt_bitrate;
     let (field, fe) = fieldlink_sdk::FieldDevice::connect(fc).await.unwrap();
     field
         .start_video(0, fieldlink_sdk::video::TestPattern::new(0, tp).unwrap())
@@ -385,9 +400,8 @@ async fn media_loss_is_detected_and_repaired_without_the_application() {
 }
 
 /// Video across 10% loss between the field device and the server: NACK/RTX repair keeps
-/// almost every frame. The issue's target is 99%; observed runs give 96.9%–100% (str0m
-/// gives a frame up when its repair takes too long), so this guards at 95% until the
-/// recovery is tuned (open work on issue 3).
+/// at least 99% of the frames (the senders' resend cap, `RTX_RATIO_CAP`, must let repairs
+/// through at this loss: str0m's default cap dropped 1–6% of frames).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn video_survives_10_percent_loss() {
     use fieldlink_media::FrameMeta;
@@ -428,7 +442,7 @@ async fn video_survives_10_percent_loss() {
         relay.dropped.load(Ordering::Relaxed)
     );
     assert!(span >= 150, "too few frames sent: {span}");
-    assert!(pct >= 95.0, "only {pct:.2}% of frames arrived");
+    assert!(pct >= 99.0, "only {pct:.2}% of frames arrived");
 }
 
 /// Congestion feedback (TWCC) reaches the field device: with its uplink shaped to 400
@@ -462,4 +476,60 @@ async fn the_bandwidth_estimate_follows_a_limited_uplink() {
     )
     .await;
     eprintln!("estimate without limit up to {highest} kbps; with 400 kbps: {lowest:?}");
+}
+
+/// The closed loop: a source configured at 1500 kbit/s behind an uplink shaped to 1000
+/// kbit/s follows the bandwidth estimate down, so once settled the shaper drops (almost)
+/// nothing and the remote keeps getting frames. Without adaptation the source's ~1200
+/// kbit/s would overflow the shaper constantly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_bitrate_follows_a_limited_uplink() {
+    use fieldlink_media::FrameMeta;
+    use fieldlink_sdk::video::TestPatternConfig;
+    let (s, relay) = through_relay().await;
+    let tp = TestPatternConfig {
+        width: 640,
+        height: 360,
+        fps: 25.0,
+        kbps: 1500,
+        gop: 50,
+    };
+    let (_field, _fe, _r, mut re) = one_stream_with(&s, tp, true).await;
+    relay.delay_ms.store(10, Ordering::Relaxed);
+    relay.rate_kbps.store(1000, Ordering::Relaxed);
+    // Settle, then measure.
+    let settle = tokio::time::Instant::now() + Duration::from_secs(6);
+    while tokio::time::timeout_at(settle, re.recv()).await.is_ok() {}
+    let (d0, p0) = (
+        relay.dropped.load(Ordering::Relaxed),
+        relay.passed.load(Ordering::Relaxed),
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    let mut bytes = 0;
+    let end = tokio::time::Instant::now() + Duration::from_secs(6);
+    while let Ok(Some(e)) = tokio::time::timeout_at(end, re.recv()).await {
+        if let Event::Frame(f) = e {
+            bytes += f.data.len();
+            if let Some(m) = FrameMeta::find(&f.data) {
+                seen.insert(m.frame);
+            }
+        }
+    }
+    let dropped = relay.dropped.load(Ordering::Relaxed) - d0;
+    let passed = relay.passed.load(Ordering::Relaxed) - p0;
+    let span = seen.last().unwrap() - seen.first().unwrap() + 1;
+    let pct = seen.len() as f64 / span as f64 * 100.0;
+    let kbps = bytes * 8 / 6 / 1000;
+    eprintln!(
+        "shaped to 1000 kbit/s: video {kbps} kbit/s, {} of {span} frames ({pct:.1}%), shaper dropped {dropped} of {}",
+        seen.len(),
+        dropped + passed
+    );
+    assert!(kbps < 1000, "the source did not slow down: {kbps} kbit/s");
+    assert!(
+        dropped * 100 <= (dropped + passed) * 2,
+        "the shaper still drops {dropped} of {} packets",
+        dropped + passed
+    );
+    assert!(pct >= 90.0, "only {pct:.1}% of frames arrived");
 }

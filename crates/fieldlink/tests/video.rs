@@ -204,23 +204,43 @@ async fn switching_invariants_hold_under_random_operations() {
                 expect[ri] = vec![None; 3];
             }
         }
-        // Wait for the receivers that stopped to say so, and those that changed to play.
-        for fd in 0..3u32 {
-            if before[fd as usize].is_some() && expect[ri][fd as usize].is_none() {
-                expect_event(ev, &format!("step {step}: fd {fd} disconnected"), |e| {
-                    matches!(e, Event::StreamState { conn_fd, state: StreamState::Disconnected, .. } if *conn_fd == fd)
-                })
-                .await;
-            }
-        }
-        for fd in waits {
-            let (fi, st) = expect[ri][fd as usize].unwrap();
-            let gw = fields[fi].clone();
-            expect_event(ev, &format!("step {step}: fd {fd} plays {gw}/{st}"), |e| {
-                matches!(e, Event::StreamState { conn_fd, gwid, stream_id, state: StreamState::Playing, .. }
-                    if *conn_fd == fd && *gwid == gw && *stream_id == st)
+        // Wait for the receivers that stopped to say so, and those that changed to play, in
+        // whatever order the states arrive (a fast switch can play before the old window's
+        // disconnect is confirmed).
+        let mut stops: Vec<u32> = (0..3u32)
+            .filter(|fd| before[*fd as usize].is_some() && expect[ri][*fd as usize].is_none())
+            .collect();
+        let mut plays: Vec<(u32, fieldlink_sdk::DeviceId, u32)> = waits
+            .iter()
+            .map(|fd| {
+                let (fi, st) = expect[ri][*fd as usize].unwrap();
+                (*fd, fields[fi].clone(), st)
             })
-            .await;
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !stops.is_empty() || !plays.is_empty() {
+            let e = tokio::time::timeout_at(deadline, ev.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("step {step}: still waiting for stops {stops:?} and plays {plays:?}")
+                })
+                .expect("event stream ended");
+            if let Event::StreamState {
+                conn_fd,
+                gwid,
+                stream_id,
+                state,
+                ..
+            } = &e
+            {
+                match state {
+                    StreamState::Disconnected => stops.retain(|fd| fd != conn_fd),
+                    StreamState::Playing => {
+                        plays.retain(|p| *p != (*conn_fd, gwid.clone(), *stream_id))
+                    }
+                    _ => {}
+                }
+            }
         }
         // Then, for a while, every frame on every receiver of this remote matches.
         let evs = drain(ev, Duration::from_millis(300)).await;
