@@ -6,7 +6,9 @@
 pub mod digest;
 pub mod ids;
 pub mod manscdp;
+pub mod registrar;
 pub mod rtp;
+pub mod sip;
 pub mod ssrc;
 
 pub use digest::{DigestError, DigestResponse, NonceCheck, Nonces};
