@@ -18,6 +18,37 @@ pub struct Config {
     pub admin_token: String,
     pub webrtc: WebRtcConfig,
     pub login: LoginConfig,
+    pub gb28181: Gb28181Config,
+}
+
+/// The GB28181 platform (SPEC §10).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gb28181Config {
+    /// SIP over UDP; `None` = off (the usual address is `0.0.0.0:5060`).
+    pub sip_listen: Option<SocketAddr>,
+    /// The platform's 20-digit id; its first 10 digits are the realm.
+    pub platform_id: String,
+    /// Password of devices that have none of their own.
+    pub password: String,
+    pub keepalive_period_secs: u64,
+    /// Keepalive periods a device may miss before it is offline.
+    pub keepalive_misses: u32,
+    /// Log every SIP message sent and received, whole (direction, peer, time).
+    pub log_sip: bool,
+}
+
+impl Default for Gb28181Config {
+    fn default() -> Self {
+        Gb28181Config {
+            sip_listen: None,
+            platform_id: "34020000002000000001".into(),
+            password: "12345678".into(),
+            keepalive_period_secs: 60,
+            keepalive_misses: 3,
+            log_sip: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -51,6 +82,7 @@ impl Default for Config {
             admin_token: String::new(),
             webrtc: WebRtcConfig::default(),
             login: LoginConfig::default(),
+            gb28181: Gb28181Config::default(),
         }
     }
 }

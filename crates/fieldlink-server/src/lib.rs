@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod gb;
 pub mod hub;
 pub mod login;
 pub mod permission;
@@ -49,6 +50,8 @@ pub enum ServerError {
 pub struct Running {
     pub http_addr: SocketAddr,
     pub udp_addr: SocketAddr,
+    /// The GB28181 SIP socket, when enabled.
+    pub sip_addr: Option<SocketAddr>,
     pub admin_token: String,
     pub database_url: String,
     /// The store, for in-process tools (the demo seeds it).
@@ -165,10 +168,25 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         tracing::info!("server stopped");
         served.map_err(ServerError::Serve)
     });
+    let sip_addr = match config.gb28181.sip_listen {
+        Some(a) => {
+            Some(
+                gb::start(&config.gb28181, a)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        what: "GB28181 SIP",
+                        addr: a,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
     tracing::info!(%http_addr, %udp_addr, %candidate, "fieldlink server listening");
     Ok(Running {
         http_addr,
         udp_addr,
+        sip_addr,
         admin_token,
         database_url: redact(&url),
         store: state_store,

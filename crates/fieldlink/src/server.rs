@@ -30,6 +30,15 @@ pub struct Args {
     /// Bearer token for the admin API (default: random, printed at start).
     #[arg(long, env = "FIELDLINK_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// GB28181 platform: SIP over UDP on this address (e.g. 0.0.0.0:5060; default off).
+    #[arg(long, env = "FIELDLINK_SIP_LISTEN")]
+    sip_listen: Option<SocketAddr>,
+    /// GB28181: seconds between device keepalives.
+    #[arg(long, env = "FIELDLINK_SIP_KEEPALIVE_SECS")]
+    sip_keepalive_secs: Option<u64>,
+    /// GB28181: log every SIP message sent and received, whole.
+    #[arg(long, env = "FIELDLINK_LOG_SIP")]
+    log_sip: bool,
 }
 
 pub fn config(a: &Args) -> anyhow::Result<Config> {
@@ -55,6 +64,13 @@ pub fn config(a: &Args) -> anyhow::Result<Config> {
     if let Some(v) = &a.admin_token {
         c.admin_token = v.clone();
     }
+    if let Some(v) = a.sip_listen {
+        c.gb28181.sip_listen = Some(v);
+    }
+    if let Some(v) = a.sip_keepalive_secs {
+        c.gb28181.keepalive_period_secs = v.max(1);
+    }
+    c.gb28181.log_sip |= a.log_sip;
     Ok(c)
 }
 
@@ -72,6 +88,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             "http": running.http_addr.to_string(),
             "ws": format!("ws://{}/ws", running.http_addr),
             "udp": running.udp_addr.to_string(),
+            "sip": running.sip_addr.map(|a| a.to_string()),
             "database": running.database_url,
             "admin_token": if token_given { None } else { Some(running.admin_token.clone()) },
         })

@@ -21,6 +21,8 @@ pub struct TestServer {
     pub http: String,
     pub ws: String,
     pub udp: String,
+    /// The GB28181 SIP address (`--sip-listen`), when enabled.
+    pub sip: Option<String>,
     extra: Vec<String>,
 }
 
@@ -52,6 +54,7 @@ impl TestServer {
             http: String::new(),
             ws: String::new(),
             udp: String::new(),
+            sip: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         s.spawn("127.0.0.1:0", "127.0.0.1:0");
@@ -89,6 +92,7 @@ impl TestServer {
         self.http = ready["http"].as_str().unwrap().to_string();
         self.ws = ready["ws"].as_str().unwrap().to_string();
         self.udp = ready["udp"].as_str().unwrap().to_string();
+        self.sip = ready["sip"].as_str().map(str::to_string);
         self.child = Some(child);
     }
 
