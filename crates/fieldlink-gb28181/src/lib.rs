@@ -8,6 +8,7 @@ pub mod ids;
 pub mod manscdp;
 pub mod registrar;
 pub mod rtp;
+pub mod sdp;
 pub mod sip;
 pub mod ssrc;
 

@@ -110,7 +110,8 @@ impl Manscdp {
     pub fn parse(bytes: &[u8]) -> Result<Manscdp, ManscdpError> {
         let text = sanitize(&decode(bytes)?);
         let mut reader = Reader::from_str(&text);
-        reader.config_mut().trim_text(true);
+        // Untrimmed: text next to an entity keeps its spaces; values are trimmed at the end tag.
+        reader.config_mut().trim_text(false);
         let mut m = Manscdp::default();
         let mut path: Vec<String> = Vec::new();
         let mut item: Option<CatalogItem> = None;
@@ -213,10 +214,95 @@ pub fn query(cmd_type: &str, sn: u32, device_id: &str) -> Vec<u8> {
     encoding_rs::GBK.encode(&xml).0.into_owned()
 }
 
+/// Text escaped for an XML element.
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn gb2312(xml: &str) -> Vec<u8> {
+    encoding_rs::GBK.encode(xml).0.into_owned()
+}
+
+/// A device's keepalive `Notify`, GB2312-encoded.
+pub fn keepalive(sn: u32, device_id: &str) -> Vec<u8> {
+    gb2312(&format!(
+        "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Notify>\r\n<CmdType>Keepalive</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{device_id}</DeviceID>\r\n<Status>OK</Status>\r\n</Notify>\r\n"
+    ))
+}
+
+/// A device's Catalog `Response` carrying `items` of `sum_num` in all, GB2312-encoded.
+pub fn catalog_response(
+    sn: u32,
+    device_id: &str,
+    sum_num: usize,
+    items: &[CatalogItem],
+) -> Vec<u8> {
+    let mut xml = format!(
+        "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Response>\r\n<CmdType>Catalog</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{device_id}</DeviceID>\r\n<SumNum>{sum_num}</SumNum>\r\n<DeviceList Num=\"{}\">\r\n",
+        items.len()
+    );
+    for i in items {
+        xml.push_str(&format!(
+            "<Item>\r\n<DeviceID>{}</DeviceID>\r\n<Name>{}</Name>\r\n<Manufacturer>{}</Manufacturer>\r\n<Model>{}</Model>\r\n<ParentID>{}</ParentID>\r\n<Status>{}</Status>\r\n</Item>\r\n",
+            esc(&i.device_id), esc(&i.name), esc(&i.manufacturer), esc(&i.model), esc(&i.parent_id), esc(&i.status)
+        ));
+    }
+    xml.push_str("</DeviceList>\r\n</Response>\r\n");
+    gb2312(&xml)
+}
+
+/// A device's `Response` to DeviceInfo or DeviceStatus (`Result` OK, plus `fields`).
+pub fn response(cmd_type: &str, sn: u32, device_id: &str, fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut xml = format!(
+        "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Response>\r\n<CmdType>{cmd_type}</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{device_id}</DeviceID>\r\n<Result>OK</Result>\r\n"
+    );
+    for (k, v) in fields {
+        xml.push_str(&format!("<{k}>{}</{k}>\r\n", esc(v)));
+    }
+    xml.push_str("</Response>\r\n");
+    gb2312(&xml)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn built_answers_parse_back_with_gb2312_names() {
+        let items: Vec<CatalogItem> = (1..=2)
+            .map(|i| CatalogItem {
+                device_id: format!("3402000000131000000{i}"),
+                name: format!("通道{i} & <门>"),
+                status: "ON".into(),
+                ..Default::default()
+            })
+            .collect();
+        let m = Manscdp::parse(&catalog_response(7, "34020000001320000001", 2, &items)).unwrap();
+        assert_eq!(
+            (m.cmd_type.as_str(), m.sn, m.sum_num),
+            ("Catalog", 7, Some(2))
+        );
+        assert_eq!(m.items, items);
+        let k = Manscdp::parse(&keepalive(3, "34020000001320000001")).unwrap();
+        assert_eq!(
+            (k.cmd_type.as_str(), k.status.as_deref()),
+            ("Keepalive", Some("OK"))
+        );
+        let r = Manscdp::parse(&response(
+            "DeviceInfo",
+            9,
+            "34020000001320000001",
+            &[("Manufacturer", "fieldlink")],
+        ))
+        .unwrap();
+        assert_eq!(
+            (r.root.as_str(), r.cmd_type.as_str()),
+            ("Response", "DeviceInfo")
+        );
+    }
 
     fn gb2312(s: &str) -> Vec<u8> {
         encoding_rs::GBK.encode(s).0.into_owned()

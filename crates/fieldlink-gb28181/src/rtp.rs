@@ -60,6 +60,43 @@ impl<'a> RtpPacket<'a> {
     }
 }
 
+/// Splits `payload` (e.g. one PS pack) into RTP packets of at most `max_payload` bytes
+/// each; the last carries the marker bit. `seq` advances per packet.
+pub fn packetize(
+    payload: &[u8],
+    pt: u8,
+    ssrc: u32,
+    seq: &mut u16,
+    timestamp: u32,
+    max_payload: usize,
+) -> Vec<Vec<u8>> {
+    let chunks: Vec<&[u8]> = payload.chunks(max_payload.max(1)).collect();
+    let n = chunks.len();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut p = Vec::with_capacity(12 + c.len());
+            p.push(0x80);
+            p.push((pt & 0x7F) | if i + 1 == n { 0x80 } else { 0 });
+            p.extend_from_slice(&seq.to_be_bytes());
+            p.extend_from_slice(&timestamp.to_be_bytes());
+            p.extend_from_slice(&ssrc.to_be_bytes());
+            p.extend_from_slice(c);
+            *seq = seq.wrapping_add(1);
+            p
+        })
+        .collect()
+}
+
+/// RFC 4571 framing of one RTP packet for a TCP stream.
+pub fn frame_tcp(packet: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(packet.len() + 2);
+    v.extend_from_slice(&(packet.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+    v.extend_from_slice(packet);
+    v
+}
+
 /// Splits a TCP byte stream into RTP packets: RFC 4571 (`len16 packet`) or, tolerated,
 /// RTSP-style interleaving (`$ channel len16 packet`), detected per packet.
 #[derive(Debug, Default)]
@@ -161,6 +198,29 @@ impl Reorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packetized_payload_parses_back_in_order_with_one_marker() {
+        let payload: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let mut seq = 65_534;
+        let pkts = packetize(&payload, 96, 0x0102_0304, &mut seq, 9000, 1400);
+        assert_eq!(pkts.len(), 3);
+        assert_eq!(seq, 1);
+        let mut back = Vec::new();
+        for (i, p) in pkts.iter().enumerate() {
+            let r = RtpPacket::parse(p).unwrap();
+            assert_eq!(
+                (r.payload_type, r.ssrc, r.timestamp),
+                (96, 0x0102_0304, 9000)
+            );
+            assert_eq!(r.marker, i == 2);
+            back.extend_from_slice(r.payload);
+        }
+        assert_eq!(back, payload);
+        let mut f = TcpFramer::new();
+        let framed: Vec<u8> = pkts.iter().flat_map(|p| frame_tcp(p)).collect();
+        assert_eq!(f.push(&framed).unwrap(), pkts);
+    }
     use proptest::prelude::*;
 
     fn pkt(seq: u16, marker: bool, payload: &[u8]) -> Vec<u8> {

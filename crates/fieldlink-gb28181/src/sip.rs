@@ -271,6 +271,111 @@ pub fn response(
     bytes
 }
 
+/// What a request needs besides its method and body.
+#[derive(Debug, Clone)]
+pub struct Dialog {
+    /// Request URI and To URI, e.g. `sip:34020000001320000001@3402000000`.
+    pub remote_uri: String,
+    /// From URI.
+    pub local_uri: String,
+    pub local_tag: String,
+    /// The To tag once the dialog is established (INVITE 200, then ACK/BYE).
+    pub remote_tag: Option<String>,
+    pub call_id: String,
+    /// The sender's address for the Via (`rport` asks for the answer to come back to the
+    /// source port).
+    pub via: SocketAddr,
+    /// `UDP` or `TCP`.
+    pub transport: &'static str,
+}
+
+/// A fresh Via branch (RFC 3261 magic cookie + random).
+pub fn branch() -> String {
+    format!("z9hG4bK{:016x}", rand::random::<u64>())
+}
+
+/// Builds a request in `dialog`. ACK for a 2xx needs the INVITE's CSeq number; every other
+/// request takes its own.
+pub fn request(
+    method: &str,
+    dialog: &Dialog,
+    cseq: u32,
+    branch: &str,
+    extra: &[(&str, String)],
+    body: Option<(&str, &[u8])>,
+) -> Vec<u8> {
+    let d = dialog;
+    let mut out = format!("{method} {} SIP/2.0\r\n", d.remote_uri);
+    let _ = write!(
+        out,
+        "Via: SIP/2.0/{} {};rport;branch={branch}\r\nFrom: <{}>;tag={}\r\n",
+        d.transport, d.via, d.local_uri, d.local_tag
+    );
+    match &d.remote_tag {
+        Some(t) => {
+            let _ = write!(out, "To: <{}>;tag={t}\r\n", d.remote_uri);
+        }
+        None => {
+            let _ = write!(out, "To: <{}>\r\n", d.remote_uri);
+        }
+    }
+    let _ = write!(
+        out,
+        "Call-ID: {}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nUser-Agent: fieldlink\r\n",
+        d.call_id
+    );
+    for (n, v) in extra {
+        let _ = write!(out, "{n}: {v}\r\n");
+    }
+    match body {
+        Some((ctype, b)) => {
+            let _ = write!(
+                out,
+                "Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+                b.len()
+            );
+            let mut v = out.into_bytes();
+            v.extend_from_slice(b);
+            v
+        }
+        None => {
+            out.push_str("Content-Length: 0\r\n\r\n");
+            out.into_bytes()
+        }
+    }
+}
+
+/// The `tag` parameter of a From/To value.
+pub fn tag(value: &str) -> Option<&str> {
+    let at = value.to_ascii_lowercase().find(";tag=")? + 5;
+    value[at..]
+        .split([';', '>', ' '])
+        .next()
+        .filter(|t| !t.is_empty())
+}
+
+/// A value of a `Digest` challenge (`realm`, `nonce`, ...), quoted or not.
+pub fn challenge_param<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    let lower = header.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(i) = lower[from..].find(name) {
+        let at = from + i;
+        let before_ok = at == 0 || matches!(lower.as_bytes()[at - 1], b' ' | b',' | b'\t');
+        let rest = header[at + name.len()..].trim_start();
+        if before_ok {
+            if let Some(v) = rest.strip_prefix('=') {
+                let v = v.trim_start();
+                return Some(match v.strip_prefix('"') {
+                    Some(q) => q.split('"').next().unwrap_or(""),
+                    None => v.split(',').next().unwrap_or("").trim(),
+                });
+            }
+        }
+        from = at + name.len();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +420,30 @@ mod tests {
         Max-Forwards: 70\r\n\
         Expires: 3600\r\n\
         Content-Length: 0\r\n\r\n";
+
+    #[test]
+    fn built_requests_parse_and_carry_the_dialog() {
+        let d = Dialog {
+            remote_uri: "sip:34020000001320000001@3402000000".into(),
+            local_uri: "sip:34020000002000000001@3402000000".into(),
+            local_tag: "a1".into(),
+            remote_tag: Some("b2".into()),
+            call_id: "c3".into(),
+            via: "127.0.0.1:5060".parse().unwrap(),
+            transport: "UDP",
+        };
+        let r = request("BYE", &d, 4, &branch(), &[], Some(("text/plain", b"x")));
+        let m = Message::parse(&r).unwrap();
+        assert_eq!(m.method(), Some("BYE"));
+        assert_eq!(m.cseq(), Some((4, "BYE")));
+        assert_eq!(tag(m.header("to").unwrap()), Some("b2"));
+        assert_eq!(tag(m.header("from").unwrap()), Some("a1"));
+        assert_eq!(m.body, b"x");
+        let h = r#"Digest realm="3402000000",nonce="abc", algorithm=MD5"#;
+        assert_eq!(challenge_param(h, "nonce"), Some("abc"));
+        assert_eq!(challenge_param(h, "realm"), Some("3402000000"));
+        assert_eq!(challenge_param(h, "algorithm"), Some("MD5"));
+    }
 
     #[test]
     fn parses_a_register() {

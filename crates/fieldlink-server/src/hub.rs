@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use str0m::change::SdpOffer;
 use str0m::channel::ChannelId;
+use str0m::format::PayloadParams;
 use str0m::media::{Frequency, KeyframeRequestKind, MediaData, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::Extension;
+use str0m::rtp::{AbsCaptureTime, Extension};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -63,6 +64,8 @@ pub enum Outbound {
     Msg(ServerMsg),
     /// Send this error and close the connection.
     Close(ErrorCode, String),
+    /// To an external source (a GB28181 device): the streams receivers want now.
+    Wanted(Vec<u32>),
 }
 
 #[derive(Debug)]
@@ -116,6 +119,20 @@ pub enum Cmd {
         remote: DeviceId,
         level: Permission,
     },
+    /// A registered field client whose video comes from outside WebRTC (a GB28181
+    /// device's channels): `streams` of them. Demand reaches it as `Outbound::Wanted`.
+    External {
+        conn: ConnId,
+        streams: u32,
+    },
+    /// One H.264 access unit of an external source's stream.
+    ExternalFrame {
+        conn: ConnId,
+        stream: u32,
+        data: Vec<u8>,
+        /// 90 kHz.
+        rtp_time: u64,
+    },
     /// Close every connection and stop (server shutdown).
     Shutdown,
     /// Ids (`device` part) of the online devices of a project.
@@ -159,6 +176,20 @@ impl HubHandle {
 
 /// An audit record bound for the store.
 pub type AuditRecord = (String, AuditEntry);
+
+/// The receiver's own H.264 payload type (packetization mode 1 preferred), for frames
+/// from sources that are not WebRTC peers.
+fn h264_pt(writer: &str0m::media::Writer) -> Option<str0m::media::Pt> {
+    let h264 = || {
+        writer
+            .payload_params()
+            .filter(|p| p.spec().codec == str0m::format::Codec::H264)
+    };
+    h264()
+        .find(|p| p.spec().format.packetization_mode == Some(1))
+        .or_else(|| h264().next())
+        .map(|p| p.pt())
+}
 
 /// Binds nothing itself: takes the bound socket, returns the handle and the task's future.
 pub fn spawn(
@@ -209,6 +240,9 @@ struct Client {
     last_warning: Option<(ErrorCode, Instant)>,
     /// Remote: its receivers (`conn_fd` = index).
     receivers: Vec<Receiver>,
+    /// Field whose video comes from outside WebRTC: its stream count, and the demand
+    /// last told to it.
+    external: Option<(u32, Vec<u32>)>,
 }
 
 /// One receiver of a remote device: which stream it wants, and the timestamp rewrite
@@ -273,7 +307,10 @@ impl Hub {
                 },
                 cmd = rx.recv() => match cmd {
                     Some(Cmd::Shutdown) | None => break,
-                    Some(cmd) => self.on_cmd(cmd),
+                    Some(cmd) => {
+                        self.on_cmd(cmd);
+                        self.update_demand();
+                    }
                 },
                 _ = tokio::time::sleep_until(next.into()) => {}
             }
@@ -357,6 +394,35 @@ impl Hub {
                 let r = self.set_permission(conn, &remote, level);
                 self.reply(conn, req, r);
             }
+            Cmd::External { conn, streams } => {
+                let device = self.clients.get_mut(&conn).map(|c| {
+                    c.external = Some((streams, Vec::new()));
+                    c.info.device.clone()
+                });
+                if let Some(d) = device {
+                    self.field_video_ready(&d);
+                }
+            }
+            Cmd::ExternalFrame {
+                conn,
+                stream,
+                data,
+                rtp_time,
+            } => {
+                let field = self
+                    .clients
+                    .get(&conn)
+                    .filter(|c| c.external.as_ref().is_some_and(|(n, _)| stream < *n))
+                    .map(|c| c.info.device.clone());
+                if let Some(field) = field {
+                    let written = self.forward(&field, stream, &data.into(), rtp_time, None);
+                    for c in written {
+                        if !self.dirty.contains(&c) {
+                            self.dirty.push(c);
+                        }
+                    }
+                }
+            }
             Cmd::Shutdown => {}
             Cmd::Online { project, reply } => {
                 let set = self
@@ -405,6 +471,7 @@ impl Hub {
                 late: HashMap::new(),
                 last_warning: None,
                 receivers: Vec::new(),
+                external: None,
             },
         );
         self.by_device.insert(device.clone(), conn);
@@ -728,12 +795,7 @@ impl Hub {
             return Err(ErrorCode::ConnFdOutOfRange);
         }
         // The stream count is known while the field device is online.
-        let streams = self
-            .by_device
-            .get(gwid)
-            .and_then(|c| self.clients.get(c))
-            .and_then(|c| c.peer.as_ref())
-            .map(|p| p.video_mids.len());
+        let streams = self.stream_count(gwid);
         if let Some(n) = streams {
             if n == 0 {
                 return Err(ErrorCode::NoVideo);
@@ -819,14 +881,23 @@ impl Hub {
         }
     }
 
-    /// A field device's video m-lines are known: receivers waiting for it connect.
-    fn field_video_ready(&mut self, field: &DeviceId) {
-        let n = self
+    /// How many streams an online field device has: its video m-lines, or an external
+    /// source's channels.
+    fn stream_count(&self, field: &DeviceId) -> Option<usize> {
+        let c = self
             .by_device
             .get(field)
-            .and_then(|c| self.clients.get(c))
-            .and_then(|c| c.peer.as_ref())
-            .map_or(0, |p| p.video_mids.len());
+            .and_then(|c| self.clients.get(c))?;
+        match (&c.external, &c.peer) {
+            (Some((n, _)), _) => Some(*n as usize),
+            (None, Some(p)) => Some(p.video_mids.len()),
+            (None, None) => None,
+        }
+    }
+
+    /// A field device's video m-lines are known: receivers waiting for it connect.
+    fn field_video_ready(&mut self, field: &DeviceId) {
+        let n = self.stream_count(field).unwrap_or(0);
         let mut out = Vec::new();
         for (conn, c) in self.clients.iter_mut() {
             for (fd, r) in c.receivers.iter_mut().enumerate() {
@@ -916,8 +987,8 @@ impl Hub {
         }
     }
 
-    /// Forwards one frame of a field device's stream to every receiver that wants it. A
-    /// receiver starts on a keyframe; its timestamps continue from what it played before.
+    /// A frame from a field device's WebRTC peer: answers its keyframe request, if any,
+    /// and forwards it.
     fn on_media(&mut self, from: ConnId, d: Box<MediaData>) -> Vec<ConnId> {
         let Some((field, stream)) = self.clients.get(&from).and_then(|c| {
             if c.info.role != Role::Field {
@@ -933,18 +1004,7 @@ impl Hub {
         }) else {
             return Vec::new();
         };
-        let members: Vec<ConnId> = self
-            .fields
-            .get(&field)
-            .map(|fc| {
-                fc.members()
-                    .iter()
-                    .filter_map(|m| self.by_device.get(m).copied())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let keyframe = fieldlink_media::is_h264_keyframe(&d.data);
-        if keyframe {
+        if fieldlink_media::is_h264_keyframe(&d.data) {
             // The request, if any, is answered.
             if let Some(a) = self
                 .clients
@@ -956,6 +1016,33 @@ impl Hub {
             }
         }
         let in_t = d.time.rebase(Frequency::NINETY_KHZ).numer();
+        let source = Some((d.params, d.network_time, d.ext_vals.abs_capture_time));
+        self.forward(&field, stream, &d.data, in_t, source)
+    }
+
+    /// Forwards one frame of a field device's stream to every receiver that wants it. A
+    /// receiver starts on a keyframe; its timestamps continue from what it played before.
+    /// `source`: the WebRTC source's payload parameters, arrival time and capture time
+    /// (external sources have none: the receiver's own H.264 payload type is used).
+    fn forward(
+        &mut self,
+        field: &DeviceId,
+        stream: u32,
+        data: &std::sync::Arc<[u8]>,
+        in_t: u64,
+        source: Option<(PayloadParams, Instant, Option<AbsCaptureTime>)>,
+    ) -> Vec<ConnId> {
+        let members: Vec<ConnId> = self
+            .fields
+            .get(field)
+            .map(|fc| {
+                fc.members()
+                    .iter()
+                    .filter_map(|m| self.by_device.get(m).copied())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let keyframe = fieldlink_media::is_h264_keyframe(data);
         let want = Some((field.clone(), stream));
         let mut written = Vec::new();
         let mut msgs = Vec::new();
@@ -992,20 +1079,23 @@ impl Hub {
                 let Some(writer) = peer.rtc.writer(mid) else {
                     continue;
                 };
-                let Some(pt) = writer.match_params(d.params) else {
+                let pt = match &source {
+                    Some((params, _, _)) => writer.match_params(*params),
+                    None => h264_pt(&writer),
+                };
+                let Some(pt) = pt else {
                     continue;
                 };
-                let writer = match d.ext_vals.abs_capture_time {
+                let (arrived, capture) = match &source {
+                    Some((_, at, act)) => (*at, *act),
+                    None => (Instant::now(), None),
+                };
+                let writer = match capture {
                     Some(act) => writer.abs_capture_time(act),
                     None => writer,
                 };
                 if writer
-                    .write(
-                        pt,
-                        d.network_time,
-                        MediaTime::from_90khz(out_t),
-                        d.data.clone(),
-                    )
+                    .write(pt, arrived, MediaTime::from_90khz(out_t), data.clone())
                     .is_ok()
                     && !written.contains(&conn)
                 {
@@ -1017,6 +1107,28 @@ impl Hub {
             self.send(conn, m);
         }
         written
+    }
+
+    /// Tells each external source which of its streams receivers want, when that changed.
+    fn update_demand(&mut self) {
+        let mut wanted: HashMap<DeviceId, Vec<u32>> = HashMap::new();
+        for c in self.clients.values() {
+            for (f, s) in c.receivers.iter().filter_map(|r| r.want.as_ref()) {
+                wanted.entry(f.clone()).or_default().push(*s);
+            }
+        }
+        for c in self.clients.values_mut() {
+            let Some((_, told)) = c.external.as_mut() else {
+                continue;
+            };
+            let mut now = wanted.remove(&c.info.device).unwrap_or_default();
+            now.sort_unstable();
+            now.dedup();
+            if *told != now {
+                *told = now.clone();
+                let _ = c.out.try_send(Outbound::Wanted(now));
+            }
+        }
     }
 
     // ---- WebRTC -----------------------------------------------------------------------
