@@ -36,6 +36,13 @@ pub struct Gb28181Config {
     pub keepalive_misses: u32,
     /// Log every SIP message sent and received, whole (direction, peer, time).
     pub log_sip: bool,
+    /// Project whose field devices the GB28181 devices become (created if missing).
+    pub project: String,
+    /// Seconds a channel keeps streaming after its last viewer left (then BYE).
+    pub linger_secs: u64,
+    /// Address put in INVITE SDP for devices to send media to; default: the SIP address
+    /// (127.0.0.1 when that is unspecified).
+    pub media_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for Gb28181Config {
@@ -47,6 +54,9 @@ impl Default for Gb28181Config {
             keepalive_period_secs: 60,
             keepalive_misses: 3,
             log_sip: false,
+            project: "gb".into(),
+            linger_secs: 10,
+            media_ip: None,
         }
     }
 }

@@ -1,45 +1,135 @@
-//! The GB28181 platform's SIP socket (thin I/O shell over `fieldlink_gb28181`): REGISTER
-//! goes to the registrar, MANSCDP keepalives mark devices alive, and the registrar's clock
-//! takes silent devices offline. UDP only so far; answers go to the source address and
-//! port (RFC 3581).
+//! The GB28181 platform's SIP side (thin I/O shell over `fieldlink_gb28181`).
+//!
+//! - REGISTER goes to the registrar; MANSCDP keepalives mark devices alive; the
+//!   registrar's clock takes silent devices offline.
+//! - A device that comes online is asked for its Catalog. Once the answer is complete,
+//!   the device becomes a field device of the configured project: its channels are its
+//!   streams.
+//! - When receivers want a channel (hub demand), the platform sends an INVITE and
+//!   receives PS over RTP/UDP. The demuxed H.264 frames feed the hub like any field
+//!   stream. When the last receiver has been gone for `linger`, it sends BYE.
+//!
+//! UDP only so far; answers go to the source address and port (RFC 3581).
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
+use fieldlink_gb28181::manscdp::{self, CatalogItem, Manscdp};
 use fieldlink_gb28181::registrar::{RegEvent, Registrar, RegistrarConfig};
-use fieldlink_gb28181::sip::{response, Message, StartLine};
-use fieldlink_gb28181::{GbId, Manscdp};
+use fieldlink_gb28181::rtp::{Reorder, RtpPacket};
+use fieldlink_gb28181::sdp::{self, MediaMode};
+use fieldlink_gb28181::sip::{self, response, Dialog, Message, StartLine};
+use fieldlink_gb28181::GbId;
+use fieldlink_proto::{DeviceId, Role};
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 
 use crate::config::Gb28181Config;
+use crate::hub::{ClientInfo, Cmd, ConnId, HubHandle, Outbound};
+use crate::store::{self, Project, Security, Store};
+
+/// A channel that sends nothing for this long is hung up.
+const MEDIA_TIMEOUT: Duration = Duration::from_secs(10);
+/// A Catalog answer that stops short of `SumNum` is taken as it is after this.
+const CATALOG_QUIET: Duration = Duration::from_secs(3);
+/// Channels per device, at most.
+const MAX_CHANNELS: usize = 256;
+
+/// What the SIP task hears from the rest of the server.
+enum Event {
+    /// The hub's demand for a device's channels.
+    Wanted(GbId, Vec<u32>),
+    /// A channel's media stopped.
+    MediaGone(GbId, u32),
+}
 
 /// Binds the SIP socket and starts serving; returns the bound address.
-pub async fn start(cfg: &Gb28181Config, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+pub async fn start(
+    cfg: &Gb28181Config,
+    addr: SocketAddr,
+    hub: HubHandle,
+    store: Store,
+) -> std::io::Result<SocketAddr> {
     let socket = UdpSocket::bind(addr).await?;
     let local = socket.local_addr()?;
-    let realm = cfg.platform_id.get(..10).unwrap_or(&cfg.platform_id);
-    let mut rc = RegistrarConfig::new(realm, &cfg.password);
+    let platform: GbId = cfg.platform_id.parse().map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("gb28181.platform_id: {e}"),
+        )
+    })?;
+    let mut rc = RegistrarConfig::new(platform.domain(), &cfg.password);
     rc.keepalive_period = Duration::from_secs(cfg.keepalive_period_secs.max(1));
     rc.keepalive_misses = cfg.keepalive_misses.max(1);
+    let media_ip = cfg.media_ip.unwrap_or(if local.ip().is_unspecified() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        local.ip()
+    });
+    let (tx, rx) = mpsc::channel(1024);
     let sip = Sip {
         socket,
+        local,
+        platform,
         registrar: Registrar::new(rc),
         log: cfg.log_sip,
+        project: cfg.project.clone(),
+        linger: Duration::from_secs(cfg.linger_secs),
+        media_ip,
+        hub,
+        store,
+        tx,
+        devices: HashMap::new(),
+        sn: 0,
+        invites: 0,
     };
-    tokio::spawn(sip.run());
+    tokio::spawn(sip.run(rx));
     tracing::info!(%local, "GB28181 SIP listening (UDP)");
     Ok(local)
 }
 
+/// One live channel: the dialog and the task receiving its media.
+struct Call {
+    dialog: Dialog,
+    cseq: u32,
+    receiver: tokio::task::JoinHandle<()>,
+    /// Since when nobody wants it (BYE after the linger).
+    unwanted_since: Option<Instant>,
+}
+
+#[derive(Default)]
+struct GbDevice {
+    addr: Option<SocketAddr>,
+    /// The Catalog being gathered: its SN, items so far, and when to stop waiting.
+    catalog: Option<(u32, Vec<CatalogItem>, Instant)>,
+    channels: Vec<CatalogItem>,
+    /// As a field device in the hub.
+    conn: Option<ConnId>,
+    calls: HashMap<u32, Call>,
+}
+
 struct Sip {
     socket: UdpSocket,
+    local: SocketAddr,
+    platform: GbId,
     registrar: Registrar,
     log: bool,
+    project: String,
+    linger: Duration,
+    media_ip: IpAddr,
+    hub: HubHandle,
+    store: Store,
+    tx: mpsc::Sender<Event>,
+    devices: HashMap<GbId, GbDevice>,
+    sn: u32,
+    invites: u32,
 }
 
 impl Sip {
-    async fn run(mut self) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
         let mut buf = vec![0u8; 65_536];
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             let deadline = self
                 .registrar
@@ -53,10 +143,19 @@ impl Sip {
                     }
                     Err(e) => tracing::debug!("SIP receive: {e}"),
                 },
+                ev = rx.recv() => match ev {
+                    Some(Event::Wanted(id, streams)) => self.on_wanted(&id, &streams).await,
+                    Some(Event::MediaGone(id, ch)) => {
+                        tracing::warn!(device = %id, channel = ch, "GB28181 media stopped; hanging up");
+                        self.hang_up(&id, ch).await;
+                    }
+                    None => return,
+                },
                 _ = tokio::time::sleep_until(deadline.into()) => {}
+                _ = tick.tick() => self.on_tick().await,
             }
             for ev in self.registrar.poll(Instant::now()) {
-                report(&ev);
+                self.on_reg_event(ev).await;
             }
         }
     }
@@ -67,6 +166,19 @@ impl Sip {
         }
         if let Err(e) = self.socket.send_to(bytes, to).await {
             tracing::debug!(%to, "SIP send: {e}");
+        }
+    }
+
+    fn dialog(&self, user: &str) -> Dialog {
+        let domain = self.platform.domain();
+        Dialog {
+            remote_uri: format!("sip:{user}@{domain}"),
+            local_uri: format!("sip:{}@{domain}", self.platform),
+            local_tag: format!("{:08x}", rand::random::<u32>()),
+            remote_tag: None,
+            call_id: format!("{:016x}@{}", rand::random::<u64>(), self.local.ip()),
+            via: self.local,
+            transport: "UDP",
         }
     }
 
@@ -85,8 +197,13 @@ impl Sip {
                 return;
             }
         };
-        let StartLine::Request { method, .. } = &msg.start else {
-            return; // responses to our requests: none sent yet
+        let method = match &msg.start {
+            StartLine::Request { method, .. } => method.clone(),
+            StartLine::Response { code, .. } => {
+                let code = *code;
+                self.on_response(&msg, code, from).await;
+                return;
+            }
         };
         let now = Instant::now();
         let reply = match method.as_str() {
@@ -94,20 +211,71 @@ impl Sip {
                 let (reply, ev) =
                     self.registrar
                         .on_register(&msg, from, now, SystemTime::now(), None);
+                self.send(&reply, from).await;
                 if let Some(ev) = ev {
-                    report(&ev);
+                    self.on_reg_event(ev).await;
                 }
-                reply
+                return;
             }
             "MESSAGE" => self.on_message(&msg, from, now),
+            "BYE" => {
+                self.on_bye(&msg);
+                response(&msg, 200, "OK", from, "fl", &[], None)
+            }
             "ACK" => return,
             _ => response(&msg, 501, "Not Implemented", from, "fl", &[], None),
         };
         self.send(&reply, from).await;
+        self.finish_catalogs(false).await;
     }
 
-    /// MANSCDP over MESSAGE: keepalives refresh presence; a device that is not registered
-    /// is told so (403), which makes real devices register again.
+    async fn on_reg_event(&mut self, ev: RegEvent) {
+        match ev {
+            RegEvent::Online { id, addr } => {
+                tracing::info!(device = %id, %addr, "GB28181 device online");
+                self.devices.entry(id.clone()).or_default().addr = Some(addr);
+                self.query(&id, "Catalog", addr).await;
+            }
+            RegEvent::Offline { id, why } => {
+                tracing::info!(device = %id, ?why, "GB28181 device offline");
+                if let Some(mut d) = self.devices.remove(&id) {
+                    for (_, call) in d.calls.drain() {
+                        call.receiver.abort();
+                    }
+                    if let Some(conn) = d.conn {
+                        let _ = self.hub.send(Cmd::Unregister { conn }).await;
+                    }
+                }
+            }
+            RegEvent::Refused { user, addr, why } => {
+                tracing::warn!(user, %addr, why, "GB28181 registration refused")
+            }
+        }
+    }
+
+    /// Sends a MANSCDP query; a Catalog query starts gathering the answer.
+    async fn query(&mut self, id: &GbId, cmd: &str, addr: SocketAddr) {
+        self.sn = self.sn.wrapping_add(1);
+        let sn = self.sn;
+        if cmd == "Catalog" {
+            if let Some(d) = self.devices.get_mut(id) {
+                d.catalog = Some((sn, Vec::new(), Instant::now() + CATALOG_QUIET));
+            }
+        }
+        let body = manscdp::query(cmd, sn, id.as_str());
+        let r = sip::request(
+            "MESSAGE",
+            &self.dialog(id.as_str()),
+            1,
+            &sip::branch(),
+            &[],
+            Some(("Application/MANSCDP+xml", &body)),
+        );
+        self.send(&r, addr).await;
+    }
+
+    /// MANSCDP from a device: keepalives refresh presence (a device that is not registered
+    /// gets 403, which makes real devices register again); Catalog answers are gathered.
     fn on_message(&mut self, msg: &Message, from: SocketAddr, now: Instant) -> Vec<u8> {
         let body = match Manscdp::parse(&msg.body) {
             Ok(b) => b,
@@ -123,15 +291,14 @@ impl Sip {
                 )
             }
         };
-        let id: Option<GbId> = body
-            .device_id
-            .parse()
-            .ok()
-            .or_else(|| msg.from_user().and_then(|u| u.parse().ok()));
+        let id: Option<GbId> = msg
+            .from_user()
+            .and_then(|u| u.parse().ok())
+            .or_else(|| body.device_id.parse().ok());
         let known = id
             .as_ref()
             .is_some_and(|id| self.registrar.seen(id, from.ip(), now));
-        if !known {
+        let Some(id) = id.filter(|_| known) else {
             return response(
                 msg,
                 403,
@@ -141,21 +308,375 @@ impl Sip {
                 &[],
                 None,
             );
+        };
+        if body.root == "Response" && body.cmd_type == "Catalog" {
+            if let Some(d) = self.devices.get_mut(&id) {
+                if let Some((sn, items, deadline)) = d.catalog.as_mut() {
+                    if *sn == body.sn {
+                        for it in body.items {
+                            if items.len() < MAX_CHANNELS
+                                && !items.iter().any(|i| i.device_id == it.device_id)
+                            {
+                                items.push(it);
+                            }
+                        }
+                        let sum = body.sum_num.map_or(items.len(), |s| s as usize);
+                        if items.len() >= sum.min(MAX_CHANNELS) {
+                            *deadline = now; // complete
+                        } else {
+                            *deadline = now + CATALOG_QUIET;
+                        }
+                    }
+                }
+            }
         }
         response(msg, 200, "OK", from, "fl", &[], None)
     }
+
+    /// Catalogs that are complete (or went quiet) make their devices field devices.
+    async fn finish_catalogs(&mut self, _tick: bool) {
+        let now = Instant::now();
+        let done: Vec<GbId> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| d.catalog.as_ref().is_some_and(|(_, _, t)| *t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in done {
+            let Some(d) = self.devices.get_mut(&id) else {
+                continue;
+            };
+            let Some((_, items, _)) = d.catalog.take() else {
+                continue;
+            };
+            d.channels = items;
+            let n = d.channels.len() as u32;
+            let name = d
+                .channels
+                .first()
+                .map(|c| format!("GB28181 {} ({})", id, c.name))
+                .unwrap_or_else(|| format!("GB28181 {id}"));
+            tracing::info!(device = %id, channels = n, "GB28181 catalog");
+            if d.conn.is_none() {
+                match self.as_field(&id, &name).await {
+                    Ok(conn) => {
+                        if let Some(d) = self.devices.get_mut(&id) {
+                            d.conn = Some(conn);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(device = %id, "GB28181 device cannot join the hub: {e}");
+                        continue;
+                    }
+                }
+            }
+            if let Some(conn) = self.devices.get(&id).and_then(|d| d.conn) {
+                let _ = self.hub.send(Cmd::External { conn, streams: n }).await;
+            }
+        }
+    }
+
+    /// Makes the device a field device of the project (stored, online in the hub), and
+    /// passes the hub's demand for its channels to this task.
+    async fn as_field(&self, id: &GbId, name: &str) -> Result<ConnId, String> {
+        let store = &self.store;
+        if store
+            .project(&self.project)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
+            store
+                .create_project(&Project {
+                    id: self.project.clone(),
+                    name: "GB28181 devices".into(),
+                    security: Security::default(),
+                    created_ms: now_ms(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if store
+            .device(&self.project, id.as_str())
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
+            // It never logs in over WebSocket: an unguessable password.
+            let pw = format!("{:032x}", rand::random::<u128>());
+            store
+                .create_device(&store::Device {
+                    project_id: self.project.clone(),
+                    device_id: id.as_str().to_string(),
+                    kind: Role::Field,
+                    name: name.to_string(),
+                    password: fieldlink_auth::hash_password(&pw),
+                    key_password_only: false,
+                    auto_registered: true,
+                    created_ms: now_ms(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let device = DeviceId::new(&self.project, id.as_str()).map_err(|e| e.to_string())?;
+        let (out, mut out_rx) = mpsc::channel(64);
+        let conn = self
+            .hub
+            .register(
+                ClientInfo {
+                    device,
+                    role: Role::Field,
+                    auto_permission: true,
+                    sees_all_fields: false,
+                },
+                out,
+            )
+            .await
+            .map_err(|c| format!("{c:?}"))?;
+        let (tx, gb) = (self.tx.clone(), id.clone());
+        tokio::spawn(async move {
+            while let Some(o) = out_rx.recv().await {
+                match o {
+                    Outbound::Wanted(s) => {
+                        if tx.send(Event::Wanted(gb.clone(), s)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Outbound::Close(..) => return,
+                    Outbound::Msg(_) => {} // sessions, permission: nothing to do for a camera
+                }
+            }
+        });
+        Ok(conn)
+    }
+
+    /// Starts wanted channels; marks the others for BYE after the linger.
+    async fn on_wanted(&mut self, id: &GbId, wanted: &[u32]) {
+        let now = Instant::now();
+        let Some(d) = self.devices.get_mut(id) else {
+            return;
+        };
+        for (ch, call) in d.calls.iter_mut() {
+            if wanted.contains(ch) {
+                call.unwanted_since = None;
+            } else if call.unwanted_since.is_none() {
+                call.unwanted_since = Some(now);
+            }
+        }
+        let start: Vec<u32> = wanted
+            .iter()
+            .copied()
+            .filter(|ch| !d.calls.contains_key(ch))
+            .collect();
+        for ch in start {
+            if let Err(e) = self.invite(id, ch).await {
+                tracing::warn!(device = %id, channel = ch, "GB28181 INVITE not sent: {e}");
+            }
+        }
+    }
+
+    async fn invite(&mut self, id: &GbId, ch: u32) -> Result<(), String> {
+        let d = self.devices.get(id).ok_or("device gone")?;
+        let addr = d.addr.ok_or("no address")?;
+        let conn = d.conn.ok_or("not in the hub")?;
+        let channel = d
+            .channels
+            .get(ch as usize)
+            .ok_or("no such channel")?
+            .device_id
+            .clone();
+        let media = UdpSocket::bind(SocketAddr::new(self.media_ip, 0))
+            .await
+            .map_err(|e| e.to_string())?;
+        let port = media.local_addr().map_err(|e| e.to_string())?.port();
+        self.invites = self.invites.wrapping_add(1);
+        let ssrc = fieldlink_gb28181::ssrc::ssrc(false, &self.platform, self.invites);
+        let offer = sdp::play_offer(
+            self.platform.as_str(),
+            self.media_ip,
+            port,
+            MediaMode::Udp,
+            &ssrc,
+        );
+        let dialog = self.dialog(&channel);
+        let r = sip::request(
+            "INVITE",
+            &dialog,
+            1,
+            &sip::branch(),
+            &[
+                ("Subject", format!("{channel}:{ssrc},{}:0", self.platform)),
+                ("Contact", format!("<sip:{}@{}>", self.platform, self.local)),
+            ],
+            Some(("APPLICATION/SDP", offer.as_bytes())),
+        );
+        self.send(&r, addr).await;
+        tracing::info!(device = %id, channel = %channel, port, ssrc, "GB28181 INVITE");
+        let receiver = tokio::spawn(receive(
+            media,
+            self.hub.clone(),
+            conn,
+            ch,
+            self.tx.clone(),
+            id.clone(),
+        ));
+        if let Some(d) = self.devices.get_mut(id) {
+            d.calls.insert(
+                ch,
+                Call {
+                    dialog,
+                    cseq: 1,
+                    receiver,
+                    unwanted_since: None,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Responses to our requests: INVITE 200 gets its ACK; a refused INVITE ends the call.
+    async fn on_response(&mut self, msg: &Message, code: u16, from: SocketAddr) {
+        if msg.cseq().map(|(_, m)| m) != Some("INVITE") {
+            return;
+        }
+        let call_id = msg.header("call-id").unwrap_or_default();
+        let found = self.devices.iter_mut().find_map(|(id, d)| {
+            d.calls
+                .iter_mut()
+                .find(|(_, c)| c.dialog.call_id == call_id)
+                .map(|(ch, c)| (id.clone(), *ch, c))
+        });
+        let Some((id, ch, call)) = found else {
+            return;
+        };
+        if (200..300).contains(&code) {
+            call.dialog.remote_tag = msg.header("to").and_then(sip::tag).map(str::to_string);
+            let ack = sip::request("ACK", &call.dialog, call.cseq, &sip::branch(), &[], None);
+            self.send(&ack, from).await;
+        } else if code >= 300 {
+            tracing::warn!(device = %id, channel = ch, code, "GB28181 INVITE refused");
+            if let Some(d) = self.devices.get_mut(&id) {
+                if let Some(c) = d.calls.remove(&ch) {
+                    c.receiver.abort();
+                }
+            }
+        }
+    }
+
+    /// The device hung up a channel.
+    fn on_bye(&mut self, msg: &Message) {
+        let call_id = msg.header("call-id").unwrap_or_default();
+        for d in self.devices.values_mut() {
+            d.calls.retain(|_, c| {
+                let hung_up = c.dialog.call_id == call_id;
+                if hung_up {
+                    c.receiver.abort();
+                }
+                !hung_up
+            });
+        }
+    }
+
+    /// Ends a channel's call: BYE to the device, stop receiving.
+    async fn hang_up(&mut self, id: &GbId, ch: u32) {
+        let Some(d) = self.devices.get_mut(id) else {
+            return;
+        };
+        let Some(mut call) = d.calls.remove(&ch) else {
+            return;
+        };
+        call.receiver.abort();
+        call.cseq += 1;
+        let addr = d.addr;
+        if call.dialog.remote_tag.is_some() {
+            let bye = sip::request("BYE", &call.dialog, call.cseq, &sip::branch(), &[], None);
+            if let Some(a) = addr {
+                self.send(&bye, a).await;
+                tracing::info!(device = %id, channel = ch, "GB28181 BYE");
+            }
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        self.finish_catalogs(true).await;
+        let now = Instant::now();
+        let linger = self.linger;
+        let due: Vec<(GbId, u32)> = self
+            .devices
+            .iter()
+            .flat_map(|(id, d)| {
+                d.calls
+                    .iter()
+                    .filter(|(_, c)| {
+                        c.unwanted_since
+                            .is_some_and(|t| now.duration_since(t) >= linger)
+                    })
+                    .map(|(ch, _)| (id.clone(), *ch))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (id, ch) in due {
+            self.hang_up(&id, ch).await;
+        }
+    }
 }
 
-fn report(ev: &RegEvent) {
-    match ev {
-        RegEvent::Online { id, addr } => {
-            tracing::info!(device = %id, %addr, "GB28181 device online")
-        }
-        RegEvent::Offline { id, why } => {
-            tracing::info!(device = %id, ?why, "GB28181 device offline")
-        }
-        RegEvent::Refused { user, addr, why } => {
-            tracing::warn!(user, %addr, why, "GB28181 registration refused")
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Receives one channel's RTP/PS over UDP, demuxes H.264 access units and hands them to
+/// the hub as stream `stream` of field client `conn`.
+async fn receive(
+    socket: UdpSocket,
+    hub: HubHandle,
+    conn: ConnId,
+    stream: u32,
+    tx: mpsc::Sender<Event>,
+    id: GbId,
+) {
+    let mut buf = vec![0u8; 65_536];
+    let mut reorder = Reorder::new(64);
+    let mut demux = fieldlink_media::ps::Demuxer::new();
+    loop {
+        let n = match tokio::time::timeout(MEDIA_TIMEOUT, socket.recv(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                tracing::debug!("GB28181 media receive: {e}");
+                continue;
+            }
+            Err(_) => {
+                let _ = tx.send(Event::MediaGone(id, stream)).await;
+                return;
+            }
+        };
+        let Ok(pkt) = RtpPacket::parse(&buf[..n]) else {
+            continue;
+        };
+        for payload in reorder.push(pkt.seq, pkt.payload.to_vec()) {
+            let frames = match demux.push(&payload) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::debug!("GB28181 PS: {e}");
+                    continue;
+                }
+            };
+            for f in frames.into_iter().filter(|f| f.video) {
+                if f.stream_type != 0x1B && f.stream_type != 0 {
+                    continue; // H.265 and others: not for WebRTC receivers yet
+                }
+                let cmd = Cmd::ExternalFrame {
+                    conn,
+                    stream,
+                    data: f.data,
+                    rtp_time: f.pts.unwrap_or(u64::from(pkt.timestamp)),
+                };
+                if hub.send(cmd).await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }

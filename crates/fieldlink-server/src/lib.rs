@@ -126,6 +126,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     });
     let (hub, hub_task) = hub::spawn(udp, candidate, audit_tx);
     let hub_stop = hub.clone();
+    let gb_hub = hub.clone();
+    let gb_store = store.clone();
 
     let admin_token = if config.admin_token.is_empty() {
         random_token()
@@ -169,17 +171,15 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         served.map_err(ServerError::Serve)
     });
     let sip_addr = match config.gb28181.sip_listen {
-        Some(a) => {
-            Some(
-                gb::start(&config.gb28181, a)
-                    .await
-                    .map_err(|source| ServerError::Bind {
-                        what: "GB28181 SIP",
-                        addr: a,
-                        source,
-                    })?,
-            )
-        }
+        Some(a) => Some(
+            gb::start(&config.gb28181, a, gb_hub, gb_store)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    what: "GB28181 SIP",
+                    addr: a,
+                    source,
+                })?,
+        ),
         None => None,
     };
     tracing::info!(%http_addr, %udp_addr, %candidate, "fieldlink server listening");

