@@ -43,6 +43,9 @@ pub struct Gb28181Config {
     /// Address put in INVITE SDP for devices to send media to; default: the SIP address
     /// (127.0.0.1 when that is unspecified).
     pub media_ip: Option<std::net::IpAddr>,
+    /// How devices send RTP: `udp`, `tcp-passive` (the platform listens) or `tcp-active`
+    /// (the platform connects to the device).
+    pub media_mode: String,
 }
 
 impl Default for Gb28181Config {
@@ -57,6 +60,7 @@ impl Default for Gb28181Config {
             project: "gb".into(),
             linger_secs: 10,
             media_ip: None,
+            media_mode: "udp".into(),
         }
     }
 }

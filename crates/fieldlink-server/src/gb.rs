@@ -9,7 +9,8 @@
 //!   receives PS over RTP/UDP. The demuxed H.264 frames feed the hub like any field
 //!   stream. When the last receiver has been gone for `linger`, it sends BYE.
 //!
-//! UDP only so far; answers go to the source address and port (RFC 3581).
+//! SIP over UDP only so far (answers go to the source address and port, RFC 3581); media
+//! over UDP, TCP passive or TCP active (`media_mode`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -67,6 +68,15 @@ pub async fn start(
     } else {
         local.ip()
     });
+    let mode = MediaMode::parse(&cfg.media_mode).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "gb28181.media_mode {:?}: udp, tcp-passive or tcp-active",
+                cfg.media_mode
+            ),
+        )
+    })?;
     let (tx, rx) = mpsc::channel(1024);
     let sip = Sip {
         socket,
@@ -77,6 +87,7 @@ pub async fn start(
         project: cfg.project.clone(),
         linger: Duration::from_secs(cfg.linger_secs),
         media_ip,
+        mode,
         hub,
         store,
         tx,
@@ -96,6 +107,8 @@ struct Call {
     receiver: tokio::task::JoinHandle<()>,
     /// Since when nobody wants it (BYE after the linger).
     unwanted_since: Option<Instant>,
+    /// TCP active: where to connect, once the device's answer says.
+    dial: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 }
 
 #[derive(Default)]
@@ -118,6 +131,7 @@ struct Sip {
     project: String,
     linger: Duration,
     media_ip: IpAddr,
+    mode: MediaMode,
     hub: HubHandle,
     store: Store,
     tx: mpsc::Sender<Event>,
@@ -485,19 +499,31 @@ impl Sip {
             .ok_or("no such channel")?
             .device_id
             .clone();
-        let media = UdpSocket::bind(SocketAddr::new(self.media_ip, 0))
-            .await
-            .map_err(|e| e.to_string())?;
-        let port = media.local_addr().map_err(|e| e.to_string())?.port();
+        let mode = self.mode;
+        let (media, port, dial) = match mode {
+            MediaMode::Udp => {
+                let u = UdpSocket::bind(SocketAddr::new(self.media_ip, 0))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let port = u.local_addr().map_err(|e| e.to_string())?.port();
+                (MediaIn::Udp(u), port, None)
+            }
+            MediaMode::TcpPassive => {
+                let l = tokio::net::TcpListener::bind(SocketAddr::new(self.media_ip, 0))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let port = l.local_addr().map_err(|e| e.to_string())?.port();
+                (MediaIn::Listen(l), port, None)
+            }
+            MediaMode::TcpActive => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                // Port 9 (discard) by convention: we connect, we do not listen.
+                (MediaIn::Dial(rx), 9, Some(tx))
+            }
+        };
         self.invites = self.invites.wrapping_add(1);
         let ssrc = fieldlink_gb28181::ssrc::ssrc(false, &self.platform, self.invites);
-        let offer = sdp::play_offer(
-            self.platform.as_str(),
-            self.media_ip,
-            port,
-            MediaMode::Udp,
-            &ssrc,
-        );
+        let offer = sdp::play_offer(self.platform.as_str(), self.media_ip, port, mode, &ssrc);
         let dialog = self.dialog(&channel);
         let r = sip::request(
             "INVITE",
@@ -528,6 +554,7 @@ impl Sip {
                     cseq: 1,
                     receiver,
                     unwanted_since: None,
+                    dial,
                 },
             );
         }
@@ -551,6 +578,12 @@ impl Sip {
         };
         if (200..300).contains(&code) {
             call.dialog.remote_tag = msg.header("to").and_then(sip::tag).map(str::to_string);
+            if let Some(dial) = call.dial.take() {
+                let answer = sdp::media(&String::from_utf8_lossy(&msg.body));
+                if let Some(a) = answer {
+                    let _ = dial.send(SocketAddr::new(a.ip.unwrap_or(from.ip()), a.port));
+                }
+            }
             let ack = sip::request("ACK", &call.dialog, call.cseq, &sip::branch(), &[], None);
             self.send(&ack, from).await;
         } else if code >= 300 {
@@ -627,36 +660,33 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Receives one channel's RTP/PS over UDP, demuxes H.264 access units and hands them to
-/// the hub as stream `stream` of field client `conn`.
-async fn receive(
-    socket: UdpSocket,
+/// Where a channel's RTP comes from.
+enum MediaIn {
+    Udp(UdpSocket),
+    /// TCP passive: the device connects to us.
+    Listen(tokio::net::TcpListener),
+    /// TCP active: we connect to the device (address from its SDP answer).
+    Dial(tokio::sync::oneshot::Receiver<SocketAddr>),
+}
+
+/// RTP packets -> reordered PS payloads -> H.264 access units -> the hub.
+struct Pipeline {
     hub: HubHandle,
     conn: ConnId,
     stream: u32,
-    tx: mpsc::Sender<Event>,
-    id: GbId,
-) {
-    let mut buf = vec![0u8; 65_536];
-    let mut reorder = Reorder::new(64);
-    let mut demux = fieldlink_media::ps::Demuxer::new();
-    loop {
-        let n = match tokio::time::timeout(MEDIA_TIMEOUT, socket.recv(&mut buf)).await {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                tracing::debug!("GB28181 media receive: {e}");
-                continue;
-            }
-            Err(_) => {
-                let _ = tx.send(Event::MediaGone(id, stream)).await;
-                return;
-            }
+    reorder: Reorder,
+    demux: fieldlink_media::ps::Demuxer,
+}
+
+impl Pipeline {
+    /// Returns false when the hub is gone.
+    async fn packet(&mut self, data: &[u8]) -> bool {
+        let Ok(pkt) = RtpPacket::parse(data) else {
+            return true;
         };
-        let Ok(pkt) = RtpPacket::parse(&buf[..n]) else {
-            continue;
-        };
-        for payload in reorder.push(pkt.seq, pkt.payload.to_vec()) {
-            let frames = match demux.push(&payload) {
+        let ts = u64::from(pkt.timestamp);
+        for payload in self.reorder.push(pkt.seq, pkt.payload.to_vec()) {
+            let frames = match self.demux.push(&payload) {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::debug!("GB28181 PS: {e}");
@@ -668,14 +698,87 @@ async fn receive(
                     continue; // H.265 and others: not for WebRTC receivers yet
                 }
                 let cmd = Cmd::ExternalFrame {
-                    conn,
-                    stream,
+                    conn: self.conn,
+                    stream: self.stream,
                     data: f.data,
-                    rtp_time: f.pts.unwrap_or(u64::from(pkt.timestamp)),
+                    rtp_time: f.pts.unwrap_or(ts),
                 };
-                if hub.send(cmd).await.is_err() {
-                    return;
+                if self.hub.send(cmd).await.is_err() {
+                    return false;
                 }
+            }
+        }
+        true
+    }
+}
+
+/// Receives one channel's RTP/PS (UDP, or RFC 4571 over TCP), demuxes H.264 access units
+/// and hands them to the hub as stream `stream` of field client `conn`.
+async fn receive(
+    media: MediaIn,
+    hub: HubHandle,
+    conn: ConnId,
+    stream: u32,
+    tx: mpsc::Sender<Event>,
+    id: GbId,
+) {
+    let mut p = Pipeline {
+        hub,
+        conn,
+        stream,
+        reorder: Reorder::new(64),
+        demux: fieldlink_media::ps::Demuxer::new(),
+    };
+    let gone = |tx: mpsc::Sender<Event>, id: GbId| async move {
+        let _ = tx.send(Event::MediaGone(id, stream)).await;
+    };
+    let mut tcp = match media {
+        MediaIn::Udp(socket) => {
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                match tokio::time::timeout(MEDIA_TIMEOUT, socket.recv(&mut buf)).await {
+                    Ok(Ok(n)) => {
+                        if !p.packet(&buf[..n]).await {
+                            return;
+                        }
+                    }
+                    Ok(Err(e)) => tracing::debug!("GB28181 media receive: {e}"),
+                    Err(_) => return gone(tx, id).await,
+                }
+            }
+        }
+        MediaIn::Listen(l) => match tokio::time::timeout(MEDIA_TIMEOUT, l.accept()).await {
+            Ok(Ok((s, _))) => s,
+            _ => return gone(tx, id).await,
+        },
+        MediaIn::Dial(addr) => {
+            let Ok(Ok(addr)) = tokio::time::timeout(MEDIA_TIMEOUT, addr).await else {
+                return gone(tx, id).await;
+            };
+            match tokio::time::timeout(MEDIA_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                _ => return gone(tx, id).await,
+            }
+        }
+    };
+    use tokio::io::AsyncReadExt;
+    let mut framer = fieldlink_gb28181::rtp::TcpFramer::new();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let n = match tokio::time::timeout(MEDIA_TIMEOUT, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return gone(tx, id).await,
+            Ok(Ok(n)) => n,
+        };
+        let packets = match framer.push(&buf[..n]) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("GB28181 TCP media: {e}");
+                return gone(tx, id).await;
+            }
+        };
+        for pkt in packets {
+            if !p.packet(&pkt).await {
+                return;
             }
         }
     }

@@ -1,6 +1,7 @@
 //! `fieldlink gb-device`: a simulated GB28181 camera/NVR. It registers with digest auth,
 //! keeps alive, answers Catalog/DeviceInfo/DeviceStatus, and answers INVITEs by sending
-//! MPEG-PS over RTP (UDP) made from the test-pattern encoder, one pattern per channel.
+//! MPEG-PS over RTP (UDP, TCP active or passive as the INVITE offers) made from the
+//! test-pattern encoder, one pattern per channel.
 //! Events are printed as JSON lines on stdout.
 
 use std::collections::HashMap;
@@ -319,25 +320,26 @@ impl Device {
             self.socket.send_to(&r, from).await?;
             return Ok(());
         };
-        if offer.mode != MediaMode::Udp {
-            let r = sip::response(
-                m,
-                488,
-                "Not Acceptable Here (UDP media only)",
-                from,
-                "dev",
-                &[],
-                None,
-            );
-            self.socket.send_to(&r, from).await?;
-            return Ok(());
-        }
         let target_ip: IpAddr = offer.ip.unwrap_or(from.ip());
         let target = SocketAddr::new(target_ip, offer.port);
         let ssrc = offer.ssrc.clone().unwrap_or_else(|| "0000000001".into());
-        let media = std::net::UdpSocket::bind(SocketAddr::new(self.local.ip(), 0))?;
-        let media_port = media.local_addr()?.port();
-        let answer = sdp::play_answer(&channel, self.local.ip(), media_port, MediaMode::Udp, &ssrc);
+        // Where the media goes, by the mode the platform offered.
+        let (out, media_port) = match offer.mode {
+            MediaMode::Udp => {
+                let u = std::net::UdpSocket::bind(SocketAddr::new(self.local.ip(), 0))?;
+                let port = u.local_addr()?.port();
+                (MediaOut::Udp(u, target), port)
+            }
+            // The platform listens: we connect once the stream starts.
+            MediaMode::TcpPassive => (MediaOut::Connect(target), 9),
+            // The platform connects to us.
+            MediaMode::TcpActive => {
+                let l = std::net::TcpListener::bind(SocketAddr::new(self.local.ip(), 0))?;
+                let port = l.local_addr()?.port();
+                (MediaOut::Accept(l), port)
+            }
+        };
+        let answer = sdp::play_answer(&channel, self.local.ip(), media_port, offer.mode, &ssrc);
         let r = sip::response(
             m,
             200,
@@ -351,23 +353,49 @@ impl Device {
         let stop = Arc::new(AtomicBool::new(false));
         let call = m.header("call-id").unwrap_or_default().to_string();
         self.calls.insert(call.clone(), stop.clone());
-        print(
-            json!({"event": "invite", "channel": channel, "index": index, "to": target.to_string(), "ssrc": ssrc, "call_id": call}),
-        );
+        let mode = format!("{:?}", offer.mode);
+        print(json!({
+            "event": "invite", "channel": channel, "index": index, "mode": mode,
+            "to": target.to_string(), "ssrc": ssrc, "call_id": call,
+        }));
         let ssrc_num = fieldlink_gb28181::ssrc::ssrc_value(&ssrc).unwrap_or(1);
-        std::thread::spawn(move || stream(index, media, target, ssrc_num, stop));
+        std::thread::spawn(move || stream(index, out, ssrc_num, stop));
         Ok(())
     }
 }
 
-/// Sends channel `index`'s test pattern as PS over RTP until `stop`.
-fn stream(
-    index: u32,
-    socket: std::net::UdpSocket,
-    to: SocketAddr,
-    ssrc: u32,
-    stop: Arc<AtomicBool>,
-) {
+/// Where a channel's RTP goes.
+enum MediaOut {
+    Udp(std::net::UdpSocket, SocketAddr),
+    /// TCP, we connect (the platform offered `setup:passive`).
+    Connect(SocketAddr),
+    /// TCP, the platform connects (it offered `setup:active`).
+    Accept(std::net::TcpListener),
+}
+
+/// Sends channel `index`'s test pattern as PS over RTP until `stop` (or the TCP peer
+/// goes away).
+fn stream(index: u32, out: MediaOut, ssrc: u32, stop: Arc<AtomicBool>) {
+    use std::io::Write;
+    let mut tcp = match &out {
+        MediaOut::Udp(..) => None,
+        MediaOut::Connect(to) => {
+            match std::net::TcpStream::connect_timeout(to, Duration::from_secs(5)) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    print(json!({"event": "error", "message": format!("media connect {to}: {e}")}));
+                    return;
+                }
+            }
+        }
+        MediaOut::Accept(l) => match l.accept() {
+            Ok((s, _)) => Some(s),
+            Err(e) => {
+                print(json!({"event": "error", "message": format!("media accept: {e}")}));
+                return;
+            }
+        },
+    };
     let cfg = TestPatternConfig {
         width: 320,
         height: 180,
@@ -382,7 +410,7 @@ fn stream(
     let mut seq: u16 = rand::random();
     let mut n: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
-        // Ask for a keyframe first, so a viewer starts at once.
+        // A keyframe first, so a viewer starts at once.
         let Ok(Some(frame)) = source.next_frame(n == 0) else {
             n += 1;
             continue;
@@ -390,7 +418,17 @@ fn stream(
         let pts = n * 3600; // 90 kHz at 25 fps
         let ps = fieldlink_media::ps::mux_video(&frame.data, pts, frame.keyframe, 0x1B);
         for p in fieldlink_gb28181::rtp::packetize(&ps, 96, ssrc, &mut seq, pts as u32, 1400) {
-            let _ = socket.send_to(&p, to);
+            match (&out, tcp.as_mut()) {
+                (MediaOut::Udp(socket, to), _) => {
+                    let _ = socket.send_to(&p, to);
+                }
+                (_, Some(s)) => {
+                    if s.write_all(&fieldlink_gb28181::rtp::frame_tcp(&p)).is_err() {
+                        return; // the platform hung up the connection
+                    }
+                }
+                _ => return,
+            }
         }
         n += 1;
         let next = start + Duration::from_millis(n * 40);

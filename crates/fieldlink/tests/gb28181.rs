@@ -80,10 +80,26 @@ impl Drop for KillOnDrop {
 /// id is the channel index); disconnecting sends BYE after the linger; a stopped device goes
 /// offline after the keepalive timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gb28181_camera_plays_on_remote_receivers() {
+async fn a_gb28181_camera_plays_on_remote_receivers_over_udp() {
+    camera_plays("udp", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gb28181_camera_plays_over_tcp_passive() {
+    camera_plays("tcp-passive", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gb28181_camera_plays_over_tcp_active() {
+    camera_plays("tcp-active", false).await;
+}
+
+async fn camera_plays(mode: &str, then_offline: bool) {
     use fieldlink_media::FrameMeta;
     let s = TestServer::start_with(
-        "[gb28181]\nproject = \"p\"\nlinger_secs = 1\nkeepalive_misses = 3\n",
+        &format!(
+            "[gb28181]\nproject = \"p\"\nlinger_secs = 1\nkeepalive_misses = 3\nmedia_mode = \"{mode}\"\n"
+        ),
         &["--sip-listen", "127.0.0.1:0", "--sip-keepalive-secs", "1"],
     );
     s.standard();
@@ -146,8 +162,14 @@ async fn a_gb28181_camera_plays_on_remote_receivers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     r.connect_streams(&gwid, &[0, 1], &[0, 1]).await.unwrap();
+    let want_mode = match mode {
+        "udp" => "Udp",
+        "tcp-passive" => "TcpPassive",
+        _ => "TcpActive",
+    };
     for _ in 0..2 {
-        wait_dev("invite", &|v| v["event"] == "invite");
+        let v = wait_dev("invite", &|v| v["event"] == "invite");
+        assert_eq!(v["mode"], want_mode, "{v}");
     }
     // Each receiver gets its own channel's frames.
     let mut seen = [0u32; 2];
@@ -171,6 +193,9 @@ async fn a_gb28181_camera_plays_on_remote_receivers() {
     r.disconnect_all().await.unwrap();
     for _ in 0..2 {
         wait_dev("bye", &|v| v["event"] == "bye");
+    }
+    if !then_offline {
+        return;
     }
     // A device that stops is offline after its keepalives stop (3 × 1 s here).
     drop(dev);
