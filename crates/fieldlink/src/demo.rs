@@ -22,6 +22,9 @@ pub struct Args {
     /// Where the demo keeps its database.
     #[arg(long, default_value = "fieldlink-demo")]
     data_dir: PathBuf,
+    /// GB28181 SIP address (port 0: any free port; the demo's simulated camera finds it).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    sip_listen: std::net::SocketAddr,
 }
 
 const PROJECT: &str = "demo";
@@ -48,6 +51,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         webrtc: fieldlink_server::config::WebRtcConfig {
             udp_listen: a.udp_listen,
             public_addr: None,
+        },
+        gb28181: fieldlink_server::config::Gb28181Config {
+            sip_listen: Some(a.sip_listen),
+            project: PROJECT.into(),
+            ..Default::default()
         },
         ..Config::default()
     };
@@ -100,12 +108,23 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         let source = TestPattern::new(i, TestPatternConfig::default())?;
         field.start_video(i, source)?;
     }
+    // A simulated GB28181 camera with 2 channels registers like a real one would.
+    let sip = running
+        .sip_addr
+        .context("the demo's GB28181 SIP socket is missing")?;
+    tokio::spawn(async move {
+        if let Err(e) = crate::gb_device::run(crate::gb_device::Args::demo(sip, 2)).await {
+            eprintln!("demo GB28181 camera: {e:#}");
+        }
+    });
     println!(
         "\nfieldlink demo is running.\n\
          \n  server        http://{http}  (admin API token: {ADMIN_TOKEN})\
          \n  signalling    {ws}\
          \n  field device  {PROJECT}/{FIELD}: {STREAMS} test-pattern video streams (640x360, 25 fps),\
          \n                reports \"tick N\" every second, echoes control data back\
+         \n  GB28181       SIP on {sip}; a simulated camera {PROJECT}/34020000001320000001 with 2 channels\
+         \n                (a field device like the other: watch its channels as streams 0 and 1)\
          \n  operators     {PROJECT}/op1 and {PROJECT}/op2, password \"{OPERATOR_PW}\"\
          \n\nIn another terminal, operate it (type a line to send it as control data):\
          \n  cargo run --release -p fieldlink -- remote --device-id {PROJECT}/op1 --password {OPERATOR_PW} connect --gwid {PROJECT}/{FIELD}\

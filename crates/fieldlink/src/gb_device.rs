@@ -46,8 +46,36 @@ pub struct Args {
     listen: SocketAddr,
 }
 
+impl Args {
+    /// The demo's camera: defaults, `channels` channels, registering at `server`, quiet.
+    pub fn demo(server: SocketAddr, channels: u32) -> Args {
+        QUIET.store(true, Ordering::Relaxed);
+        Args {
+            server,
+            id: "34020000001320000001"
+                .parse()
+                .unwrap_or_else(|_| unreachable!()),
+            password: "12345678".into(),
+            platform_id: "34020000002000000001"
+                .parse()
+                .unwrap_or_else(|_| unreachable!()),
+            channels,
+            keepalive_secs: 60,
+            expires: 3600,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
+    }
+}
+
+/// The demo runs a camera in-process: its events go to the log, not stdout.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
 fn print(v: serde_json::Value) {
-    println!("{v}");
+    if QUIET.load(Ordering::Relaxed) {
+        tracing::debug!(%v, "demo GB28181 camera");
+    } else {
+        println!("{v}");
+    }
 }
 
 /// The id of channel `i` (0-based): the device's domain, type 131 (camera channel), and a
