@@ -39,6 +39,11 @@ const MAX_CHANNELS: usize = 256;
 
 /// What the SIP task hears from the rest of the server.
 enum Event {
+    /// A SIP client connected over TCP: what to write to it goes here.
+    TcpOpen(SocketAddr, mpsc::Sender<Vec<u8>>),
+    /// One whole SIP message read from a TCP connection.
+    TcpIn(SocketAddr, Vec<u8>),
+    TcpClosed(SocketAddr),
     /// The hub's demand for a device's channels.
     Wanted(GbId, Vec<u32>),
     /// A channel's media stopped.
@@ -54,6 +59,8 @@ pub async fn start(
 ) -> std::io::Result<SocketAddr> {
     let socket = UdpSocket::bind(addr).await?;
     let local = socket.local_addr()?;
+    // SIP over TCP on the same port (large messages, devices that prefer it).
+    let tcp = tokio::net::TcpListener::bind(local).await?;
     let platform: GbId = cfg.platform_id.parse().map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -94,9 +101,11 @@ pub async fn start(
         devices: HashMap::new(),
         sn: 0,
         invites: 0,
+        tcp: HashMap::new(),
     };
+    tokio::spawn(accept_tcp(tcp, sip.tx.clone()));
     tokio::spawn(sip.run(rx));
-    tracing::info!(%local, "GB28181 SIP listening (UDP)");
+    tracing::info!(%local, "GB28181 SIP listening (UDP and TCP)");
     Ok(local)
 }
 
@@ -138,6 +147,8 @@ struct Sip {
     devices: HashMap<GbId, GbDevice>,
     sn: u32,
     invites: u32,
+    /// Open SIP-over-TCP connections by peer address.
+    tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
 }
 
 impl Sip {
@@ -158,6 +169,13 @@ impl Sip {
                     Err(e) => tracing::debug!("SIP receive: {e}"),
                 },
                 ev = rx.recv() => match ev {
+                    Some(Event::TcpOpen(peer, w)) => {
+                        self.tcp.insert(peer, w);
+                    }
+                    Some(Event::TcpIn(peer, data)) => self.on_datagram(&data, peer).await,
+                    Some(Event::TcpClosed(peer)) => {
+                        self.tcp.remove(&peer);
+                    }
                     Some(Event::Wanted(id, streams)) => self.on_wanted(&id, &streams).await,
                     Some(Event::MediaGone(id, ch)) => {
                         tracing::warn!(device = %id, channel = ch, "GB28181 media stopped; hanging up");
@@ -178,13 +196,26 @@ impl Sip {
         if self.log {
             tracing::info!(direction = "send", peer = %to, message = %String::from_utf8_lossy(bytes), "SIP");
         }
+        if let Some(w) = self.tcp.get(&to) {
+            // A full queue means a stuck connection: drop the message, as UDP loss would.
+            if w.try_send(bytes.to_vec()).is_err() {
+                tracing::debug!(%to, "SIP over TCP: connection stuck or closed");
+            }
+            return;
+        }
         if let Err(e) = self.socket.send_to(bytes, to).await {
             tracing::debug!(%to, "SIP send: {e}");
         }
     }
 
-    fn dialog(&self, user: &str) -> Dialog {
+    /// A new dialog with `user`, whose messages go to `peer` (UDP or its TCP connection).
+    fn dialog(&self, user: &str, peer: SocketAddr) -> Dialog {
         let domain = self.platform.domain();
+        let transport = if self.tcp.contains_key(&peer) {
+            "TCP"
+        } else {
+            "UDP"
+        };
         Dialog {
             remote_uri: format!("sip:{user}@{domain}"),
             local_uri: format!("sip:{}@{domain}", self.platform),
@@ -192,7 +223,7 @@ impl Sip {
             remote_tag: None,
             call_id: format!("{:016x}@{}", rand::random::<u64>(), self.local.ip()),
             via: self.local,
-            transport: "UDP",
+            transport,
         }
     }
 
@@ -279,7 +310,7 @@ impl Sip {
         let body = manscdp::query(cmd, sn, id.as_str());
         let r = sip::request(
             "MESSAGE",
-            &self.dialog(id.as_str()),
+            &self.dialog(id.as_str(), addr),
             1,
             &sip::branch(),
             &[],
@@ -524,7 +555,7 @@ impl Sip {
         self.invites = self.invites.wrapping_add(1);
         let ssrc = fieldlink_gb28181::ssrc::ssrc(false, &self.platform, self.invites);
         let offer = sdp::play_offer(self.platform.as_str(), self.media_ip, port, mode, &ssrc);
-        let dialog = self.dialog(&channel);
+        let dialog = self.dialog(&channel, addr);
         let r = sip::request(
             "INVITE",
             &dialog,
@@ -652,6 +683,78 @@ impl Sip {
             self.hang_up(&id, ch).await;
         }
     }
+}
+
+/// Accepts SIP-over-TCP connections; each one's messages go to the SIP task whole.
+async fn accept_tcp(listener: tokio::net::TcpListener, tx: mpsc::Sender<Event>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const MAX_CONNECTIONS: usize = 4096;
+    let open = Arc::new(AtomicUsize::new(0));
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        if open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+            continue; // dropped: the device retries or falls back to UDP
+        }
+        open.fetch_add(1, Ordering::Relaxed);
+        let (tx, open) = (tx.clone(), open.clone());
+        tokio::spawn(async move {
+            serve_tcp(stream, peer, &tx).await;
+            let _ = tx.send(Event::TcpClosed(peer)).await;
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+async fn serve_tcp(stream: tokio::net::TcpStream, peer: SocketAddr, tx: &mpsc::Sender<Event>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rd, mut wr) = stream.into_split();
+    let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(64);
+    if tx.send(Event::TcpOpen(peer, wtx)).await.is_err() {
+        return;
+    }
+    let writer = tokio::spawn(async move {
+        while let Some(b) = wrx.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = match rd.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            // Keepalive CRLFs between messages.
+            let skip = buf
+                .iter()
+                .take_while(|b| matches!(b, b'\r' | b'\n'))
+                .count();
+            buf.drain(..skip);
+            match sip::frame_len(&buf) {
+                Ok(Some(len)) => {
+                    let msg: Vec<u8> = buf.drain(..len).collect();
+                    if tx.send(Event::TcpIn(peer, msg)).await.is_err() {
+                        writer.abort();
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(%peer, "SIP over TCP: {e}; closing");
+                    writer.abort();
+                    return;
+                }
+            }
+        }
+    }
+    writer.abort();
 }
 
 fn now_ms() -> i64 {

@@ -21,11 +21,12 @@ fn scenario(name: &str) -> PathBuf {
 
 /// Runs one SIPp call of `file` as device `id` with `password`; returns whether it passed,
 /// with SIPp's output for the failure message.
-fn sipp(server: &str, file: &str, id: &str, password: &str) -> (bool, String) {
+fn sipp(server: &str, file: &str, id: &str, password: &str, tcp: bool) -> (bool, String) {
     let out = Command::new("sipp")
         .arg(server)
         .arg("-sf")
         .arg(scenario(file))
+        .args(["-t", if tcp { "t1" } else { "u1" }])
         .args(["-m", "1", "-s", id, "-au", id, "-ap", password])
         .args([
             "-i",
@@ -53,16 +54,25 @@ fn sipp(server: &str, file: &str, id: &str, password: &str) -> (bool, String) {
 fn sipp_registers_keeps_alive_is_refused_with_a_wrong_password_and_unregisters() {
     let s = TestServer::start_with("", &["--sip-listen", "127.0.0.1:0", "--log-sip"]);
     let sip = s.sip.clone().expect("the ready line names the SIP address");
-    let dev = "34020000001320000001";
-    let (ok, log) = sipp(&sip, "register.xml", dev, "12345678");
-    assert!(ok, "register + keepalive failed:\n{log}");
-    let (ok, log) = sipp(&sip, "register_wrong_password.xml", dev, "not-the-password");
-    assert!(ok, "a wrong password must get 403:\n{log}");
-    let (ok, log) = sipp(&sip, "unregister.xml", dev, "12345678");
-    assert!(ok, "unregister failed:\n{log}");
-    // The wrong-password scenario against the right password fails (the check can fail).
-    let (ok, _) = sipp(&sip, "register_wrong_password.xml", dev, "12345678");
-    assert!(!ok, "the right password must not get 403");
+    for tcp in [false, true] {
+        let via = if tcp { "TCP" } else { "UDP" };
+        let dev = "34020000001320000001";
+        let (ok, log) = sipp(&sip, "register.xml", dev, "12345678", tcp);
+        assert!(ok, "{via}: register + keepalive failed:\n{log}");
+        let (ok, log) = sipp(
+            &sip,
+            "register_wrong_password.xml",
+            dev,
+            "not-the-password",
+            tcp,
+        );
+        assert!(ok, "{via}: a wrong password must get 403:\n{log}");
+        let (ok, log) = sipp(&sip, "unregister.xml", dev, "12345678", tcp);
+        assert!(ok, "{via}: unregister failed:\n{log}");
+        // The wrong-password scenario against the right password fails (the check can fail).
+        let (ok, _) = sipp(&sip, "register_wrong_password.xml", dev, "12345678", tcp);
+        assert!(!ok, "{via}: the right password must not get 403");
+    }
 }
 
 /// A child process that is killed however the test ends.
