@@ -40,8 +40,28 @@ fn md5_hex(s: &str) -> String {
         .collect()
 }
 
-/// The expected `response` (RFC 2617): HA1 = MD5(user:realm:password), HA2 = MD5(method:uri),
-/// response = MD5(HA1:nonce:HA2), or MD5(HA1:nonce:nc:cnonce:qop:HA2) with `qop=auth`.
+/// HA1 = MD5(user:realm:password): what a platform can store instead of the password.
+pub fn ha1(username: &str, realm: &str, password: &str) -> String {
+    md5_hex(&format!("{username}:{realm}:{password}"))
+}
+
+/// The expected `response` from HA1: HA2 = MD5(method:uri), response = MD5(HA1:nonce:HA2),
+/// or MD5(HA1:nonce:nc:cnonce:qop:HA2) with `qop=auth`.
+pub fn response_from_ha1(
+    ha1: &str,
+    method: &str,
+    uri: &str,
+    nonce: &str,
+    qop: Option<(&str, &str, &str)>,
+) -> String {
+    let ha2 = md5_hex(&format!("{method}:{uri}"));
+    match qop {
+        Some((nc, cnonce, qop)) => md5_hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")),
+        None => md5_hex(&format!("{ha1}:{nonce}:{ha2}")),
+    }
+}
+
+/// The expected `response` (RFC 2617) for a password.
 pub fn expected_response(
     username: &str,
     realm: &str,
@@ -51,12 +71,7 @@ pub fn expected_response(
     nonce: &str,
     qop: Option<(&str, &str, &str)>,
 ) -> String {
-    let ha1 = md5_hex(&format!("{username}:{realm}:{password}"));
-    let ha2 = md5_hex(&format!("{method}:{uri}"));
-    match qop {
-        Some((nc, cnonce, qop)) => md5_hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}")),
-        None => md5_hex(&format!("{ha1}:{nonce}:{ha2}")),
-    }
+    response_from_ha1(&ha1(username, realm, password), method, uri, nonce, qop)
 }
 
 /// Splits `k=v, k="v, with comma"` parameters, tolerating spaces and missing quotes.
@@ -126,19 +141,16 @@ impl DigestResponse {
 
     /// True if the response matches `password` for `method` (HA2 uses the header's `uri`).
     pub fn verify(&self, password: &str, method: &str) -> bool {
+        self.verify_ha1(&ha1(&self.username, &self.realm, password), method)
+    }
+
+    /// The same, against a stored HA1.
+    pub fn verify_ha1(&self, ha1: &str, method: &str) -> bool {
         let qop = match (&self.qop, &self.nc, &self.cnonce) {
             (Some(q), Some(nc), Some(c)) => Some((nc.as_str(), c.as_str(), q.as_str())),
             _ => None,
         };
-        let want = expected_response(
-            &self.username,
-            &self.realm,
-            password,
-            method,
-            &self.uri,
-            &self.nonce,
-            qop,
-        );
+        let want = response_from_ha1(ha1, method, &self.uri, &self.nonce, qop);
         // Constant time over equal-length hex strings.
         want.len() == self.response.len()
             && want

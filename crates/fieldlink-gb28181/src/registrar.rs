@@ -139,15 +139,16 @@ impl Registrar {
         }
     }
 
-    /// Handles one REGISTER from `source`. `password` is the device's own password, if it
-    /// has one (else the default). Returns the response to send and a presence change.
+    /// Handles one REGISTER from `source`. `own_ha1` is the device's own credential
+    /// (MD5(user:realm:password), see [`crate::digest::ha1`]), if it has one; else the
+    /// default password applies. Returns the response to send and a presence change.
     pub fn on_register(
         &mut self,
         req: &Message,
         source: SocketAddr,
         now: Instant,
         wall: SystemTime,
-        password: Option<&str>,
+        own_ha1: Option<&str>,
     ) -> (Vec<u8>, Option<RegEvent>) {
         let tag = format!("{:08x}", rand::random::<u32>());
         let reply = |code: u16, reason: &str, extra: &[(&str, String)]| {
@@ -189,10 +190,13 @@ impl Registrar {
             NonceCheck::Stale => return (self.challenge(req, source, now, &tag, true), None),
             NonceCheck::Unknown => return (self.challenge(req, source, now, &tag, false), None),
         }
-        let password = password.unwrap_or(&self.cfg.default_password).to_string();
+        let ha1 = match own_ha1 {
+            Some(h) => h.to_string(),
+            None => crate::digest::ha1(&user, &self.cfg.realm, &self.cfg.default_password),
+        };
         if auth.username != user
             || auth.realm != self.cfg.realm
-            || !auth.verify(&password, "REGISTER")
+            || !auth.verify_ha1(&ha1, "REGISTER")
         {
             self.fail([user.clone(), ip_key], now);
             let why = if auth.username != user {
@@ -487,16 +491,18 @@ mod tests {
     #[test]
     fn per_device_password_and_missing_expires_and_stale_nonce() {
         let (mut r, src, now, wall) = setup();
+        let own = crate::digest::ha1(DEV, "3402000000", "own");
+        let own = Some(own.as_str());
         let (reply, _) = r.on_register(&register(None, None), src, now, wall, None);
         assert_eq!(code(&reply).0, 400);
-        let (reply, _) = r.on_register(&register(Some(60), None), src, now, wall, Some("own"));
+        let (reply, _) = r.on_register(&register(Some(60), None), src, now, wall, own);
         let nonce = nonce_of(&code(&reply).1);
         let (reply, _) = r.on_register(
             &register(Some(60), Some(auth(&nonce, "12345678"))),
             src,
             now,
             wall,
-            Some("own"),
+            own,
         );
         assert_eq!(code(&reply).0, 403);
         let (reply, _) = r.on_register(
@@ -504,7 +510,7 @@ mod tests {
             src,
             now,
             wall,
-            Some("own"),
+            own,
         );
         assert_eq!(code(&reply).0, 200);
         // An expired nonce gets a new challenge marked stale.
@@ -514,7 +520,7 @@ mod tests {
             src,
             late,
             wall,
-            Some("own"),
+            own,
         );
         let (c, m) = code(&reply);
         assert_eq!(c, 401);

@@ -141,6 +141,8 @@ pub fn router() -> Router<Arc<AppState>> {
             delete(remove_whitelist),
         )
         .route("/api/v1/projects/{p}/audit", get(audit))
+        .route("/api/v1/gb28181/devices", get(gb_devices))
+        .route("/api/v1/gb28181/devices/{id}", put(gb_set_device))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
 }
 
@@ -524,4 +526,78 @@ async fn audit(
     Ok(Json(
         st.store.audit(&p, q.field_id.as_deref(), limit).await?,
     ))
+}
+
+fn gb(st: &AppState) -> Result<&crate::gb::GbHandle, ApiError> {
+    st.gb.as_ref().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            "GB28181 is off on this server (start it with --sip-listen)",
+        )
+    })
+}
+
+/// GB28181 devices: online state, address, channels (and which are playing).
+async fn gb_devices(
+    _: Admin,
+    State(st): State<Arc<AppState>>,
+) -> ApiResult<Vec<crate::gb::GbDeviceView>> {
+    Ok(Json(gb(&st)?.devices()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GbDevicePatch {
+    /// The device's own digest password ("" = back to the server default).
+    password: Option<String>,
+    /// `udp`, `tcp-passive`, `tcp-active`, or "" for the server default.
+    media_mode: Option<String>,
+}
+
+#[derive(Serialize)]
+struct GbDeviceSettings {
+    id: String,
+    own_password: bool,
+    media_mode: String,
+}
+
+/// Sets a GB28181 device's own password and/or media mode (kept across restarts; the
+/// password is stored as its digest HA1, never in clear).
+async fn gb_set_device(
+    _: Admin,
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Body(patch): Body<GbDevicePatch>,
+) -> ApiResult<GbDeviceSettings> {
+    let realm = gb(&st)?.realm().to_string();
+    let gid: fieldlink_gb28181::GbId = id
+        .parse()
+        .map_err(|e| ApiError::bad(format!("device id: {e}")))?;
+    if let Some(m) = &patch.media_mode {
+        if !m.is_empty() && fieldlink_gb28181::sdp::MediaMode::parse(m).is_none() {
+            return Err(ApiError::bad(
+                "media_mode must be udp, tcp-passive, tcp-active or \"\"",
+            ));
+        }
+    }
+    if patch.password.as_ref().is_some_and(|p| p.len() > 128) {
+        return Err(ApiError::bad("password: at most 128 bytes"));
+    }
+    let (mut ha1, mut mode) = st.store.gb_device(gid.as_str()).await?.unwrap_or_default();
+    if let Some(p) = patch.password {
+        ha1 = if p.is_empty() {
+            String::new()
+        } else {
+            fieldlink_gb28181::digest::ha1(gid.as_str(), &realm, &p)
+        };
+    }
+    if let Some(m) = patch.media_mode {
+        mode = m;
+    }
+    st.store.set_gb_device(gid.as_str(), &ha1, &mode).await?;
+    Ok(Json(GbDeviceSettings {
+        id: gid.to_string(),
+        own_password: !ha1.is_empty(),
+        media_mode: mode,
+    }))
 }

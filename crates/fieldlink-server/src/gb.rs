@@ -37,6 +37,51 @@ const CATALOG_QUIET: Duration = Duration::from_secs(3);
 /// Channels per device, at most.
 const MAX_CHANNELS: usize = 256;
 
+/// A GB28181 device as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GbDeviceView {
+    pub id: String,
+    /// The field device it appears as, once its catalog is in.
+    pub field_id: Option<String>,
+    pub online: bool,
+    pub addr: Option<String>,
+    /// `UDP` or `TCP` (its SIP transport).
+    pub transport: &'static str,
+    pub channels: Vec<ChannelView>,
+    /// When it last came online or went offline (ms since the epoch).
+    pub changed_ms: i64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChannelView {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    /// A call (INVITE) is up for it now.
+    pub playing: bool,
+}
+
+/// The admin API's view of the platform.
+#[derive(Debug, Clone)]
+pub struct GbHandle {
+    status: std::sync::Arc<std::sync::RwLock<std::collections::BTreeMap<String, GbDeviceView>>>,
+    realm: String,
+}
+
+impl GbHandle {
+    pub fn devices(&self) -> Vec<GbDeviceView> {
+        self.status
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The digest realm (for storing a device's HA1).
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+}
+
 /// What the SIP task hears from the rest of the server.
 enum Event {
     /// A SIP client connected over TCP: what to write to it goes here.
@@ -56,7 +101,7 @@ pub async fn start(
     addr: SocketAddr,
     hub: HubHandle,
     store: Store,
-) -> std::io::Result<SocketAddr> {
+) -> std::io::Result<(SocketAddr, GbHandle)> {
     let socket = UdpSocket::bind(addr).await?;
     let local = socket.local_addr()?;
     // SIP over TCP on the same port (large messages, devices that prefer it).
@@ -85,7 +130,12 @@ pub async fn start(
         )
     })?;
     let (tx, rx) = mpsc::channel(1024);
+    let handle = GbHandle {
+        status: Default::default(),
+        realm: platform.domain().to_string(),
+    };
     let sip = Sip {
+        status: handle.status.clone(),
         socket,
         local,
         platform,
@@ -106,7 +156,7 @@ pub async fn start(
     tokio::spawn(accept_tcp(tcp, sip.tx.clone()));
     tokio::spawn(sip.run(rx));
     tracing::info!(%local, "GB28181 SIP listening (UDP and TCP)");
-    Ok(local)
+    Ok((local, handle))
 }
 
 /// One live channel: the dialog and the task receiving its media.
@@ -132,6 +182,7 @@ struct GbDevice {
 }
 
 struct Sip {
+    status: std::sync::Arc<std::sync::RwLock<std::collections::BTreeMap<String, GbDeviceView>>>,
     socket: UdpSocket,
     local: SocketAddr,
     platform: GbId,
@@ -188,6 +239,50 @@ impl Sip {
             }
             for ev in self.registrar.poll(Instant::now()) {
                 self.on_reg_event(ev).await;
+            }
+        }
+    }
+
+    /// Updates the admin API's view of device `id` (`online: false` keeps it listed).
+    fn publish(&self, id: &GbId, online: bool, changed: bool) {
+        let d = self.devices.get(id);
+        let addr = d.and_then(|d| d.addr);
+        let view = GbDeviceView {
+            id: id.to_string(),
+            field_id: d
+                .filter(|d| d.conn.is_some())
+                .map(|_| format!("{}/{}", self.project, id)),
+            online,
+            addr: addr.map(|a| a.to_string()),
+            transport: if addr.is_some_and(|a| self.tcp.contains_key(&a)) {
+                "TCP"
+            } else {
+                "UDP"
+            },
+            channels: d
+                .map(|d| {
+                    d.channels
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| ChannelView {
+                            id: c.device_id.clone(),
+                            name: c.name.clone(),
+                            status: c.status.clone(),
+                            playing: d.calls.contains_key(&(i as u32)),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            changed_ms: now_ms(),
+        };
+        if let Ok(mut m) = self.status.write() {
+            let keep = m.get(id.as_str()).map(|v| v.changed_ms);
+            let mut view = view;
+            if let (false, Some(t)) = (changed, keep) {
+                view.changed_ms = t;
+            }
+            if m.len() < 100_000 || m.contains_key(id.as_str()) {
+                m.insert(id.to_string(), view);
             }
         }
     }
@@ -253,9 +348,18 @@ impl Sip {
         let now = Instant::now();
         let reply = match method.as_str() {
             "REGISTER" => {
+                // The device's own password, if the admin API set one.
+                let own = match msg.from_user() {
+                    Some(u) => self.store.gb_device(u).await.ok().flatten(),
+                    None => None,
+                };
+                let ha1 = own
+                    .as_ref()
+                    .map(|(h, _)| h.as_str())
+                    .filter(|h| !h.is_empty());
                 let (reply, ev) =
                     self.registrar
-                        .on_register(&msg, from, now, SystemTime::now(), None);
+                        .on_register(&msg, from, now, SystemTime::now(), ha1);
                 self.send(&reply, from).await;
                 if let Some(ev) = ev {
                     self.on_reg_event(ev).await;
@@ -279,10 +383,16 @@ impl Sip {
             RegEvent::Online { id, addr } => {
                 tracing::info!(device = %id, %addr, "GB28181 device online");
                 self.devices.entry(id.clone()).or_default().addr = Some(addr);
+                self.publish(&id, true, true);
                 self.query(&id, "Catalog", addr).await;
             }
             RegEvent::Offline { id, why } => {
                 tracing::info!(device = %id, ?why, "GB28181 device offline");
+                if let Some(d) = self.devices.get_mut(&id) {
+                    d.calls.values().for_each(|c| c.receiver.abort());
+                    d.calls.clear();
+                }
+                self.publish(&id, false, true);
                 if let Some(mut d) = self.devices.remove(&id) {
                     for (_, call) in d.calls.drain() {
                         call.receiver.abort();
@@ -418,6 +528,7 @@ impl Sip {
             if let Some(conn) = self.devices.get(&id).and_then(|d| d.conn) {
                 let _ = self.hub.send(Cmd::External { conn, streams: n }).await;
             }
+            self.publish(&id, true, false);
         }
     }
 
@@ -530,7 +641,10 @@ impl Sip {
             .ok_or("no such channel")?
             .device_id
             .clone();
-        let mode = self.mode;
+        let own = self.store.gb_device(id.as_str()).await.ok().flatten();
+        let mode = own
+            .and_then(|(_, m)| MediaMode::parse(&m))
+            .unwrap_or(self.mode);
         let (media, port, dial) = match mode {
             MediaMode::Udp => {
                 let u = UdpSocket::bind(SocketAddr::new(self.media_ip, 0))
@@ -663,6 +777,10 @@ impl Sip {
 
     async fn on_tick(&mut self) {
         self.finish_catalogs(true).await;
+        let ids: Vec<GbId> = self.devices.keys().cloned().collect();
+        for id in &ids {
+            self.publish(id, true, false);
+        }
         let now = Instant::now();
         let linger = self.linger;
         let due: Vec<(GbId, u32)> = self

@@ -26,6 +26,8 @@ use store::Store;
 pub struct AppState {
     pub store: Store,
     pub hub: HubHandle,
+    /// The GB28181 platform, when SIP is on.
+    pub gb: Option<gb::GbHandle>,
     pub throttles: Mutex<Throttles>,
     pub admin_token: String,
 }
@@ -129,6 +131,19 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let gb_hub = hub.clone();
     let gb_store = store.clone();
 
+    let (sip_addr, gb) = match config.gb28181.sip_listen {
+        Some(a) => {
+            let (addr, handle) = gb::start(&config.gb28181, a, gb_hub, gb_store)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    what: "GB28181 SIP",
+                    addr: a,
+                    source,
+                })?;
+            (Some(addr), Some(handle))
+        }
+        None => (None, None),
+    };
     let admin_token = if config.admin_token.is_empty() {
         random_token()
     } else {
@@ -138,6 +153,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let state = Arc::new(AppState {
         store: store.clone(),
         hub,
+        gb,
         throttles: Throttles::new(&config.login),
         admin_token: admin_token.clone(),
     });
@@ -170,18 +186,6 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         tracing::info!("server stopped");
         served.map_err(ServerError::Serve)
     });
-    let sip_addr = match config.gb28181.sip_listen {
-        Some(a) => Some(
-            gb::start(&config.gb28181, a, gb_hub, gb_store)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    what: "GB28181 SIP",
-                    addr: a,
-                    source,
-                })?,
-        ),
-        None => None,
-    };
     tracing::info!(%http_addr, %udp_addr, %candidate, "fieldlink server listening");
     Ok(Running {
         http_addr,

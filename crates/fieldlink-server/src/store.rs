@@ -57,6 +57,13 @@ const MIGRATIONS: &[&str] = &[
         actor TEXT NOT NULL,
         cause TEXT NOT NULL)",
     "CREATE INDEX permission_audit_by_project ON permission_audit (project_id, ts_ms, seq)",
+    // GB28181 devices' own settings: digest HA1 (MD5(id:realm:password), '' = the default
+    // password) and media mode ('' = the server's).
+    "CREATE TABLE gb_devices (
+        device_id TEXT PRIMARY KEY,
+        ha1 TEXT NOT NULL,
+        media_mode TEXT NOT NULL,
+        updated_ms BIGINT NOT NULL)",
 ];
 
 /// A project's security settings (SPEC §8), with the JSON names the spec uses.
@@ -325,6 +332,31 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict } else { e.into() })?;
+        Ok(())
+    }
+
+    /// A GB28181 device's own settings: (HA1, media mode), each `""` when unset.
+    pub async fn gb_device(&self, device_id: &str) -> Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT ha1, media_mode FROM gb_devices WHERE device_id = $1")
+            .bind(device_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("ha1")?, r.try_get("media_mode")?)))
+            .transpose()
+    }
+
+    /// Sets a GB28181 device's own settings (an upsert; `""` = unset).
+    pub async fn set_gb_device(&self, device_id: &str, ha1: &str, media_mode: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO gb_devices (device_id, ha1, media_mode, updated_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (device_id) DO UPDATE SET ha1 = $2, media_mode = $3, updated_ms = $4",
+        )
+        .bind(device_id)
+        .bind(ha1)
+        .bind(media_mode)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -19,6 +19,18 @@ fn scenario(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A port free on 127.0.0.1 for both UDP and TCP now (SIPp's own default, 5060, would
+/// collide between tests running at once).
+fn free_port() -> u16 {
+    loop {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Runs one SIPp call of `file` as device `id` with `password`; returns whether it passed,
 /// with SIPp's output for the failure message.
 fn sipp(server: &str, file: &str, id: &str, password: &str, tcp: bool) -> (bool, String) {
@@ -28,16 +40,8 @@ fn sipp(server: &str, file: &str, id: &str, password: &str, tcp: bool) -> (bool,
         .arg(scenario(file))
         .args(["-t", if tcp { "t1" } else { "u1" }])
         .args(["-m", "1", "-s", id, "-au", id, "-ap", password])
-        .args([
-            "-i",
-            "127.0.0.1",
-            "-p",
-            "0",
-            "-nostdin",
-            "-timeout",
-            "10",
-            "-timeout_error",
-        ])
+        .args(["-i", "127.0.0.1", "-p", &free_port().to_string()])
+        .args(["-nostdin", "-timeout", "10", "-timeout_error"])
         .output()
         .expect("sipp (Debian package sip-tester) must be installed");
     (
@@ -220,4 +224,32 @@ async fn camera_plays(mode: &str, then_offline: bool) {
         ) || matches!(e, Event::Presence { online: false, .. })
     })
     .await;
+    let (_, list) = s.api("GET", "/api/v1/gb28181/devices", None);
+    assert_eq!(list[0]["online"], false, "{list}");
+}
+
+/// A device's own password set through the admin API: the default one is refused (403),
+/// the device's own registers.
+#[test]
+fn a_device_password_from_the_admin_api() {
+    let s = TestServer::start_with("", &["--sip-listen", "127.0.0.1:0"]);
+    let sip = s.sip.clone().unwrap();
+    let dev = "34020000001320000009";
+    let (code, body) = s.api(
+        "PUT",
+        &format!("/api/v1/gb28181/devices/{dev}"),
+        Some(serde_json::json!({"password": "own-secret", "media_mode": "tcp-active"})),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["own_password"], true);
+    let (code, _) = s.api(
+        "PUT",
+        "/api/v1/gb28181/devices/123",
+        Some(serde_json::json!({"password": "x"})),
+    );
+    assert_eq!(code, 400);
+    let (ok, log) = sipp(&sip, "register_wrong_password.xml", dev, "12345678", false);
+    assert!(ok, "the default password must now get 403:\n{log}");
+    let (ok, log) = sipp(&sip, "register.xml", dev, "own-secret", false);
+    assert!(ok, "the device's own password must register:\n{log}");
 }
