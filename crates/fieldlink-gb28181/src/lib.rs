@@ -11,6 +11,7 @@ pub mod rtp;
 pub mod sdp;
 pub mod sip;
 pub mod ssrc;
+pub mod transaction;
 
 pub use digest::{DigestError, DigestResponse, NonceCheck, Nonces};
 pub use ids::{GbId, GbKind};

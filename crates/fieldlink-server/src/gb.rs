@@ -152,6 +152,7 @@ pub async fn start(
         sn: 0,
         invites: 0,
         tcp: HashMap::new(),
+        transactions: Default::default(),
     };
     tokio::spawn(accept_tcp(tcp, sip.tx.clone()));
     tokio::spawn(sip.run(rx));
@@ -200,6 +201,8 @@ struct Sip {
     invites: u32,
     /// Open SIP-over-TCP connections by peer address.
     tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    /// Our requests over UDP, until answered (retransmissions).
+    transactions: fieldlink_gb28181::transaction::Transactions,
 }
 
 impl Sip {
@@ -285,6 +288,14 @@ impl Sip {
                 m.insert(id.to_string(), view);
             }
         }
+    }
+
+    /// Sends a request; over UDP it is retransmitted until answered.
+    async fn send_request(&mut self, bytes: &[u8], to: SocketAddr) {
+        if !self.tcp.contains_key(&to) {
+            self.transactions.sent(bytes, to, Instant::now());
+        }
+        self.send(bytes, to).await;
     }
 
     async fn send(&self, bytes: &[u8], to: SocketAddr) {
@@ -426,7 +437,7 @@ impl Sip {
             &[],
             Some(("Application/MANSCDP+xml", &body)),
         );
-        self.send(&r, addr).await;
+        self.send_request(&r, addr).await;
     }
 
     /// MANSCDP from a device: keepalives refresh presence (a device that is not registered
@@ -681,7 +692,7 @@ impl Sip {
             ],
             Some(("APPLICATION/SDP", offer.as_bytes())),
         );
-        self.send(&r, addr).await;
+        self.send_request(&r, addr).await;
         tracing::info!(device = %id, channel = %channel, port, ssrc, "GB28181 INVITE");
         let receiver = tokio::spawn(receive(
             media,
@@ -708,6 +719,7 @@ impl Sip {
 
     /// Responses to our requests: INVITE 200 gets its ACK; a refused INVITE ends the call.
     async fn on_response(&mut self, msg: &Message, code: u16, from: SocketAddr) {
+        self.transactions.answered(msg);
         if msg.cseq().map(|(_, m)| m) != Some("INVITE") {
             return;
         }
@@ -769,13 +781,31 @@ impl Sip {
         if call.dialog.remote_tag.is_some() {
             let bye = sip::request("BYE", &call.dialog, call.cseq, &sip::branch(), &[], None);
             if let Some(a) = addr {
-                self.send(&bye, a).await;
+                self.send_request(&bye, a).await;
                 tracing::info!(device = %id, channel = ch, "GB28181 BYE");
             }
         }
     }
 
     async fn on_tick(&mut self) {
+        let (again, dead) = self.transactions.poll(Instant::now());
+        for (bytes, to) in again {
+            self.send(&bytes, to).await;
+        }
+        for key in dead {
+            tracing::warn!(call_id = %key.call_id, method = %key.method, "GB28181 request not answered; given up");
+            if key.method == "INVITE" {
+                for d in self.devices.values_mut() {
+                    d.calls.retain(|_, c| {
+                        let gone = c.dialog.call_id == key.call_id;
+                        if gone {
+                            c.receiver.abort();
+                        }
+                        !gone
+                    });
+                }
+            }
+        }
         self.finish_catalogs(true).await;
         let ids: Vec<GbId> = self.devices.keys().cloned().collect();
         for id in &ids {

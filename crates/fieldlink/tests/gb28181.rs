@@ -31,17 +31,24 @@ fn free_port() -> u16 {
     }
 }
 
-/// Runs one SIPp call of `file` as device `id` with `password`; returns whether it passed,
-/// with SIPp's output for the failure message.
-fn sipp(server: &str, file: &str, id: &str, password: &str, tcp: bool) -> (bool, String) {
-    let out = Command::new("sipp")
-        .arg(server)
+/// A SIPp command running `file` as device `id` with `password` from local `port`.
+fn sipp_cmd(server: &str, file: &str, id: &str, password: &str, tcp: bool, port: u16) -> Command {
+    let mut c = Command::new("sipp");
+    c.arg(server)
         .arg("-sf")
         .arg(scenario(file))
         .args(["-t", if tcp { "t1" } else { "u1" }])
-        .args(["-m", "1", "-s", id, "-au", id, "-ap", password])
-        .args(["-i", "127.0.0.1", "-p", &free_port().to_string()])
-        .args(["-nostdin", "-timeout", "10", "-timeout_error"])
+        .args(["-s", id, "-au", id, "-ap", password])
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-nostdin", "-timeout", "20", "-timeout_error"]);
+    c
+}
+
+/// Runs one SIPp call of `file` as device `id` with `password`; returns whether it passed,
+/// with SIPp's output for the failure message.
+fn sipp(server: &str, file: &str, id: &str, password: &str, tcp: bool) -> (bool, String) {
+    let out = sipp_cmd(server, file, id, password, tcp, free_port())
+        .args(["-m", "1"])
         .output()
         .expect("sipp (Debian package sip-tester) must be installed");
     (
@@ -252,4 +259,84 @@ fn a_device_password_from_the_admin_api() {
     assert!(ok, "the default password must now get 403:\n{log}");
     let (ok, log) = sipp(&sip, "register.xml", dev, "own-secret", false);
     assert!(ok, "the device's own password must register:\n{log}");
+}
+
+/// A SIPp camera: registers (UAC), then from the same port answers the platform's Catalog
+/// query, its INVITE when a remote watches the channel, and its BYE when the remote leaves.
+/// The Catalog query reaches the SIPp server side only by the platform's retransmission
+/// (the UAC had already exited when it was first sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sipp_camera_answers_invite_and_bye() {
+    let s = TestServer::start_with(
+        "[gb28181]\nproject = \"p\"\nlinger_secs = 1\n",
+        &["--sip-listen", "127.0.0.1:0"],
+    );
+    s.standard();
+    let sip = s.sip.clone().unwrap();
+    let dev = "34020000001320000001";
+    let port = free_port();
+    let out = sipp_cmd(&sip, "register.xml", dev, "12345678", false, port)
+        .args(["-m", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uas = KillOnDrop(
+        sipp_cmd(&sip, "camera_uas.xml", dev, "12345678", false, port)
+            .args(["-m", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut rc = s.cfg("p/r1", "rpw");
+    rc.streams = 1;
+    let (r, _ev) = fieldlink_sdk::RemoteDevice::connect(rc).await.unwrap();
+    let gwid = id(&format!("p/{dev}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let fields = r.list_fields().await.unwrap();
+        if fields.iter().any(|f| f.id == gwid && f.online) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "camera not listed: {fields:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    r.connect_streams(&gwid, &[0], &[0]).await.unwrap();
+    // The call is up once the admin API says the channel plays.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, list) = s.api("GET", "/api/v1/gb28181/devices", None);
+        if list[0]["channels"][0]["playing"] == true {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no call: {list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    r.disconnect_all().await.unwrap();
+    // SIPp ends successfully only after it answered the BYE (its 2nd call completes).
+    let mut uas = uas;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(st) = uas.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIPp camera did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut err = String::new();
+    if let Some(mut e) = uas.0.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(status.success(), "SIPp camera failed: {err}");
 }
