@@ -46,6 +46,11 @@ pub struct Manscdp {
     /// Catalog: how many items the whole answer has (it may span several MESSAGEs).
     pub sum_num: Option<u32>,
     pub items: Vec<CatalogItem>,
+    /// DeviceControl: the PTZ command, 16 hex digits.
+    pub ptz_cmd: Option<String>,
+    /// Other top-level fields (DeviceInfo's Manufacturer, Model, Firmware; DeviceStatus's
+    /// Online, Result...), at most 64.
+    pub fields: std::collections::BTreeMap<String, String>,
 }
 
 /// The encoding named in the XML declaration, if any.
@@ -189,6 +194,10 @@ impl Manscdp {
                         (None, 2, "DeviceID") => m.device_id = v,
                         (None, 2, "Status") => m.status = Some(v),
                         (None, 2, "SumNum") => m.sum_num = v.parse().ok(),
+                        (None, 2, "PTZCmd") => m.ptz_cmd = Some(v),
+                        (None, 2, t) if t != "DeviceList" && m.fields.len() < 64 => {
+                            m.fields.insert(t.to_string(), v);
+                        }
                         _ => {}
                     }
                 }
@@ -223,6 +232,15 @@ fn esc(s: &str) -> String {
 
 fn gb2312(xml: &str) -> Vec<u8> {
     encoding_rs::GBK.encode(xml).0.into_owned()
+}
+
+/// A platform's PTZ `DeviceControl` for `channel_id` (`ptz_hex` from [`crate::ptz::Ptz`]).
+pub fn ptz_control(sn: u32, channel_id: &str, ptz_hex: &str) -> Vec<u8> {
+    gb2312(&format!(
+        "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Control>\r\n<CmdType>DeviceControl</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{}</DeviceID>\r\n<PTZCmd>{}</PTZCmd>\r\n</Control>\r\n",
+        esc(channel_id),
+        esc(ptz_hex)
+    ))
 }
 
 /// A device's keepalive `Notify`, GB2312-encoded.
@@ -291,6 +309,13 @@ mod tests {
             (k.cmd_type.as_str(), k.status.as_deref()),
             ("Keepalive", Some("OK"))
         );
+        let c =
+            Manscdp::parse(&ptz_control(5, "34020000001310000001", "A50F0100000000B5")).unwrap();
+        assert_eq!(
+            (c.root.as_str(), c.cmd_type.as_str()),
+            ("Control", "DeviceControl")
+        );
+        assert_eq!(c.ptz_cmd.as_deref(), Some("A50F0100000000B5"));
         let r = Manscdp::parse(&response(
             "DeviceInfo",
             9,

@@ -143,6 +143,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/api/v1/projects/{p}/audit", get(audit))
         .route("/api/v1/gb28181/devices", get(gb_devices))
         .route("/api/v1/gb28181/devices/{id}", put(gb_set_device))
+        .route("/api/v1/gb28181/devices/{id}/ptz", post(gb_ptz))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
 }
 
@@ -600,4 +601,40 @@ async fn gb_set_device(
         own_password: !ha1.is_empty(),
         media_mode: mode,
     }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PtzRequest {
+    /// Channel index (catalog order), default 0.
+    #[serde(default)]
+    channel: u32,
+    /// stop, left, right, up, down, up_left, up_right, down_left, down_right, zoom_in, zoom_out.
+    command: String,
+    /// 0–255, default 128.
+    speed: Option<u8>,
+}
+
+/// Moves a GB28181 camera: the platform sends a `DeviceControl` with `PTZCmd`. 202: sent
+/// (cameras do not confirm PTZ).
+async fn gb_ptz(
+    _: Admin,
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Body(req): Body<PtzRequest>,
+) -> Result<StatusCode, ApiError> {
+    let h = gb(&st)?;
+    let gid: fieldlink_gb28181::GbId = id
+        .parse()
+        .map_err(|e| ApiError::bad(format!("device id: {e}")))?;
+    let ptz = fieldlink_gb28181::ptz::Ptz::named(&req.command, req.speed.unwrap_or(128))
+        .ok_or_else(|| {
+            ApiError::bad(
+                "command must be stop, left, right, up, down, up_left, up_right, down_left, down_right, zoom_in or zoom_out",
+            )
+        })?;
+    h.ptz(&gid, req.channel, ptz)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::FieldOffline, e))?;
+    Ok(StatusCode::ACCEPTED)
 }

@@ -48,6 +48,9 @@ pub struct GbDeviceView {
     /// `UDP` or `TCP` (its SIP transport).
     pub transport: &'static str,
     pub channels: Vec<ChannelView>,
+    /// What the device answered to DeviceInfo and DeviceStatus (Manufacturer, Model,
+    /// Firmware, Online, Status...).
+    pub info: std::collections::BTreeMap<String, String>,
     /// When it last came online or went offline (ms since the epoch).
     pub changed_ms: i64,
 }
@@ -57,15 +60,24 @@ pub struct ChannelView {
     pub id: String,
     pub name: String,
     pub status: String,
-    /// A call (INVITE) is up for it now.
+    /// A call is up for it now (the device accepted the INVITE).
     pub playing: bool,
 }
 
 /// The admin API's view of the platform.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GbHandle {
     status: std::sync::Arc<std::sync::RwLock<std::collections::BTreeMap<String, GbDeviceView>>>,
     realm: String,
+    tx: mpsc::Sender<Event>,
+}
+
+impl std::fmt::Debug for GbHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GbHandle")
+            .field("realm", &self.realm)
+            .finish()
+    }
 }
 
 impl GbHandle {
@@ -80,6 +92,30 @@ impl GbHandle {
     pub fn realm(&self) -> &str {
         &self.realm
     }
+
+    /// Sends a PTZ command to channel `channel` (index) of an online device.
+    pub async fn ptz(
+        &self,
+        id: &GbId,
+        channel: u32,
+        ptz: fieldlink_gb28181::ptz::Ptz,
+    ) -> Result<(), String> {
+        let known = self
+            .status
+            .read()
+            .map(|m| {
+                m.get(id.as_str())
+                    .is_some_and(|d| d.online && (channel as usize) < d.channels.len())
+            })
+            .unwrap_or(false);
+        if !known {
+            return Err(format!("{id} is not online or has no channel {channel}"));
+        }
+        self.tx
+            .send(Event::Ptz(id.clone(), channel, ptz))
+            .await
+            .map_err(|_| "the GB28181 platform stopped".to_string())
+    }
 }
 
 /// What the SIP task hears from the rest of the server.
@@ -93,6 +129,8 @@ enum Event {
     Wanted(GbId, Vec<u32>),
     /// A channel's media stopped.
     MediaGone(GbId, u32),
+    /// Move a channel's camera (admin API, or the master remote's control data).
+    Ptz(GbId, u32, fieldlink_gb28181::ptz::Ptz),
 }
 
 /// Binds the SIP socket and starts serving; returns the bound address.
@@ -133,6 +171,7 @@ pub async fn start(
     let handle = GbHandle {
         status: Default::default(),
         realm: platform.domain().to_string(),
+        tx: tx.clone(),
     };
     let sip = Sip {
         status: handle.status.clone(),
@@ -179,6 +218,8 @@ struct GbDevice {
     channels: Vec<CatalogItem>,
     /// As a field device in the hub.
     conn: Option<ConnId>,
+    /// DeviceInfo and DeviceStatus answers.
+    info: std::collections::BTreeMap<String, String>,
     calls: HashMap<u32, Call>,
 }
 
@@ -231,6 +272,7 @@ impl Sip {
                         self.tcp.remove(&peer);
                     }
                     Some(Event::Wanted(id, streams)) => self.on_wanted(&id, &streams).await,
+                    Some(Event::Ptz(id, ch, ptz)) => self.ptz(&id, ch, ptz).await,
                     Some(Event::MediaGone(id, ch)) => {
                         tracing::warn!(device = %id, channel = ch, "GB28181 media stopped; hanging up");
                         self.hang_up(&id, ch).await;
@@ -271,11 +313,15 @@ impl Sip {
                             id: c.device_id.clone(),
                             name: c.name.clone(),
                             status: c.status.clone(),
-                            playing: d.calls.contains_key(&(i as u32)),
+                            playing: d
+                                .calls
+                                .get(&(i as u32))
+                                .is_some_and(|c| c.dialog.remote_tag.is_some()),
                         })
                         .collect()
                 })
                 .unwrap_or_default(),
+            info: d.map(|d| d.info.clone()).unwrap_or_default(),
             changed_ms: now_ms(),
         };
         if let Ok(mut m) = self.status.write() {
@@ -396,6 +442,8 @@ impl Sip {
                 self.devices.entry(id.clone()).or_default().addr = Some(addr);
                 self.publish(&id, true, true);
                 self.query(&id, "Catalog", addr).await;
+                self.query(&id, "DeviceInfo", addr).await;
+                self.query(&id, "DeviceStatus", addr).await;
             }
             RegEvent::Offline { id, why } => {
                 tracing::info!(device = %id, ?why, "GB28181 device offline");
@@ -475,6 +523,17 @@ impl Sip {
                 None,
             );
         };
+        if body.root == "Response"
+            && matches!(body.cmd_type.as_str(), "DeviceInfo" | "DeviceStatus")
+        {
+            if let Some(d) = self.devices.get_mut(&id) {
+                for (k, v) in body.fields.iter().take(64) {
+                    if d.info.len() < 64 || d.info.contains_key(k) {
+                        d.info.insert(k.clone(), v.chars().take(256).collect());
+                    }
+                }
+            }
+        }
         if body.root == "Response" && body.cmd_type == "Catalog" {
             if let Some(d) = self.devices.get_mut(&id) {
                 if let Some((sn, items, deadline)) = d.catalog.as_mut() {
@@ -609,12 +668,45 @@ impl Sip {
                             return;
                         }
                     }
+                    Outbound::Control { from, payload } => match ptz_of(&payload) {
+                        Some((ch, ptz)) => {
+                            if tx.send(Event::Ptz(gb.clone(), ch, ptz)).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => {
+                            tracing::debug!(%from, "control data for a GB28181 camera is not a PTZ command")
+                        }
+                    },
                     Outbound::Close(..) => return,
                     Outbound::Msg(_) => {} // sessions, permission: nothing to do for a camera
                 }
             }
         });
         Ok(conn)
+    }
+
+    /// Sends a PTZ `DeviceControl` for channel `ch` of device `id`.
+    async fn ptz(&mut self, id: &GbId, ch: u32, ptz: fieldlink_gb28181::ptz::Ptz) {
+        let Some(d) = self.devices.get(id) else {
+            return;
+        };
+        let (Some(addr), Some(channel)) = (d.addr, d.channels.get(ch as usize)) else {
+            return;
+        };
+        let channel = channel.device_id.clone();
+        self.sn = self.sn.wrapping_add(1);
+        let body = manscdp::ptz_control(self.sn, &channel, &ptz.hex());
+        let r = sip::request(
+            "MESSAGE",
+            &self.dialog(&channel, addr),
+            1,
+            &sip::branch(),
+            &[],
+            Some(("Application/MANSCDP+xml", &body)),
+        );
+        tracing::info!(device = %id, channel = %channel, cmd = %ptz.hex(), "GB28181 PTZ");
+        self.send_request(&r, addr).await;
     }
 
     /// Starts wanted channels; marks the others for BYE after the linger.
@@ -903,6 +995,27 @@ async fn serve_tcp(stream: tokio::net::TcpStream, peer: SocketAddr, tx: &mpsc::S
         }
     }
     writer.abort();
+}
+
+/// A master remote's PTZ command for a GB28181 camera, as control data:
+/// `{"ptz": "left", "speed": 128, "channel": 0}` (speed default 128, channel default 0).
+fn ptz_of(payload: &[u8]) -> Option<(u32, fieldlink_gb28181::ptz::Ptz)> {
+    #[derive(serde::Deserialize)]
+    struct Cmd {
+        ptz: String,
+        #[serde(default = "half")]
+        speed: u8,
+        #[serde(default)]
+        channel: u32,
+    }
+    fn half() -> u8 {
+        128
+    }
+    let c: Cmd = serde_json::from_slice(payload).ok()?;
+    Some((
+        c.channel,
+        fieldlink_gb28181::ptz::Ptz::named(&c.ptz, c.speed)?,
+    ))
 }
 
 fn now_ms() -> i64 {

@@ -66,6 +66,11 @@ pub enum Outbound {
     Close(ErrorCode, String),
     /// To an external source (a GB28181 device): the streams receivers want now.
     Wanted(Vec<u32>),
+    /// To an external source: control data from its master remote.
+    Control {
+        from: DeviceId,
+        payload: Vec<u8>,
+    },
 }
 
 #[derive(Debug)]
@@ -1555,6 +1560,14 @@ impl Hub {
                 continue;
             };
             if qos == Qos::Lossy && !target.late.entry(me.clone()).or_default().accept(frame.seq) {
+                continue;
+            }
+            if target.external.is_some() {
+                // Not a WebRTC peer: the source's own task interprets it (GB28181 PTZ).
+                let _ = target.out.try_send(Outbound::Control {
+                    from: me.clone(),
+                    payload: frame.payload.to_vec(),
+                });
                 continue;
             }
             let Some(peer) = target.peer.as_mut() else {

@@ -294,6 +294,10 @@ impl Device {
         let Ok(q) = Manscdp::parse(&m.body) else {
             return Ok(());
         };
+        if q.root == "Control" && q.cmd_type == "DeviceControl" {
+            print(json!({"event": "ptz", "channel": q.device_id, "cmd": q.ptz_cmd}));
+            return Ok(());
+        }
         if q.root != "Query" {
             return Ok(());
         }

@@ -210,6 +210,42 @@ async fn camera_plays(mode: &str, then_offline: bool) {
             seen[f.conn_fd as usize] += 1;
         }
     }
+    // PTZ from the admin API, and from the master remote as control data: the camera gets
+    // DeviceControl with the GB28181 PTZCmd for the right channel.
+    let (code, body) = s.api(
+        "POST",
+        "/api/v1/gb28181/devices/34020000001320000001/ptz",
+        Some(serde_json::json!({"channel": 1, "command": "left", "speed": 128})),
+    );
+    assert_eq!(code, 202, "{body}");
+    let v = wait_dev("ptz", &|v| v["event"] == "ptz");
+    assert_eq!(v["channel"], "34020000001310000002");
+    assert_eq!(v["cmd"], "A50F010280000037");
+    if r.permission(&gwid) != fieldlink_sdk::Permission::Master {
+        r.request_permission(&gwid, fieldlink_sdk::Permission::Master)
+            .await
+            .unwrap();
+        expect_event(&mut ev, "master", |e| {
+            matches!(
+                e,
+                Event::Permission {
+                    self_permission: fieldlink_sdk::Permission::Master,
+                    ..
+                }
+            )
+        })
+        .await;
+    }
+    r.send(
+        &gwid,
+        br#"{"ptz":"stop","channel":0}"#,
+        fieldlink_sdk::Qos::Reliable,
+    )
+    .await
+    .unwrap();
+    let v = wait_dev("ptz from the master", &|v| v["event"] == "ptz");
+    assert_eq!(v["channel"], "34020000001310000001");
+    assert_eq!(v["cmd"], "A50F0100000000B5");
     // Disconnecting the receivers hangs the channels up (after the 1 s linger).
     r.disconnect_all().await.unwrap();
     for _ in 0..2 {
@@ -286,7 +322,7 @@ async fn a_sipp_camera_answers_invite_and_bye() {
     );
     let uas = KillOnDrop(
         sipp_cmd(&sip, "camera_uas.xml", dev, "12345678", false, port)
-            .args(["-m", "2"])
+            .args(["-m", "4"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -309,7 +345,7 @@ async fn a_sipp_camera_answers_invite_and_bye() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     r.connect_streams(&gwid, &[0], &[0]).await.unwrap();
-    // The call is up once the admin API says the channel plays.
+    // The call is up (the INVITE was accepted) once the admin API says the channel plays.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let (_, list) = s.api("GET", "/api/v1/gb28181/devices", None);
@@ -320,7 +356,8 @@ async fn a_sipp_camera_answers_invite_and_bye() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     r.disconnect_all().await.unwrap();
-    // SIPp ends successfully only after it answered the BYE (its 2nd call completes).
+    // SIPp ends successfully only after 4 calls went through its scenario: the Catalog,
+    // DeviceInfo and DeviceStatus queries, and the INVITE whose BYE it answered.
     let mut uas = uas;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let status = loop {
