@@ -130,11 +130,44 @@ impl Manscdp {
             {
                 Event::Start(e) => {
                     let name = String::from_utf8_lossy(e.name().as_ref()).to_string();
+                    // Some devices put the fields in attributes of the root or of an
+                    // Item (`<Notify CmdType="Keepalive" SN="1">`): read those too.
+                    let attrs: Vec<(String, String)> = e
+                        .attributes()
+                        .flatten()
+                        .take(32)
+                        .map(|a| {
+                            (
+                                String::from_utf8_lossy(a.key.as_ref()).to_string(),
+                                a.unescape_value()
+                                    .map(|v| v.trim().to_string())
+                                    .unwrap_or_default(),
+                            )
+                        })
+                        .collect();
                     if path.is_empty() {
                         m.root = name.clone();
+                        for (k, v) in &attrs {
+                            match k.as_str() {
+                                "CmdType" => m.cmd_type = v.clone(),
+                                "SN" => m.sn = v.parse().unwrap_or(m.sn),
+                                "DeviceID" => m.device_id = v.clone(),
+                                "SumNum" => m.sum_num = v.parse().ok(),
+                                _ => {}
+                            }
+                        }
                     }
                     if name == "Item" && path.last().is_some_and(|p| p == "DeviceList") {
-                        item = Some(CatalogItem::default());
+                        let mut it = CatalogItem::default();
+                        for (k, v) in attrs {
+                            match k.as_str() {
+                                "DeviceID" => it.device_id = v,
+                                "Name" => it.name = v,
+                                "Status" => it.status = v,
+                                _ => {}
+                            }
+                        }
+                        item = Some(it);
                     }
                     if path.len() > 16 {
                         return Err(ManscdpError::Xml("nested too deep".into()));
@@ -287,6 +320,26 @@ pub fn response(cmd_type: &str, sn: u32, device_id: &str, fields: &[(&str, &str)
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn fields_in_attributes_as_some_devices_send_them() {
+        let k = Manscdp::parse(
+            br#"<Notify CmdType="Keepalive" SN="7"><DeviceID>34020000001320000007</DeviceID><Status>OK</Status></Notify>"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (k.cmd_type.as_str(), k.sn, k.device_id.as_str()),
+            ("Keepalive", 7, "34020000001320000007")
+        );
+        let c = Manscdp::parse(
+            br#"<Response CmdType="Catalog" SN="1"><DeviceID>1</DeviceID><SumNum>1</SumNum><DeviceList Num="1"><Item><DeviceID>2</DeviceID><Name>a</Name></Item></DeviceList></Response>"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.cmd_type.as_str(), c.sum_num, c.items.len()),
+            ("Catalog", Some(1), 1)
+        );
+    }
 
     #[test]
     fn built_answers_parse_back_with_gb2312_names() {

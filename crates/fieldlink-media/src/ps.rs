@@ -38,6 +38,26 @@ fn pts_bytes(marker: u8, pts: u64) -> [u8; 5] {
     ]
 }
 
+/// A PTS/DTS field starts with `001x` or `0011`/`0010` and has its marker bit set.
+fn pts_start(b: Option<&u8>) -> bool {
+    b.is_some_and(|b| matches!(b >> 4, 2 | 3) && b & 1 == 1)
+}
+
+/// A PES header's flags (the PTS/DTS byte), header data length, and where its optional
+/// fields start. Standard: `00 00 01 id len16 10xxxxxx flags hlen`. Some devices (the
+/// `gb28181-rs` crate) leave the first flags byte out: `00 00 01 id len16 flags hlen`;
+/// that form is taken when it shows a well-formed PTS and the standard reading shows none.
+fn pes_header(p: &[u8]) -> Option<(u8, u8, usize)> {
+    let (b6, b7, b8) = (*p.get(6)?, *p.get(7)?, *p.get(8)?);
+    let standard_pts = b7 & 0x80 != 0 && pts_start(p.get(9));
+    let shifted_pts = b6 & 0x80 != 0 && b6 & 0x3F == 0 && pts_start(p.get(8));
+    if shifted_pts && !standard_pts {
+        Some((b6, b7, 8))
+    } else {
+        Some((b7, b8, 9))
+    }
+}
+
 fn read_pts(b: &[u8]) -> Option<u64> {
     if b.len() < 5 {
         return None;
@@ -276,15 +296,15 @@ impl Demuxer {
     }
 
     fn on_pes(&mut self, p: &[u8], video: bool, out: &mut Vec<EsFrame>) -> Result<(), PsError> {
-        let (Some(&flags), Some(&hlen)) = (p.get(7), p.get(8)) else {
+        let Some((flags, hlen, opt_at)) = pes_header(p) else {
             return Ok(());
         };
-        let payload_at = 9 + usize::from(hlen);
+        let payload_at = opt_at + usize::from(hlen);
         if payload_at > p.len() {
             return Ok(());
         }
         let pts = if flags & 0x80 != 0 {
-            read_pts(&p[9..])
+            read_pts(&p[opt_at..])
         } else {
             None
         };
@@ -334,6 +354,29 @@ mod tests {
         };
         v.extend((0..n).map(|i| (i % 251) as u8 | 1));
         v
+    }
+
+    #[test]
+    fn pes_without_the_first_flags_byte_is_read_too() {
+        // 00 00 01 E0 len | C0 (PTS+DTS) 0A | PTS=3600 | DTS=3600 | payload
+        let pts = [0x31, 0x00, 0x01, 0x1C, 0x21];
+        let dts = [0x11, 0x00, 0x01, 0x1C, 0x21];
+        let payload = [0, 0, 0, 1, 0x65, 0xAA];
+        let mut p = vec![0, 0, 1, 0xE0, 0, 0, 0xC0, 0x0A];
+        p.extend_from_slice(&pts);
+        p.extend_from_slice(&dts);
+        p.extend_from_slice(&payload);
+        let len = (p.len() - 6) as u16;
+        p[4..6].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(pes_header(&p), Some((0xC0, 0x0A, 8)));
+        assert_eq!(read_pts(&p[8..]), Some(3600));
+        // The standard form is read as before.
+        let mut q = vec![0, 0, 1, 0xE0, 0, 0, 0x80, 0xC0, 0x0A];
+        q.extend_from_slice(&pts);
+        q.extend_from_slice(&dts);
+        assert_eq!(pes_header(&q), Some((0xC0, 0x0A, 9)));
+        let r = [0u8, 0, 1, 0xE0, 0, 3, 0x80, 0x00, 0x00];
+        assert_eq!(pes_header(&r), Some((0x00, 0x00, 9)));
     }
 
     #[test]

@@ -1040,14 +1040,25 @@ struct Pipeline {
     stream: u32,
     reorder: Reorder,
     demux: fieldlink_media::ps::Demuxer,
+    packets: u64,
+    frames: u64,
 }
 
 impl Pipeline {
     /// Returns false when the hub is gone.
     async fn packet(&mut self, data: &[u8]) -> bool {
         let Ok(pkt) = RtpPacket::parse(data) else {
+            tracing::debug!(len = data.len(), "GB28181 media: not RTP");
             return true;
         };
+        self.packets += 1;
+        if self.packets == 1 {
+            tracing::debug!(
+                ssrc = pkt.ssrc,
+                pt = pkt.payload_type,
+                "GB28181 media: first RTP packet"
+            );
+        }
         let ts = u64::from(pkt.timestamp);
         for payload in self.reorder.push(pkt.seq, pkt.payload.to_vec()) {
             let frames = match self.demux.push(&payload) {
@@ -1058,6 +1069,10 @@ impl Pipeline {
                 }
             };
             for f in frames.into_iter().filter(|f| f.video) {
+                self.frames += 1;
+                if self.frames == 1 {
+                    tracing::debug!(stream_type = f.stream_type, len = f.data.len(), head = ?&f.data[..f.data.len().min(8)], "GB28181 media: first frame");
+                }
                 if f.stream_type != 0x1B && f.stream_type != 0 {
                     continue; // H.265 and others: not for WebRTC receivers yet
                 }
@@ -1092,6 +1107,8 @@ async fn receive(
         stream,
         reorder: Reorder::new(64),
         demux: fieldlink_media::ps::Demuxer::new(),
+        packets: 0,
+        frames: 0,
     };
     let gone = |tx: mpsc::Sender<Event>, id: GbId| async move {
         let _ = tx.send(Event::MediaGone(id, stream)).await;

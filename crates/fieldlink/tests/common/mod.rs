@@ -77,7 +77,11 @@ impl TestServer {
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .args(&self.extra)
-            .env("FIELDLINK_LOG", "warn")
+            // FIELDLINK_TEST_LOG sets the server's log filter when debugging a test.
+            .env(
+                "FIELDLINK_LOG",
+                std::env::var("FIELDLINK_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env_remove("FIELDLINK_DATABASE_URL")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
