@@ -1042,6 +1042,8 @@ struct Pipeline {
     demux: fieldlink_media::ps::Demuxer,
     packets: u64,
     frames: u64,
+    /// The stream's codec was refused (reported once).
+    refused: bool,
 }
 
 impl Pipeline {
@@ -1074,7 +1076,28 @@ impl Pipeline {
                     tracing::debug!(stream_type = f.stream_type, len = f.data.len(), head = ?&f.data[..f.data.len().min(8)], "GB28181 media: first frame");
                 }
                 if f.stream_type != 0x1B && f.stream_type != 0 {
-                    continue; // H.265 and others: not for WebRTC receivers yet
+                    // H.265 (0x24) and others: the SFU forwards H.264 only so far. Say so
+                    // once; the receivers fail and the call ends after the linger.
+                    if !self.refused {
+                        self.refused = true;
+                        let codec = match f.stream_type {
+                            0x24 => "H.265".to_string(),
+                            t => format!("stream type 0x{t:02X}"),
+                        };
+                        let reason = format!(
+                            "the camera sends {codec}; receivers get H.264 only (set the camera's channel to H.264)"
+                        );
+                        tracing::warn!(stream = self.stream, "GB28181: {reason}");
+                        let cmd = Cmd::ExternalFailed {
+                            conn: self.conn,
+                            stream: self.stream,
+                            reason,
+                        };
+                        if self.hub.send(cmd).await.is_err() {
+                            return false;
+                        }
+                    }
+                    continue;
                 }
                 let cmd = Cmd::ExternalFrame {
                     conn: self.conn,
@@ -1109,6 +1132,7 @@ async fn receive(
         demux: fieldlink_media::ps::Demuxer::new(),
         packets: 0,
         frames: 0,
+        refused: false,
     };
     let gone = |tx: mpsc::Sender<Event>, id: GbId| async move {
         let _ = tx.send(Event::MediaGone(id, stream)).await;

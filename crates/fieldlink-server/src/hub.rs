@@ -130,6 +130,13 @@ pub enum Cmd {
         conn: ConnId,
         streams: u32,
     },
+    /// An external source's stream cannot be played (e.g. H.265 from a camera): its
+    /// receivers fail with `reason`.
+    ExternalFailed {
+        conn: ConnId,
+        stream: u32,
+        reason: String,
+    },
     /// One H.264 access unit of an external source's stream.
     ExternalFrame {
         conn: ConnId,
@@ -406,6 +413,15 @@ impl Hub {
                 });
                 if let Some(d) = device {
                     self.field_video_ready(&d);
+                }
+            }
+            Cmd::ExternalFailed {
+                conn,
+                stream,
+                reason,
+            } => {
+                if let Some(field) = self.clients.get(&conn).map(|c| c.info.device.clone()) {
+                    self.fail_stream(&field, stream, &reason);
                 }
             }
             Cmd::ExternalFrame {
@@ -866,6 +882,33 @@ impl Hub {
             self.send(conn, m);
         }
         Ok(())
+    }
+
+    /// Receivers of one stream fail, and stop wanting it (it cannot play).
+    fn fail_stream(&mut self, field: &DeviceId, stream: u32, why: &str) {
+        let want = Some((field.clone(), stream));
+        let mut out = Vec::new();
+        for (conn, c) in self.clients.iter_mut() {
+            for (fd, r) in c.receivers.iter_mut().enumerate() {
+                if r.want == want {
+                    r.want = None;
+                    r.live = false;
+                    out.push((
+                        *conn,
+                        stream_state(
+                            fd as u32,
+                            field.clone(),
+                            stream,
+                            StreamState::Failed,
+                            Some(why),
+                        ),
+                    ));
+                }
+            }
+        }
+        for (conn, m) in out {
+            self.send(conn, m);
+        }
     }
 
     /// Tells every receiver watching `field` a new state (field offline / back).

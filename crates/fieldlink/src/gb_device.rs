@@ -44,6 +44,10 @@ pub struct Args {
     /// Local address for SIP and media.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// The stream type announced in the PS map (testing a platform's handling of codecs it
+    /// cannot play: 36 = H.265; the payload stays H.264).
+    #[arg(long, default_value_t = 0x1B, hide = true)]
+    stream_type: u8,
 }
 
 impl Args {
@@ -63,6 +67,7 @@ impl Args {
             keepalive_secs: 60,
             expires: 3600,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stream_type: 0x1B,
         }
     }
 }
@@ -391,7 +396,8 @@ impl Device {
             "to": target.to_string(), "ssrc": ssrc, "call_id": call,
         }));
         let ssrc_num = fieldlink_gb28181::ssrc::ssrc_value(&ssrc).unwrap_or(1);
-        std::thread::spawn(move || stream(index, out, ssrc_num, stop));
+        let stream_type = self.a.stream_type;
+        std::thread::spawn(move || stream(index, out, ssrc_num, stream_type, stop));
         Ok(())
     }
 }
@@ -407,7 +413,7 @@ enum MediaOut {
 
 /// Sends channel `index`'s test pattern as PS over RTP until `stop` (or the TCP peer
 /// goes away).
-fn stream(index: u32, out: MediaOut, ssrc: u32, stop: Arc<AtomicBool>) {
+fn stream(index: u32, out: MediaOut, ssrc: u32, stream_type: u8, stop: Arc<AtomicBool>) {
     use std::io::Write;
     let mut tcp = match &out {
         MediaOut::Udp(..) => None,
@@ -448,7 +454,7 @@ fn stream(index: u32, out: MediaOut, ssrc: u32, stop: Arc<AtomicBool>) {
             continue;
         };
         let pts = n * 3600; // 90 kHz at 25 fps
-        let ps = fieldlink_media::ps::mux_video(&frame.data, pts, frame.keyframe, 0x1B);
+        let ps = fieldlink_media::ps::mux_video(&frame.data, pts, frame.keyframe, stream_type);
         for p in fieldlink_gb28181::rtp::packetize(&ps, 96, ssrc, &mut seq, pts as u32, 1400) {
             match (&out, tcp.as_mut()) {
                 (MediaOut::Udp(socket, to), _) => {

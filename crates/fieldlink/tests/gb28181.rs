@@ -377,3 +377,55 @@ async fn a_sipp_camera_answers_invite_and_bye() {
     }
     assert!(status.success(), "SIPp camera failed: {err}");
 }
+
+/// A channel the platform cannot play (the camera announces H.265): the receiver fails
+/// with a reason that names the codec, instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h265_channel_fails_with_a_clear_reason() {
+    let s = TestServer::start_with(
+        "[gb28181]\nproject = \"p\"\nlinger_secs = 1\n",
+        &["--sip-listen", "127.0.0.1:0"],
+    );
+    s.standard();
+    let sip = s.sip.clone().unwrap();
+    let _dev = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_fieldlink"))
+            .args(["gb-device", "--server", &sip, "--stream-type", "36"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut rc = s.cfg("p/r1", "rpw");
+    rc.streams = 1;
+    let (r, mut ev) = fieldlink_sdk::RemoteDevice::connect(rc).await.unwrap();
+    let gwid = id("p/34020000001320000001");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !r
+        .list_fields()
+        .await
+        .unwrap()
+        .iter()
+        .any(|f| f.id == gwid && f.online)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "camera not listed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    r.connect_streams(&gwid, &[0], &[0]).await.unwrap();
+    let e = expect_event(&mut ev, "failed", |e| {
+        matches!(
+            e,
+            Event::StreamState {
+                state: StreamState::Failed,
+                ..
+            }
+        )
+    })
+    .await;
+    let Event::StreamState { reason, .. } = e else {
+        unreachable!()
+    };
+    assert!(
+        reason.as_deref().is_some_and(|r| r.contains("H.265")),
+        "{reason:?}"
+    );
+}
