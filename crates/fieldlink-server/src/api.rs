@@ -553,6 +553,8 @@ struct GbDevicePatch {
     password: Option<String>,
     /// `udp`, `tcp-passive`, `tcp-active`, or "" for the server default.
     media_mode: Option<String>,
+    /// Pull its channels as soon as it registers (SPEC §10 "always on").
+    always_on: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -560,10 +562,11 @@ struct GbDeviceSettings {
     id: String,
     own_password: bool,
     media_mode: String,
+    always_on: bool,
 }
 
-/// Sets a GB28181 device's own password and/or media mode (kept across restarts; the
-/// password is stored as its digest HA1, never in clear).
+/// Sets a GB28181 device's own password, media mode and always-on pull (kept across
+/// restarts; the password is stored as its digest HA1, never in clear).
 async fn gb_set_device(
     _: Admin,
     State(st): State<Arc<AppState>>,
@@ -584,22 +587,26 @@ async fn gb_set_device(
     if patch.password.as_ref().is_some_and(|p| p.len() > 128) {
         return Err(ApiError::bad("password: at most 128 bytes"));
     }
-    let (mut ha1, mut mode) = st.store.gb_device(gid.as_str()).await?.unwrap_or_default();
+    let mut s = st.store.gb_device(gid.as_str()).await?.unwrap_or_default();
     if let Some(p) = patch.password {
-        ha1 = if p.is_empty() {
+        s.ha1 = if p.is_empty() {
             String::new()
         } else {
             fieldlink_gb28181::digest::ha1(gid.as_str(), &realm, &p)
         };
     }
     if let Some(m) = patch.media_mode {
-        mode = m;
+        s.media_mode = m;
     }
-    st.store.set_gb_device(gid.as_str(), &ha1, &mode).await?;
+    if let Some(a) = patch.always_on {
+        s.always_on = a;
+    }
+    st.store.set_gb_device(gid.as_str(), &s).await?;
     Ok(Json(GbDeviceSettings {
         id: gid.to_string(),
-        own_password: !ha1.is_empty(),
-        media_mode: mode,
+        own_password: !s.ha1.is_empty(),
+        media_mode: s.media_mode,
+        always_on: s.always_on,
     }))
 }
 

@@ -51,6 +51,8 @@ pub struct GbDeviceView {
     /// What the device answered to DeviceInfo and DeviceStatus (Manufacturer, Model,
     /// Firmware, Online, Status...).
     pub info: std::collections::BTreeMap<String, String>,
+    /// Its channels are pulled regardless of viewers.
+    pub always_on: bool,
     /// When it last came online or went offline (ms since the epoch).
     pub changed_ms: i64,
 }
@@ -220,6 +222,10 @@ struct GbDevice {
     conn: Option<ConnId>,
     /// DeviceInfo and DeviceStatus answers.
     info: std::collections::BTreeMap<String, String>,
+    /// What receivers want (hub demand).
+    wanted: Vec<u32>,
+    /// Pull every channel regardless of demand (per-device setting).
+    always_on: bool,
     calls: HashMap<u32, Call>,
 }
 
@@ -322,6 +328,7 @@ impl Sip {
                 })
                 .unwrap_or_default(),
             info: d.map(|d| d.info.clone()).unwrap_or_default(),
+            always_on: d.is_some_and(|d| d.always_on),
             changed_ms: now_ms(),
         };
         if let Ok(mut m) = self.status.write() {
@@ -412,7 +419,7 @@ impl Sip {
                 };
                 let ha1 = own
                     .as_ref()
-                    .map(|(h, _)| h.as_str())
+                    .map(|s| s.ha1.as_str())
                     .filter(|h| !h.is_empty());
                 let (reply, ev) =
                     self.registrar
@@ -598,6 +605,20 @@ impl Sip {
             if let Some(conn) = self.devices.get(&id).and_then(|d| d.conn) {
                 let _ = self.hub.send(Cmd::External { conn, streams: n }).await;
             }
+            let always_on = self
+                .store
+                .gb_device(id.as_str())
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.always_on);
+            if let Some(d) = self.devices.get_mut(&id) {
+                d.always_on = always_on;
+            }
+            if always_on {
+                tracing::info!(device = %id, "GB28181 always on: pulling every channel");
+                self.apply_demand(&id).await;
+            }
             self.publish(&id, true, false);
         }
     }
@@ -709,12 +730,27 @@ impl Sip {
         self.send_request(&r, addr).await;
     }
 
-    /// Starts wanted channels; marks the others for BYE after the linger.
+    /// The hub's demand changed.
     async fn on_wanted(&mut self, id: &GbId, wanted: &[u32]) {
+        if let Some(d) = self.devices.get_mut(id) {
+            d.wanted = wanted.to_vec();
+        }
+        self.apply_demand(id).await;
+    }
+
+    /// Starts wanted channels (by receivers, or all when always on); marks the others
+    /// for BYE after the linger.
+    async fn apply_demand(&mut self, id: &GbId) {
         let now = Instant::now();
         let Some(d) = self.devices.get_mut(id) else {
             return;
         };
+        let wanted: Vec<u32> = if d.always_on {
+            (0..d.channels.len() as u32).collect()
+        } else {
+            d.wanted.clone()
+        };
+        let wanted = &wanted[..];
         for (ch, call) in d.calls.iter_mut() {
             if wanted.contains(ch) {
                 call.unwanted_since = None;
@@ -746,7 +782,7 @@ impl Sip {
             .clone();
         let own = self.store.gb_device(id.as_str()).await.ok().flatten();
         let mode = own
-            .and_then(|(_, m)| MediaMode::parse(&m))
+            .and_then(|s| MediaMode::parse(&s.media_mode))
             .unwrap_or(self.mode);
         let (media, port, dial) = match mode {
             MediaMode::Udp => {

@@ -320,8 +320,12 @@ impl Hub {
                 cmd = rx.recv() => match cmd {
                     Some(Cmd::Shutdown) | None => break,
                     Some(cmd) => {
+                        // Frames never change demand; everything else may.
+                        let may_change_demand = !matches!(cmd, Cmd::ExternalFrame { .. });
                         self.on_cmd(cmd);
-                        self.update_demand();
+                        if may_change_demand {
+                            self.update_demand();
+                        }
                     }
                 },
                 _ = tokio::time::sleep_until(next.into()) => {}

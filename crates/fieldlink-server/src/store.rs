@@ -64,6 +64,8 @@ const MIGRATIONS: &[&str] = &[
         ha1 TEXT NOT NULL,
         media_mode TEXT NOT NULL,
         updated_ms BIGINT NOT NULL)",
+    // SPEC §10 "always on": pull the channels on registration, not on demand.
+    "ALTER TABLE gb_devices ADD COLUMN always_on BIGINT NOT NULL DEFAULT 0",
 ];
 
 /// A project's security settings (SPEC §8), with the JSON names the spec uses.
@@ -335,25 +337,35 @@ impl Store {
         Ok(())
     }
 
-    /// A GB28181 device's own settings: (HA1, media mode), each `""` when unset.
-    pub async fn gb_device(&self, device_id: &str) -> Result<Option<(String, String)>> {
-        let row = sqlx::query("SELECT ha1, media_mode FROM gb_devices WHERE device_id = $1")
-            .bind(device_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| Ok((r.try_get("ha1")?, r.try_get("media_mode")?)))
-            .transpose()
+    /// A GB28181 device's own settings, if any were set.
+    pub async fn gb_device(&self, device_id: &str) -> Result<Option<GbSettings>> {
+        let row =
+            sqlx::query("SELECT ha1, media_mode, always_on FROM gb_devices WHERE device_id = $1")
+                .bind(device_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| {
+            Ok(GbSettings {
+                ha1: r.try_get("ha1")?,
+                media_mode: r.try_get("media_mode")?,
+                always_on: r.try_get::<i64, _>("always_on")? != 0,
+            })
+        })
+        .transpose()
     }
 
-    /// Sets a GB28181 device's own settings (an upsert; `""` = unset).
-    pub async fn set_gb_device(&self, device_id: &str, ha1: &str, media_mode: &str) -> Result<()> {
+    /// Sets a GB28181 device's own settings (an upsert).
+    pub async fn set_gb_device(&self, device_id: &str, s: &GbSettings) -> Result<()> {
         sqlx::query(
-            "INSERT INTO gb_devices (device_id, ha1, media_mode, updated_ms) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (device_id) DO UPDATE SET ha1 = $2, media_mode = $3, updated_ms = $4",
+            "INSERT INTO gb_devices (device_id, ha1, media_mode, always_on, updated_ms)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (device_id) DO UPDATE
+             SET ha1 = $2, media_mode = $3, always_on = $4, updated_ms = $5",
         )
         .bind(device_id)
-        .bind(ha1)
-        .bind(media_mode)
+        .bind(&s.ha1)
+        .bind(&s.media_mode)
+        .bind(i64::from(s.always_on))
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
@@ -552,6 +564,17 @@ impl Store {
     }
 }
 
+/// A GB28181 device's own settings (admin API).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GbSettings {
+    /// Digest HA1 for its own password; "" = the server default password.
+    pub ha1: String,
+    /// `udp`, `tcp-passive`, `tcp-active`; "" = the server default.
+    pub media_mode: String,
+    /// Pull every channel as soon as it registers (continuous recording), not on demand.
+    pub always_on: bool,
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -670,6 +693,25 @@ mod tests {
         store.delete_project("p1").await.unwrap();
         assert_eq!(store.project("p1").await.unwrap(), None);
         assert!(store.audit("p1", None, 10).await.unwrap().is_empty());
+
+        // GB28181 device settings: insert, then the upsert replaces them.
+        let id = "34020000001320000001";
+        let _ = sqlx::query("DELETE FROM gb_devices WHERE device_id = $1")
+            .bind(id)
+            .execute(&store.pool)
+            .await;
+        assert_eq!(store.gb_device(id).await.unwrap(), None);
+        let mut g = GbSettings {
+            ha1: "00ff".into(),
+            media_mode: "tcp-active".into(),
+            always_on: false,
+        };
+        store.set_gb_device(id, &g).await.unwrap();
+        assert_eq!(store.gb_device(id).await.unwrap().as_ref(), Some(&g));
+        g.always_on = true;
+        g.media_mode.clear();
+        store.set_gb_device(id, &g).await.unwrap();
+        assert_eq!(store.gb_device(id).await.unwrap(), Some(g));
     }
 
     #[tokio::test]

@@ -429,3 +429,62 @@ async fn an_h265_channel_fails_with_a_clear_reason() {
         "{reason:?}"
     );
 }
+
+/// SPEC §10 "always on": a device set so in the admin API has its channels pulled as soon
+/// as it registers, with no viewer.
+#[test]
+fn an_always_on_device_is_pulled_without_viewers() {
+    let s = TestServer::start_with(
+        "[gb28181]\nproject = \"p\"\n",
+        &["--sip-listen", "127.0.0.1:0"],
+    );
+    s.standard();
+    let sip = s.sip.clone().unwrap();
+    let (code, body) = s.api(
+        "PUT",
+        "/api/v1/gb28181/devices/34020000001320000001",
+        Some(serde_json::json!({"always_on": true})),
+    );
+    assert_eq!(
+        (code, body["always_on"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
+    let mut dev = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_fieldlink"))
+            .args(["gb-device", "--server", &sip, "--channels", "2"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = dev.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let mut invites = 0;
+    while invites < 2 {
+        let l = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("only {invites} channels pulled"));
+        invites += usize::from(l.contains(r#""event":"invite""#));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, list) = s.api("GET", "/api/v1/gb28181/devices", None);
+        let d = &list[0];
+        if d["always_on"] == true
+            && d["channels"][0]["playing"] == true
+            && d["channels"][1]["playing"] == true
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{d}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
