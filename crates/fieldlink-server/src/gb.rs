@@ -34,6 +34,8 @@ use crate::store::{self, Project, Security, Store};
 const MEDIA_TIMEOUT: Duration = Duration::from_secs(10);
 /// A Catalog answer that stops short of `SumNum` is taken as it is after this.
 const CATALOG_QUIET: Duration = Duration::from_secs(3);
+/// An empty catalog is asked for again after this.
+const CATALOG_RETRY: Duration = Duration::from_secs(30);
 /// Channels per device, at most.
 const MAX_CHANNELS: usize = 256;
 
@@ -217,6 +219,8 @@ struct GbDevice {
     addr: Option<SocketAddr>,
     /// The Catalog being gathered: its SN, items so far, and when to stop waiting.
     catalog: Option<(u32, Vec<CatalogItem>, Instant)>,
+    /// When the Catalog was last asked for (an empty answer is asked again later).
+    catalog_asked: Option<Instant>,
     channels: Vec<CatalogItem>,
     /// As a field device in the hub.
     conn: Option<ConnId>,
@@ -481,6 +485,7 @@ impl Sip {
         if cmd == "Catalog" {
             if let Some(d) = self.devices.get_mut(id) {
                 d.catalog = Some((sn, Vec::new(), Instant::now() + CATALOG_QUIET));
+                d.catalog_asked = Some(Instant::now());
             }
         }
         let body = manscdp::query(cmd, sn, id.as_str());
@@ -916,6 +921,22 @@ impl Sip {
     }
 
     async fn on_tick(&mut self) {
+        // A device whose catalog came back empty (or never came) is asked again.
+        let now = Instant::now();
+        let again: Vec<(GbId, SocketAddr)> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| {
+                d.channels.is_empty()
+                    && d.catalog.is_none()
+                    && d.catalog_asked
+                        .is_none_or(|t| now.duration_since(t) >= CATALOG_RETRY)
+            })
+            .filter_map(|(id, d)| Some((id.clone(), d.addr?)))
+            .collect();
+        for (id, addr) in again {
+            self.query(&id, "Catalog", addr).await;
+        }
         let (again, dead) = self.transactions.poll(Instant::now());
         for (bytes, to) in again {
             self.send(&bytes, to).await;
