@@ -39,8 +39,9 @@ const CATALOG_RETRY: Duration = Duration::from_secs(30);
 /// Channels per device, at most.
 const MAX_CHANNELS: usize = 256;
 
-/// A GB28181 device as the admin API shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+/// A GB28181 device as the admin API shows it (and as it is stored, so it survives a
+/// restart: known devices are listed offline until they register again).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GbDeviceView {
     pub id: String,
     /// The field device it appears as, once its catalog is in.
@@ -48,7 +49,7 @@ pub struct GbDeviceView {
     pub online: bool,
     pub addr: Option<String>,
     /// `UDP` or `TCP` (its SIP transport).
-    pub transport: &'static str,
+    pub transport: String,
     pub channels: Vec<ChannelView>,
     /// What the device answered to DeviceInfo and DeviceStatus (Manufacturer, Model,
     /// Firmware, Online, Status...).
@@ -59,7 +60,7 @@ pub struct GbDeviceView {
     pub changed_ms: i64,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ChannelView {
     pub id: String,
     pub name: String,
@@ -172,8 +173,17 @@ pub async fn start(
         )
     })?;
     let (tx, rx) = mpsc::channel(1024);
+    // Devices known from before: listed offline until they register again.
+    let mut known = std::collections::BTreeMap::new();
+    for json in store.gb_statuses(100_000).await.unwrap_or_default() {
+        if let Ok(mut v) = serde_json::from_str::<GbDeviceView>(&json) {
+            v.online = false;
+            v.channels.iter_mut().for_each(|c| c.playing = false);
+            known.insert(v.id.clone(), v);
+        }
+    }
     let handle = GbHandle {
-        status: Default::default(),
+        status: std::sync::Arc::new(std::sync::RwLock::new(known)),
         realm: platform.domain().to_string(),
         tx: tx.clone(),
     };
@@ -196,6 +206,7 @@ pub async fn start(
         invites: 0,
         tcp: HashMap::new(),
         transactions: Default::default(),
+        saved: HashMap::new(),
     };
     tokio::spawn(accept_tcp(tcp, sip.tx.clone()));
     tokio::spawn(sip.run(rx));
@@ -254,6 +265,8 @@ struct Sip {
     tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     /// Our requests over UDP, until answered (retransmissions).
     transactions: fieldlink_gb28181::transaction::Transactions,
+    /// What was last stored per device (JSON), to store only changes.
+    saved: HashMap<String, String>,
 }
 
 impl Sip {
@@ -298,11 +311,12 @@ impl Sip {
         }
     }
 
-    /// Updates the admin API's view of device `id` (`online: false` keeps it listed).
-    fn publish(&self, id: &GbId, online: bool, changed: bool) {
+    /// Updates the admin API's view of device `id` (`online: false` keeps it listed), and
+    /// stores it when it changed.
+    fn publish(&mut self, id: &GbId, online: bool, changed: bool) {
         let d = self.devices.get(id);
         let addr = d.and_then(|d| d.addr);
-        let view = GbDeviceView {
+        let mut view = GbDeviceView {
             id: id.to_string(),
             field_id: d
                 .filter(|d| d.conn.is_some())
@@ -310,9 +324,9 @@ impl Sip {
             online,
             addr: addr.map(|a| a.to_string()),
             transport: if addr.is_some_and(|a| self.tcp.contains_key(&a)) {
-                "TCP"
+                "TCP".into()
             } else {
-                "UDP"
+                "UDP".into()
             },
             channels: d
                 .map(|d| {
@@ -337,12 +351,25 @@ impl Sip {
         };
         if let Ok(mut m) = self.status.write() {
             let keep = m.get(id.as_str()).map(|v| v.changed_ms);
-            let mut view = view;
             if let (false, Some(t)) = (changed, keep) {
                 view.changed_ms = t;
             }
             if m.len() < 100_000 || m.contains_key(id.as_str()) {
-                m.insert(id.to_string(), view);
+                m.insert(id.to_string(), view.clone());
+            }
+        }
+        // Stored in the background, only when something changed (ticks republish often).
+        if let Ok(json) = serde_json::to_string(&view) {
+            if self.saved.get(id.as_str()) != Some(&json) {
+                if self.saved.len() < 100_000 {
+                    self.saved.insert(id.to_string(), json.clone());
+                }
+                let (store, key) = (self.store.clone(), id.to_string());
+                tokio::spawn(async move {
+                    if let Err(e) = store.save_gb_status(&key, &json).await {
+                        tracing::warn!(device = %key, "storing GB28181 state: {e}");
+                    }
+                });
             }
         }
     }

@@ -66,6 +66,12 @@ const MIGRATIONS: &[&str] = &[
         updated_ms BIGINT NOT NULL)",
     // SPEC §10 "always on": pull the channels on registration, not on demand.
     "ALTER TABLE gb_devices ADD COLUMN always_on BIGINT NOT NULL DEFAULT 0",
+    // The last known state of each GB28181 device (presence, address, channel list), as
+    // the admin API shows it (JSON), so it survives a restart.
+    "CREATE TABLE gb_status (
+        device_id TEXT PRIMARY KEY,
+        view TEXT NOT NULL,
+        updated_ms BIGINT NOT NULL)",
 ];
 
 /// A project's security settings (SPEC §8), with the JSON names the spec uses.
@@ -352,6 +358,29 @@ impl Store {
             })
         })
         .transpose()
+    }
+
+    /// Saves a GB28181 device's last known state (JSON, an upsert).
+    pub async fn save_gb_status(&self, device_id: &str, view: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO gb_status (device_id, view, updated_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (device_id) DO UPDATE SET view = $2, updated_ms = $3",
+        )
+        .bind(device_id)
+        .bind(view)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every GB28181 device's last known state (JSON), at most `limit`.
+    pub async fn gb_statuses(&self, limit: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT view FROM gb_status ORDER BY device_id LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("view")?)).collect()
     }
 
     /// Sets a GB28181 device's own settings (an upsert).
@@ -712,6 +741,13 @@ mod tests {
         g.media_mode.clear();
         store.set_gb_device(id, &g).await.unwrap();
         assert_eq!(store.gb_device(id).await.unwrap(), Some(g));
+        store.save_gb_status(id, r#"{"a":1}"#).await.unwrap();
+        store.save_gb_status(id, r#"{"a":2}"#).await.unwrap();
+        assert!(store
+            .gb_statuses(100)
+            .await
+            .unwrap()
+            .contains(&r#"{"a":2}"#.to_string()));
     }
 
     #[tokio::test]

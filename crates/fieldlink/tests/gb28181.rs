@@ -269,6 +269,15 @@ async fn camera_plays(mode: &str, then_offline: bool) {
     .await;
     let (_, list) = s.api("GET", "/api/v1/gb28181/devices", None);
     assert_eq!(list[0]["online"], false, "{list}");
+    // Presence and the channel list are stored: after a restart the camera is still
+    // listed (offline, with its channels) before it registers again.
+    drop(r);
+    let mut s = s;
+    s.restart();
+    let (_, list) = s.api("GET", "/api/v1/gb28181/devices", None);
+    assert_eq!(list[0]["id"], "34020000001320000001", "{list}");
+    assert_eq!(list[0]["online"], false);
+    assert_eq!(list[0]["channels"][1]["name"], "通道2");
 }
 
 /// A device's own password set through the admin API: the default one is refused (403),
