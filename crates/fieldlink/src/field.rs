@@ -23,6 +23,10 @@ pub struct Args {
     /// Short human-readable lines instead of JSON lines.
     #[arg(long)]
     human: bool,
+    /// Only validate the config: print every problem with its JSON path (exit 1), or
+    /// that it is fine (exit 0). Connects to nothing.
+    #[arg(long)]
+    check: bool,
 }
 
 /// The field device's config.json. Keys from the vendor format that later features use
@@ -153,6 +157,21 @@ pub fn load(path: &PathBuf) -> anyhow::Result<FieldConfig> {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
+    if a.check {
+        let text = std::fs::read_to_string(&a.config)
+            .with_context(|| format!("reading {}", a.config.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not JSON", a.config.display()))?;
+        let problems = crate::field_check::check(&v);
+        for p in &problems {
+            println!("{p}");
+        }
+        if !problems.is_empty() {
+            bail!("{}: {} problem(s)", a.config.display(), problems.len());
+        }
+        println!("{}: OK", a.config.display());
+        return Ok(());
+    }
     let c = load(&a.config)?;
     let id = DeviceId::new(&c.projectid, &c.device_id).context("projectid/device_id")?;
     let server = a

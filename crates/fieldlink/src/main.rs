@@ -3,6 +3,7 @@
 mod demo;
 mod device_io;
 mod field;
+mod field_check;
 mod gb_device;
 mod remote;
 mod server;

@@ -377,3 +377,52 @@ fn clear_errors_for_bad_logins_and_configs() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("DISCONNECTED"));
 }
+
+/// `fieldlink field --config X --check`: every problem with its JSON path and exit 1, or
+/// OK and exit 0; nothing is contacted.
+#[test]
+fn field_config_check_lists_every_problem() {
+    let dir = std::env::temp_dir().join(format!("fieldlink-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"device_id":"f","projectid":"p","password":"x","device_streams":2,"colour":1,
+            "streams_config":[{"fps":25,"cameras":[{"url":"ftp://cam"}]}]}"#,
+    )
+    .unwrap();
+    let out = fieldlink()
+        .args(["field", "--check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "$.colour: unknown key",
+        "$.device_streams: 2, but $.streams_config has 1 entries",
+        "$.streams_config[0].cameras[0].url:",
+    ] {
+        assert!(text.contains(want), "{want} missing in:\n{text}");
+    }
+    assert!(String::from_utf8_lossy(&out.stderr).contains("3 problem(s)"));
+    let good = dir.join("good.json");
+    std::fs::write(
+        &good,
+        r#"{"device_id":"f","projectid":"p","password":"x","device_streams":1,
+            "streams_config":[{"fps":25,"cameras":[{"url":"test://pattern"}]}]}"#,
+    )
+    .unwrap();
+    let out = fieldlink()
+        .args(["field", "--check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,252 @@
+//! `fieldlink field --config config.json --check`: every problem in a field device's
+//! config, each with its JSON path, instead of the first one serde meets.
+
+use serde_json::Value;
+
+const TOP: [&str; 10] = [
+    "device_id",
+    "projectid",
+    "password",
+    "device_name",
+    "device_streams",
+    "cloud_mode",
+    "certificate",
+    "streams_config",
+    "server",
+    "auto_permission",
+];
+const STREAM: [&str; 6] = ["fps", "bps", "width", "height", "protocol", "cameras"];
+const CAMERA: [&str; 4] = ["width", "height", "protocol", "url"];
+
+fn unknown(
+    obj: &serde_json::Map<String, Value>,
+    known: &[&str],
+    path: &str,
+    out: &mut Vec<String>,
+) {
+    for k in obj.keys() {
+        if !known.contains(&k.as_str()) {
+            out.push(format!(
+                "{path}.{k}: unknown key (known: {})",
+                known.join(", ")
+            ));
+        }
+    }
+}
+
+fn int_in(v: Option<&Value>, lo: u64, hi: u64, path: &str, out: &mut Vec<String>) {
+    if let Some(v) = v {
+        match v.as_u64() {
+            Some(n) if (lo..=hi).contains(&n) => {}
+            _ => out.push(format!("{path}: {v} is not a whole number in {lo}..={hi}")),
+        }
+    }
+}
+
+fn string(v: Option<&Value>, path: &str, required: bool, out: &mut Vec<String>) -> Option<String> {
+    match v {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            out.push(format!("{path}: {other} is not a string"));
+            None
+        }
+        None if required => {
+            out.push(format!("{path}: missing"));
+            None
+        }
+        None => None,
+    }
+}
+
+fn check_url(url: &str, path: &str, out: &mut Vec<String>) {
+    if url == "test://pattern" {
+        return;
+    }
+    if let Some(file) = url.strip_prefix("file://") {
+        if !std::path::Path::new(file).is_file() {
+            out.push(format!("{path}: {file} is not a readable file"));
+        }
+        return;
+    }
+    if url.starts_with("rtsp://") || url.starts_with("rtsps://") {
+        out.push(format!(
+            "{path}: RTSP cameras are not supported yet (use test://pattern or file://PATH)"
+        ));
+        return;
+    }
+    out.push(format!(
+        "{path}: {url:?} is not a source (test://pattern, file://PATH, rtsp://...)"
+    ));
+}
+
+/// Every problem found in `v`, as `$.path: what is wrong`.
+pub fn check(v: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(root) = v.as_object() else {
+        return vec!["$: the config must be a JSON object".into()];
+    };
+    unknown(root, &TOP, "$", &mut out);
+    for (k, validate) in [("device_id", true), ("projectid", true)] {
+        if let Some(s) = string(root.get(k), &format!("$.{k}"), validate, &mut out) {
+            if let Err(e) = fieldlink_proto::ids::validate_part(&s) {
+                out.push(format!("$.{k}: {e}"));
+            }
+        }
+    }
+    string(root.get("password"), "$.password", true, &mut out);
+    string(root.get("device_name"), "$.device_name", false, &mut out);
+    string(root.get("cloud_mode"), "$.cloud_mode", false, &mut out);
+    string(root.get("certificate"), "$.certificate", false, &mut out);
+    if let Some(s) = string(root.get("server"), "$.server", false, &mut out) {
+        if !(s.starts_with("ws://") || s.starts_with("wss://")) {
+            out.push(format!("$.server: {s:?} is not a ws:// or wss:// URL"));
+        }
+    }
+    int_in(
+        root.get("auto_permission"),
+        0,
+        1,
+        "$.auto_permission",
+        &mut out,
+    );
+    int_in(
+        root.get("device_streams"),
+        0,
+        16,
+        "$.device_streams",
+        &mut out,
+    );
+    let streams = match root.get("streams_config") {
+        None => Vec::new(),
+        Some(Value::Array(a)) => a.clone(),
+        Some(other) => {
+            out.push(format!("$.streams_config: {other} is not an array"));
+            Vec::new()
+        }
+    };
+    if let (Some(n), false) = (
+        root.get("device_streams").and_then(Value::as_u64),
+        streams.is_empty(),
+    ) {
+        if n as usize != streams.len() {
+            out.push(format!(
+                "$.device_streams: {n}, but $.streams_config has {} entries",
+                streams.len()
+            ));
+        }
+    }
+    for (i, s) in streams.iter().enumerate() {
+        let p = format!("$.streams_config[{i}]");
+        let Some(obj) = s.as_object() else {
+            out.push(format!("{p}: not an object"));
+            continue;
+        };
+        unknown(obj, &STREAM, &p, &mut out);
+        if let Some(f) = obj.get("fps") {
+            if !f.as_f64().is_some_and(|f| f > 0.0 && f <= 240.0) {
+                out.push(format!("{p}.fps: {f} is not in (0, 240]"));
+            }
+        }
+        int_in(obj.get("bps"), 16, 100_000, &format!("{p}.bps"), &mut out);
+        int_in(obj.get("width"), 16, 7680, &format!("{p}.width"), &mut out);
+        int_in(
+            obj.get("height"),
+            16,
+            4320,
+            &format!("{p}.height"),
+            &mut out,
+        );
+        if let Some(m) = string(
+            obj.get("protocol"),
+            &format!("{p}.protocol"),
+            false,
+            &mut out,
+        ) {
+            if !matches!(m.as_str(), "rtsp_enc" | "normal") {
+                out.push(format!(
+                    "{p}.protocol: {m:?} is neither \"rtsp_enc\" nor \"normal\""
+                ));
+            }
+        }
+        let cams = match obj.get("cameras") {
+            None => Vec::new(),
+            Some(Value::Array(a)) => a.clone(),
+            Some(other) => {
+                out.push(format!("{p}.cameras: {other} is not an array"));
+                Vec::new()
+            }
+        };
+        for (j, c) in cams.iter().enumerate() {
+            let cp = format!("{p}.cameras[{j}]");
+            let Some(cobj) = c.as_object() else {
+                out.push(format!("{cp}: not an object"));
+                continue;
+            };
+            unknown(cobj, &CAMERA, &cp, &mut out);
+            int_in(
+                cobj.get("width"),
+                16,
+                7680,
+                &format!("{cp}.width"),
+                &mut out,
+            );
+            int_in(
+                cobj.get("height"),
+                16,
+                4320,
+                &format!("{cp}.height"),
+                &mut out,
+            );
+            int_in(
+                cobj.get("protocol"),
+                0,
+                1,
+                &format!("{cp}.protocol"),
+                &mut out,
+            );
+            if let Some(u) = string(cobj.get("url"), &format!("{cp}.url"), true, &mut out) {
+                check_url(&u, &format!("{cp}.url"), &mut out);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_good_config_has_no_problems() {
+        let v = json!({"device_id": "f", "projectid": "p", "password": "x", "device_streams": 1,
+            "streams_config": [{"fps": 25, "bps": 800, "width": 640, "height": 360,
+                "cameras": [{"url": "test://pattern"}]}]});
+        assert_eq!(check(&v), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let v = json!({"device_id": "f/x", "password": 3, "colour": "red", "device_streams": 2,
+            "server": "http://x",
+            "streams_config": [{"fps": 0, "protocol": "raw", "cameras": [{"url": "ftp://x", "zoom": 1}]}]});
+        let p = check(&v);
+        for want in [
+            "$.colour: unknown key",
+            "$.device_id:",
+            "$.projectid: missing",
+            "$.password: 3 is not a string",
+            "$.server:",
+            "$.device_streams: 2, but $.streams_config has 1 entries",
+            "$.streams_config[0].fps:",
+            "$.streams_config[0].protocol:",
+            "$.streams_config[0].cameras[0].zoom: unknown key",
+            "$.streams_config[0].cameras[0].url:",
+        ] {
+            assert!(
+                p.iter().any(|l| l.starts_with(want)),
+                "{want} not in {p:#?}"
+            );
+        }
+    }
+}
