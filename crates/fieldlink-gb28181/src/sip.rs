@@ -247,28 +247,8 @@ pub fn response(
             let _ = write!(out, "{label}: {v}\r\n");
         }
     }
-    for (n, v) in extra {
-        let _ = write!(out, "{n}: {v}\r\n");
-    }
     out.push_str("User-Agent: fieldlink\r\n");
-    let mut bytes = match body {
-        Some((ctype, b)) => {
-            let _ = write!(
-                out,
-                "Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
-                b.len()
-            );
-            let mut v = out.into_bytes();
-            v.extend_from_slice(b);
-            v
-        }
-        None => {
-            out.push_str("Content-Length: 0\r\n\r\n");
-            out.into_bytes()
-        }
-    };
-    bytes.shrink_to_fit();
-    bytes
+    finish(out, extra, body)
 }
 
 /// What a request needs besides its method and body.
@@ -292,6 +272,16 @@ pub struct Dialog {
 /// A fresh Via branch (RFC 3261 magic cookie + random).
 pub fn branch() -> String {
     format!("z9hG4bK{:016x}", rand::random::<u64>())
+}
+
+/// A fresh From/To tag.
+pub fn new_tag() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// A fresh Call-ID at `host`.
+pub fn new_call_id(host: std::net::IpAddr) -> String {
+    format!("{:016x}@{host}", rand::random::<u64>())
 }
 
 /// Builds a request in `dialog`. ACK for a 2xx needs the INVITE's CSeq number; every other
@@ -324,6 +314,12 @@ pub fn request(
         "Call-ID: {}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nUser-Agent: fieldlink\r\n",
         d.call_id
     );
+    finish(out, extra, body)
+}
+
+/// Ends a message after its fixed headers: the `extra` headers, then Content-Type and
+/// Content-Length, the blank line and the body.
+fn finish(mut out: String, extra: &[(&str, String)], body: Option<(&str, &[u8])>) -> Vec<u8> {
     for (n, v) in extra {
         let _ = write!(out, "{n}: {v}\r\n");
     }

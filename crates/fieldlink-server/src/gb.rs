@@ -409,9 +409,9 @@ impl Sip {
         Dialog {
             remote_uri: format!("sip:{user}@{domain}"),
             local_uri: format!("sip:{}@{domain}", self.platform),
-            local_tag: format!("{:08x}", rand::random::<u32>()),
+            local_tag: sip::new_tag(),
             remote_tag: None,
-            call_id: format!("{:016x}@{}", rand::random::<u64>(), self.local.ip()),
+            call_id: sip::new_call_id(self.local.ip()),
             via: self.local,
             transport,
         }
@@ -470,7 +470,7 @@ impl Sip {
             _ => response(&msg, 501, "Not Implemented", from, "fl", &[], None),
         };
         self.send(&reply, from).await;
-        self.finish_catalogs(false).await;
+        self.finish_catalogs().await;
     }
 
     async fn on_reg_event(&mut self, ev: RegEvent) {
@@ -598,7 +598,7 @@ impl Sip {
     }
 
     /// Catalogs that are complete (or went quiet) make their devices field devices.
-    async fn finish_catalogs(&mut self, _tick: bool) {
+    async fn finish_catalogs(&mut self) {
         let now = Instant::now();
         let done: Vec<GbId> = self
             .devices
@@ -905,24 +905,26 @@ impl Sip {
             self.send(&ack, from).await;
         } else if code >= 300 {
             tracing::warn!(device = %id, channel = ch, code, "GB28181 INVITE refused");
-            if let Some(d) = self.devices.get_mut(&id) {
-                if let Some(c) = d.calls.remove(&ch) {
-                    c.receiver.abort();
-                }
-            }
+            self.forget_call(call_id);
         }
     }
 
     /// The device hung up a channel.
     fn on_bye(&mut self, msg: &Message) {
-        let call_id = msg.header("call-id").unwrap_or_default();
+        let call_id = msg.header("call-id").unwrap_or_default().to_string();
+        self.forget_call(&call_id);
+    }
+
+    /// Drops the call with this Call-ID, if any, and stops receiving its media (it ended
+    /// without us: the device hung up, or never answered).
+    fn forget_call(&mut self, call_id: &str) {
         for d in self.devices.values_mut() {
             d.calls.retain(|_, c| {
-                let hung_up = c.dialog.call_id == call_id;
-                if hung_up {
+                let gone = c.dialog.call_id == call_id;
+                if gone {
                     c.receiver.abort();
                 }
-                !hung_up
+                !gone
             });
         }
     }
@@ -971,18 +973,10 @@ impl Sip {
         for key in dead {
             tracing::warn!(call_id = %key.call_id, method = %key.method, "GB28181 request not answered; given up");
             if key.method == "INVITE" {
-                for d in self.devices.values_mut() {
-                    d.calls.retain(|_, c| {
-                        let gone = c.dialog.call_id == key.call_id;
-                        if gone {
-                            c.receiver.abort();
-                        }
-                        !gone
-                    });
-                }
+                self.forget_call(&key.call_id);
             }
         }
-        self.finish_catalogs(true).await;
+        self.finish_catalogs().await;
         let ids: Vec<GbId> = self.devices.keys().cloned().collect();
         for id in &ids {
             self.publish(id, true, false);

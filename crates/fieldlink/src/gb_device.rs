@@ -110,9 +110,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let register = Dialog {
         remote_uri: format!("sip:{}@{domain}", a.platform_id),
         local_uri: format!("sip:{}@{domain}", a.id),
-        local_tag: format!("{:08x}", rand::random::<u32>()),
+        local_tag: sip::new_tag(),
         remote_tag: None,
-        call_id: format!("{:016x}@{}", rand::random::<u64>(), local.ip()),
+        call_id: sip::new_call_id(local.ip()),
         via: local,
         transport: "UDP",
     };
@@ -161,8 +161,8 @@ impl Device {
     async fn send_message(&mut self, body: Vec<u8>) -> anyhow::Result<()> {
         self.cseq += 1;
         let dialog = Dialog {
-            call_id: format!("{:016x}@{}", rand::random::<u64>(), self.local.ip()),
-            local_tag: format!("{:08x}", rand::random::<u32>()),
+            call_id: sip::new_call_id(self.local.ip()),
+            local_tag: sip::new_tag(),
             ..self.register.clone()
         };
         let r = sip::request(
@@ -382,7 +382,7 @@ impl Device {
             200,
             "OK",
             from,
-            &format!("{:08x}", rand::random::<u32>()),
+            &sip::new_tag(),
             &[("Contact", format!("<sip:{channel}@{}>", self.local))],
             Some(("APPLICATION/SDP", answer.as_bytes())),
         );
