@@ -150,7 +150,7 @@ impl Registrar {
         wall: SystemTime,
         own_ha1: Option<&str>,
     ) -> (Vec<u8>, Option<RegEvent>) {
-        let tag = format!("{:08x}", rand::random::<u32>());
+        let tag = crate::sip::new_tag();
         let reply = |code: u16, reason: &str, extra: &[(&str, String)]| {
             response(req, code, reason, source, &tag, extra, None)
         };
@@ -164,16 +164,19 @@ impl Registrar {
             );
         };
         let ip_key = source.ip().to_string();
-        if self.banned(&user, now) || self.banned(&ip_key, now) {
-            let why = "banned after repeated wrong passwords".to_string();
-            return (
+        // 403, and the reason for the log.
+        let refuse = |user: String, why: String| {
+            (
                 reply(403, "Forbidden", &[]),
                 Some(RegEvent::Refused {
                     user,
                     addr: source,
                     why,
                 }),
-            );
+            )
+        };
+        if self.banned(&user, now) || self.banned(&ip_key, now) {
+            return refuse(user, "banned after repeated wrong passwords".into());
         }
         let Some(expires) = req.expires() else {
             return (reply(400, "Bad Request (Expires missing)", &[]), None);
@@ -204,14 +207,7 @@ impl Registrar {
             } else {
                 "wrong password".to_string()
             };
-            return (
-                reply(403, "Forbidden", &[]),
-                Some(RegEvent::Refused {
-                    user,
-                    addr: source,
-                    why,
-                }),
-            );
+            return refuse(user, why);
         }
         self.failures.remove(&user);
         self.failures.remove(&ip_key);
@@ -386,30 +382,41 @@ mod tests {
         )
     }
 
-    fn setup() -> (Registrar, SocketAddr, Instant, SystemTime) {
+    /// One REGISTER from `SRC` (with `expires` and `auth`) at `at`, on the test clock.
+    fn send(
+        r: &mut Registrar,
+        expires: Option<u32>,
+        auth: Option<String>,
+        at: Instant,
+        own: Option<&str>,
+    ) -> (Vec<u8>, Option<RegEvent>) {
+        let wall = UNIX_EPOCH + Duration::from_millis(1_763_884_800_123);
+        r.on_register(&register(expires, auth), src(), at, wall, own)
+    }
+
+    fn src() -> SocketAddr {
+        "127.0.0.1:5070".parse().unwrap()
+    }
+
+    fn setup() -> (Registrar, Instant) {
         let mut cfg = RegistrarConfig::new("3402000000", "12345678");
         cfg.max_failures = 3;
-        (
-            Registrar::new(cfg),
-            "127.0.0.1:5070".parse().unwrap(),
-            Instant::now(),
-            UNIX_EPOCH + Duration::from_millis(1_763_884_800_123),
-        )
+        (Registrar::new(cfg), Instant::now())
     }
 
     #[test]
     fn challenge_then_register_then_unregister() {
-        let (mut r, src, now, wall) = setup();
-        let (reply, ev) = r.on_register(&register(Some(3600), None), src, now, wall, None);
+        let (mut r, now) = setup();
+        let (reply, ev) = send(&mut r, Some(3600), None, now, None);
         let (c, m) = code(&reply);
         assert_eq!((c, ev), (401, None));
         let nonce = nonce_of(&m);
         assert_eq!(nonce.len(), 32);
-        let (reply, ev) = r.on_register(
-            &register(Some(3600), Some(auth(&nonce, "12345678"))),
-            src,
+        let (reply, ev) = send(
+            &mut r,
+            Some(3600),
+            Some(auth(&nonce, "12345678")),
             now,
-            wall,
             None,
         );
         let (c, m) = code(&reply);
@@ -420,26 +427,20 @@ mod tests {
             ev,
             Some(RegEvent::Online {
                 id: DEV.parse().unwrap(),
-                addr: src
+                addr: src()
             })
         );
         assert!(r.device(&DEV.parse().unwrap()).is_some());
         // A refresh from the same place is not news.
-        let (reply, ev) = r.on_register(
-            &register(Some(3600), Some(auth(&nonce, "12345678"))),
-            src,
+        let (reply, ev) = send(
+            &mut r,
+            Some(3600),
+            Some(auth(&nonce, "12345678")),
             now,
-            wall,
             None,
         );
         assert_eq!((code(&reply).0, ev), (200, None));
-        let (reply, ev) = r.on_register(
-            &register(Some(0), Some(auth(&nonce, "12345678"))),
-            src,
-            now,
-            wall,
-            None,
-        );
+        let (reply, ev) = send(&mut r, Some(0), Some(auth(&nonce, "12345678")), now, None);
         assert_eq!(code(&reply).0, 200);
         assert_eq!(
             ev,
@@ -452,37 +453,25 @@ mod tests {
 
     #[test]
     fn wrong_password_403_then_ban() {
-        let (mut r, src, now, wall) = setup();
-        let (reply, _) = r.on_register(&register(Some(60), None), src, now, wall, None);
+        let (mut r, now) = setup();
+        let (reply, _) = send(&mut r, Some(60), None, now, None);
         let nonce = nonce_of(&code(&reply).1);
         for _ in 0..3 {
-            let (reply, ev) = r.on_register(
-                &register(Some(60), Some(auth(&nonce, "wrong"))),
-                src,
-                now,
-                wall,
-                None,
-            );
+            let (reply, ev) = send(&mut r, Some(60), Some(auth(&nonce, "wrong")), now, None);
             assert_eq!(code(&reply).0, 403);
             assert!(matches!(ev, Some(RegEvent::Refused { .. })));
         }
         // Banned: even the right password is refused until the ban ends.
-        let (reply, _) = r.on_register(
-            &register(Some(60), Some(auth(&nonce, "12345678"))),
-            src,
-            now,
-            wall,
-            None,
-        );
+        let (reply, _) = send(&mut r, Some(60), Some(auth(&nonce, "12345678")), now, None);
         assert_eq!(code(&reply).0, 403);
         let later = now + Duration::from_secs(301);
-        let (reply, _) = r.on_register(&register(Some(60), None), src, later, wall, None);
+        let (reply, _) = send(&mut r, Some(60), None, later, None);
         let nonce = nonce_of(&code(&reply).1);
-        let (reply, _) = r.on_register(
-            &register(Some(60), Some(auth(&nonce, "12345678"))),
-            src,
+        let (reply, _) = send(
+            &mut r,
+            Some(60),
+            Some(auth(&nonce, "12345678")),
             later,
-            wall,
             None,
         );
         assert_eq!(code(&reply).0, 200);
@@ -490,38 +479,20 @@ mod tests {
 
     #[test]
     fn per_device_password_and_missing_expires_and_stale_nonce() {
-        let (mut r, src, now, wall) = setup();
+        let (mut r, now) = setup();
         let own = crate::digest::ha1(DEV, "3402000000", "own");
         let own = Some(own.as_str());
-        let (reply, _) = r.on_register(&register(None, None), src, now, wall, None);
+        let (reply, _) = send(&mut r, None, None, now, None);
         assert_eq!(code(&reply).0, 400);
-        let (reply, _) = r.on_register(&register(Some(60), None), src, now, wall, own);
+        let (reply, _) = send(&mut r, Some(60), None, now, own);
         let nonce = nonce_of(&code(&reply).1);
-        let (reply, _) = r.on_register(
-            &register(Some(60), Some(auth(&nonce, "12345678"))),
-            src,
-            now,
-            wall,
-            own,
-        );
+        let (reply, _) = send(&mut r, Some(60), Some(auth(&nonce, "12345678")), now, own);
         assert_eq!(code(&reply).0, 403);
-        let (reply, _) = r.on_register(
-            &register(Some(60), Some(auth(&nonce, "own"))),
-            src,
-            now,
-            wall,
-            own,
-        );
+        let (reply, _) = send(&mut r, Some(60), Some(auth(&nonce, "own")), now, own);
         assert_eq!(code(&reply).0, 200);
         // An expired nonce gets a new challenge marked stale.
         let late = now + Duration::from_secs(61);
-        let (reply, _) = r.on_register(
-            &register(Some(60), Some(auth(&nonce, "own"))),
-            src,
-            late,
-            wall,
-            own,
-        );
+        let (reply, _) = send(&mut r, Some(60), Some(auth(&nonce, "own")), late, own);
         let (c, m) = code(&reply);
         assert_eq!(c, 401);
         assert!(m.header("www-authenticate").unwrap().contains("stale=true"));
@@ -529,20 +500,20 @@ mod tests {
 
     #[test]
     fn silence_and_expiry_take_devices_offline() {
-        let (mut r, src, now, wall) = setup();
-        let (reply, _) = r.on_register(&register(Some(3600), None), src, now, wall, None);
+        let (mut r, now) = setup();
+        let (reply, _) = send(&mut r, Some(3600), None, now, None);
         let nonce = nonce_of(&code(&reply).1);
-        r.on_register(
-            &register(Some(3600), Some(auth(&nonce, "12345678"))),
-            src,
+        send(
+            &mut r,
+            Some(3600),
+            Some(auth(&nonce, "12345678")),
             now,
-            wall,
             None,
         );
         let id: GbId = DEV.parse().unwrap();
         assert_eq!(r.next_deadline(), Some(now + Duration::from_secs(180)));
         assert!(r.poll(now + Duration::from_secs(179)).is_empty());
-        assert!(r.seen(&id, src.ip(), now + Duration::from_secs(179)));
+        assert!(r.seen(&id, src().ip(), now + Duration::from_secs(179)));
         assert!(r.poll(now + Duration::from_secs(300)).is_empty());
         assert_eq!(
             r.poll(now + Duration::from_secs(359)),
@@ -551,17 +522,11 @@ mod tests {
                 why: OfflineReason::KeepaliveTimeout
             }]
         );
-        assert!(!r.seen(&id, src.ip(), now + Duration::from_secs(360)));
+        assert!(!r.seen(&id, src().ip(), now + Duration::from_secs(360)));
         // Registration expiry.
-        let (reply, _) = r.on_register(&register(Some(10), None), src, now, wall, None);
+        let (reply, _) = send(&mut r, Some(10), None, now, None);
         let nonce = nonce_of(&code(&reply).1);
-        r.on_register(
-            &register(Some(10), Some(auth(&nonce, "12345678"))),
-            src,
-            now,
-            wall,
-            None,
-        );
+        send(&mut r, Some(10), Some(auth(&nonce, "12345678")), now, None);
         assert_eq!(
             r.poll(now + Duration::from_secs(10)),
             vec![RegEvent::Offline {

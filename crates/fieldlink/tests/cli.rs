@@ -114,16 +114,20 @@ fn wait_line(rx: &mpsc::Receiver<Value>, what: &str, pred: impl Fn(&Value) -> bo
     }
 }
 
-#[test]
-fn field_and_remote_command_lines_exchange_control_data() {
-    let s = TestServer::start();
-    s.standard();
+/// `fieldlink remote` as `p/r1` (JSON output) with `extra` arguments.
+fn remote_r1(s: &TestServer, extra: &[&str]) -> Command {
+    let mut c = fieldlink();
+    c.args(["remote", "--server", &s.ws, "--device-id", "p/r1"])
+        .args(["--password", "rpw", "--json"])
+        .args(extra);
+    c
+}
+
+/// Writes `config` as the field device's config.json and starts `fieldlink field` on it
+/// (stdin and stdout piped); returns once it is ready.
+fn start_field(s: &TestServer, config: &str) -> (std::process::Child, mpsc::Receiver<Value>) {
     let cfg = s.dir.join("field.json");
-    std::fs::write(
-        &cfg,
-        format!(r#"{{"device_id":"f","projectid":"p","password":"fpw","device_streams":1,"server":"{}"}}"#, s.ws),
-    )
-    .unwrap();
+    std::fs::write(&cfg, config).unwrap();
     let mut field = fieldlink()
         .args(["field", "--config"])
         .arg(&cfg)
@@ -131,24 +135,24 @@ fn field_and_remote_command_lines_exchange_control_data() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let field_out = lines(&mut field);
-    wait_line(&field_out, "field ready", |v| v["event"] == "ready");
+    let out = lines(&mut field);
+    wait_line(&out, "field ready", |v| v["event"] == "ready");
+    (field, out)
+}
 
-    let remote = |extra: &[&str]| {
-        let mut c = fieldlink();
-        c.args([
-            "remote",
-            "--server",
-            &s.ws,
-            "--device-id",
-            "p/r1",
-            "--password",
-            "rpw",
-            "--json",
-        ])
-        .args(extra);
-        c
-    };
+#[test]
+fn field_and_remote_command_lines_exchange_control_data() {
+    let s = TestServer::start();
+    s.standard();
+    let (mut field, field_out) = start_field(
+        &s,
+        &format!(
+            r#"{{"device_id":"f","projectid":"p","password":"fpw","device_streams":1,"server":"{}"}}"#,
+            s.ws
+        ),
+    );
+
+    let remote = |extra: &[&str]| remote_r1(&s, extra);
     // List.
     let out = remote(&["list"]).output().unwrap();
     assert!(
@@ -243,41 +247,16 @@ fn field_and_remote_command_lines_exchange_control_data() {
 fn remote_watch_prints_states_and_stats_and_exits_by_outcome() {
     let s = TestServer::start();
     s.standard();
-    let cfg = s.dir.join("field.json");
-    std::fs::write(
-        &cfg,
-        format!(
+    let (mut field, _field_out) = start_field(
+        &s,
+        &format!(
             r#"{{"device_id":"f","projectid":"p","password":"fpw","device_streams":2,"server":"{}",
-                "streams_config":[{{"width":320,"height":180,"fps":25,"bps":300}},{{"width":320,"height":180,"fps":25,"bps":300}}]}}"#,
+                    "streams_config":[{{"width":320,"height":180,"fps":25,"bps":300}},{{"width":320,"height":180,"fps":25,"bps":300}}]}}"#,
             s.ws
         ),
-    )
-    .unwrap();
-    let mut field = fieldlink()
-        .args(["field", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let field_out = lines(&mut field);
-    wait_line(&field_out, "field ready", |v| v["event"] == "ready");
+    );
     let watch = |extra: &[&str]| {
-        fieldlink()
-            .args([
-                "remote",
-                "--server",
-                &s.ws,
-                "--device-id",
-                "p/r1",
-                "--password",
-                "rpw",
-                "--json",
-                "watch",
-                "--gwid",
-                "p/f",
-                "--duration",
-                "3",
-            ])
+        remote_r1(&s, &["watch", "--gwid", "p/f", "--duration", "3"])
             .args(extra)
             .output()
             .unwrap()

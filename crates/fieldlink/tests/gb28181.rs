@@ -19,15 +19,19 @@ fn scenario(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A port free on 127.0.0.1 for both UDP and TCP now (SIPp's own default, 5060, would
-/// collide between tests running at once).
-fn free_port() -> u16 {
+/// Waits until remote `r` lists the camera `gwid` online (its catalog is in).
+async fn wait_listed(r: &fieldlink_sdk::RemoteDevice, gwid: &fieldlink_sdk::DeviceId) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = u.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        let fields = r.list_fields().await.unwrap();
+        if fields.iter().any(|f| &f.id == gwid && f.online) {
+            return;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{gwid} not listed online: {fields:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -86,6 +90,30 @@ fn sipp_registers_keeps_alive_is_refused_with_a_wrong_password_and_unregisters()
     }
 }
 
+/// A server whose GB28181 devices join project `p` (with the standard devices), SIP on a
+/// free port; `toml` goes into its `[gb28181]` section. Returns it and its SIP address.
+fn gb_server(toml: &str, flags: &[&str]) -> (TestServer, String) {
+    let s = TestServer::start_with(
+        &format!("[gb28181]\nproject = \"p\"\n{toml}"),
+        &[&["--sip-listen", "127.0.0.1:0"], flags].concat(),
+    );
+    s.standard();
+    let sip = s.sip.clone().expect("the ready line names the SIP address");
+    (s, sip)
+}
+
+/// `fieldlink gb-device` registering at `sip` with `args`, its JSON lines on stdout.
+fn gb_device(sip: &str, args: &[&str]) -> KillOnDrop {
+    KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_fieldlink"))
+            .args(["gb-device", "--server", sip])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// A child process that is killed however the test ends.
 struct KillOnDrop(std::process::Child);
 
@@ -117,29 +145,11 @@ async fn a_gb28181_camera_plays_over_tcp_active() {
 
 async fn camera_plays(mode: &str, then_offline: bool) {
     use fieldlink_media::FrameMeta;
-    let s = TestServer::start_with(
-        &format!(
-            "[gb28181]\nproject = \"p\"\nlinger_secs = 1\nkeepalive_misses = 3\nmedia_mode = \"{mode}\"\n"
-        ),
-        &["--sip-listen", "127.0.0.1:0", "--sip-keepalive-secs", "1"],
+    let (s, sip) = gb_server(
+        &format!("linger_secs = 1\nkeepalive_misses = 3\nmedia_mode = \"{mode}\"\n"),
+        &["--sip-keepalive-secs", "1"],
     );
-    s.standard();
-    let sip = s.sip.clone().unwrap();
-    let mut dev = KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_fieldlink"))
-            .args([
-                "gb-device",
-                "--server",
-                &sip,
-                "--channels",
-                "2",
-                "--keepalive-secs",
-                "1",
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut dev = gb_device(&sip, &["--channels", "2", "--keepalive-secs", "1"]);
     let (tx, dev_out) = std::sync::mpsc::channel::<serde_json::Value>();
     let stdout = dev.0.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -170,18 +180,7 @@ async fn camera_plays(mode: &str, then_offline: bool) {
     let (r, mut ev) = fieldlink_sdk::RemoteDevice::connect(rc).await.unwrap();
     // The camera shows up as a field device of the project once its catalog is in.
     let gwid = id("p/34020000001320000001");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let fields = r.list_fields().await.unwrap();
-        if fields.iter().any(|f| f.id == gwid && f.online) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not listed: {fields:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_listed(&r, &gwid).await;
     r.connect_streams(&gwid, &[0, 1], &[0, 1]).await.unwrap();
     let want_mode = match mode {
         "udp" => "Udp",
@@ -312,12 +311,7 @@ fn a_device_password_from_the_admin_api() {
 /// (the UAC had already exited when it was first sent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sipp_camera_answers_invite_and_bye() {
-    let s = TestServer::start_with(
-        "[gb28181]\nproject = \"p\"\nlinger_secs = 1\n",
-        &["--sip-listen", "127.0.0.1:0"],
-    );
-    s.standard();
-    let sip = s.sip.clone().unwrap();
+    let (s, sip) = gb_server("linger_secs = 1\n", &[]);
     let dev = "34020000001320000001";
     let port = free_port();
     let out = sipp_cmd(&sip, "register.xml", dev, "12345678", false, port)
@@ -341,18 +335,7 @@ async fn a_sipp_camera_answers_invite_and_bye() {
     rc.streams = 1;
     let (r, _ev) = fieldlink_sdk::RemoteDevice::connect(rc).await.unwrap();
     let gwid = id(&format!("p/{dev}"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let fields = r.list_fields().await.unwrap();
-        if fields.iter().any(|f| f.id == gwid && f.online) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "camera not listed: {fields:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_listed(&r, &gwid).await;
     r.connect_streams(&gwid, &[0], &[0]).await.unwrap();
     // The call is up (the INVITE was accepted) once the admin API says the channel plays.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -391,34 +374,13 @@ async fn a_sipp_camera_answers_invite_and_bye() {
 /// with a reason that names the codec, instead of waiting forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h265_channel_fails_with_a_clear_reason() {
-    let s = TestServer::start_with(
-        "[gb28181]\nproject = \"p\"\nlinger_secs = 1\n",
-        &["--sip-listen", "127.0.0.1:0"],
-    );
-    s.standard();
-    let sip = s.sip.clone().unwrap();
-    let _dev = KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_fieldlink"))
-            .args(["gb-device", "--server", &sip, "--stream-type", "36"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (s, sip) = gb_server("linger_secs = 1\n", &[]);
+    let _dev = gb_device(&sip, &["--stream-type", "36"]);
     let mut rc = s.cfg("p/r1", "rpw");
     rc.streams = 1;
     let (r, mut ev) = fieldlink_sdk::RemoteDevice::connect(rc).await.unwrap();
     let gwid = id("p/34020000001320000001");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !r
-        .list_fields()
-        .await
-        .unwrap()
-        .iter()
-        .any(|f| f.id == gwid && f.online)
-    {
-        assert!(tokio::time::Instant::now() < deadline, "camera not listed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_listed(&r, &gwid).await;
     r.connect_streams(&gwid, &[0], &[0]).await.unwrap();
     let e = expect_event(&mut ev, "failed", |e| {
         matches!(
@@ -443,12 +405,7 @@ async fn an_h265_channel_fails_with_a_clear_reason() {
 /// as it registers, with no viewer.
 #[test]
 fn an_always_on_device_is_pulled_without_viewers() {
-    let s = TestServer::start_with(
-        "[gb28181]\nproject = \"p\"\n",
-        &["--sip-listen", "127.0.0.1:0"],
-    );
-    s.standard();
-    let sip = s.sip.clone().unwrap();
+    let (s, sip) = gb_server("", &[]);
     let (code, body) = s.api(
         "PUT",
         "/api/v1/gb28181/devices/34020000001320000001",
@@ -459,13 +416,7 @@ fn an_always_on_device_is_pulled_without_viewers() {
         (200, Some(true)),
         "{body}"
     );
-    let mut dev = KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_fieldlink"))
-            .args(["gb-device", "--server", &sip, "--channels", "2"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut dev = gb_device(&sip, &["--channels", "2"]);
     let stdout = dev.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -71,9 +71,6 @@ async fn the_gb28181_rs_device_registers_keeps_alive_and_plays() {
     );
     s.standard();
     let sip: std::net::SocketAddr = s.sip.clone().unwrap().parse().unwrap();
-    let local = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let local_port = local.local_addr().unwrap().port();
-    drop(local);
     let config = Gb28181Config {
         enabled: true,
         platform_sip_address: "127.0.0.1".to_string(),
@@ -82,7 +79,7 @@ async fn the_gb28181_rs_device_registers_keeps_alive_and_plays() {
         channel_id: DEVICE.to_string(),
         sip_domain: "3402000000".to_string(),
         password: "12345678".to_string(),
-        local_sip_port: local_port,
+        local_sip_port: free_port(),
         register_interval_secs: 3600,
         heartbeat_interval_secs: 1,
         heartbeat_timeout_count: 3,

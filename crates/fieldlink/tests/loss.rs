@@ -175,6 +175,34 @@ async fn one_stream_with(
     (field, fe, r, re)
 }
 
+/// What a remote's receivers got for `secs`: the test pattern's frame counters, and bytes.
+async fn watch_frames(
+    re: &mut fieldlink_sdk::Events,
+    secs: u64,
+) -> (std::collections::BTreeSet<u64>, usize) {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut bytes = 0;
+    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while let Ok(Some(e)) = tokio::time::timeout_at(end, re.recv()).await {
+        if let Event::Frame(f) = e {
+            bytes += f.data.len();
+            if let Some(m) = fieldlink_media::FrameMeta::find(&f.data) {
+                seen.insert(m.frame);
+            }
+        }
+    }
+    (seen, bytes)
+}
+
+/// Of the frames sent from the first counter seen to the last (the tail may still be in
+/// repair): (how many arrived, how many were sent, percent).
+fn arrival(seen: &std::collections::BTreeSet<u64>) -> (u64, u64, f64) {
+    let (first, last) = (*seen.first().unwrap(), *seen.last().unwrap());
+    let span = last - first + 1;
+    let got = seen.len() as u64;
+    (got, span, got as f64 / span as f64 * 100.0)
+}
+
 /// An order-keeping delay line: datagrams leave in the order they came, each not before
 /// its time (one task per direction; per-packet timers would reorder them).
 struct Pipe {
@@ -404,7 +432,6 @@ async fn media_loss_is_detected_and_repaired_without_the_application() {
 /// through at this loss: str0m's default cap dropped 1–6% of frames).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn video_survives_10_percent_loss() {
-    use fieldlink_media::FrameMeta;
     use fieldlink_sdk::video::TestPatternConfig;
     let (s, relay) = through_relay().await;
     let tp = TestPatternConfig {
@@ -421,22 +448,9 @@ async fn video_survives_10_percent_loss() {
     relay.delay_ms.store(10, Ordering::Relaxed);
     relay.upstream_only.store(true, Ordering::Relaxed);
     relay.loss_pct.store(10, Ordering::Relaxed);
-    let mut seen = std::collections::BTreeSet::new();
-    let end = tokio::time::Instant::now() + Duration::from_secs(8);
-    while let Ok(Some(e)) = tokio::time::timeout_at(end, re.recv()).await {
-        if let Event::Frame(f) = e {
-            if let Some(m) = FrameMeta::find(&f.data) {
-                seen.insert(m.frame);
-            }
-        }
-    }
+    let (seen, _) = watch_frames(&mut re, 8).await;
     relay.loss_pct.store(0, Ordering::Relaxed);
-    // Frames that left the field device while the loss was on: from the first seen to the
-    // last seen (the tail may still be in repair).
-    let (first, last) = (*seen.first().unwrap(), *seen.last().unwrap());
-    let span = last - first + 1;
-    let got = seen.len() as u64;
-    let pct = got as f64 / span as f64 * 100.0;
+    let (got, span, pct) = arrival(&seen);
     eprintln!(
         "video at 10% loss: {got} of {span} frames ({pct:.2}%), relay dropped {}",
         relay.dropped.load(Ordering::Relaxed)
@@ -480,11 +494,10 @@ async fn the_bandwidth_estimate_follows_a_limited_uplink() {
 
 /// The closed loop: a source configured at 1500 kbit/s behind an uplink shaped to 1000
 /// kbit/s follows the bandwidth estimate down, so once settled the shaper drops at most a
-/// few percent (probes) and the remote keeps getting frames. Without adaptation the source's ~1200
-/// kbit/s would overflow the shaper constantly.
+/// few percent (probes) and the remote keeps getting frames. Without adaptation the
+/// source's ~1200 kbit/s would overflow the shaper constantly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_source_bitrate_follows_a_limited_uplink() {
-    use fieldlink_media::FrameMeta;
     use fieldlink_sdk::video::TestPatternConfig;
     let (s, relay) = through_relay().await;
     let tp = TestPatternConfig {
@@ -504,25 +517,13 @@ async fn the_source_bitrate_follows_a_limited_uplink() {
         relay.dropped.load(Ordering::Relaxed),
         relay.passed.load(Ordering::Relaxed),
     );
-    let mut seen = std::collections::BTreeSet::new();
-    let mut bytes = 0;
-    let end = tokio::time::Instant::now() + Duration::from_secs(6);
-    while let Ok(Some(e)) = tokio::time::timeout_at(end, re.recv()).await {
-        if let Event::Frame(f) = e {
-            bytes += f.data.len();
-            if let Some(m) = FrameMeta::find(&f.data) {
-                seen.insert(m.frame);
-            }
-        }
-    }
+    let (seen, bytes) = watch_frames(&mut re, 6).await;
     let dropped = relay.dropped.load(Ordering::Relaxed) - d0;
     let passed = relay.passed.load(Ordering::Relaxed) - p0;
-    let span = seen.last().unwrap() - seen.first().unwrap() + 1;
-    let pct = seen.len() as f64 / span as f64 * 100.0;
+    let (got, span, pct) = arrival(&seen);
     let kbps = bytes * 8 / 6 / 1000;
     eprintln!(
-        "shaped to 1000 kbit/s: video {kbps} kbit/s, {} of {span} frames ({pct:.1}%), shaper dropped {dropped} of {}",
-        seen.len(),
+        "shaped to 1000 kbit/s: video {kbps} kbit/s, {got} of {span} frames ({pct:.1}%), shaper dropped {dropped} of {}",
         dropped + passed
     );
     assert!(kbps < 1000, "the source did not slow down: {kbps} kbit/s");

@@ -239,6 +239,18 @@ pub fn raw_http(
     (status, json)
 }
 
+/// A port free on 127.0.0.1 for both UDP and TCP now (a client's own port that tests
+/// running at once must not share).
+pub fn free_port() -> u16 {
+    loop {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub fn id(s: &str) -> DeviceId {
     s.parse().unwrap()
 }
