@@ -7,7 +7,7 @@ pub mod fmp4;
 pub mod ps;
 pub mod sei;
 
-pub use annexb::{is_h264_keyframe, nal_units, ParamSets};
+pub use annexb::{is_h264_keyframe, is_h265_keyframe, nal_units, ParamSets};
 pub use sei::{FrameMeta, SeiError};
 
 /// Share of sent bytes that retransmissions may take before a sender drops queued resends.
@@ -17,3 +17,28 @@ pub const RTX_RATIO_CAP: f32 = 0.5;
 
 /// How long sent video packets stay available for retransmission, and how many.
 pub const RTX_CACHE: (usize, std::time::Duration) = (2000, std::time::Duration::from_secs(3));
+
+/// The video codecs fieldlink carries end to end (Annex-B access units).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum VideoCodec {
+    #[default]
+    H264,
+    H265,
+}
+
+impl VideoCodec {
+    /// True if `au` can start decoding (H.264 IDR, H.265 IRAP).
+    pub fn is_keyframe(self, au: &[u8]) -> bool {
+        match self {
+            VideoCodec::H264 => is_h264_keyframe(au),
+            VideoCodec::H265 => is_h265_keyframe(au),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            VideoCodec::H264 => "H.264",
+            VideoCodec::H265 => "H.265",
+        }
+    }
+}

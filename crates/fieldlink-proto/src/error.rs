@@ -58,6 +58,7 @@ codes! {
     StreamOutOfRange = -40, "STREAM_OUT_OF_RANGE", "stream id is not in 0..device_streams-1 of that field device";
     ConnFdOutOfRange = -41, "CONN_FD_OUT_OF_RANGE", "conn_fd is not in 0..max_streams-1";
     NoVideo = -42, "NO_VIDEO", "the field device publishes no video";
+    SourceFailed = -43, "SOURCE_FAILED", "a video source (camera) of the field device does not work";
 }
 
 impl ErrorCode {

@@ -147,6 +147,19 @@ pub enum ClientMsg {
         remote_id: DeviceId,
         level: Permission,
     },
+    /// Field only: the state of a stream's source (a camera). While `ok` is false its
+    /// receivers are `failed` with `reason`; `keyframe_on_request` false (a camera in
+    /// passthrough) makes the server start new receivers from the stream's last keyframe.
+    SourceState {
+        #[serde(default)]
+        req: Option<u64>,
+        stream_id: u32,
+        ok: bool,
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(default = "yes")]
+        keyframe_on_request: bool,
+    },
     Ping {
         #[serde(default)]
         req: Option<u64>,
@@ -172,6 +185,7 @@ macro_rules! with_req {
             | ClientMsg::SetSessionToken { req: $req, .. }
             | ClientMsg::RequestPermission { req: $req, .. }
             | ClientMsg::SetPermission { req: $req, .. }
+            | ClientMsg::SourceState { req: $req, .. }
             | ClientMsg::Ping { req: $req } => $body,
         }
     };

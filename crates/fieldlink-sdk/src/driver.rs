@@ -122,7 +122,7 @@ async fn establish(role: Role, cfg: &DeviceConfig) -> Result<Connection> {
         }
     }
     let (mut peer, offer, video_mids) =
-        Peer::new(local_ip, cfg.streams, role == Role::Field).await?;
+        Peer::new(local_ip, cfg.streams, role == Role::Field, cfg.h265).await?;
     ws.send(to_msg(&ClientMsg::Offer {
         req: Some(1),
         sdp: offer,
@@ -197,6 +197,7 @@ pub(crate) async fn start(
         sessions: Vec::new(),
         codes: HashMap::new(),
         watches: HashMap::new(),
+        sources: HashMap::new(),
         video_epoch: std::time::SystemTime::now(),
         decoders: Vec::new(),
         recorders: HashMap::new(),
@@ -237,6 +238,8 @@ struct Driver {
     codes: HashMap<DeviceId, String>,
     /// Remote: receivers to reconnect after a reconnect (conn_fd -> stream).
     watches: HashMap<u32, (DeviceId, u32)>,
+    /// Field: the last source state told per stream, told again after a reconnect.
+    sources: HashMap<u32, ClientMsg>,
     /// Field: RTP timestamps count from here.
     video_epoch: std::time::SystemTime,
     /// Remote with `decode`: one H.264 decoder per receiver.
@@ -300,6 +303,9 @@ impl Driver {
                             let _ = reply.send(Err(ErrorCode::Disconnected.into()));
                         }
                         Some(Cmd::Video { .. }) => {}
+                        Some(Cmd::SourceState { stream, ok, reason, keyframe_on_request }) => {
+                            self.source_state(stream, ok, reason, keyframe_on_request);
+                        }
                     }
                 }
             }
@@ -336,6 +342,7 @@ impl Driver {
             stream_ids: vec![*s],
             conn_fds: vec![*fd],
         }));
+        msgs.extend(self.sources.values().cloned());
         for mut m in msgs {
             let id = self.req_id();
             m.set_req(Some(id));
@@ -343,6 +350,39 @@ impl Driver {
                 self.pending.insert(id, Pending::Restore(m));
             }
         }
+    }
+
+    /// Remembers a stream's source state (for restores) and tells the application.
+    fn source_state(
+        &mut self,
+        stream: u32,
+        ok: bool,
+        reason: Option<String>,
+        keyframe_on_request: bool,
+    ) -> ClientMsg {
+        if ok {
+            tracing::info!(stream, "video source working");
+        } else {
+            tracing::warn!(
+                stream,
+                "video source failed: {}",
+                reason.as_deref().unwrap_or("")
+            );
+        }
+        self.ev.emit(Event::SourceState {
+            stream_id: stream,
+            ok,
+            reason: reason.clone(),
+        });
+        let m = ClientMsg::SourceState {
+            req: None,
+            stream_id: stream,
+            ok,
+            reason,
+            keyframe_on_request,
+        };
+        self.sources.insert(stream, m.clone());
+        m
     }
 
     fn req_id(&mut self) -> u64 {
@@ -396,10 +436,18 @@ impl Driver {
                     Some(Cmd::SendRaw { frame, qos, reply }) => {
                         let _ = reply.send(conn.peer.write(qos, &frame));
                     }
+                    Some(Cmd::SourceState { stream, ok, reason, keyframe_on_request }) => {
+                        let mut m = self.source_state(stream, ok, reason, keyframe_on_request);
+                        let id = self.req_id();
+                        m.set_req(Some(id));
+                        if conn.ws.send(to_msg(&m)).await.is_ok() {
+                            self.pending.insert(id, Pending::Restore(m));
+                        }
+                    }
                     Some(Cmd::Video { stream, frame }) => {
                         let since = frame.capture.duration_since(self.video_epoch).unwrap_or_default();
                         let rtp = (since.as_micros() as u64).saturating_mul(9) / 100;
-                        if let Err(e) = conn.peer.write_video(stream, &frame.data, rtp, frame.capture) {
+                        if let Err(e) = conn.peer.write_video(stream, frame.codec, &frame.data, rtp, frame.capture) {
                             tracing::debug!(stream, "video frame dropped: {e}");
                         }
                     }
@@ -410,12 +458,13 @@ impl Driver {
                     PeerEvent::Data(qos, data) => self.on_control(qos, &data),
                     PeerEvent::Frame {
                         index,
+                        codec,
                         data,
                         rtp_time,
                         capture,
                         contiguous,
                     } => {
-                        if self.on_frame(index, data, rtp_time, capture, contiguous) {
+                        if self.on_frame(index, codec, data, rtp_time, capture, contiguous) {
                             conn.peer.request_keyframe(index);
                         }
                     }
@@ -470,6 +519,7 @@ impl Driver {
     fn on_frame(
         &mut self,
         index: usize,
+        codec: fieldlink_media::VideoCodec,
         data: Vec<u8>,
         rtp_time: u64,
         capture: Option<std::time::SystemTime>,
@@ -490,7 +540,7 @@ impl Driver {
             self.record(index, None, &data, rtp_time);
             return false; // in flight when the application disconnected the receiver
         }
-        let keyframe = fieldlink_media::is_h264_keyframe(&data);
+        let keyframe = codec.is_keyframe(&data);
         let (counted, counts) = self.counts.entry(index).or_default();
         if *counted != stream {
             // Counters start again with each stream the receiver is connected to.
@@ -502,8 +552,13 @@ impl Driver {
         if !admit.deliver {
             return ask;
         }
-        self.record(index, record, &data, rtp_time);
-        let picture = if self.cfg.decode {
+        let h264 = codec == fieldlink_media::VideoCodec::H264;
+        // Recordings and the built-in decoder are H.264 only; H.265 frames go to the
+        // application as they are.
+        if h264 {
+            self.record(index, record, &data, rtp_time);
+        }
+        let picture = if self.cfg.decode && h264 {
             match self.decode(index, &data) {
                 Ok(p) => p,
                 Err(()) => {
@@ -525,6 +580,7 @@ impl Driver {
             conn_fd,
             stream,
             window,
+            codec,
             keyframe,
             rtp_time,
             capture,
@@ -584,7 +640,6 @@ impl Driver {
         index: usize,
         data: &[u8],
     ) -> std::result::Result<Option<crate::Picture>, ()> {
-        use openh264::formats::YUVSource;
         if self.decoders.len() <= index {
             self.decoders.resize_with(index + 1, || None);
         }
@@ -594,23 +649,8 @@ impl Driver {
         let Some(decoder) = self.decoders[index].as_mut() else {
             return Ok(None);
         };
-        let Some(yuv) = decoder.decode(data).map_err(|_| ())? else {
-            return Ok(None);
-        };
-        let (w, h) = yuv.dimensions();
-        let (sy, su, sv) = yuv.strides();
-        let plane = |p: &[u8], stride: usize, w: usize, h: usize| -> Vec<u8> {
-            (0..h)
-                .flat_map(|r| p[r * stride..r * stride + w].iter().copied())
-                .collect()
-        };
-        Ok(Some(crate::Picture {
-            width: w,
-            height: h,
-            y: plane(yuv.y(), sy, w, h),
-            u: plane(yuv.u(), su, w / 2, h / 2),
-            v: plane(yuv.v(), sv, w / 2, h / 2),
-        }))
+        let yuv = decoder.decode(data).map_err(|_| ())?;
+        Ok(yuv.map(|y| crate::transcode::picture_of(&y)))
     }
 
     fn on_control(&mut self, qos: fieldlink_proto::Qos, data: &[u8]) {

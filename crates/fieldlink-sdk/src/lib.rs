@@ -7,10 +7,13 @@
 //! application's help ([`Event::Disconnected`] then [`Event::Reconnected`]), and sessions
 //! and session codes are restored.
 
+pub mod camera;
 mod driver;
+pub mod encode;
 mod peer;
 mod receive;
 pub mod record;
+pub mod transcode;
 pub mod video;
 
 use std::sync::{Arc, Mutex};
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+pub use fieldlink_media::VideoCodec;
 use fieldlink_proto::{control::check_payload, RateLimiter};
 pub use fieldlink_proto::{DeviceId, ErrorCode, FieldInfo, Permission, Qos, Role, StreamState};
 pub use video::{EncodedFrame, VideoSource};
@@ -78,6 +82,11 @@ pub struct DeviceConfig {
     /// Remote: record every connected stream here unless `connect_streams_recorded` says
     /// otherwise (SPEC §2 global recording configuration).
     pub record: Option<record::RecordSettings>,
+    /// Remote: also negotiate H.265, for streams of cameras in passthrough. The built-in
+    /// decoder and recorder are H.264 only: H.265 frames reach the application as they
+    /// are ([`Event::Frame`]). Off by default: the server then fails an H.265 stream on
+    /// this device's receivers with a reason instead of sending what it cannot show.
+    pub h265: bool,
 }
 
 impl DeviceConfig {
@@ -96,6 +105,7 @@ impl DeviceConfig {
             decode: false,
             adapt_bitrate: true,
             record: None,
+            h265: false,
         }
     }
 }
@@ -168,6 +178,14 @@ pub enum Event {
     },
     /// Remote: a video frame arrived on a receiver (external rendering).
     Frame(VideoFrame),
+    /// Field: a stream's source failed (`ok` false, with the reason: a camera that cannot
+    /// be reached, refuses the credentials, or sends a codec that cannot be used) or
+    /// works again. Receivers of the stream see it as `failed` meanwhile.
+    SourceState {
+        stream_id: u32,
+        ok: bool,
+        reason: Option<String>,
+    },
     /// Field: the bandwidth estimate for what this device sends changed (TWCC); the
     /// video sources share it (see [`VideoSource::set_target_kbps`]).
     BitrateEstimate {
@@ -201,7 +219,8 @@ pub struct VideoFrame {
     pub stream: Option<(DeviceId, u32)>,
     /// The window the receiver is bound to (`set_windows`), `None` = external rendering.
     pub window: Option<u64>,
-    /// H.264 Annex-B access unit.
+    pub codec: VideoCodec,
+    /// Annex-B access unit.
     pub data: Vec<u8>,
     pub keyframe: bool,
     /// RTP time, 90 kHz, continuous per receiver across switches.
@@ -256,6 +275,13 @@ pub(crate) enum Cmd {
     },
     /// Field: one encoded frame of a stream.
     Video { stream: usize, frame: EncodedFrame },
+    /// Field: a stream's source failed or recovered (told to the server and the app).
+    SourceState {
+        stream: u32,
+        ok: bool,
+        reason: Option<String>,
+        keyframe_on_request: bool,
+    },
     /// Log out and stop the connection task.
     Close,
 }
@@ -409,14 +435,31 @@ impl FieldDevice {
             ));
         }
         let tx = self.h.tx.clone();
+        let paced = source.paced();
+        let keyframe_on_request = source.keyframe_on_request();
+        let state = move |ok: bool, reason: Option<String>| Cmd::SourceState {
+            stream: stream_id,
+            ok,
+            reason,
+            keyframe_on_request,
+        };
+        if !keyframe_on_request {
+            let _ = tx.try_send(state(true, None));
+        }
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / fps));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            // The source's failure, while it lasts (told once, and again when it changes).
+            let mut failed: Option<String> = None;
             loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    // A keyframe request is served now; the regular cadence restarts from here.
-                    _ = flags.keyframe_notify[idx].notified() => tick.reset(),
+                if paced {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        // A keyframe request is served now; the regular cadence restarts.
+                        _ = flags.keyframe_notify[idx].notified() => tick.reset(),
+                    }
+                } else if tx.is_closed() {
+                    return;
                 }
                 let force =
                     flags.keyframe_wanted[idx].swap(false, std::sync::atomic::Ordering::Relaxed);
@@ -431,7 +474,7 @@ impl FieldDevice {
                 // Leave headroom: encoders overshoot (keyframes), and a full link means loss.
                 let share_kbps =
                     (est * 85 / 100 / 1000 / flags.keyframe_wanted.len().max(1) as u64) as u32;
-                // Encoding is CPU work: keep it off the async workers.
+                // Encoding (or waiting for a camera) blocks: keep it off the async workers.
                 let (s, r) = match tokio::task::spawn_blocking(move || {
                     if share_kbps > 0 {
                         source.set_target_kbps(share_kbps);
@@ -445,6 +488,21 @@ impl FieldDevice {
                     Err(_) => return,
                 };
                 source = s;
+                let news = match &r {
+                    Ok(Some(_)) if failed.is_some() => Some(state(true, None)),
+                    Err(e) if failed.as_deref() != Some(e.message.as_str()) => {
+                        Some(state(false, Some(e.message.clone())))
+                    }
+                    _ => None,
+                };
+                if let Some(cmd) = news {
+                    if let Cmd::SourceState { ok, reason, .. } = &cmd {
+                        failed = if *ok { None } else { reason.clone() };
+                    }
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(cmd) {
+                        return;
+                    }
+                }
                 match r {
                     Ok(Some(frame)) => {
                         // A full queue drops the frame rather than falling behind.
@@ -455,10 +513,10 @@ impl FieldDevice {
                         }
                     }
                     Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(stream_id, "video source failed: {e}");
-                        return;
-                    }
+                    // The source recovers by itself (a camera reconnects); a paced one
+                    // is asked again at its next tick, an unpaced one after a pause.
+                    Err(_) if !paced => tokio::time::sleep(Duration::from_millis(200)).await,
+                    Err(_) => {}
                 }
             }
         });

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
+use str0m::format::Codec;
 
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid};
@@ -15,6 +16,7 @@ use str0m::rtp::{AbsCaptureTime, Extension};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 
+use fieldlink_media::VideoCodec;
 use fieldlink_proto::{ErrorCode, Qos};
 
 use crate::{Result, SdkError};
@@ -29,6 +31,7 @@ pub(crate) enum PeerEvent {
     /// Remote: a video frame on receiver `index`.
     Frame {
         index: usize,
+        codec: VideoCodec,
         data: Vec<u8>,
         rtp_time: u64,
         capture: Option<SystemTime>,
@@ -67,8 +70,14 @@ pub(crate) struct Peer {
 impl Peer {
     /// Binds a UDP socket on `ip` and makes the SDP offer, with `videos` video m-lines
     /// (`send`: sendonly streams of a field device, else recvonly receivers of a remote).
-    /// Returns the offer and the video mids in order.
-    pub async fn new(ip: IpAddr, videos: u32, send: bool) -> Result<(Peer, String, Vec<String>)> {
+    /// Returns the offer and the video mids in order. A field device offers H.264 and
+    /// H.265 (cameras in passthrough); a remote offers H.265 only with `h265`.
+    pub async fn new(
+        ip: IpAddr,
+        videos: u32,
+        send: bool,
+        h265: bool,
+    ) -> Result<(Peer, String, Vec<String>)> {
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await.map_err(|e| {
             SdkError::new(ErrorCode::MediaNotReady, format!("bind UDP on {ip}: {e}"))
         })?;
@@ -84,6 +93,7 @@ impl Peer {
         let mut rtc = config
             .clear_codecs()
             .enable_h264(true)
+            .enable_h265(send || h265)
             .set_extension(EXT_ABS_CAPTURE_TIME, Extension::AbsoluteCaptureTime)
             .set_stats_interval((!send && videos > 0).then_some(Duration::from_secs(1)));
         if send && videos > 0 {
@@ -231,6 +241,7 @@ impl Peer {
     pub fn write_video(
         &mut self,
         index: usize,
+        codec: VideoCodec,
         data: &[u8],
         rtp_time: u64,
         capture: SystemTime,
@@ -240,12 +251,20 @@ impl Peer {
             .get(index)
             .ok_or(ErrorCode::StreamOutOfRange)?;
         let writer = self.rtc.writer(mid).ok_or(ErrorCode::MediaNotReady)?;
-        let pt = writer
-            .payload_params()
-            .next()
+        let want = match codec {
+            VideoCodec::H264 => Codec::H264,
+            VideoCodec::H265 => Codec::H265,
+        };
+        let of_codec = || writer.payload_params().filter(|p| p.spec().codec == want);
+        let pt = of_codec()
+            .find(|p| want != Codec::H264 || p.spec().format.packetization_mode == Some(1))
+            .or_else(|| of_codec().next())
             .map(|p| p.pt())
             .ok_or_else(|| {
-                SdkError::new(ErrorCode::MediaNotReady, "no H.264 payload type negotiated")
+                SdkError::new(
+                    ErrorCode::MediaNotReady,
+                    format!("no {} payload type negotiated", codec.name()),
+                )
             })?;
         writer
             .abs_capture_time(AbsCaptureTime {
@@ -327,8 +346,13 @@ impl Peer {
                     }
                     Event::MediaData(d) => {
                         if let Some(index) = self.video_mids.iter().position(|m| *m == d.mid) {
+                            let codec = match d.params.spec().codec {
+                                Codec::H265 => VideoCodec::H265,
+                                _ => VideoCodec::H264,
+                            };
                             events.push(PeerEvent::Frame {
                                 index,
+                                codec,
                                 data: d.data.to_vec(),
                                 rtp_time: d.time.rebase(Frequency::NINETY_KHZ).numer(),
                                 capture: d.ext_vals.abs_capture_time.map(|a| a.capture_time),

@@ -4,23 +4,18 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fieldlink_media::annexb::{h264_nal_type, nal_units};
-use fieldlink_media::FrameMeta;
-use openh264::encoder::{BitRate, Encoder, EncoderConfig, FrameRate, IntraFramePeriod};
+use fieldlink_media::{FrameMeta, VideoCodec};
 
-impl TestPattern {
-    /// The bitrate the encoder targets now, kbit/s.
-    pub fn current_kbps(&self) -> u32 {
-        self.current_kbps
-    }
-}
 use openh264::formats::YUVBuffer;
-use openh264::OpenH264API;
+
+use crate::encode::H264Encoder;
 
 use crate::{ErrorCode, SdkError};
 
-/// One encoded access unit (H.264 Annex-B).
+/// One encoded access unit (Annex-B).
 #[derive(Debug, Clone)]
 pub struct EncodedFrame {
+    pub codec: VideoCodec,
     pub data: Vec<u8>,
     pub keyframe: bool,
     /// When the picture was taken (the field device's clock).
@@ -36,6 +31,18 @@ pub trait VideoSource: Send + 'static {
     /// The network can carry about `kbps` for this stream now. Sources that encode adapt
     /// (never above their configured bitrate); passthrough sources ignore it.
     fn set_target_kbps(&mut self, _kbps: u32) {}
+    /// False for sources that deliver frames at their own pace (a camera in passthrough):
+    /// the SDK then calls `next_frame` again at once, and the source blocks (briefly,
+    /// returning `Ok(None)` when nothing came) until its next frame.
+    fn paced(&self) -> bool {
+        true
+    }
+    /// False when the source cannot make a keyframe on request (a camera's own encoder
+    /// in passthrough): the server then starts new receivers from its copy of the
+    /// stream's last keyframe onwards instead of asking.
+    fn keyframe_on_request(&self) -> bool {
+        true
+    }
 }
 
 impl<T: VideoSource + ?Sized> VideoSource for Box<T> {
@@ -47,6 +54,12 @@ impl<T: VideoSource + ?Sized> VideoSource for Box<T> {
     }
     fn set_target_kbps(&mut self, kbps: u32) {
         (**self).set_target_kbps(kbps)
+    }
+    fn paced(&self) -> bool {
+        (**self).paced()
+    }
+    fn keyframe_on_request(&self) -> bool {
+        (**self).keyframe_on_request()
     }
 }
 
@@ -81,67 +94,20 @@ pub struct TestPattern {
     stream_id: u32,
     cfg: TestPatternConfig,
     frame: u64,
-    encoder: Encoder,
+    encoder: H264Encoder,
     yuv: Vec<u8>,
-    params: fieldlink_media::ParamSets,
-    /// The bitrate the encoder runs at now (<= cfg.kbps).
-    current_kbps: u32,
-}
-
-/// Changes a running encoder's target bitrate (openh264 `ENCODER_OPTION_BITRATE`), which
-/// the safe API of the openh264 crate does not offer.
-fn set_encoder_bitrate(encoder: &mut Encoder, kbps: u32) -> bool {
-    let mut info = openh264_sys2::SBitrateInfo {
-        iLayer: openh264_sys2::SPATIAL_LAYER_ALL,
-        iBitrate: kbps.saturating_mul(1000).min(i32::MAX as u32) as std::os::raw::c_int,
-    };
-    // SAFETY: the encoder was initialized by its first encode (callers check); the option
-    // reads an `SBitrateInfo` through the pointer during the call only, and `info` outlives
-    // it. The bitrate is not a parameter the crate relies on.
-    let rc = unsafe {
-        encoder.raw_api().set_option(
-            openh264_sys2::ENCODER_OPTION_BITRATE,
-            std::ptr::from_mut(&mut info).cast(),
-        )
-    };
-    rc == 0
-}
-
-/// Lowest bitrate a test pattern adapts down to.
-const MIN_KBPS: u32 = 100;
-
-fn make_encoder(cfg: &TestPatternConfig, kbps: u32) -> Result<Encoder, SdkError> {
-    let config = EncoderConfig::new()
-        .bitrate(BitRate::from_bps(kbps.saturating_mul(1000)))
-        .max_frame_rate(FrameRate::from_hz(cfg.fps as f32))
-        .intra_frame_period(IntraFramePeriod::from_num_frames(cfg.gop.max(1)))
-        // A test source must hold its frame rate; quality gives way instead.
-        .skip_frames(false);
-    Encoder::with_api_config(OpenH264API::from_source(), config)
-        .map_err(|e| SdkError::new(ErrorCode::Internal, format!("openh264: {e}")))
 }
 
 impl TestPattern {
     pub fn new(stream_id: u32, cfg: TestPatternConfig) -> Result<TestPattern, SdkError> {
-        if cfg.width < 16
-            || cfg.height < 16
-            || !cfg.width.is_multiple_of(2)
-            || !cfg.height.is_multiple_of(2)
-            || cfg.width > 4096
-            || cfg.height > 2304
-        {
-            return Err(SdkError::new(
-                ErrorCode::BadRequest,
-                "test pattern size must be even, 16x16..4096x2304",
-            ));
-        }
+        crate::encode::check_size(cfg.width, cfg.height)?;
         if !(1.0..=120.0).contains(&cfg.fps) {
             return Err(SdkError::new(
                 ErrorCode::BadRequest,
                 "test pattern fps must be 1..=120",
             ));
         }
-        let encoder = make_encoder(&cfg, cfg.kbps)?;
+        let encoder = H264Encoder::new(cfg.fps, cfg.kbps, cfg.gop)?;
         let n = (cfg.width * cfg.height) as usize;
         Ok(TestPattern {
             stream_id,
@@ -149,9 +115,12 @@ impl TestPattern {
             frame: 0,
             encoder,
             yuv: vec![0; n + n / 2],
-            params: Default::default(),
-            current_kbps: cfg.kbps,
         })
+    }
+
+    /// The bitrate the encoder targets now, kbit/s.
+    pub fn current_kbps(&self) -> u32 {
+        self.encoder.current_kbps()
     }
 
     fn draw(&mut self, capture_ms: u64) {
@@ -248,16 +217,8 @@ impl VideoSource for TestPattern {
         self.cfg.fps
     }
 
-    /// Follows the estimate within [100, configured] kbit/s, retuning the running encoder
-    /// (no keyframe) when the target moves by more than 10%.
     fn set_target_kbps(&mut self, kbps: u32) {
-        let want = kbps.clamp(MIN_KBPS.min(self.cfg.kbps), self.cfg.kbps);
-        if self.frame == 0 || want.abs_diff(self.current_kbps) * 10 <= self.current_kbps {
-            return; // the encoder is set up on its first frame; small moves are noise
-        }
-        if set_encoder_bitrate(&mut self.encoder, want) {
-            self.current_kbps = want;
-        }
+        self.encoder.set_target_kbps(kbps);
     }
 
     fn next_frame(&mut self, force_keyframe: bool) -> Result<Option<EncodedFrame>, SdkError> {
@@ -267,33 +228,24 @@ impl VideoSource for TestPattern {
             .unwrap_or(Duration::ZERO)
             .as_micros() as u64;
         self.draw(capture_us / 1000);
-        if force_keyframe {
-            self.encoder.force_intra_frame();
-        }
         let yuv = YUVBuffer::from_vec(
             self.yuv.clone(),
             self.cfg.width as usize,
             self.cfg.height as usize,
         );
-        let encoded = self
-            .encoder
-            .encode(&yuv)
-            .map_err(|e| SdkError::new(ErrorCode::Internal, format!("openh264 encode: {e}")))?
-            .to_vec();
+        let encoded = self.encoder.encode(&yuv, force_keyframe)?;
         let meta = FrameMeta {
             stream_id: self.stream_id,
             frame: self.frame,
             capture_unix_us: capture_us,
         };
         self.frame += 1;
-        if encoded.is_empty() {
+        let Some((encoded, keyframe)) = encoded else {
             return Ok(None); // the rate control skipped this frame
-        }
-        // A forced keyframe comes without SPS/PPS; receivers starting on it need them.
-        let encoded = self.params.complete(&encoded);
-        let keyframe = fieldlink_media::is_h264_keyframe(&encoded);
+        };
         let data = insert_before_first_slice(&encoded, &meta.to_annexb_nal());
         Ok(Some(EncodedFrame {
+            codec: VideoCodec::H264,
             data,
             keyframe,
             capture,
@@ -395,6 +347,7 @@ impl VideoSource for AnnexBFile {
         let (data, keyframe) = self.frames[self.next].clone();
         self.next = (self.next + 1) % self.frames.len();
         Ok(Some(EncodedFrame {
+            codec: VideoCodec::H264,
             data,
             keyframe,
             capture: SystemTime::now(),

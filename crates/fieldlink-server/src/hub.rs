@@ -20,11 +20,13 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
+use fieldlink_media::VideoCodec;
 use fieldlink_proto::control::LateFilter;
 use fieldlink_proto::{
     ControlFrame, DeviceId, ErrorCode, Permission, Qos, RateLimiter, Role, ServerMsg, StreamState,
 };
 
+use crate::gop::{CachedFrame, SourceInfo};
 use crate::permission::{FieldControl, Out};
 use crate::store::{now_ms, AuditEntry};
 
@@ -145,6 +147,16 @@ pub enum Cmd {
         /// 90 kHz.
         rtp_time: u64,
     },
+    /// A field device's stream source failed, recovered, or says it cannot make
+    /// keyframes on request (`ClientMsg::SourceState`).
+    SourceState {
+        conn: ConnId,
+        req: Option<u64>,
+        stream: u32,
+        ok: bool,
+        reason: Option<String>,
+        keyframe_on_request: bool,
+    },
     /// Close every connection and stop (server shutdown).
     Shutdown,
     /// Ids (`device` part) of the online devices of a project.
@@ -189,6 +201,77 @@ impl HubHandle {
 /// An audit record bound for the store.
 pub type AuditRecord = (String, AuditEntry);
 
+fn codec_of(p: &PayloadParams) -> VideoCodec {
+    match p.spec().codec {
+        str0m::format::Codec::H265 => VideoCodec::H265,
+        _ => VideoCodec::H264,
+    }
+}
+
+/// Why a receiver cannot play a stream in `codec`, and what to do about it.
+fn codec_refused(codec: VideoCodec) -> String {
+    format!(
+        "the stream is {} (a camera in passthrough, protocol \"rtsp_enc\") and this \
+         receiver did not negotiate it: set the stream's protocol to \"normal\" to \
+         transcode to H.264, or receive with H.265 enabled",
+        codec.name()
+    )
+}
+
+/// Whether receiver `fd` of `peer` negotiated the codec of `params` (a receiver whose
+/// media is not set up yet counts as taking it: it is checked again later).
+fn takes(peer: &mut Peer, fd: usize, params: PayloadParams) -> bool {
+    let Some(mid) = peer.video_mids.get(fd).copied() else {
+        return true;
+    };
+    peer.rtc
+        .writer(mid)
+        .is_none_or(|w| receiver_pt(&w, params).is_some())
+}
+
+/// The receiver's payload type for frames with the source's `params`. str0m's
+/// `match_params` looks at the server's codec list, not at what this m-line negotiated:
+/// a remote that offered no H.265 must not be sent H.265.
+fn receiver_pt(writer: &str0m::media::Writer, params: PayloadParams) -> Option<str0m::media::Pt> {
+    let pt = writer.match_params(params)?;
+    writer.payload_params().any(|p| p.pt() == pt).then_some(pt)
+}
+
+/// Writes one frame to receiver `fd` of `peer` at `out_t` (90 kHz); false if it could
+/// not (no such m-line, media not set up, or not a codec the receiver negotiated).
+fn write_frame(
+    peer: &mut Peer,
+    fd: usize,
+    data: &std::sync::Arc<[u8]>,
+    out_t: u64,
+    source: Option<&(PayloadParams, Instant, Option<AbsCaptureTime>)>,
+) -> bool {
+    let Some(mid) = peer.video_mids.get(fd).copied() else {
+        return false;
+    };
+    let Some(writer) = peer.rtc.writer(mid) else {
+        return false;
+    };
+    let pt = match source {
+        Some((params, _, _)) => receiver_pt(&writer, *params),
+        None => h264_pt(&writer),
+    };
+    let Some(pt) = pt else {
+        return false;
+    };
+    let (arrived, capture) = match source {
+        Some((_, at, act)) => (*at, *act),
+        None => (Instant::now(), None),
+    };
+    let writer = match capture {
+        Some(act) => writer.abs_capture_time(act),
+        None => writer,
+    };
+    writer
+        .write(pt, arrived, MediaTime::from_90khz(out_t), data.clone())
+        .is_ok()
+}
+
 /// The receiver's own H.264 payload type (packetization mode 1 preferred), for frames
 /// from sources that are not WebRTC peers.
 fn h264_pt(writer: &str0m::media::Writer) -> Option<str0m::media::Pt> {
@@ -232,6 +315,8 @@ struct Peer {
     video_mids: Vec<Mid>,
     /// Field: per stream, when a keyframe was asked for and none has come since.
     keyframe_asked: Vec<Option<Instant>>,
+    /// Field: per stream, its source's state (and last group of pictures, if kept).
+    sources: Vec<SourceInfo>,
     channels: [Option<ChannelId>; 2],
     pending_reliable: VecDeque<Vec<u8>>,
     next_timeout: Instant,
@@ -448,6 +533,17 @@ impl Hub {
                     }
                 }
             }
+            Cmd::SourceState {
+                conn,
+                req,
+                stream,
+                ok,
+                reason,
+                keyframe_on_request,
+            } => {
+                let r = self.source_state(conn, stream, ok, reason, keyframe_on_request);
+                self.reply(conn, req, r);
+            }
             Cmd::Shutdown => {}
             Cmd::Online { project, reply } => {
                 let set = self
@@ -548,7 +644,12 @@ impl Hub {
                     self.apply(&device, outs);
                 }
                 self.broadcast_presence(&device, false);
-                self.set_watchers(&device, StreamState::Failed, Some("field device offline"));
+                self.set_watchers(
+                    &device,
+                    None,
+                    StreamState::Failed,
+                    Some("field device offline"),
+                );
                 self.drop_idle(&device);
             }
             Role::Remote => {
@@ -830,7 +931,22 @@ impl Hub {
             }
         }
         self.connect(conn, gwid)?;
+        // Streams whose source (a camera) does not work now, and why.
+        let failed: HashMap<u32, String> = self
+            .by_device
+            .get(gwid)
+            .and_then(|f| self.clients.get(f))
+            .and_then(|c| c.peer.as_ref())
+            .map(|p| {
+                p.sources
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| Some((i as u32, s.failed.clone()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut msgs = Vec::new();
+        let mut started = Vec::new();
         if let Some(client) = self.clients.get_mut(&conn) {
             for (s, fd) in stream_ids.iter().zip(conn_fds) {
                 let r = &mut client.receivers[*fd as usize];
@@ -849,15 +965,22 @@ impl Hub {
                 }
                 r.want = new;
                 r.live = false;
-                let (state, why) = match streams {
-                    Some(_) => (StreamState::Connecting, None),
-                    None => (StreamState::Failed, Some("field device offline")),
+                let (state, why) = match (streams, failed.get(s)) {
+                    (None, _) => (StreamState::Failed, Some("field device offline")),
+                    (Some(_), Some(why)) => (StreamState::Failed, Some(why.as_str())),
+                    (Some(_), None) => (StreamState::Connecting, None),
                 };
+                if state == StreamState::Connecting {
+                    started.push((*fd as usize, *s));
+                }
                 msgs.push(stream_state(*fd, gwid.clone(), *s, state, why));
             }
         }
         for m in msgs {
             self.send(conn, m);
+        }
+        for (fd, s) in started {
+            self.start_from_gop(conn, fd, gwid, s);
         }
         for s in stream_ids {
             self.ask_keyframe(gwid, *s);
@@ -915,13 +1038,20 @@ impl Hub {
         }
     }
 
-    /// Tells every receiver watching `field` a new state (field offline / back).
-    fn set_watchers(&mut self, field: &DeviceId, state: StreamState, why: Option<&str>) {
+    /// Tells every receiver watching `field` (only its `stream`, if given) a new state
+    /// (field offline / back, a source failed / works again).
+    fn set_watchers(
+        &mut self,
+        field: &DeviceId,
+        stream: Option<u32>,
+        state: StreamState,
+        why: Option<&str>,
+    ) {
         let mut out = Vec::new();
         for (conn, c) in self.clients.iter_mut() {
             for (fd, r) in c.receivers.iter_mut().enumerate() {
                 if let Some((f, s)) = &r.want {
-                    if f == field {
+                    if f == field && stream.is_none_or(|x| x == *s) {
                         r.live = false;
                         out.push((*conn, stream_state(fd as u32, f.clone(), *s, state, why)));
                     }
@@ -1016,6 +1146,9 @@ impl Hub {
             return;
         };
         let i = stream as usize;
+        if peer.sources.get(i).is_some_and(|s| !s.keyframe_on_request) {
+            return; // it cannot make one (new receivers start from its cached group)
+        }
         let (Some(mid), Some(asked)) = (
             peer.video_mids.get(i).copied(),
             peer.keyframe_asked.get_mut(i),
@@ -1040,7 +1173,7 @@ impl Hub {
     }
 
     /// A frame from a field device's WebRTC peer: answers its keyframe request, if any,
-    /// and forwards it.
+    /// keeps it for new receivers if its source cannot make keyframes, and forwards it.
     fn on_media(&mut self, from: ConnId, d: Box<MediaData>) -> Vec<ConnId> {
         let Some((field, stream)) = self.clients.get(&from).and_then(|c| {
             if c.info.role != Role::Field {
@@ -1056,18 +1189,27 @@ impl Hub {
         }) else {
             return Vec::new();
         };
-        if fieldlink_media::is_h264_keyframe(&d.data) {
-            // The request, if any, is answered.
-            if let Some(a) = self
-                .clients
-                .get_mut(&from)
-                .and_then(|c| c.peer.as_mut())
-                .and_then(|p| p.keyframe_asked.get_mut(stream as usize))
-            {
-                *a = None;
+        let keyframe = codec_of(&d.params).is_keyframe(&d.data);
+        let in_t = d.time.rebase(Frequency::NINETY_KHZ).numer();
+        if let Some(peer) = self.clients.get_mut(&from).and_then(|c| c.peer.as_mut()) {
+            let i = stream as usize;
+            if keyframe {
+                // The request, if any, is answered.
+                if let Some(a) = peer.keyframe_asked.get_mut(i) {
+                    *a = None;
+                }
+            }
+            if let Some(src) = peer.sources.get_mut(i).filter(|s| !s.keyframe_on_request) {
+                src.gop.push(
+                    keyframe,
+                    CachedFrame {
+                        data: d.data.clone(),
+                        in_t,
+                        params: d.params,
+                    },
+                );
             }
         }
-        let in_t = d.time.rebase(Frequency::NINETY_KHZ).numer();
         let source = Some((d.params, d.network_time, d.ext_vals.abs_capture_time));
         self.forward(&field, stream, &d.data, in_t, source)
     }
@@ -1094,7 +1236,10 @@ impl Hub {
                     .collect()
             })
             .unwrap_or_default();
-        let keyframe = fieldlink_media::is_h264_keyframe(data);
+        let codec = source
+            .as_ref()
+            .map_or(VideoCodec::H264, |(p, _, _)| codec_of(p));
+        let keyframe = codec.is_keyframe(data);
         let want = Some((field.clone(), stream));
         let mut written = Vec::new();
         let mut msgs = Vec::new();
@@ -1108,6 +1253,24 @@ impl Hub {
             for (fd, r) in c.receivers.iter_mut().enumerate() {
                 if r.want != want {
                     continue;
+                }
+                if let Some((params, _, _)) = &source {
+                    if !takes(peer, fd, *params) {
+                        // The receiver did not negotiate the stream's codec: it fails
+                        // once, with what to do about it.
+                        r.want = None;
+                        r.live = false;
+                        let why = codec_refused(codec);
+                        let m = stream_state(
+                            fd as u32,
+                            field.clone(),
+                            stream,
+                            StreamState::Failed,
+                            Some(&why),
+                        );
+                        msgs.push((conn, m));
+                        continue;
+                    }
                 }
                 if !r.live {
                     if !keyframe {
@@ -1125,32 +1288,7 @@ impl Hub {
                 }
                 let out_t = in_t.wrapping_add(r.offset) & 0xFFFF_FFFF_FFFF;
                 r.last_out = Some(out_t);
-                let Some(mid) = peer.video_mids.get(fd).copied() else {
-                    continue;
-                };
-                let Some(writer) = peer.rtc.writer(mid) else {
-                    continue;
-                };
-                let pt = match &source {
-                    Some((params, _, _)) => writer.match_params(*params),
-                    None => h264_pt(&writer),
-                };
-                let Some(pt) = pt else {
-                    continue;
-                };
-                let (arrived, capture) = match &source {
-                    Some((_, at, act)) => (*at, *act),
-                    None => (Instant::now(), None),
-                };
-                let writer = match capture {
-                    Some(act) => writer.abs_capture_time(act),
-                    None => writer,
-                };
-                if writer
-                    .write(pt, arrived, MediaTime::from_90khz(out_t), data.clone())
-                    .is_ok()
-                    && !written.contains(&conn)
-                {
+                if write_frame(peer, fd, data, out_t, source.as_ref()) && !written.contains(&conn) {
                     written.push(conn);
                 }
             }
@@ -1159,6 +1297,97 @@ impl Hub {
             self.send(conn, m);
         }
         written
+    }
+
+    /// Starts receiver `fd` of `conn` at once from the cached frames of a stream whose
+    /// source cannot make keyframes (a camera in passthrough). The cached frames go out
+    /// back to back, one 90 kHz tick apart, so a player shows the newest at once instead
+    /// of replaying the group at its pace; live frames continue after them.
+    fn start_from_gop(&mut self, conn: ConnId, fd: usize, field: &DeviceId, stream: u32) {
+        let frames: Vec<CachedFrame> = match self
+            .by_device
+            .get(field)
+            .and_then(|f| self.clients.get(f))
+            .and_then(|c| c.peer.as_ref())
+            .and_then(|p| p.sources.get(stream as usize))
+        {
+            Some(src) if !src.keyframe_on_request => src.gop.frames().to_vec(),
+            _ => return,
+        };
+        let Some(last) = frames.last() else {
+            return;
+        };
+        let last_in = last.in_t;
+        let Some(c) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        let (Some(peer), Some(r)) = (c.peer.as_mut(), c.receivers.get_mut(fd)) else {
+            return;
+        };
+        if !takes(peer, fd, last.params) {
+            return; // not this receiver's codec: the next frame fails it
+        }
+        let base = r.last_out.map_or(0, |l| l.wrapping_add(3000));
+        let mut out_t = base;
+        for (i, f) in frames.iter().enumerate() {
+            out_t = base.wrapping_add(i as u64) & 0xFFFF_FFFF_FFFF;
+            write_frame(
+                peer,
+                fd,
+                &f.data,
+                out_t,
+                Some(&(f.params, Instant::now(), None)),
+            );
+        }
+        r.live = true;
+        r.last_out = Some(out_t);
+        r.offset = out_t.wrapping_sub(last_in);
+        let m = stream_state(fd as u32, field.clone(), stream, StreamState::Playing, None);
+        self.send(conn, m);
+        if !self.dirty.contains(&conn) {
+            self.dirty.push(conn);
+        }
+    }
+
+    /// `ClientMsg::SourceState` from a field device: receivers of a failed stream are
+    /// told why, and resume when it works again.
+    fn source_state(
+        &mut self,
+        conn: ConnId,
+        stream: u32,
+        ok: bool,
+        reason: Option<String>,
+        keyframe_on_request: bool,
+    ) -> Result<(), ErrorCode> {
+        let c = self.clients.get_mut(&conn).ok_or(ErrorCode::NotLoggedIn)?;
+        let field = c.info.device.clone();
+        let src = c
+            .peer
+            .as_mut()
+            .ok_or(ErrorCode::MediaNotReady)?
+            .sources
+            .get_mut(stream as usize)
+            .ok_or(ErrorCode::StreamOutOfRange)?;
+        src.keyframe_on_request = keyframe_on_request;
+        if keyframe_on_request {
+            src.gop.clear();
+        }
+        let was_failed = src.failed.is_some();
+        src.failed = if ok {
+            None
+        } else {
+            Some(reason.unwrap_or_else(|| "video source failed".into()))
+        };
+        if let Some(why) = src.failed.clone() {
+            src.gop.clear();
+            tracing::info!(%field, stream, "source failed: {why}");
+            self.set_watchers(&field, Some(stream), StreamState::Failed, Some(&why));
+        } else if was_failed {
+            tracing::info!(%field, stream, "source works again");
+            self.set_watchers(&field, Some(stream), StreamState::Connecting, None);
+            self.ask_keyframe(&field, stream);
+        }
+        Ok(())
     }
 
     /// Tells each external source which of its streams receivers want, when that changed.
@@ -1208,6 +1437,8 @@ impl Hub {
             .set_ice_lite(true)
             .clear_codecs()
             .enable_h264(true)
+            // H.265 reaches remotes that negotiate it (cameras in passthrough).
+            .enable_h265(true)
             .set_extension(EXT_ABS_CAPTURE_TIME, Extension::AbsoluteCaptureTime)
             .build(now);
         let cand = Candidate::host(self.candidate_addr, "udp")
@@ -1232,6 +1463,7 @@ impl Hub {
         client.peer = Some(Peer {
             rtc,
             keyframe_asked: vec![None; mids.len()],
+            sources: mids.iter().map(|_| SourceInfo::default()).collect(),
             video_mids: mids,
             channels: [None, None],
             pending_reliable: VecDeque::new(),

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod gb;
+pub mod gop;
 pub mod hub;
 pub mod login;
 pub mod permission;

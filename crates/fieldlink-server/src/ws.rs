@@ -216,6 +216,25 @@ impl Session {
                 "already logged in",
             )),
             ClientMsg::Ping { req } => Err(ServerMsg::Pong { req }),
+            ClientMsg::SourceState {
+                req,
+                stream_id,
+                ok,
+                reason,
+                keyframe_on_request,
+            } => {
+                self.need(Role::Field, req)?;
+                // A reason is shown to operators: keep it to a line.
+                let reason = reason.map(|r| r.chars().take(300).collect());
+                Ok(Cmd::SourceState {
+                    conn,
+                    req,
+                    stream: stream_id,
+                    ok,
+                    reason,
+                    keyframe_on_request,
+                })
+            }
             ClientMsg::Offer {
                 req,
                 sdp,

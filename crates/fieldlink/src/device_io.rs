@@ -84,9 +84,15 @@ pub fn event_json(ev: &Event) -> Value {
             "dropped": dropped,
         }),
         Event::BitrateEstimate { kbps } => json!({"event": "bitrate_estimate", "kbps": kbps}),
+        Event::SourceState {
+            stream_id,
+            ok,
+            reason,
+        } => json!({"event": "source_state", "stream_id": stream_id, "ok": ok, "reason": reason}),
         Event::Frame(f) => json!({
             "event": "frame", "conn_fd": f.conn_fd, "stream": f.stream.as_ref().map(|(g, s)| json!([g, s])),
-            "keyframe": f.keyframe, "len": f.data.len(), "latency_ms": latency_ms(f),
+            "codec": f.codec.name(), "keyframe": f.keyframe, "len": f.data.len(),
+            "latency_ms": latency_ms(f),
         }),
     }
 }

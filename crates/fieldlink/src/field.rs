@@ -69,7 +69,8 @@ pub struct StreamConfig {
     pub width: Option<u32>,
     #[serde(default)]
     pub height: Option<u32>,
-    /// `rtsp_enc` (passthrough) or `normal` (transcode); cameras arrive with RTSP support.
+    /// For rtsp:// cameras: `rtsp_enc` (passthrough: the camera's H.264/H.265 as is) or
+    /// `normal` (transcode to H.264 at this stream's size, fps and bitrate; the default).
     #[serde(default)]
     pub protocol: Option<String>,
     #[serde(default)]
@@ -78,18 +79,26 @@ pub struct StreamConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // width/height/protocol describe RTSP cameras (not supported yet)
 pub struct CameraConfig {
+    /// The camera's own size (informative: the stream's width/height are what is sent).
     #[serde(default)]
+    #[allow(dead_code)]
     pub width: Option<u32>,
     #[serde(default)]
+    #[allow(dead_code)]
     pub height: Option<u32>,
-    /// fieldlink's reading of the vendor field: the RTSP transport, 1 = TCP.
+    /// fieldlink's reading of the vendor field: the RTSP transport, 1 = TCP (default),
+    /// 0 = UDP.
     #[serde(default)]
     pub protocol: Option<u32>,
     /// `test://pattern` (default), `file:///path/to/stream.h264` (Annex-B, looped), or
-    /// `rtsp://...` (not supported yet).
+    /// `rtsp://[user:password@]host[:port]/path`.
     pub url: String,
+    /// RTSP credentials, instead of (or overriding) those in the URL.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 /// The source of stream `i`, from its config (a test pattern when nothing is said).
@@ -126,10 +135,33 @@ pub fn source_for(
         return Ok(Box::new(f));
     }
     if url.starts_with("rtsp://") {
-        bail!("streams_config[{i}].cameras[0].url: RTSP cameras are not supported yet (use test://pattern or file://)");
+        use fieldlink_sdk::camera::{Passthrough, RtspCameraConfig, RtspTransport};
+        use fieldlink_sdk::transcode::{Transcode, TranscodeConfig};
+        let cam = sc.and_then(|c| c.cameras.first());
+        let rtsp = RtspCameraConfig {
+            url: url.to_string(),
+            username: cam.and_then(|c| c.username.clone()),
+            password: cam.and_then(|c| c.password.clone()),
+            transport: match cam.and_then(|c| c.protocol) {
+                Some(0) => RtspTransport::Udp,
+                _ => RtspTransport::Tcp,
+            },
+        };
+        let at = || format!("streams_config[{i}].cameras[0]");
+        if sc.and_then(|c| c.protocol.as_deref()) == Some("rtsp_enc") {
+            return Ok(Box::new(Passthrough::start(&rtsp, fps).with_context(at)?));
+        }
+        let cfg = TranscodeConfig {
+            width: sc.and_then(|c| c.width).unwrap_or(d.width),
+            height: sc.and_then(|c| c.height).unwrap_or(d.height),
+            fps,
+            kbps: sc.and_then(|c| c.bps).unwrap_or(d.kbps),
+            gop: (fps * 2.0).round() as u32,
+        };
+        return Ok(Box::new(Transcode::start(&rtsp, cfg).with_context(at)?));
     }
     bail!(
-        "streams_config[{i}].cameras[0].url: unknown source {url:?} (test://pattern, file://PATH)"
+        "streams_config[{i}].cameras[0].url: unknown source {url:?} (test://pattern, file://PATH, rtsp://...)"
     )
 }
 

@@ -16,7 +16,7 @@ const TOP: [&str; 10] = [
     "auto_permission",
 ];
 const STREAM: [&str; 6] = ["fps", "bps", "width", "height", "protocol", "cameras"];
-const CAMERA: [&str; 4] = ["width", "height", "protocol", "url"];
+const CAMERA: [&str; 6] = ["width", "height", "protocol", "url", "username", "password"];
 
 fn unknown(
     obj: &serde_json::Map<String, Value>,
@@ -68,10 +68,22 @@ fn check_url(url: &str, path: &str, out: &mut Vec<String>) {
         }
         return;
     }
-    if url.starts_with("rtsp://") || url.starts_with("rtsps://") {
+    if url.starts_with("rtsps://") {
         out.push(format!(
-            "{path}: RTSP cameras are not supported yet (use test://pattern or file://PATH)"
+            "{path}: rtsps:// (RTSP over TLS) is not supported; use rtsp://"
         ));
+        return;
+    }
+    if url.starts_with("rtsp://") {
+        let cam = fieldlink_sdk::camera::RtspCameraConfig {
+            url: url.to_string(),
+            username: None,
+            password: None,
+            transport: Default::default(),
+        };
+        if let Err(e) = cam.validate() {
+            out.push(format!("{path}: {}", e.message));
+        }
         return;
     }
     out.push(format!(
@@ -204,8 +216,17 @@ pub fn check(v: &Value) -> Vec<String> {
                 &format!("{cp}.protocol"),
                 &mut out,
             );
+            for key in ["username", "password"] {
+                string(cobj.get(key), &format!("{cp}.{key}"), false, &mut out);
+            }
             if let Some(u) = string(cobj.get("url"), &format!("{cp}.url"), true, &mut out) {
                 check_url(&u, &format!("{cp}.url"), &mut out);
+                let passthrough = obj.get("protocol").and_then(Value::as_str) == Some("rtsp_enc");
+                if passthrough && !u.starts_with("rtsp://") {
+                    out.push(format!(
+                        "{cp}.url: protocol \"rtsp_enc\" (passthrough) needs an rtsp:// camera"
+                    ));
+                }
             }
         }
     }
@@ -223,6 +244,31 @@ mod tests {
             "streams_config": [{"fps": 25, "bps": 800, "width": 640, "height": 360,
                 "cameras": [{"url": "test://pattern"}]}]});
         assert_eq!(check(&v), Vec::<String>::new());
+        let v = json!({"device_id": "f", "projectid": "p", "password": "x",
+            "streams_config": [{"protocol": "rtsp_enc",
+                "cameras": [{"protocol": 1, "url": "rtsp://u:p@127.0.0.1:8554/cam", "username": "a"}]}]});
+        assert_eq!(check(&v), Vec::<String>::new());
+    }
+
+    #[test]
+    fn camera_urls_and_modes_are_checked() {
+        let v = json!({"device_id": "f", "projectid": "p", "password": "x",
+            "streams_config": [
+                {"protocol": "rtsp_enc", "cameras": [{"url": "test://pattern"}]},
+                {"cameras": [{"url": "rtsps://127.0.0.1/cam", "password": 5}]},
+                {"cameras": [{"url": "rtsp://"}]}]});
+        let p = check(&v);
+        for want in [
+            "$.streams_config[0].cameras[0].url: protocol \"rtsp_enc\"",
+            "$.streams_config[1].cameras[0].url: rtsps://",
+            "$.streams_config[1].cameras[0].password: 5 is not a string",
+            "$.streams_config[2].cameras[0].url: camera URL",
+        ] {
+            assert!(
+                p.iter().any(|l| l.starts_with(want)),
+                "{want} not in {p:#?}"
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::time::Duration;
 use fieldlink_sdk::{DeviceConfig, DeviceId, Event, Events, FieldDevice, RemoteDevice};
 use serde_json::{json, Value};
 
+pub mod camera;
+
 pub const KEY: &str = "0123456789abcdef0123456789abcdef";
 pub const TOKEN: &str = "test-admin-token";
 pub const WAIT: Duration = Duration::from_secs(10);
