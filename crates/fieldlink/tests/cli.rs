@@ -3,18 +3,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
 use common::*;
 use serde_json::Value;
-
-fn fieldlink() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_fieldlink"));
-    c.env("FIELDLINK_LOG", "warn");
-    c
-}
 
 #[test]
 fn token_prints_the_spec_test_vectors() {
@@ -84,34 +78,6 @@ fn token_prints_the_spec_test_vectors() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-}
-
-/// Reads JSON lines of a child's stdout on a thread.
-fn lines(child: &mut std::process::Child) -> mpsc::Receiver<Value> {
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&l) {
-                if tx.send(v).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    rx
-}
-
-fn wait_line(rx: &mpsc::Receiver<Value>, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(v) if pred(&v) => return v,
-            Ok(_) => {}
-            Err(_) => panic!("no line for {what}"),
-        }
-    }
 }
 
 /// `fieldlink remote` as `p/r1` (JSON output) with `extra` arguments.

@@ -535,3 +535,71 @@ async fn the_source_bitrate_follows_a_limited_uplink() {
     );
     assert!(pct >= 90.0, "only {pct:.1}% of frames arrived");
 }
+
+/// SPEC §7 transcode mode under congestion: a camera transcoded at up to 1500 kbit/s
+/// behind an uplink shaped to 1000 kbit/s follows the estimate, and the remote keeps
+/// decoding. Unlike the flat test pattern, this camera's detailed picture makes
+/// keyframes larger than the shaper's 200 ms queue, so some packets are still dropped
+/// (0 to 12% in the runs seen) and frames are lost to repair: the drops are printed, not
+/// asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transcoded_camera_follows_a_limited_uplink() {
+    use fieldlink_sdk::camera::{RtspCameraConfig, RtspTransport};
+    use fieldlink_sdk::transcode::{Transcode, TranscodeConfig};
+    let (s, relay) = through_relay().await;
+    let cam = common::camera::Camera::start(&[]);
+    let mut fc = s.cfg("p/f", "fpw");
+    fc.streams = 1;
+    let (field, _fe) = fieldlink_sdk::FieldDevice::connect(fc).await.unwrap();
+    let rtsp = RtspCameraConfig {
+        url: cam.url("h264"),
+        username: None,
+        password: None,
+        transport: RtspTransport::Tcp,
+    };
+    let cfg = TranscodeConfig {
+        width: 640,
+        height: 360,
+        fps: 25.0,
+        kbps: 1500,
+        gop: 50,
+    };
+    field
+        .start_video(0, Transcode::start(&rtsp, cfg).unwrap())
+        .unwrap();
+    let mut rc = s.cfg("p/r1", "rpw");
+    rc.streams = 1;
+    rc.decode = true;
+    let (r, mut re) = fieldlink_sdk::RemoteDevice::connect(rc).await.unwrap();
+    r.connect_streams(&id("p/f"), &[0], &[0]).await.unwrap();
+    relay.delay_ms.store(10, Ordering::Relaxed);
+    relay.rate_kbps.store(1000, Ordering::Relaxed);
+    let settle = tokio::time::Instant::now() + Duration::from_secs(8);
+    while tokio::time::timeout_at(settle, re.recv()).await.is_ok() {}
+    let (d0, p0) = (
+        relay.dropped.load(Ordering::Relaxed),
+        relay.passed.load(Ordering::Relaxed),
+    );
+    let (mut bytes, mut frames, mut decoded) = (0usize, 0u32, 0u32);
+    let end = tokio::time::Instant::now() + Duration::from_secs(6);
+    while let Ok(Some(e)) = tokio::time::timeout_at(end, re.recv()).await {
+        if let Event::Frame(f) = e {
+            bytes += f.data.len();
+            frames += 1;
+            decoded += u32::from(f.picture.is_some());
+        }
+    }
+    let dropped = relay.dropped.load(Ordering::Relaxed) - d0;
+    let passed = relay.passed.load(Ordering::Relaxed) - p0;
+    let kbps = bytes * 8 / 6 / 1000;
+    eprintln!(
+        "transcoded camera shaped to 1000 kbit/s: {kbps} kbit/s, {frames} frames in 6 s, {decoded} decoded, shaper dropped {dropped} of {}",
+        dropped + passed
+    );
+    assert!(
+        kbps < 1000,
+        "the transcoder did not slow down: {kbps} kbit/s"
+    );
+    assert!(frames >= 90, "{frames} frames in 6 s");
+    assert!(decoded * 10 >= frames * 9, "{decoded} of {frames} decoded");
+}

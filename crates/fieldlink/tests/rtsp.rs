@@ -241,3 +241,66 @@ async fn a_camera_that_goes_away_is_reported_and_plays_again_when_back() {
     .await;
     eprintln!("camera back: playing again after {:?}", back.elapsed());
 }
+
+/// `fieldlink field` with a camera behind digest authentication: a wrong password is an
+/// event naming the camera (and not the password) on the field's output and a `failed`
+/// state with the same reason on the remote; the right credentials, given as separate
+/// fields and with RTP over UDP (`"protocol": 0`), play.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_camera_credentials_are_reported_and_right_ones_play_over_udp() {
+    let s = TestServer::start();
+    s.standard();
+    let cam = Camera::start(&["--auth", "--user", "admin", "--password", "s3cret"]);
+    let with = |camera: &str| {
+        format!(
+            r#"{{"device_id":"f","projectid":"p","password":"fpw","server":"{}","device_streams":1,
+               "streams_config":[{{"fps":25,"bps":300,"width":320,"height":180,"protocol":"normal",
+                 "cameras":[{camera}]}}]}}"#,
+            s.ws
+        )
+    };
+    let run = |config: String| {
+        let path = s.dir.join("field.json");
+        std::fs::write(&path, config).unwrap();
+        let mut child = fieldlink()
+            .args(["field", "--config"])
+            .arg(&path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = lines(&mut child);
+        (child, out)
+    };
+    let url = cam.url("live");
+    let wrong = url.replace("rtsp://", "rtsp://admin:guess@");
+    let (mut child, out) = run(with(&format!(r#"{{"url":"{wrong}"}}"#)));
+    let line = wait_line(&out, "source_state", |v| v["event"] == "source_state");
+    let why = line["reason"].as_str().unwrap_or_default().to_string();
+    assert_eq!(line["ok"], false, "{line}");
+    assert!(
+        why.contains("wrong user name or password") && why.contains(&url),
+        "{why}"
+    );
+    assert!(
+        !why.contains("guess"),
+        "the password is in the reason: {why}"
+    );
+    let (r, mut re) = remote(&s, "p/r1", 1, false, false).await;
+    r.connect_streams(&id("p/f"), &[0], &[0]).await.unwrap();
+    let seen = state_of(&mut re, 0, StreamState::Failed)
+        .await
+        .unwrap_or_default();
+    assert!(seen.contains("wrong user name or password"), "{seen}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let (mut child, _out) = run(with(&format!(
+        r#"{{"url":"{url}","username":"admin","password":"s3cret","protocol":0}}"#
+    )));
+    state_of(&mut re, 0, StreamState::Playing).await;
+    let got = frames(&mut re, &[0], 25).await;
+    assert!(got[&0][0].keyframe);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use fieldlink_sdk::{DeviceConfig, DeviceId, Event, Events, FieldDevice, RemoteDevice};
@@ -286,4 +287,39 @@ pub fn now_minutes() -> u64 {
         .unwrap()
         .as_secs()
         / 60
+}
+
+/// The `fieldlink` binary of this build, logging warnings only.
+pub fn fieldlink() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fieldlink"));
+    c.env("FIELDLINK_LOG", "warn");
+    c
+}
+
+/// Reads JSON lines of a child's stdout on a thread.
+pub fn lines(child: &mut std::process::Child) -> mpsc::Receiver<Value> {
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+pub fn wait_line(rx: &mpsc::Receiver<Value>, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(v) if pred(&v) => return v,
+            Ok(_) => {}
+            Err(_) => panic!("no line for {what}"),
+        }
+    }
 }
