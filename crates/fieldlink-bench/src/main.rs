@@ -17,6 +17,7 @@ use fieldlink_sdk::{
 };
 use fieldlink_server::store::{Device, Project, Security, Store};
 
+mod camera;
 mod tap;
 
 #[derive(Parser)]
@@ -38,6 +39,17 @@ enum Cmd {
         switches: u32,
         #[arg(long)]
         fieldlink: Option<PathBuf>,
+    },
+    /// RTSP cameras: CPU per 720p25/1080p25 stream and added latency, passthrough and
+    /// transcode, with ffmpeg doing the same job as the reference. Needs ffmpeg and
+    /// GStreamer's RTSP server (see .ci/run).
+    Rtsp {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// The test camera script.
+        #[arg(long, default_value = "tests/rtsp/camera.py")]
+        script: PathBuf,
     },
     /// Control-data latency (qos 0 and 1) and capacity at 100 Hz.
     Control {
@@ -527,5 +539,6 @@ fn main() -> anyhow::Result<()> {
             switches,
             fieldlink,
         } => rt.block_on(video(secs, switches, bin_of(fieldlink)?)),
+        Cmd::Rtsp { secs, script } => rt.block_on(camera::rtsp(secs, &script)),
     }
 }

@@ -86,6 +86,10 @@ enum Cmd {
         /// Decode every frame (openh264), as a player would, and report frames decoded.
         #[arg(long)]
         decode: bool,
+        /// Also accept H.265 (cameras in passthrough); H.265 frames are counted, not
+        /// decoded or recorded.
+        #[arg(long)]
+        h265: bool,
     },
     /// Open a session, wait for master, send control data, and leave.
     Send {
@@ -117,10 +121,12 @@ async fn login(a: &Args) -> anyhow::Result<(RemoteDevice, fieldlink_sdk::Events)
         record,
         segment_secs,
         decode,
+        h265,
         ..
     } = &a.cmd
     {
         cfg.decode = *decode;
+        cfg.h265 = *h265;
         cfg.record = record
             .as_ref()
             .map(|dir| fieldlink_sdk::record::RecordSettings {
