@@ -299,4 +299,38 @@ mod tests {
         assert!(decode_jpeg(&[]).is_err());
         assert!(decode_jpeg(&[0xff, 0xd8, 0xff, 0xe0, 0, 16]).is_err());
     }
+
+    /// A 64x48 JPEG (ffmpeg's testsrc2, 4:2:0), as an MJPEG camera sends them.
+    const SMALL: &[u8] = include_bytes!("../testdata/small.jpg");
+
+    #[test]
+    fn a_real_jpeg_decodes_to_i420() {
+        let p = decode_jpeg(SMALL).unwrap();
+        assert_eq!((p.width, p.height), (64, 48));
+        assert_eq!(
+            (p.y.len(), p.u.len(), p.v.len()),
+            (64 * 48, 32 * 24, 32 * 24)
+        );
+        // testsrc2 is colourful: the planes are not flat.
+        assert!(p.y.iter().max() > p.y.iter().min());
+        assert!(p.u.iter().max() > p.u.iter().min());
+    }
+
+    proptest::proptest! {
+        /// A camera's JPEG is untrusted: a real one with bytes changed, or cut short,
+        /// gives a picture or an error, never a panic.
+        #[test]
+        fn damaged_jpegs_decode_or_fail(
+            edits in proptest::collection::vec((0usize..4096, proptest::num::u8::ANY), 1..16),
+            cut in 0usize..4096,
+        ) {
+            let mut j = SMALL.to_vec();
+            for (at, b) in edits {
+                let n = j.len();
+                j[at % n] = b;
+            }
+            let _ = decode_jpeg(&j);
+            let _ = decode_jpeg(&SMALL[..cut.min(SMALL.len())]);
+        }
+    }
 }

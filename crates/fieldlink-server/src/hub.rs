@@ -208,6 +208,11 @@ fn codec_of(p: &PayloadParams) -> VideoCodec {
     }
 }
 
+/// Told with `playing` on a stream whose source cannot make keyframes: after a loss
+/// that repair cannot fix, the picture waits for the camera's next keyframe.
+const PASSTHROUGH_NOTE: &str =
+    "camera passthrough: keyframes come only at the camera's own interval (no keyframe on request)";
+
 /// Why a receiver cannot play a stream in `codec`, and what to do about it.
 fn codec_refused(codec: VideoCodec) -> String {
     format!(
@@ -1241,6 +1246,14 @@ impl Hub {
             .map_or(VideoCodec::H264, |(p, _, _)| codec_of(p));
         let keyframe = codec.is_keyframe(data);
         let want = Some((field.clone(), stream));
+        let passthrough = self
+            .by_device
+            .get(field)
+            .and_then(|c| self.clients.get(c))
+            .and_then(|c| c.peer.as_ref())
+            .and_then(|p| p.sources.get(stream as usize))
+            .is_some_and(|s| !s.keyframe_on_request);
+        let note = passthrough.then_some(PASSTHROUGH_NOTE);
         let mut written = Vec::new();
         let mut msgs = Vec::new();
         for conn in members {
@@ -1283,7 +1296,7 @@ impl Hub {
                         .map_or(0, |l| l.wrapping_add(3000).wrapping_sub(in_t));
                     msgs.push((
                         conn,
-                        stream_state(fd as u32, field.clone(), stream, StreamState::Playing, None),
+                        stream_state(fd as u32, field.clone(), stream, StreamState::Playing, note),
                     ));
                 }
                 let out_t = in_t.wrapping_add(r.offset) & 0xFFFF_FFFF_FFFF;
@@ -1342,7 +1355,13 @@ impl Hub {
         r.live = true;
         r.last_out = Some(out_t);
         r.offset = out_t.wrapping_sub(last_in);
-        let m = stream_state(fd as u32, field.clone(), stream, StreamState::Playing, None);
+        let m = stream_state(
+            fd as u32,
+            field.clone(),
+            stream,
+            StreamState::Playing,
+            Some(PASSTHROUGH_NOTE),
+        );
         self.send(conn, m);
         if !self.dirty.contains(&conn) {
             self.dirty.push(conn);

@@ -122,8 +122,14 @@ async fn passthrough_is_bit_exact_and_late_receivers_start_from_the_cached_gop()
     let (r2, mut e2) = remote(&s, "p/r2", 1, false, true).await;
     let asked = Instant::now();
     r2.connect_streams(&gw, &[0], &[0]).await.unwrap();
-    state_of(&mut e2, 0, StreamState::Playing).await;
+    let note = state_of(&mut e2, 0, StreamState::Playing)
+        .await
+        .unwrap_or_default();
     let waited = asked.elapsed();
+    assert!(
+        note.contains("passthrough"),
+        "playing without the passthrough note: {note:?}"
+    );
     let late = frames(&mut e2, &[0], 30).await;
     eprintln!("late receiver playing after {waited:?}, {since_key}+ frames into a 250-frame GOP");
     assert!(
