@@ -7,7 +7,7 @@ Mounts (each only when its source is given or is live):
   /h264     an MP4 file's H.264 as it is (--h264 FILE), from its start for each client
   /h265     an MP4 file's H.265 as it is (--h265 FILE), from its start for each client
 The file mounts send SPS/PPS (and VPS) only in the SDP, as many cameras do.
-With --auth every mount needs digest authentication (--user/--password); GStreamer
+With --auth digest|basic every mount needs authentication (--user/--password); GStreamer
 challenges only clients that have no default token, so it is all mounts or none.
 Prints "READY <port>" once listening; stops on SIGTERM/SIGINT.
 Needs Debian's gstreamer1.0-rtsp, gir1.2-gst-rtsp-server-1.0 and python3-gi.
@@ -48,7 +48,7 @@ def main():
     p.add_argument("--kbps", type=int, default=1500, help="live H.264 bitrate")
     p.add_argument("--h264", help="MP4 file with H.264 for /h264")
     p.add_argument("--h265", help="MP4 file with H.265 for /h265")
-    p.add_argument("--auth", action="store_true", help="digest authentication on every mount")
+    p.add_argument("--auth", choices=["digest", "basic"], help="authentication on every mount")
     p.add_argument("--user", default="admin")
     p.add_argument("--password", default="secret")
     a = p.parse_args()
@@ -64,8 +64,13 @@ def main():
         auth = GstRtspServer.RTSPAuth()
         user = GstRtspServer.RTSPToken()
         user.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "user")
-        auth.add_digest(a.user, a.password, user)
-        auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+        if a.auth == "digest":
+            auth.add_digest(a.user, a.password, user)
+            auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+        else:
+            basic = GstRtspServer.RTSPAuth.make_basic(a.user, a.password)
+            auth.add_basic(basic, user)
+            auth.set_supported_methods(GstRtsp.RTSPAuthMethod.BASIC)
         server.set_auth(auth)
         role = "user"
 

@@ -118,9 +118,11 @@ pub(crate) fn picture_of(yuv: &impl YUVSource) -> Picture {
     let (w, h) = yuv.dimensions();
     let (sy, su, sv) = yuv.strides();
     let plane = |p: &[u8], stride: usize, w: usize, h: usize| -> Vec<u8> {
-        (0..h)
-            .flat_map(|r| p[r * stride..r * stride + w].iter().copied())
-            .collect()
+        let mut out = Vec::with_capacity(w * h);
+        for r in 0..h {
+            out.extend_from_slice(&p[r * stride..r * stride + w]);
+        }
+        out
     };
     Picture {
         width: w,

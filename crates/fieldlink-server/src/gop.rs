@@ -13,7 +13,7 @@ pub const MAX_GOP_BYTES: usize = 8 << 20;
 pub const MAX_GOP_FRAMES: usize = 600;
 
 /// One cached access unit with its source time (90 kHz) and payload parameters.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct CachedFrame {
     pub data: Arc<[u8]>,
     pub in_t: u64,

@@ -309,6 +309,7 @@ pub fn spawn(
         audit,
         dirty: Vec::new(),
         keyframe_rescan: None,
+        replay_due: None,
     };
     let task = tokio::spawn(hub.run(rx));
     (HubHandle { tx }, task)
@@ -357,7 +358,16 @@ struct Receiver {
     /// Added (wrapping) to the source's 90 kHz time.
     offset: u64,
     last_out: Option<u64>,
+    /// Frames (with their output time) still to write, oldest first: a start from a
+    /// cached group of pictures goes out at [`REPLAY_BYTES`] per [`REPLAY_EVERY`] (a
+    /// whole group at once overflows socket buffers), and live frames queue behind it.
+    backlog: VecDeque<(CachedFrame, u64)>,
 }
+
+/// How much of a replayed group of pictures is written at once, and how often: about
+/// 32 Mbit/s, so a receiver busy decoding does not overflow its socket buffer.
+const REPLAY_BYTES: usize = 16 * 1024;
+const REPLAY_EVERY: Duration = Duration::from_millis(4);
 
 struct Hub {
     socket: UdpSocket,
@@ -372,6 +382,8 @@ struct Hub {
     dirty: Vec<ConnId>,
     /// When receivers still waiting for a keyframe ask again, if any wait.
     keyframe_rescan: Option<Instant>,
+    /// When receivers with a backlog write their next part of it, if any have one.
+    replay_due: Option<Instant>,
 }
 
 enum PeerEvent {
@@ -399,6 +411,7 @@ impl Hub {
                         .map(|c| c.limiter.next_free(now)),
                 )
                 .chain(self.keyframe_rescan)
+                .chain(self.replay_due)
                 .min()
                 .unwrap_or(now + Duration::from_secs(1))
                 .max(now);
@@ -422,6 +435,7 @@ impl Hub {
             }
             self.drive_timeouts();
             self.retry_keyframes();
+            self.drain_backlogs();
             for conn in std::mem::take(&mut self.dirty) {
                 self.poll(conn);
             }
@@ -970,6 +984,7 @@ impl Hub {
                 }
                 r.want = new;
                 r.live = false;
+                r.backlog.clear();
                 let (state, why) = match (streams, failed.get(s)) {
                     (None, _) => (StreamState::Failed, Some("field device offline")),
                     (Some(_), Some(why)) => (StreamState::Failed, Some(why.as_str())),
@@ -1007,6 +1022,7 @@ impl Hub {
             let r = &mut client.receivers[*fd as usize];
             if let Some((f, s)) = r.want.take() {
                 r.live = false;
+                r.backlog.clear();
                 msgs.push(stream_state(*fd, f, s, StreamState::Disconnected, None));
             }
         }
@@ -1025,6 +1041,7 @@ impl Hub {
                 if r.want == want {
                     r.want = None;
                     r.live = false;
+                    r.backlog.clear();
                     out.push((
                         *conn,
                         stream_state(
@@ -1058,6 +1075,7 @@ impl Hub {
                 if let Some((f, s)) = &r.want {
                     if f == field && stream.is_none_or(|x| x == *s) {
                         r.live = false;
+                        r.backlog.clear();
                         out.push((*conn, stream_state(fd as u32, f.clone(), *s, state, why)));
                     }
                 }
@@ -1095,6 +1113,7 @@ impl Hub {
                     continue;
                 }
                 r.live = false;
+                r.backlog.clear();
                 if (s as usize) < n {
                     out.push((
                         *conn,
@@ -1273,6 +1292,7 @@ impl Hub {
                         // once, with what to do about it.
                         r.want = None;
                         r.live = false;
+                        r.backlog.clear();
                         let why = codec_refused(codec);
                         let m = stream_state(
                             fd as u32,
@@ -1301,6 +1321,24 @@ impl Hub {
                 }
                 let out_t = in_t.wrapping_add(r.offset) & 0xFFFF_FFFF_FFFF;
                 r.last_out = Some(out_t);
+                if !r.backlog.is_empty() {
+                    if r.backlog.len() >= 2 * crate::gop::MAX_GOP_FRAMES {
+                        // It does not drain (the receiver's writer is gone?): start over
+                        // at the next keyframe rather than grow.
+                        r.backlog.clear();
+                        r.live = false;
+                        continue;
+                    }
+                    if let Some((params, _, _)) = &source {
+                        let f = CachedFrame {
+                            data: data.clone(),
+                            in_t,
+                            params: *params,
+                        };
+                        r.backlog.push_back((f, out_t));
+                    }
+                    continue;
+                }
                 if write_frame(peer, fd, data, out_t, source.as_ref()) && !written.contains(&conn) {
                     written.push(conn);
                 }
@@ -1342,15 +1380,10 @@ impl Hub {
         }
         let base = r.last_out.map_or(0, |l| l.wrapping_add(3000));
         let mut out_t = base;
-        for (i, f) in frames.iter().enumerate() {
+        r.backlog.clear();
+        for (i, f) in frames.into_iter().enumerate() {
             out_t = base.wrapping_add(i as u64) & 0xFFFF_FFFF_FFFF;
-            write_frame(
-                peer,
-                fd,
-                &f.data,
-                out_t,
-                Some(&(f.params, Instant::now(), None)),
-            );
+            r.backlog.push_back((f, out_t));
         }
         r.live = true;
         r.last_out = Some(out_t);
@@ -1363,8 +1396,36 @@ impl Hub {
             Some(PASSTHROUGH_NOTE),
         );
         self.send(conn, m);
-        if !self.dirty.contains(&conn) {
-            self.dirty.push(conn);
+        self.replay_due = Some(Instant::now());
+    }
+
+    /// Writes the next part of every receiver's backlog (see [`Receiver::backlog`]).
+    fn drain_backlogs(&mut self) {
+        let now = Instant::now();
+        if self.replay_due.is_none_or(|t| t > now) {
+            return;
+        }
+        self.replay_due = None;
+        for (conn, c) in self.clients.iter_mut() {
+            let Some(peer) = c.peer.as_mut() else {
+                continue;
+            };
+            for (fd, r) in c.receivers.iter_mut().enumerate() {
+                let mut budget = REPLAY_BYTES;
+                while budget > 0 {
+                    let Some((f, out_t)) = r.backlog.pop_front() else {
+                        break;
+                    };
+                    budget = budget.saturating_sub(f.data.len());
+                    write_frame(peer, fd, &f.data, out_t, Some(&(f.params, now, None)));
+                    if !self.dirty.contains(conn) {
+                        self.dirty.push(*conn);
+                    }
+                }
+                if !r.backlog.is_empty() {
+                    self.replay_due = Some(now + REPLAY_EVERY);
+                }
+            }
         }
     }
 
@@ -1496,6 +1557,7 @@ impl Hub {
                 client.receivers.resize(n, Receiver::default());
                 for r in &mut client.receivers {
                     r.live = false;
+                    r.backlog.clear();
                 }
                 let wanted: Vec<(DeviceId, u32)> = client
                     .receivers

@@ -27,13 +27,18 @@ impl Camera {
     /// Starts the camera with `args` (e.g. `--auth`, `--size 1280x720`) on a free port;
     /// the file mounts /h264 and /h265 are always there.
     pub fn start(args: &[&str]) -> Camera {
+        Camera::start_on(super::free_port(), args)
+    }
+
+    /// [`Camera::start`] on a given port.
+    pub fn start_on(port: u16, args: &[&str]) -> Camera {
         let m = media();
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         for (flag, file) in [("--h264", "h264.mp4"), ("--h265", "h265.mp4")] {
             all.push(flag.into());
             all.push(m.join(file).display().to_string());
         }
-        Camera::spawn(super::free_port(), all)
+        Camera::spawn(port, all)
     }
 
     fn spawn(port: u16, args: Vec<String>) -> Camera {
