@@ -182,6 +182,14 @@ pub fn load(path: &PathBuf) -> anyhow::Result<FieldConfig> {
             bail!("{}: device_streams must be 0..=16", path.display());
         }
     }
+    if let Some(i) = c.streams_config.iter().position(|s| s.cameras.len() > 1) {
+        bail!(
+            "{}: streams_config[{i}].cameras has {} cameras, but a stream has one source \
+             (cameras[0]); give each camera its own stream",
+            path.display(),
+            c.streams_config[i].cameras.len()
+        );
+    }
     if !matches!(c.auto_permission, None | Some(0) | Some(1)) {
         bail!("{}: auto_permission must be 0 or 1", path.display());
     }

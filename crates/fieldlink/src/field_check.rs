@@ -188,6 +188,12 @@ pub fn check(v: &Value) -> Vec<String> {
                 Vec::new()
             }
         };
+        if cams.len() > 1 {
+            out.push(format!(
+                "{p}.cameras: {} cameras, but a stream has one source (cameras[0]); give each camera its own stream",
+                cams.len()
+            ));
+        }
         for (j, c) in cams.iter().enumerate() {
             let cp = format!("{p}.cameras[{j}]");
             let Some(cobj) = c.as_object() else {
@@ -256,13 +262,14 @@ mod tests {
             "streams_config": [
                 {"protocol": "rtsp_enc", "cameras": [{"url": "test://pattern"}]},
                 {"cameras": [{"url": "rtsps://127.0.0.1/cam", "password": 5}]},
-                {"cameras": [{"url": "rtsp://"}]}]});
+                {"cameras": [{"url": "rtsp://"}, {"url": "test://pattern"}]}]});
         let p = check(&v);
         for want in [
             "$.streams_config[0].cameras[0].url: protocol \"rtsp_enc\"",
             "$.streams_config[1].cameras[0].url: rtsps://",
             "$.streams_config[1].cameras[0].password: 5 is not a string",
             "$.streams_config[2].cameras[0].url: camera URL",
+            "$.streams_config[2].cameras: 2 cameras",
         ] {
             assert!(
                 p.iter().any(|l| l.starts_with(want)),
