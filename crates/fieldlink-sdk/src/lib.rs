@@ -488,17 +488,17 @@ impl FieldDevice {
                     Err(_) => return,
                 };
                 source = s;
-                let news = match &r {
-                    Ok(Some(_)) if failed.is_some() => Some(state(true, None)),
+                // `Some(new failure)`: a change to tell (`Some(None)`: it works again).
+                let change = match &r {
+                    Ok(Some(_)) if failed.is_some() => Some(None),
                     Err(e) if failed.as_deref() != Some(e.message.as_str()) => {
-                        Some(state(false, Some(e.message.clone())))
+                        Some(Some(e.message.clone()))
                     }
                     _ => None,
                 };
-                if let Some(cmd) = news {
-                    if let Cmd::SourceState { ok, reason, .. } = &cmd {
-                        failed = if *ok { None } else { reason.clone() };
-                    }
+                if let Some(now_failed) = change {
+                    failed = now_failed.clone();
+                    let cmd = state(now_failed.is_none(), now_failed);
                     if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(cmd) {
                         return;
                     }

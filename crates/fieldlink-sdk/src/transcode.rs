@@ -10,17 +10,10 @@ use crate::camera::{Camera, CameraCodec, CameraFrame, CameraMsg, RtspCameraConfi
 use crate::encode::{check_size, H264Encoder};
 use crate::{EncodedFrame, ErrorCode, Picture, SdkError, VideoSource};
 
-/// What the transcoded stream looks like.
-#[derive(Debug, Clone, Copy)]
-pub struct TranscodeConfig {
-    pub width: u32,
-    pub height: u32,
-    pub fps: f64,
-    /// Highest bitrate, kbit/s (adaptation goes down to [`crate::encode::MIN_KBPS`]).
-    pub kbps: u32,
-    /// Frames between periodic keyframes.
-    pub gop: u32,
-}
+/// What the transcoded stream looks like: the same settings as any stream the SDK
+/// encodes (`kbps` is the highest bitrate; adaptation goes down to
+/// [`crate::encode::MIN_KBPS`]).
+pub type TranscodeConfig = crate::video::TestPatternConfig;
 
 /// A camera transcoded to H.264.
 pub struct Transcode {

@@ -63,7 +63,8 @@ impl<T: VideoSource + ?Sized> VideoSource for Box<T> {
     }
 }
 
-/// Settings of a test-pattern stream.
+/// Size, frame rate and bitrate of a stream the SDK encodes: a test pattern, or a camera
+/// in transcode mode ([`crate::transcode::TranscodeConfig`]).
 #[derive(Debug, Clone, Copy)]
 pub struct TestPatternConfig {
     pub width: u32,

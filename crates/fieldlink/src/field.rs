@@ -117,14 +117,15 @@ pub fn source_for(
     let url = sc
         .and_then(|c| c.cameras.first())
         .map_or("test://pattern", |c| c.url.as_str());
+    // What the SDK encodes (test pattern, transcoded camera) at this stream's settings.
+    let cfg = TestPatternConfig {
+        width: sc.and_then(|c| c.width).unwrap_or(d.width),
+        height: sc.and_then(|c| c.height).unwrap_or(d.height),
+        fps,
+        kbps: sc.and_then(|c| c.bps).unwrap_or(d.kbps),
+        gop: (fps * 2.0).round() as u32,
+    };
     if url == "test://pattern" {
-        let cfg = TestPatternConfig {
-            width: sc.and_then(|c| c.width).unwrap_or(d.width),
-            height: sc.and_then(|c| c.height).unwrap_or(d.height),
-            fps,
-            kbps: sc.and_then(|c| c.bps).unwrap_or(d.kbps),
-            gop: (fps * 2.0).round() as u32,
-        };
         return Ok(Box::new(
             TestPattern::new(i, cfg).with_context(|| format!("streams_config[{i}]"))?,
         ));
@@ -136,7 +137,7 @@ pub fn source_for(
     }
     if url.starts_with("rtsp://") {
         use fieldlink_sdk::camera::{Passthrough, RtspCameraConfig, RtspTransport};
-        use fieldlink_sdk::transcode::{Transcode, TranscodeConfig};
+        use fieldlink_sdk::transcode::Transcode;
         let cam = sc.and_then(|c| c.cameras.first());
         let rtsp = RtspCameraConfig {
             url: url.to_string(),
@@ -151,13 +152,6 @@ pub fn source_for(
         if sc.and_then(|c| c.protocol.as_deref()) == Some("rtsp_enc") {
             return Ok(Box::new(Passthrough::start(&rtsp, fps).with_context(at)?));
         }
-        let cfg = TranscodeConfig {
-            width: sc.and_then(|c| c.width).unwrap_or(d.width),
-            height: sc.and_then(|c| c.height).unwrap_or(d.height),
-            fps,
-            kbps: sc.and_then(|c| c.bps).unwrap_or(d.kbps),
-            gop: (fps * 2.0).round() as u32,
-        };
         return Ok(Box::new(Transcode::start(&rtsp, cfg).with_context(at)?));
     }
     bail!(

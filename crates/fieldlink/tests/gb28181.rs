@@ -150,28 +150,9 @@ async fn camera_plays(mode: &str, then_offline: bool) {
         &["--sip-keepalive-secs", "1"],
     );
     let mut dev = gb_device(&sip, &["--channels", "2", "--keepalive-secs", "1"]);
-    let (tx, dev_out) = std::sync::mpsc::channel::<serde_json::Value>();
-    let stdout = dev.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Ok(v) = serde_json::from_str(&line) {
-                let _ = tx.send(v);
-            }
-        }
-    });
+    let dev_out = lines(&mut dev.0);
     let wait_dev = |what: &str, pred: &dyn Fn(&serde_json::Value) -> bool| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match dev_out.recv_timeout(left) {
-                Ok(v) if pred(&v) => return v,
-                Ok(_) => {}
-                Err(_) => panic!("gb-device never said {what}"),
-            }
-        }
+        wait_line(&dev_out, &format!("gb-device: {what}"), pred)
     };
     wait_dev("registered", &|v| v["event"] == "registered");
 
