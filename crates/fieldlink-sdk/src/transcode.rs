@@ -28,7 +28,16 @@ pub struct Transcode {
     waiting_keyframe: bool,
     /// Why the camera is down, while it is.
     down: Option<String>,
+    /// When the last keyframe was forced, and whether a request waits for the spacing.
+    last_forced: Option<std::time::Instant>,
+    force_pending: bool,
 }
+
+/// Forced keyframes are at least this far apart. A camera's detailed picture makes
+/// keyframes of tens of KB; on a congested uplink each one overflows the queue, the loss
+/// brings another request, and a keyframe at every request starved the link (seen in
+/// tests/loss.rs under load). A request inside the spacing waits for it, it is not lost.
+const MIN_FORCED_KEYFRAME_GAP: Duration = Duration::from_millis(500);
 
 impl Transcode {
     pub fn start(cam: &RtspCameraConfig, cfg: TranscodeConfig) -> Result<Transcode, SdkError> {
@@ -49,6 +58,8 @@ impl Transcode {
             latest: None,
             waiting_keyframe: true,
             down: None,
+            last_forced: None,
+            force_pending: false,
         })
     }
 
@@ -239,9 +250,20 @@ impl VideoSource for Transcode {
         let (w, h) = (self.cfg.width as usize, self.cfg.height as usize);
         let yuv = YUVBuffer::from_vec(scale_i420(pic, w, h), w, h);
         let capture = *arrived;
+        let now = std::time::Instant::now();
+        let mut force = force_keyframe || self.force_pending;
+        if force
+            && self
+                .last_forced
+                .is_some_and(|t| now - t < MIN_FORCED_KEYFRAME_GAP)
+        {
+            (force, self.force_pending) = (false, true);
+        } else if force {
+            (self.last_forced, self.force_pending) = (Some(now), false);
+        }
         Ok(self
             .encoder
-            .encode(&yuv, force_keyframe)?
+            .encode(&yuv, force)?
             .map(|(data, keyframe)| EncodedFrame {
                 codec: fieldlink_media::VideoCodec::H264,
                 data,
