@@ -60,6 +60,9 @@ pub struct FieldInfo {
     pub id: DeviceId,
     pub name: String,
     pub online: bool,
+    /// How many video streams it publishes now (ids `0..streams`); 0 while offline.
+    #[serde(default)]
+    pub streams: u32,
 }
 
 /// Messages a device sends to the server.
@@ -273,6 +276,9 @@ pub enum ServerMsg {
     /// Something the device sent was refused after the fact (e.g. control data dropped).
     Warning {
         code: ErrorCode,
+        /// The code's name, as in `error`.
+        #[serde(default)]
+        name: String,
         message: String,
     },
     Pong {
@@ -288,6 +294,14 @@ impl ServerMsg {
             name: code.name().to_string(),
             message: message.into(),
             retry_after_ms: None,
+        }
+    }
+
+    pub fn warning(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMsg::Warning {
+            code,
+            name: code.name().to_string(),
+            message: message.into(),
         }
     }
 }

@@ -773,7 +773,9 @@ impl Driver {
                     reason,
                 });
             }
-            ServerMsg::Warning { code, message } => self.ev.emit(Event::Warning { code, message }),
+            ServerMsg::Warning { code, message, .. } => {
+                self.ev.emit(Event::Warning { code, message })
+            }
             ServerMsg::Error { code, message, .. } => {
                 self.ev.emit(Event::Warning { code, message });
                 if code == ErrorCode::Replaced {

@@ -13,7 +13,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use fieldlink_auth::{
-    constant_time_eq, device_password, hash_password, validate_project_key, USE_PROJECT_KEY_PWD,
+    constant_time_eq, device_password, hash_password, session_code, validate_project_key,
+    USE_PROJECT_KEY_PWD,
 };
 use fieldlink_proto::ids::validate_part;
 use fieldlink_proto::{ErrorCode, Role};
@@ -132,6 +133,7 @@ pub fn router() -> Router<Arc<AppState>> {
             "/api/v1/projects/{p}/device-password",
             post(make_device_password),
         )
+        .route("/api/v1/projects/{p}/session-code", post(make_session_code))
         .route(
             "/api/v1/projects/{p}/whitelist",
             get(list_whitelist).post(add_whitelist),
@@ -316,7 +318,7 @@ async fn list_devices(
     Ok(Json(
         list.into_iter()
             .map(|d| DeviceView {
-                online: online.contains(&d.device_id),
+                online: online.contains_key(&d.device_id),
                 device: d,
             })
             .collect(),
@@ -388,7 +390,7 @@ async fn get_device(
         .await
         .map_err(|c| ApiError::new(c, "hub unavailable"))?;
     Ok(Json(DeviceView {
-        online: online.contains(&d),
+        online: online.contains_key(&d),
         device,
     }))
 }
@@ -433,6 +435,27 @@ fn one_day() -> u64 {
 }
 
 /// Generates a key-derived password for a device of the project (SPEC §8).
+/// The project's key (it must be in use) and the expiry, in minutes since the epoch,
+/// `valid_minutes` from now.
+async fn key_and_expiry(
+    st: &AppState,
+    p: &str,
+    valid_minutes: u64,
+) -> Result<(String, u64), ApiError> {
+    let project = load_project(st, p).await?;
+    if !project.security.key_on() {
+        return Err(ApiError::new(
+            ErrorCode::KeyModeOff,
+            "project has no shared key in use (Mode 1 with a Key)",
+        ));
+    }
+    if valid_minutes == 0 || valid_minutes > 10 * 366 * 24 * 60 {
+        return Err(ApiError::bad("valid_minutes must be 1..=10 years"));
+    }
+    let expire = crate::login::now_unix() / 60 + valid_minutes;
+    Ok((project.security.key, expire))
+}
+
 async fn make_device_password(
     _: Admin,
     State(st): State<Arc<AppState>>,
@@ -440,22 +463,45 @@ async fn make_device_password(
     Body(b): Body<PasswordRequest>,
 ) -> ApiResult<serde_json::Value> {
     check_id("device_id", &b.device_id)?;
-    let project = load_project(&st, &p).await?;
-    if !project.security.key_on() {
-        return Err(ApiError::new(
-            ErrorCode::KeyModeOff,
-            "project has no shared key in use (Mode 1 with a Key)",
-        ));
-    }
-    if b.valid_minutes == 0 || b.valid_minutes > 10 * 366 * 24 * 60 {
-        return Err(ApiError::bad("valid_minutes must be 1..=10 years"));
-    }
-    let expire = crate::login::now_unix() / 60 + b.valid_minutes;
+    let (key, expire) = key_and_expiry(&st, &p, b.valid_minutes).await?;
     let dev = format!("{p}/{}", b.device_id);
     Ok(Json(serde_json::json!({
         "device_id": dev,
         "expire": expire,
-        "password": device_password(&project.security.key, &dev, expire),
+        "password": device_password(&key, &dev, expire),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionCodeRequest {
+    remote_id: String,
+    field_id: String,
+    /// Minutes from now the code stays valid (default 1 day).
+    #[serde(default = "one_day")]
+    valid_minutes: u64,
+}
+
+/// SPEC §8 session authorization code: lets `remote_id` watch `field_id` without a
+/// whitelist entry.
+async fn make_session_code(
+    _: Admin,
+    State(st): State<Arc<AppState>>,
+    Path(p): Path<String>,
+    Body(b): Body<SessionCodeRequest>,
+) -> ApiResult<serde_json::Value> {
+    check_id("remote_id", &b.remote_id)?;
+    check_id("field_id", &b.field_id)?;
+    let (key, expire) = key_and_expiry(&st, &p, b.valid_minutes).await?;
+    let (remote, field) = (
+        format!("{p}/{}", b.remote_id),
+        format!("{p}/{}", b.field_id),
+    );
+    Ok(Json(serde_json::json!({
+        "remote_id": remote,
+        "field_id": field,
+        "expire": expire,
+        "code": session_code(&key, &remote, &field, expire),
     })))
 }
 

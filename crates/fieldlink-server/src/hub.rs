@@ -159,10 +159,11 @@ pub enum Cmd {
     },
     /// Close every connection and stop (server shutdown).
     Shutdown,
-    /// Ids (`device` part) of the online devices of a project.
+    /// The online devices of a project (`device` part of the id), each with its stream
+    /// count (0 for remotes and for fields whose media is not set up yet).
     Online {
         project: String,
-        reply: oneshot::Sender<HashSet<String>>,
+        reply: oneshot::Sender<HashMap<String, u32>>,
     },
 }
 
@@ -187,7 +188,7 @@ impl HubHandle {
         rx.await.map_err(|_| ErrorCode::Internal)
     }
 
-    pub async fn online(&self, project: &str) -> Result<HashSet<String>, ErrorCode> {
+    pub async fn online(&self, project: &str) -> Result<HashMap<String, u32>, ErrorCode> {
         let (reply, rx) = oneshot::channel();
         self.send(Cmd::Online {
             project: project.to_string(),
@@ -565,13 +566,16 @@ impl Hub {
             }
             Cmd::Shutdown => {}
             Cmd::Online { project, reply } => {
-                let set = self
+                let online = self
                     .by_device
                     .keys()
                     .filter(|d| d.project == project)
-                    .map(|d| d.device.clone())
+                    .map(|d| {
+                        let n = self.stream_count(d).unwrap_or(0);
+                        (d.device.clone(), u32::try_from(n).unwrap_or(u32::MAX))
+                    })
                     .collect();
-                let _ = reply.send(set);
+                let _ = reply.send(online);
             }
         }
     }
@@ -913,7 +917,7 @@ impl Hub {
         c.last_warning = Some((code, now));
         let _ = c
             .out
-            .try_send(Outbound::Msg(ServerMsg::Warning { code, message }));
+            .try_send(Outbound::Msg(ServerMsg::warning(code, message)));
     }
 
     // ---- video routing ---------------------------------------------------------------
@@ -1948,10 +1952,10 @@ impl Hub {
                 Qos::Reliable => {
                     if peer.pending_reliable.len() >= MAX_PENDING_RELIABLE {
                         tracing::warn!(device = %target.info.device, "reliable control queue full: receiver too slow, message dropped");
-                        let _ = target.out.try_send(Outbound::Msg(ServerMsg::Warning {
-                            code: ErrorCode::Congested,
-                            message: "reliable control data dropped: receiver queue full".into(),
-                        }));
+                        let _ = target.out.try_send(Outbound::Msg(ServerMsg::warning(
+                            ErrorCode::Congested,
+                            "reliable control data dropped: receiver queue full",
+                        )));
                         continue;
                     }
                     peer.pending_reliable.push_back(fwd.clone());

@@ -10,6 +10,7 @@ pub mod hub;
 pub mod login;
 pub mod permission;
 pub mod store;
+pub mod web;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -159,17 +160,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         admin_token: admin_token.clone(),
     });
     let app = api::router()
+        .merge(web::router())
         .route("/ws", axum::routing::get(ws::handler))
-        .route(
-            "/",
-            axum::routing::get(|| async { axum::response::Redirect::to("/watch") }),
-        )
-        .route(
-            "/watch",
-            axum::routing::get(|| async {
-                axum::response::Html(include_str!("../web/watch.html"))
-            }),
-        )
         .with_state(state);
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {

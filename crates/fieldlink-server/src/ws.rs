@@ -299,8 +299,10 @@ impl Session {
                     .into_iter()
                     .filter_map(|d| {
                         let id = DeviceId::new(&d.project_id, &d.device_id).ok()?;
+                        let streams = online.get(&d.device_id).copied();
                         Some(FieldInfo {
-                            online: online.contains(&d.device_id),
+                            online: streams.is_some(),
+                            streams: streams.unwrap_or(0),
                             id,
                             name: d.name,
                         })

@@ -110,10 +110,19 @@ pub fn error_json(e: &SdkError) -> Value {
     json!({"event": "error", "code": e.code.code(), "name": e.code.name(), "message": e.message})
 }
 
+/// Writes one line to stdout. When whoever reads it has gone (a closed pipe), there is
+/// nobody left to tell: the program ends quietly rather than panicking.
+fn out_line(line: std::fmt::Arguments) {
+    use std::io::Write;
+    if writeln!(std::io::stdout().lock(), "{line}").is_err() {
+        std::process::exit(0);
+    }
+}
+
 /// Prints one line: the JSON, or a short human form.
 pub fn print(json_out: bool, v: &Value) {
     if json_out {
-        println!("{v}");
+        out_line(format_args!("{v}"));
         return;
     }
     let kind = v["event"].as_str().unwrap_or("?");
@@ -124,7 +133,7 @@ pub fn print(json_out: bool, v: &Value) {
             o.remove("hex");
         }
     }
-    println!("{kind:<18} {rest}");
+    out_line(format_args!("{kind:<18} {rest}"));
 }
 
 /// A command line read from stdin. Plain text (not starting with `{`) means "send it".

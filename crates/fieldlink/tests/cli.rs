@@ -5,7 +5,6 @@ mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 
 use common::*;
 use serde_json::Value;
@@ -87,23 +86,6 @@ fn remote_r1(s: &TestServer, extra: &[&str]) -> Command {
         .args(["--password", "rpw", "--json"])
         .args(extra);
     c
-}
-
-/// Writes `config` as the field device's config.json and starts `fieldlink field` on it
-/// (stdin and stdout piped); returns once it is ready.
-fn start_field(s: &TestServer, config: &str) -> (std::process::Child, mpsc::Receiver<Value>) {
-    let cfg = s.dir.join("field.json");
-    std::fs::write(&cfg, config).unwrap();
-    let mut field = fieldlink()
-        .args(["field", "--config"])
-        .arg(&cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = lines(&mut field);
-    wait_line(&out, "field ready", |v| v["event"] == "ready");
-    (field, out)
 }
 
 #[test]

@@ -323,3 +323,20 @@ pub fn wait_line(rx: &mpsc::Receiver<Value>, what: &str, pred: impl Fn(&Value) -
         }
     }
 }
+
+/// Writes `config` as the field device's config.json and starts `fieldlink field` on it
+/// (stdin and stdout piped); returns once it is ready.
+pub fn start_field(s: &TestServer, config: &str) -> (std::process::Child, mpsc::Receiver<Value>) {
+    let cfg = s.dir.join("field.json");
+    std::fs::write(&cfg, config).unwrap();
+    let mut field = fieldlink()
+        .args(["field", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = lines(&mut field);
+    wait_line(&out, "field ready", |v| v["event"] == "ready");
+    (field, out)
+}

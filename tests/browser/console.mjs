@@ -1,0 +1,249 @@
+// Drives the web console and admin page in headless Chromium (Debian's) for
+// crates/fieldlink/tests/console.rs, which runs the real server and field device and
+// checks what this prints: one JSON object on stdout.
+//
+// Usage: node console.mjs SCENARIO BASE_URL 'JSON args'
+//   grid      {device, password, gwid, fps, screenshot}
+//   handover  {a: [device, password], b: [...], gwid}   (waits for a report, see below)
+//   admin     {token, project, device, screenshot}
+//   logins    {tries: [[device, password], ...]}
+import { chromium } from 'playwright-core';
+
+const [scenario, base, argJson] = process.argv.slice(2);
+const args = JSON.parse(argJson || '{}');
+const T = 15000;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+         '--disable-background-networking', '--disable-component-update', '--disable-sync',
+         '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required',
+         // Present every decoded frame as it comes (no 60 Hz compositor clock that drops
+         // one of two frames landing in the same tick): the frame callbacks then show the
+         // stream itself, not the headless renderer's timing.
+         '--disable-gpu-vsync', '--disable-frame-rate-limit'],
+});
+const out = { pageErrors: [] };
+
+async function newPage(width = 1400, height = 860) {
+  const ctx = await browser.newContext({ viewport: { width, height } });
+  const page = await ctx.newPage();
+  page.on('pageerror', (e) => out.pageErrors.push(e.message));
+  return page;
+}
+
+async function login(page, device, password) {
+  await page.goto(`${base}/`);
+  await page.fill('#login input[name=device]', device);
+  await page.fill('#login input[name=password]', password);
+  await page.click('#login button');
+}
+
+async function loggedIn(page) {
+  await page.waitForSelector('#operate:not([hidden])', { timeout: T });
+}
+
+const hooks = (page) => page.evaluate(() => ({
+  frames: window.fieldlink.frames,
+  maxGapMs: window.fieldlink.maxGapMs,
+  maxMediaGapMs: window.fieldlink.maxMediaGapMs,
+  maxReceiveGapMs: window.fieldlink.maxReceiveGapMs,
+  errors: window.fieldlink.errors,
+}));
+
+/// Waits until receiver `fd` plays `stream` (its stream_state says so).
+async function playing(page, fd, stream) {
+  await page.waitForFunction(([f, s]) => window.fieldlink.states.some((m) => m.conn_fd === f
+    && m.stream_id === s && m.state === 'playing'), [fd, stream], { timeout: T });
+}
+
+async function grid() {
+  const page = await newPage();
+  await login(page, args.device, args.password);
+  await loggedIn(page);
+  await page.waitForSelector(`.chip[data-gwid="${args.gwid}"][data-stream="3"]`, { timeout: T });
+  await page.click('#layout button[data-grid="4"]');
+  // One stream per window, picked from each window's menu.
+  for (let w = 0; w < 4; w++) {
+    await page.selectOption(`.tile[data-window="${w}"] .pick`, `${args.gwid}#${w}`);
+  }
+  for (let fd = 0; fd < 4; fd++) await playing(page, fd, fd);
+  await page.waitForTimeout(1000);
+  const a = await hooks(page);
+  await page.waitForTimeout(2000);
+  const b = await hooks(page);
+  out.decoding = { before: a.frames.slice(0, 4), after: b.frames.slice(0, 4) };
+
+  // Switch: window 1 (conn_fd 0) from stream 0 to stream 2 by its menu.
+  await page.selectOption('.tile[data-window="0"] .pick', `${args.gwid}#2`);
+  await playing(page, 0, 2);
+  const c = await hooks(page);
+  await page.waitForTimeout(1500);
+  const d = await hooks(page);
+  out.switched = { before: c.frames[0], after: d.frames[0] };
+
+  // Baseline gaps, then swap windows 1 and 2 (⇄ on each) and measure the same way.
+  await page.evaluate(() => window.fieldlink.resetGaps());
+  await page.waitForTimeout(2000);
+  const base0 = await hooks(page);
+  const gaps = (h) => ({ maxGapMs: h.maxGapMs.slice(0, 4), maxMediaGapMs: h.maxMediaGapMs.slice(0, 4), maxReceiveGapMs: h.maxReceiveGapMs.slice(0, 4) });
+  out.baseline = gaps(base0);
+  await page.evaluate(() => window.fieldlink.resetGaps());
+  const fdAt = (w) => page.getAttribute(`.tile[data-window="${w}"]`, 'data-fd');
+  const before = [await fdAt(0), await fdAt(1)];
+  const framesAtSwap = (await hooks(page)).frames.slice(0, 2);
+  await page.click('.tile[data-window="0"] .swap');
+  await page.click('.tile[data-window="1"] .swap');
+  await page.waitForTimeout(2000);
+  const e = await hooks(page);
+  out.swap = {
+    windowsBefore: before,
+    windowsAfter: [await fdAt(0), await fdAt(1)],
+    framesAtSwap,
+    framesAfter: e.frames.slice(0, 2),
+    ...gaps(e),
+  };
+  out.stats = await page.$$eval('.tile .stats', (els) => els.slice(0, 4).map((x) => x.textContent));
+  out.states = await page.evaluate(() => window.fieldlink.states.length);
+  out.errors = e.errors;
+  if (args.screenshot) await page.screenshot({ path: args.screenshot });
+
+  // Close window 2's receiver: the tile goes empty.
+  await page.click('.tile[data-window="1"] .close');
+  await page.waitForFunction(() => document.querySelector('.tile[data-window="1"] .state').textContent === 'empty', null, { timeout: T });
+  out.closed = true;
+}
+
+const bannerText = (page) => page.textContent('#banner');
+
+async function handover() {
+  const [pa, pb] = [await newPage(1200, 800), await newPage(1200, 800)];
+  await login(pa, ...args.a);
+  await login(pb, ...args.b);
+  await loggedIn(pa);
+  await loggedIn(pb);
+  const operate = (page) => page.click(`#fields li[data-id="${args.gwid}"] .operate`);
+  await pa.waitForSelector(`#fields li[data-id="${args.gwid}"] .operate`, { timeout: T });
+  await pb.waitForSelector(`#fields li[data-id="${args.gwid}"] .operate`, { timeout: T });
+  await operate(pa);
+  await operate(pb);
+  await pa.waitForSelector('#request-master:not([disabled])', { timeout: T });
+  await pa.click('#request-master');
+  await pa.waitForFunction(() => !document.querySelector('#send').disabled, null, { timeout: T });
+  const [a0, b0] = [args.a[0], args.b[0]];
+  await pb.waitForFunction((m) => document.querySelector('#banner').textContent.includes(`master: ${m}`), a0, { timeout: T });
+  out.step1 = { a: await bannerText(pa), b: await bannerText(pb), bSendDisabled: await pb.isDisabled('#send') };
+
+  // B asks; the field device (automatic) grants; A becomes a guest.
+  await pb.click('#request-master');
+  await pb.waitForFunction(() => !document.querySelector('#send').disabled, null, { timeout: T });
+  await pa.waitForFunction((m) => document.querySelector('#banner').textContent.includes(`master: ${m}`), b0, { timeout: T });
+  out.step2 = {
+    a: await bannerText(pa),
+    b: await bannerText(pb),
+    aSendDisabled: await pa.isDisabled('#send'),
+    aTextDisabled: await pa.isDisabled('#send-text'),
+    aInputDisabled: await pa.isDisabled('#input-on'),
+  };
+
+  // A (guest) sends anyway, bypassing its UI: the server refuses it.
+  await pa.evaluate(() => window.fieldlink.sendIgnoringPermission('guest-sneaks-this'));
+  await pa.waitForFunction(() => window.fieldlink.errors.some((e) => e.name === 'NOT_MASTER'), null, { timeout: T });
+  out.guestRefused = true;
+
+  // B sends a one-off message, then holds ArrowUp with keyboard input on at 50 Hz.
+  await pb.fill('#send-text', 'hello from B');
+  await pb.click('#send');
+  await pb.selectOption('#input-rate', '50');
+  await pb.check('#input-on');
+  await pb.click('#grid');
+  await pb.keyboard.down('ArrowUp');
+  await pb.waitForTimeout(400);
+  await pb.keyboard.up('ArrowUp');
+  await pb.waitForTimeout(200);
+  await pb.uncheck('#input-on');
+  out.sent = true;
+
+  // The test now writes a report on the field device's stdin: both consoles show it.
+  const seen = (page) => page.waitForFunction((t) => window.fieldlink.reports.some((r) => r.text.includes(t)), args.report, { timeout: T });
+  await seen(pa);
+  await seen(pb);
+  out.reportLog = { a: await pa.textContent('#log'), b: await pb.textContent('#log') };
+  // B watches the stream in its first window (for the screenshot of a console in control).
+  await pb.click(`.chip[data-gwid="${args.gwid}"][data-stream="0"]`);
+  await playing(pb, 0, 0);
+  await pb.waitForTimeout(1500);
+  if (args.screenshot) await pb.screenshot({ path: args.screenshot });
+}
+
+async function admin() {
+  const page = await newPage(1400, 1000);
+  await page.goto(`${base}/admin`);
+  await page.fill('#token', args.token);
+  await page.click('#token-form button');
+  await page.waitForSelector('#projects:not([hidden])', { timeout: T });
+  const f = '#new-project';
+  await page.fill(`${f} input[name=id]`, args.project);
+  await page.fill(`${f} input[name=name]`, 'Acme quarry');
+  await page.selectOption(`${f} select[name=Mode]`, '1');
+  await page.click(`${f} .gen-key`);
+  out.key = await page.inputValue(`${f} input[name=Key]`);
+  await page.selectOption(`${f} select[name=FieldListEnable]`, '1');
+  await page.click(`${f} button.primary`);
+  await page.waitForSelector('#project:not([hidden])', { timeout: T });
+  // A remote device that logs in only with key-derived passwords.
+  await page.fill('#new-device input[name=id]', args.device);
+  await page.selectOption('#new-device select[name=kind]', 'remote');
+  await page.check('#new-device input[name=keyonly]');
+  await page.click('#new-device button.primary');
+  await page.waitForSelector(`#device-rows tr[data-id="${args.device}"]`, { timeout: T });
+  await page.fill('#gen-password input[name=device_id]', args.device);
+  await page.click('#gen-password button');
+  await page.waitForSelector('#password-out:not([hidden]) .password', { timeout: T });
+  out.password = await page.textContent('#password-out .password');
+  if (args.screenshot) await page.screenshot({ path: args.screenshot, fullPage: true });
+
+  // The generated password logs in to the console.
+  const op = await newPage();
+  await login(op, `${args.project}/${args.device}`, out.password);
+  await loggedIn(op);
+  out.loggedInAs = await op.textContent('#who');
+  // Back on the admin page, the device shows online.
+  await page.click(`#project-rows tr[data-id="${args.project}"]`);
+  await page.waitForSelector(`#device-rows tr[data-id="${args.device}"] .dot.on`, { timeout: T });
+  out.onlineInAdmin = true;
+  // A wrong admin token is refused with a message.
+  const other = await newPage();
+  await other.goto(`${base}/admin`);
+  await other.fill('#token', 'not-the-token');
+  await other.click('#token-form button');
+  await other.waitForSelector('#msg:not([hidden])', { timeout: T });
+  out.wrongToken = await other.textContent('#msg .text');
+}
+
+async function logins() {
+  out.results = [];
+  for (const [device, password] of args.tries) {
+    const page = await newPage(1000, 700);
+    await login(page, device, password);
+    await page.waitForSelector('#msg:not([hidden])', { timeout: T });
+    out.results.push({
+      message: await page.textContent('#msg .text'),
+      loginShown: await page.isVisible('#login'),
+      operateShown: await page.isVisible('#operate'),
+    });
+    if (args.screenshot && out.results.length === 1) await page.screenshot({ path: args.screenshot });
+    await page.context().close();
+  }
+}
+
+try {
+  await ({ grid, handover, admin, logins })[scenario]();
+  out.ok = true;
+} catch (e) {
+  out.ok = false;
+  out.failure = String(e.stack || e);
+} finally {
+  console.log(JSON.stringify(out));
+  await browser.close();
+}
