@@ -7,6 +7,8 @@
 //   handover  {a: [device, password], b: [...], gwid}   (waits for a report, see below)
 //   admin     {token, project, device, screenshot}
 //   logins    {tries: [[device, password], ...]}
+//   failures  {device, password, online, offline, expired_code, code}
+//   gb        {token, device, password, gb_id, gwid, screenshot}
 import { chromium } from 'playwright-core';
 
 const [scenario, base, argJson] = process.argv.slice(2);
@@ -237,8 +239,86 @@ async function logins() {
   }
 }
 
+/// Waits for the console to report error `name`; returns the message bar's text.
+async function expectError(page, name) {
+  await page.waitForFunction((n) => window.fieldlink.errors.some((e) => e.name === n), name, { timeout: T });
+  await page.waitForSelector('#msg:not([hidden])', { timeout: T });
+  const text = await page.textContent('#msg .text');
+  await page.evaluate(() => { window.fieldlink.errors.length = 0; document.querySelector('#msg').hidden = true; });
+  return text;
+}
+
+async function failures() {
+  const page = await newPage();
+  await login(page, args.device, args.password);
+  await loggedIn(page);
+  const openById = async (id, streams) => {
+    await page.fill('#open-field input[name=gwid]', id);
+    await page.fill('#open-field input[name=streams]', String(streams));
+    await page.click('#open-field button');
+  };
+  const setCode = async (field, code) => {
+    await page.fill('#session-code input[name=field]', field);
+    await page.fill('#session-code input[name=code]', code);
+    await page.click('#session-code button');
+  };
+  const m = {};
+  // Not on the whitelist, no code.
+  await openById(args.offline, 1);
+  m.notWhitelisted = await expectError(page, 'NOT_WHITELISTED');
+  // An expired code, then a valid one.
+  await setCode(args.offline, args.expired_code);
+  m.expiredCode = await expectError(page, 'SESSION_CODE_EXPIRED');
+  await setCode(args.offline, args.code);
+  await page.waitForFunction(() => document.querySelector('#msg').textContent.includes('Authorization code set'), null, { timeout: T });
+  // Now it opens, but the field device is offline: asking for master fails, and a
+  // window on it says why.
+  await page.click(`#fields li[data-id="${args.offline}"] .operate`);
+  await page.waitForFunction((id) => document.querySelector('#banner').textContent.includes(id), args.offline, { timeout: T });
+  m.offlineBanner = await page.textContent('#banner');
+  await page.click('#request-master');
+  m.offlineMaster = await expectError(page, 'FIELD_OFFLINE');
+  await page.selectOption('.tile[data-window="0"] .pick', `${args.offline}#0`);
+  await page.waitForFunction(() => window.fieldlink.states.some((s) => s.conn_fd === 0 && s.state === 'failed'), null, { timeout: T });
+  m.offlineWindow = await page.textContent('.tile[data-window="0"] .state');
+  // A stream the online field device does not have.
+  await openById(args.online, 9);
+  await page.selectOption('.tile[data-window="1"] .pick', `${args.online}#8`);
+  m.outOfRange = await expectError(page, 'STREAM_OUT_OF_RANGE');
+  m.outOfRangeWindow = await page.textContent('.tile[data-window="1"] .state');
+  out.messages = m;
+}
+
+async function gb() {
+  // The admin page lists the registered camera, online, with its channels.
+  const admin = await newPage(1400, 900);
+  await admin.goto(`${base}/admin`);
+  await admin.fill('#token', args.token);
+  await admin.click('#token-form button');
+  await admin.waitForSelector('#gb:not([hidden])', { timeout: T });
+  const row = `#gb-rows tr:has-text("${args.gb_id}")`;
+  await admin.waitForSelector(`${row} .dot.on`, { timeout: T });
+  out.gbRow = await admin.textContent(row);
+  out.gbChannels = await admin.$$eval(`${row} li`, (els) => els.length);
+  // Its second channel plays in a console window like any field device's stream.
+  const page = await newPage();
+  await login(page, args.device, args.password);
+  await loggedIn(page);
+  await page.waitForSelector(`.chip[data-gwid="${args.gwid}"][data-stream="1"]`, { timeout: T });
+  out.fieldEntry = await page.textContent(`#fields li[data-id="${args.gwid}"]`);
+  await page.click(`.chip[data-gwid="${args.gwid}"][data-stream="1"]`);
+  await playing(page, 0, 1);
+  const a = (await hooks(page)).frames[0];
+  await page.waitForTimeout(2000);
+  out.frames = (await hooks(page)).frames[0] - a;
+  // Playing now, as the admin page shows after a refresh.
+  await admin.click('#refresh-gb');
+  await admin.waitForSelector(`${row} li:has-text("playing")`, { timeout: T });
+  if (args.screenshot) await admin.screenshot({ path: args.screenshot, fullPage: true });
+}
+
 try {
-  await ({ grid, handover, admin, logins })[scenario]();
+  await ({ grid, handover, admin, logins, failures, gb })[scenario]();
   out.ok = true;
 } catch (e) {
   out.ok = false;

@@ -305,7 +305,13 @@ async function listFields() {
     const m = await st.sig.request({ type: 'list_fields' });
     const manual = [...st.fields.values()].filter((f) => f.manual);
     st.fields = new Map(m.fields.map((f) => [f.id, f]));
-    for (const f of manual) if (!st.fields.has(f.id)) st.fields.set(f.id, f);
+    // A field device opened by id keeps the stream count the operator gave until the
+    // server knows better (it is offline or its media is not up yet).
+    for (const f of manual) {
+      const listed = st.fields.get(f.id);
+      if (!listed) st.fields.set(f.id, f);
+      else if (listed.streams === 0) st.fields.set(f.id, { ...listed, streams: f.streams, manual: true });
+    }
     $('#fields-note').textContent = m.fields.length ? '' : 'No field devices in this project yet.';
   } catch (e) {
     if (e.name === 'FIELD_LIST_DISABLED') $('#fields-note').textContent = explain(e);
@@ -403,7 +409,7 @@ async function requestLevel(level) {
   try {
     await st.sig.request({ type: 'request_permission', gwid: st.control, level });
     if (level === 1 && !isMaster()) showMessage(`Asked ${st.control} for master; the field device decides.`, 'info');
-  } catch (e) { fail(e); }
+  } catch (e) { fail(e, `${st.control}: `); }
 }
 
 /// Sends control data to the operated field device; throws ControlError when it cannot.

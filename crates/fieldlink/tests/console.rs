@@ -320,3 +320,95 @@ fn login_failures_are_explained() {
     }
     assert_eq!(results.len(), 4);
 }
+
+#[test]
+fn failures_are_explained_in_the_console() {
+    if !browser_ready() {
+        return;
+    }
+    let s = TestServer::start();
+    s.project("p", json!({"Mode": 1, "Key": KEY, "WhitelistEnable": 1}));
+    s.device("p", "f", "field", "fpw");
+    s.device("p", "g", "field", "gpw");
+    s.device("p", "r1", "remote", "rpw");
+    let (st, v) = s.api(
+        "POST",
+        "/api/v1/projects/p/whitelist",
+        Some(json!({"remote_id": "r1", "field_id": "f"})),
+    );
+    assert_eq!(st, 201, "{v}");
+    let (mut field, _out) = start_field(&s, &field_config(&s, 1, 15));
+    let now_min = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 60;
+    let code = |expire| fieldlink_auth::session_code(KEY, "p/r1", "p/g", expire);
+    let v = run(
+        "failures",
+        &s,
+        json!({"device": "p/r1", "password": "rpw", "online": "p/f", "offline": "p/g",
+               "expired_code": code(now_min - 1), "code": code(now_min + 60)}),
+    );
+    eprintln!("{v:#}");
+    let _ = field.kill();
+    let m = &v["messages"];
+    let has = |k: &str, want: &str| {
+        let t = m[k].as_str().unwrap_or("");
+        assert!(t.contains(want), "{k}: {t:?} lacks {want:?}");
+    };
+    has("notWhitelisted", "not on the project's whitelist");
+    has("expiredCode", "has expired");
+    has("offlineBanner", "(offline)");
+    has("offlineMaster", "offline");
+    has("offlineWindow", "offline");
+    has("outOfRange", "stream id does not exist");
+    has("outOfRangeWindow", "empty");
+}
+
+#[test]
+fn a_gb28181_camera_shows_in_admin_and_plays_in_the_console() {
+    if !browser_ready() {
+        return;
+    }
+    let s = TestServer::start_with(
+        "[gb28181]\nproject = \"p\"\n",
+        &["--sip-listen", "127.0.0.1:0"],
+    );
+    s.standard();
+    let sip = s.sip.clone().expect("SIP address");
+    let gb_id = "34020000001320000007";
+    let mut cam = fieldlink()
+        .args([
+            "gb-device",
+            "--server",
+            &sip,
+            "--id",
+            gb_id,
+            "--channels",
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cam_out = lines(&mut cam);
+    wait_line(&cam_out, "gb-device registered", |v| {
+        v["event"] == "registered"
+    });
+    let v = run(
+        "gb",
+        &s,
+        json!({"token": TOKEN, "device": "p/r1", "password": "rpw", "gb_id": gb_id,
+               "gwid": format!("p/{gb_id}"), "screenshot": screenshot("admin-gb28181.png")}),
+    );
+    eprintln!("{v:#}");
+    let _ = cam.kill();
+    let _ = cam.wait();
+    assert_eq!(v["gbChannels"], 2, "{v:#}");
+    assert!(v["gbRow"].as_str().unwrap().contains("127.0.0.1"), "{v:#}");
+    assert!(
+        v["frames"].as_f64().unwrap() >= 20.0,
+        "a GB28181 channel decoded {} frames in 2 s",
+        v["frames"]
+    );
+}
