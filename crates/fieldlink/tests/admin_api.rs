@@ -119,6 +119,12 @@ fn bad_input_is_4xx_with_a_stable_code() {
         Some(json!({"device_id": "d"})),
     );
     assert_eq!((st, v["name"].as_str()), (400, Some("KEY_MODE_OFF")));
+    let (st, v) = s.api(
+        "POST",
+        "/api/v1/projects/p/session-code",
+        Some(json!({"remote_id": "r", "field_id": "d"})),
+    );
+    assert_eq!((st, v["name"].as_str()), (400, Some("KEY_MODE_OFF")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,6 +172,36 @@ async fn projects_devices_whitelist_and_generated_passwords() {
     let (_f, _fe) = s.field("p/f", gen["password"].as_str().unwrap()).await;
     let (_, list) = s.api("GET", "/api/v1/projects/p/devices?kind=field", None);
     assert_eq!(list[0]["online"], true);
+
+    // A generated session code is the SPEC §8 derivation, valid for the minutes asked.
+    let (st, c) = s.api(
+        "POST",
+        "/api/v1/projects/p/session-code",
+        Some(json!({"remote_id": "r", "field_id": "f", "valid_minutes": 60})),
+    );
+    assert_eq!(st, 200, "{c}");
+    let expire = c["expire"].as_u64().unwrap();
+    let now_min = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 60;
+    assert!((now_min + 59..=now_min + 61).contains(&expire), "{c}");
+    assert_eq!(
+        (c["remote_id"].as_str(), c["field_id"].as_str()),
+        (Some("p/r"), Some("p/f"))
+    );
+    assert_eq!(
+        c["code"],
+        fieldlink_auth::session_code(KEY, "p/r", "p/f", expire),
+        "{c}"
+    );
+    let (st, _) = s.api(
+        "POST",
+        "/api/v1/projects/p/session-code",
+        Some(json!({"remote_id": "r", "field_id": "f", "valid_minutes": 0})),
+    );
+    assert_eq!(st, 400);
 
     // Password change to USEPROJECTKEYPWD: the own password stops working.
     let (st, _) = s.api(

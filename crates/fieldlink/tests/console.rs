@@ -412,3 +412,48 @@ fn a_gb28181_camera_shows_in_admin_and_plays_in_the_console() {
         v["frames"]
     );
 }
+
+/// The raw HTTP response to `GET path`.
+fn get(s: &TestServer, path: &str) -> String {
+    use std::io::Read;
+    let mut c = std::net::TcpStream::connect(&s.http).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        s.http
+    )
+    .unwrap();
+    let mut r = String::new();
+    c.read_to_string(&mut r).unwrap();
+    r
+}
+
+#[test]
+fn pages_and_assets_are_served_from_the_binary() {
+    let s = TestServer::start();
+    let page = get(&s, "/").to_ascii_lowercase();
+    assert!(page.starts_with("http/1.1 200"), "{page}");
+    assert!(page.contains("content-security-policy: default-src 'self'"));
+    assert!(page.contains("/assets/console.js"));
+    let admin = get(&s, "/admin");
+    assert!(admin.contains("/assets/admin.js"), "{admin}");
+    for (name, ty) in [
+        ("console.js", "text/javascript"),
+        ("signal.js", "text/javascript"),
+        ("control.js", "text/javascript"),
+        ("common.js", "text/javascript"),
+        ("admin.js", "text/javascript"),
+        ("style.css", "text/css"),
+    ] {
+        let r = get(&s, &format!("/assets/{name}")).to_ascii_lowercase();
+        assert!(r.starts_with("http/1.1 200"), "{name}: {r}");
+        assert!(r.contains(&format!("content-type: {ty}")), "{name}");
+    }
+    assert!(get(&s, "/assets/../Cargo.toml").starts_with("HTTP/1.1 404"));
+    assert!(get(&s, "/assets/nothing.js").starts_with("HTTP/1.1 404"));
+    let old = get(&s, "/watch").to_ascii_lowercase();
+    assert!(
+        old.starts_with("http/1.1 308") && old.contains("location: /"),
+        "{old}"
+    );
+}
