@@ -434,7 +434,6 @@ fn one_day() -> u64 {
     24 * 60
 }
 
-/// Generates a key-derived password for a device of the project (SPEC §8).
 /// The project's key (it must be in use) and the expiry, in minutes since the epoch,
 /// `valid_minutes` from now.
 async fn key_and_expiry(
@@ -456,6 +455,7 @@ async fn key_and_expiry(
     Ok((project.security.key, expire))
 }
 
+/// Generates a key-derived password for a device of the project (SPEC §8).
 async fn make_device_password(
     _: Admin,
     State(st): State<Arc<AppState>>,

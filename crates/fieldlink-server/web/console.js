@@ -66,6 +66,12 @@ const hooks = {
 };
 window.fieldlink = hooks;
 
+/// Appends to one of the hooks' lists, keeping the newest LOG_LINES.
+function remember(list, item) {
+  list.push(item);
+  if (list.length > LOG_LINES) list.shift();
+}
+
 const tiles = [];
 
 // ---------------------------------------------------------------- windows
@@ -228,6 +234,8 @@ async function watch(fd, gwid, stream) {
   if (!st.pc) return;
   const prev = st.watching[fd];
   st.watching[fd] = { gwid, stream };
+  // A new stream's first frame is no gap in the old one.
+  hooks.lastAt[fd] = hooks.lastMedia[fd] = hooks.lastReceive[fd] = null;
   renderPicks();
   setTileState(fd, `${gwid} · stream ${stream}: connecting…`, 'warn');
   try {
@@ -278,7 +286,7 @@ function renderPicks() {
 }
 
 function onStreamState(m) {
-  hooks.states.push(m);
+  remember(hooks.states, m);
   const fd = m.conn_fd;
   if (fd < 0 || fd >= MAX_WINDOWS) return;
   const w = st.watching[fd];
@@ -462,8 +470,7 @@ function onControlFrame(qos, data) {
   const f = decodeFrame(data);
   if (!f) return;
   if (qos === 0 && !st.late.accept(f.peer, f.seq)) return;
-  hooks.reports.push({ from: f.peer, qos, text: printable(f.payload), hex: hex(f.payload) });
-  if (hooks.reports.length > LOG_LINES) hooks.reports.shift();
+  remember(hooks.reports, { from: f.peer, qos, text: printable(f.payload), hex: hex(f.payload) });
   logLine(f.peer, f.payload, qos, false);
 }
 
@@ -564,7 +571,7 @@ function setMedia() {
 
 function fail(e, prefix = '') {
   const err = e instanceof ServerError || e instanceof ControlError ? e : { name: 'ERROR', message: String(e && e.message ? e.message : e) };
-  hooks.errors.push({ name: err.name, message: err.message });
+  remember(hooks.errors, { name: err.name, message: err.message });
   showMessage(prefix + explain(err));
 }
 
@@ -582,12 +589,12 @@ function onEvent(m) {
       break;
     }
     case 'warning':
-      hooks.errors.push({ name: m.name, message: m.message });
+      remember(hooks.errors, { name: m.name, message: m.message });
       showMessage(`The server refused something sent: ${explain(m)}`);
       break;
     case 'error':
       st.lastConnError = m;
-      hooks.errors.push({ name: m.name, message: m.message });
+      remember(hooks.errors, { name: m.name, message: m.message });
       showMessage(explain(m));
       break;
     default: break;
