@@ -178,11 +178,17 @@ async function handover() {
   if (args.screenshot) await pb.screenshot({ path: args.screenshot });
 }
 
-async function admin() {
-  const page = await newPage(1400, 1000);
+/// The admin page with `token` entered (not waiting for the outcome).
+async function openAdmin(token, width, height) {
+  const page = await newPage(width, height);
   await page.goto(`${base}/admin`);
-  await page.fill('#token', args.token);
+  await page.fill('#token', token);
   await page.click('#token-form button');
+  return page;
+}
+
+async function admin() {
+  const page = await openAdmin(args.token, 1400, 1000);
   await page.waitForSelector('#projects:not([hidden])', { timeout: T });
   const f = '#new-project';
   await page.fill(`${f} input[name=id]`, args.project);
@@ -215,10 +221,7 @@ async function admin() {
   await page.waitForSelector(`#device-rows tr[data-id="${args.device}"] .dot.on`, { timeout: T });
   out.onlineInAdmin = true;
   // A wrong admin token is refused with a message.
-  const other = await newPage();
-  await other.goto(`${base}/admin`);
-  await other.fill('#token', 'not-the-token');
-  await other.click('#token-form button');
+  const other = await openAdmin('not-the-token');
   await other.waitForSelector('#msg:not([hidden])', { timeout: T });
   out.wrongToken = await other.textContent('#msg .text');
 }
@@ -291,10 +294,7 @@ async function failures() {
 
 async function gb() {
   // The admin page lists the registered camera, online, with its channels.
-  const admin = await newPage(1400, 900);
-  await admin.goto(`${base}/admin`);
-  await admin.fill('#token', args.token);
-  await admin.click('#token-form button');
+  const admin = await openAdmin(args.token, 1400, 900);
   await admin.waitForSelector('#gb:not([hidden])', { timeout: T });
   const row = `#gb-rows tr:has-text("${args.gb_id}")`;
   await admin.waitForSelector(`${row} .dot.on`, { timeout: T });

@@ -38,7 +38,8 @@ const st = {
   inputTimer: null,
   reconnectTry: 0,
   lastConnError: null,
-  prevStats: new Map(),
+  prevStats: new Map(), // conn_fd -> last inbound-rtp stats
+  latency: Array(MAX_WINDOWS).fill(undefined), // conn_fd -> smoothed capture-to-display ms
 };
 
 // Test and debugging hooks: frames presented per receiver; since `resetGaps()`, the
@@ -145,8 +146,8 @@ function countFrames(fd, video) {
     if (meta && meta.captureTime !== undefined && meta.captureTime > 0) {
       const lat = meta.expectedDisplayTime - meta.captureTime;
       if (lat >= 0 && lat < 60000) {
-        const s = st.prevStats.get(`lat${fd}`);
-        st.prevStats.set(`lat${fd}`, s === undefined ? lat : s * 0.9 + lat * 0.1);
+        const s = st.latency[fd];
+        st.latency[fd] = s === undefined ? lat : s * 0.9 + lat * 0.1;
       }
     }
     video.requestVideoFrameCallback(onFrame);
@@ -535,7 +536,7 @@ async function updateStats() {
     const lost = (s.packetsLost || 0) - (prev.packetsLost || 0);
     const got = s.packetsReceived - prev.packetsReceived;
     const loss = got + lost > 0 ? (100 * Math.max(0, lost)) / (got + lost) : 0;
-    let lat = st.prevStats.get(`lat${fd}`);
+    let lat = st.latency[fd];
     let approx = '';
     if (lat === undefined) {
       // Receiver-side estimate: half the round trip, jitter buffer and decoding.
@@ -630,6 +631,7 @@ function teardown() {
   st.pc = null;
   st.dc = [null, null];
   st.prevStats.clear();
+  st.latency.fill(undefined);
   setMedia();
 }
 

@@ -181,11 +181,7 @@ async fn projects_devices_whitelist_and_generated_passwords() {
     );
     assert_eq!(st, 200, "{c}");
     let expire = c["expire"].as_u64().unwrap();
-    let now_min = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / 60;
+    let now_min = now_minutes();
     assert!((now_min + 59..=now_min + 61).contains(&expire), "{c}");
     assert_eq!(
         (c["remote_id"].as_str(), c["field_id"].as_str()),

@@ -290,11 +290,7 @@ fn login_failures_are_explained() {
     }
     let s = TestServer::start();
     s.standard();
-    let now_min = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / 60;
+    let now_min = now_minutes();
     let expired = fieldlink_auth::device_password(KEY, "p/r1", now_min - 5);
     let v = run(
         "logins",
@@ -338,11 +334,7 @@ fn failures_are_explained_in_the_console() {
     );
     assert_eq!(st, 201, "{v}");
     let (mut field, _out) = start_field(&s, &field_config(&s, 1, 15));
-    let now_min = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / 60;
+    let now_min = now_minutes();
     let code = |expire| fieldlink_auth::session_code(KEY, "p/r1", "p/g", expire);
     let v = run(
         "failures",
