@@ -18,6 +18,7 @@ use fieldlink_sdk::{
 use fieldlink_server::store::{Device, Project, Security, Store};
 
 mod camera;
+mod gb;
 mod tap;
 
 #[derive(Parser)]
@@ -63,6 +64,17 @@ enum Cmd {
         #[arg(long)]
         fieldlink: Option<PathBuf>,
     },
+    /// GB28181 registrations: SIPp registers `devices` new devices at `rate` per second;
+    /// registered/failed, response times, server CPU per registration. Needs sipp.
+    Gb {
+        #[arg(long, default_value_t = 2000)]
+        devices: u32,
+        /// Registrations started per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        #[arg(long)]
+        fieldlink: Option<PathBuf>,
+    },
 }
 
 /// Time base shared by senders and receivers (one process, one clock).
@@ -85,6 +97,8 @@ struct Server {
     ws: String,
     /// The server's WebRTC socket.
     udp: String,
+    /// The server's GB28181 SIP socket, when it has one.
+    sip: Option<String>,
     dir: PathBuf,
 }
 
@@ -162,6 +176,7 @@ async fn start_server(bin: &PathBuf, pairs: usize, extra: &[String]) -> anyhow::
         serde_json::from_str(&line).with_context(|| format!("ready line {line:?}"))?;
     let ws = ready["ws"].as_str().context("ws address")?.to_string();
     let udp = ready["udp"].as_str().context("udp address")?.to_string();
+    let sip = ready["sip"].as_str().map(str::to_string);
     if !pinned {
         eprintln!("note: taskset not found; the server is not pinned to one core");
     }
@@ -169,6 +184,7 @@ async fn start_server(bin: &PathBuf, pairs: usize, extra: &[String]) -> anyhow::
         child,
         ws,
         udp,
+        sip,
         dir,
     })
 }
@@ -540,5 +556,10 @@ fn main() -> anyhow::Result<()> {
             fieldlink,
         } => rt.block_on(video(secs, switches, bin_of(fieldlink)?)),
         Cmd::Rtsp { secs, script } => rt.block_on(camera::rtsp(secs, &script)),
+        Cmd::Gb {
+            devices,
+            rate,
+            fieldlink,
+        } => rt.block_on(gb::gb(devices, rate, bin_of(fieldlink)?)),
     }
 }
