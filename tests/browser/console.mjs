@@ -93,16 +93,26 @@ async function grid() {
   await page.evaluate(() => window.fieldlink.resetGaps());
   const fdAt = (w) => page.getAttribute(`.tile[data-window="${w}"]`, 'data-fd');
   const before = [await fdAt(0), await fdAt(1)];
-  const framesAtSwap = (await hooks(page)).frames.slice(0, 2);
+  const framesAtSwap = (await hooks(page)).frames.slice(0, 4);
+  const videoStats = () => page.evaluate(() => window.fieldlink.videoStats());
+  const statsBefore = await videoStats();
+  const statesAtSwap = await page.evaluate(() => window.fieldlink.states.length);
   await page.click('.tile[data-window="0"] .swap');
   await page.click('.tile[data-window="1"] .swap');
   await page.waitForTimeout(2000);
   const e = await hooks(page);
+  const statsAfter = await videoStats();
+  // Every stream_state the server sent during the swap (a re-routed receiver gets some).
+  const statesDuringSwap = await page.evaluate((n) => window.fieldlink.states.slice(n), statesAtSwap);
   out.swap = {
     windowsBefore: before,
     windowsAfter: [await fdAt(0), await fdAt(1)],
     framesAtSwap,
-    framesAfter: e.frames.slice(0, 2),
+    framesAfter: e.frames.slice(0, 4),
+    mediaBackwards: await page.evaluate(() => window.fieldlink.mediaBackwards.slice(0, 4)),
+    statsBefore: statsBefore.slice(0, 4),
+    statsAfter: statsAfter.slice(0, 4),
+    statesDuringSwap,
     ...gaps(e),
   };
   out.stats = await page.$$eval('.tile .stats', (els) => els.slice(0, 4).map((x) => x.textContent));

@@ -44,9 +44,12 @@ const st = {
 
 // Test and debugging hooks: frames presented per receiver; since `resetGaps()`, the
 // longest wall-clock gap between two presented frames and the longest step of their
-// media (RTP) time, i.e. source frames never shown; every stream_state, error and report.
+// media (RTP) time, i.e. source frames never shown, and how often the media time went
+// backwards (the receiver's stream started again); each receiver's decoder counters
+// (`videoStats()`); every stream_state, error and report.
 const hooks = {
   frames: Array(MAX_WINDOWS).fill(0),
+  mediaBackwards: Array(MAX_WINDOWS).fill(0),
   lastAt: Array(MAX_WINDOWS).fill(null),
   lastMedia: Array(MAX_WINDOWS).fill(null),
   lastReceive: Array(MAX_WINDOWS).fill(null),
@@ -56,7 +59,30 @@ const hooks = {
   states: [],
   errors: [],
   reports: [],
-  resetGaps() { hooks.maxGapMs.fill(0); hooks.maxMediaGapMs.fill(0); hooks.maxReceiveGapMs.fill(0); },
+  resetGaps() {
+    hooks.maxGapMs.fill(0); hooks.maxMediaGapMs.fill(0); hooks.maxReceiveGapMs.fill(0);
+    hooks.mediaBackwards.fill(0);
+  },
+  /// Per receiver (conn_fd), its inbound video counters from WebRTC stats: which RTP
+  /// stream it gets (ssrc), packets lost, keyframe requests it sent (PLI, FIR), frames
+  /// received and decoded. `null` for a receiver with no stats yet.
+  async videoStats() {
+    const out = Array(MAX_WINDOWS).fill(null);
+    if (!st.pc) return out;
+    const mids = st.transceivers.map((t) => t.mid);
+    const report = await st.pc.getStats();
+    for (const s of report.values()) {
+      if (s.type !== 'inbound-rtp' || s.kind !== 'video') continue;
+      const fd = mids.indexOf(s.mid);
+      if (fd < 0) continue;
+      out[fd] = {
+        ssrc: s.ssrc, packetsLost: s.packetsLost || 0, pliCount: s.pliCount || 0,
+        firCount: s.firCount || 0, framesReceived: s.framesReceived,
+        framesDecoded: s.framesDecoded || 0, keyFramesDecoded: s.keyFramesDecoded || 0,
+      };
+    }
+    return out;
+  },
   /// Sends text (qos 1) to the operated field device without the console's master
   /// check, to see the server refuse a guest (NOT_MASTER warning).
   sendIgnoringPermission(text) {
@@ -138,6 +164,7 @@ function countFrames(fd, video) {
       const m = hooks.lastMedia[fd];
       // A backwards step is a new stream on this receiver, not a gap.
       if (m !== null && meta.mediaTime > m) hooks.maxMediaGapMs[fd] = Math.max(hooks.maxMediaGapMs[fd], 1000 * (meta.mediaTime - m));
+      if (m !== null && meta.mediaTime < m) hooks.mediaBackwards[fd]++;
       hooks.lastMedia[fd] = meta.mediaTime;
       const r = hooks.lastReceive[fd];
       if (r !== null && meta.receiveTime !== undefined) hooks.maxReceiveGapMs[fd] = Math.max(hooks.maxReceiveGapMs[fd], meta.receiveTime - r);

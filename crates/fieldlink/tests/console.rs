@@ -96,9 +96,8 @@ fn grid_of_four_decodes_switches_and_swaps_without_a_gap() {
     if !browser_ready() {
         return;
     }
-    // 15 fps: two frame intervals are 133 ms. (Headless Chromium runs with vsync off so
-    // that it presents every frame; with its 60 Hz clock it dropped one frame in a few
-    // hundred on this 2-core machine, swap or no swap.)
+    // 15 fps, 320x180: four decoders in headless Chromium on a 2-core machine. (Chromium
+    // runs with vsync off so that it presents every frame it can.)
     const FPS: u32 = 15;
     let s = TestServer::start();
     s.standard();
@@ -138,20 +137,68 @@ fn grid_of_four_decodes_switches_and_swaps_without_a_gap() {
         json!([v["swap"]["windowsBefore"][1], v["swap"]["windowsBefore"][0]]),
         "{v:#}"
     );
-    let interval = 1000.0 / FPS as f64;
-    // Three views of "no gap", each at most two frame intervals: between two frame
-    // callbacks (what the operator sees), between the media times of the frames shown
-    // (no frame skipped), and between the times those frames arrived.
-    for what in ["maxGapMs", "maxMediaGapMs", "maxReceiveGapMs"] {
-        let gaps = numbers(&v["swap"][what]);
-        for (fd, g) in gaps.iter().enumerate() {
-            assert!(
-                *g > 0.0 && *g <= 2.0 * interval + 1.0,
-                "conn_fd {fd}: {what} {g} across the swap (frame interval {interval:.1} ms; \
-                 without a swap: {})",
-                v["baseline"]
+    // ... and interrupted none of the four receivers. Per receiver, across the swap: the
+    // same RTP stream (ssrc), no packet lost, no keyframe asked for (a restarted stream, or
+    // a frame the decoder could not use, makes the receiver send PLI or FIR), every frame
+    // received decoded (but the few in flight at the snapshot), decoding and presenting
+    // went on, and the media time of the frames shown never went back (a stream starting
+    // again). Wall-clock gaps between presented frames, and media-time gaps (capture
+    // times: a busy field device spaces them out), depend on this machine's load, not on
+    // the swap: they are printed with a failure, not asserted.
+    let swap = &v["swap"];
+    let context = || format!("swap {:#}, baseline {}", swap, v["baseline"]);
+    // The server re-routed nothing: a receiver whose stream is connected again is told
+    // `connecting`, then `playing` once a new keyframe is in.
+    assert_eq!(swap["statesDuringSwap"], json!([]), "{}", context());
+    for fd in 0..4 {
+        let (b, a) = (&swap["statsBefore"][fd], &swap["statsAfter"][fd]);
+        assert!(
+            b.is_object() && a.is_object(),
+            "conn_fd {fd}: no video stats ({})",
+            context()
+        );
+        assert_eq!(
+            a["ssrc"],
+            b["ssrc"],
+            "conn_fd {fd}: another RTP stream after the swap ({})",
+            context()
+        );
+        for k in ["packetsLost", "pliCount", "firCount"] {
+            assert_eq!(
+                a[k],
+                b[k],
+                "conn_fd {fd}: {k} changed across the swap ({})",
+                context()
             );
         }
+        let count = |x: &Value, k: &str| x[k].as_f64().unwrap_or(f64::NAN);
+        let decoded = count(a, "framesDecoded") - count(b, "framesDecoded");
+        assert!(
+            decoded >= FPS as f64,
+            "conn_fd {fd}: {decoded} frames decoded in the 2 s after the swap ({})",
+            context()
+        );
+        if b["framesReceived"].is_number() {
+            let received = count(a, "framesReceived") - count(b, "framesReceived");
+            assert!(
+                received - decoded <= 2.0,
+                "conn_fd {fd}: {received} frames received, {decoded} decoded ({})",
+                context()
+            );
+        }
+        let shown = swap["framesAfter"][fd].as_f64().unwrap_or(f64::NAN)
+            - swap["framesAtSwap"][fd].as_f64().unwrap_or(f64::NAN);
+        assert!(
+            shown >= FPS as f64 * 0.5,
+            "conn_fd {fd}: {shown} frames shown in the 2 s after the swap ({})",
+            context()
+        );
+        assert_eq!(
+            swap["mediaBackwards"][fd],
+            json!(0),
+            "conn_fd {fd}: the media time went back (its stream started again) ({})",
+            context()
+        );
     }
     // The stats overlay shows fps, bitrate, loss, RTT and latency.
     for t in v["stats"].as_array().unwrap() {
