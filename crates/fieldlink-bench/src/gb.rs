@@ -37,7 +37,7 @@ fn last_stats(dir: &Path) -> anyhow::Result<std::collections::HashMap<String, St
         .split(';')
         .collect();
     let last: Vec<&str> = lines
-        .last()
+        .next_back()
         .context("no statistics row")?
         .split(';')
         .collect();

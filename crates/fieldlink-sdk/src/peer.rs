@@ -1,8 +1,10 @@
 //! The device's one WebRTC peer connection to the server (str0m, full ICE, the device
-//! offers): two data channels, one per qos. Thin I/O around str0m's sans-IO `Rtc`.
+//! offers): two data channels, one per qos, and a video m-line per stream or receiver.
+//! Thin I/O around str0m's sans-IO `Rtc`, driven by the loop shared with the server
+//! ([`fieldlink_rtc::drive`]); this file keeps only the device's own event handling.
 
 use std::net::{IpAddr, SocketAddr};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant, SystemTime};
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
@@ -11,18 +13,15 @@ use str0m::format::Codec;
 
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid};
-use str0m::net::{Protocol, Receive};
 use str0m::rtp::{AbsCaptureTime, Extension};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use str0m::{Candidate, Event, IceConnectionState, Input, Rtc};
 use tokio::net::UdpSocket;
 
 use fieldlink_media::VideoCodec;
 use fieldlink_proto::{ErrorCode, Qos};
+use fieldlink_rtc::{Ended, Polled, EXT_ABS_CAPTURE_TIME};
 
 use crate::{Result, SdkError};
-
-/// RTP header extension id for abs-capture-time (not in str0m's default map).
-pub(crate) const EXT_ABS_CAPTURE_TIME: u8 = 5;
 
 pub(crate) enum PeerEvent {
     /// Both data channels are open.
@@ -187,30 +186,13 @@ impl Peer {
     }
 
     pub fn handle_datagram(&mut self, data: &[u8], source: SocketAddr) {
-        let Ok(contents) = data.try_into() else {
-            return;
-        };
-        let input = Input::Receive(
-            Instant::now(),
-            Receive {
-                proto: Protocol::Udp,
-                source,
-                destination: self.local,
-                contents,
-            },
-        );
-        self.input(input);
+        if let Some(input) = fieldlink_rtc::udp_input(Instant::now(), data, source, self.local) {
+            fieldlink_rtc::handle_input(&mut self.rtc, input);
+        }
     }
 
     pub fn handle_timeout(&mut self) {
-        self.input(Input::Timeout(Instant::now()));
-    }
-
-    fn input(&mut self, input: Input) {
-        let r = catch_unwind(AssertUnwindSafe(|| self.rtc.handle_input(input)));
-        if !matches!(r, Ok(Ok(()))) {
-            self.rtc.disconnect();
-        }
+        fieldlink_rtc::handle_input(&mut self.rtc, Input::Timeout(Instant::now()));
     }
 
     /// Writes one control frame. Lossy frames that do not fit are dropped (never late);
@@ -289,63 +271,43 @@ impl Peer {
         }
     }
 
-    /// Drains output: sends datagrams, returns events, updates `next_timeout`.
+    /// Runs the shared driving loop: sends datagrams, returns the events this device acts
+    /// on, updates `next_timeout`.
     pub fn poll(&mut self) -> Vec<PeerEvent> {
         let mut events = Vec::new();
-        // Timeouts already due are served here, not by the caller's timer: a timer wakes
-        // at millisecond granularity, and a burst of queued packets (a keyframe) would
-        // leave one per wake-up. Only while that makes progress, and bounded.
-        let (mut due_now, mut progressed) = (0, true);
-        loop {
-            if !self.rtc.is_alive() {
-                events.push(PeerEvent::Dead("media connection closed".into()));
-                return events;
-            }
-            let out = match catch_unwind(AssertUnwindSafe(|| self.rtc.poll_output())) {
-                Ok(Ok(o)) => o,
-                Ok(Err(e)) => {
-                    events.push(PeerEvent::Dead(format!("WebRTC error: {e}")));
-                    return events;
-                }
-                Err(_) => {
-                    events.push(PeerEvent::Dead("WebRTC panic".into()));
-                    return events;
-                }
-            };
-            match out {
-                Output::Timeout(t) => {
-                    let now = Instant::now();
-                    if t <= now && progressed && due_now < 256 {
-                        due_now += 1;
-                        progressed = false;
-                        self.input(Input::Timeout(now));
-                        continue;
-                    }
-                    self.next_timeout = t;
-                    return events;
-                }
-                Output::Transmit(t) => {
-                    progressed = true;
-                    let _ = self.socket.try_send_to(&t.contents, t.destination);
-                }
-                Output::Event(e) => match e {
+        let Peer {
+            rtc,
+            socket,
+            channels,
+            ready,
+            video_mids,
+            next_timeout,
+            ..
+        } = self;
+        let polled = fieldlink_rtc::drive(
+            rtc,
+            |t| {
+                let _ = socket.try_send_to(&t.contents, t.destination);
+            },
+            |rtc, e| {
+                match e {
                     Event::ChannelOpen(cid, label) => {
                         if let Some(q) = Qos::from_label(&label) {
-                            self.channels[q as usize] = Some(cid);
+                            channels[q as usize] = Some(cid);
                         }
-                        if !self.ready && self.channels.iter().all(Option::is_some) {
-                            self.ready = true;
+                        if !*ready && channels.iter().all(Option::is_some) {
+                            *ready = true;
                             events.push(PeerEvent::Ready);
                         }
                     }
                     Event::ChannelData(d) => {
-                        if let Some(i) = self.channels.iter().position(|c| *c == Some(d.id)) {
+                        if let Some(i) = channels.iter().position(|c| *c == Some(d.id)) {
                             let q = if i == 0 { Qos::Lossy } else { Qos::Reliable };
                             events.push(PeerEvent::Data(q, d.data));
                         }
                     }
                     Event::MediaData(d) => {
-                        if let Some(index) = self.video_mids.iter().position(|m| *m == d.mid) {
+                        if let Some(index) = video_mids.iter().position(|m| *m == d.mid) {
                             let codec = match d.params.spec().codec {
                                 Codec::H265 => VideoCodec::H265,
                                 _ => VideoCodec::H264,
@@ -364,7 +326,7 @@ impl Peer {
                         events.push(PeerEvent::Estimate(estimate.as_u64()));
                     }
                     Event::MediaIngressStats(st) => {
-                        if let Some(index) = self.video_mids.iter().position(|m| *m == st.mid) {
+                        if let Some(index) = video_mids.iter().position(|m| *m == st.mid) {
                             events.push(PeerEvent::Stats {
                                 index,
                                 loss: st.loss,
@@ -375,18 +337,31 @@ impl Peer {
                         }
                     }
                     Event::KeyframeRequest(r) => {
-                        if let Some(index) = self.video_mids.iter().position(|m| *m == r.mid) {
+                        if let Some(index) = video_mids.iter().position(|m| *m == r.mid) {
                             events.push(PeerEvent::KeyframeRequest(index));
                         }
                     }
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         events.push(PeerEvent::Dead("media connection lost (ICE)".into()));
-                        self.rtc.disconnect();
-                        return events;
+                        rtc.disconnect();
+                        return ControlFlow::Break(());
                     }
                     _ => {}
-                },
+                }
+                ControlFlow::Continue(())
+            },
+        );
+        match polled {
+            Polled::Timeout(t) => *next_timeout = t,
+            Polled::Stopped => {}
+            Polled::Ended(Ended::Closed) => {
+                events.push(PeerEvent::Dead("media connection closed".into()))
             }
+            Polled::Ended(Ended::Error(e)) => {
+                events.push(PeerEvent::Dead(format!("WebRTC error: {e}")))
+            }
+            Polled::Ended(Ended::Panic) => events.push(PeerEvent::Dead("WebRTC panic".into())),
         }
+        events
     }
 }

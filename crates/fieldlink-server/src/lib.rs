@@ -1,11 +1,13 @@
-//! The fieldlink server: WebSocket signalling and login, operation sessions and control
-//! permission, the WebRTC relay for control data (one UDP port, str0m, ICE-lite), the
-//! store (SQLite or PostgreSQL) and the admin HTTP API.
+//! The fieldlink server (the library behind `fieldlink server`): WebSocket signalling and login (`ws`, `login`), the
+//! hub that owns every online device, operation session, control permission and WebRTC
+//! peer connection on one UDP port (`hub`: an SFU on str0m, ICE-lite, forwarding video and
+//! relaying control data), the GB/T 28181 platform whose cameras become field devices
+//! (`gb`), the store (SQLite or PostgreSQL, `store`), and the admin HTTP API with the web
+//! console (`api`, `web`).
 
 pub mod api;
 pub mod config;
 pub mod gb;
-pub mod gop;
 pub mod hub;
 pub mod login;
 pub mod permission;

@@ -1,0 +1,160 @@
+//! The field device's handle (the machine on site): publishes its streams, sends control
+//! data to every remote in session, decides permission requests.
+
+use crate::{Cmd, DeviceConfig, DeviceId, Events, Handle, Permission, Qos, Result, Role};
+use crate::{ErrorCode, SdkError, VideoSource};
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+/// A field device: publishes, receives control data, decides permission.
+pub struct FieldDevice {
+    h: Handle,
+}
+
+impl FieldDevice {
+    /// Logs in and establishes the media connection; fails with the server's reason.
+    pub async fn connect(cfg: DeviceConfig) -> Result<(FieldDevice, Events)> {
+        let (h, ev) = Handle::start(Role::Field, cfg).await?;
+        Ok((FieldDevice { h }, ev))
+    }
+
+    pub fn id(&self) -> &DeviceId {
+        &self.h.id
+    }
+
+    /// Sends control (report) data to every remote device in session with this device.
+    pub async fn send(&self, data: &[u8], qos: Qos) -> Result<()> {
+        self.h.send(String::new(), data, qos).await
+    }
+
+    /// Starts publishing stream `stream_id` from `source` at its frame rate, until the
+    /// device is closed. Keyframe requests from receivers reach the source.
+    pub fn start_video(&self, stream_id: u32, mut source: impl VideoSource) -> Result<()> {
+        let flags = self.h.shared.clone();
+        let idx = stream_id as usize;
+        if idx >= flags.keyframe_wanted.len() {
+            return Err(SdkError::new(
+                ErrorCode::StreamOutOfRange,
+                format!(
+                    "stream {stream_id} is not in 0..{} (DeviceConfig::streams)",
+                    flags.keyframe_wanted.len()
+                ),
+            ));
+        }
+        let fps = source.fps();
+        if !(fps > 0.0 && fps <= 240.0) {
+            return Err(SdkError::new(
+                ErrorCode::BadRequest,
+                format!("source fps {fps} is not in (0, 240]"),
+            ));
+        }
+        let tx = self.h.tx.clone();
+        let paced = source.paced();
+        let keyframe_on_request = source.keyframe_on_request();
+        let state = move |ok: bool, reason: Option<String>| Cmd::SourceState {
+            stream: stream_id,
+            ok,
+            reason,
+            keyframe_on_request,
+        };
+        if !keyframe_on_request {
+            let _ = tx.try_send(state(true, None));
+        }
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / fps));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            // The source's failure, while it lasts (told once, and again when it changes).
+            let mut failed: Option<String> = None;
+            loop {
+                if paced {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        // A keyframe request is served now; the regular cadence restarts.
+                        _ = flags.keyframe_notify[idx].notified() => tick.reset(),
+                    }
+                } else if tx.is_closed() {
+                    return;
+                }
+                let force =
+                    flags.keyframe_wanted[idx].swap(false, std::sync::atomic::Ordering::Relaxed);
+                // Each stream gets an equal share of the bandwidth estimate.
+                let est = if flags.adapt_bitrate {
+                    flags
+                        .estimate_bps
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                } else {
+                    0
+                };
+                // Leave headroom: encoders overshoot (keyframes), and a full link means loss.
+                let share_kbps =
+                    (est * 85 / 100 / 1000 / flags.keyframe_wanted.len().max(1) as u64) as u32;
+                // Encoding (or waiting for a camera) blocks: keep it off the async workers.
+                let (s, r) = match tokio::task::spawn_blocking(move || {
+                    if share_kbps > 0 {
+                        source.set_target_kbps(share_kbps);
+                    }
+                    let r = source.next_frame(force);
+                    (source, r)
+                })
+                .await
+                {
+                    Ok(v) => v,
+                    Err(_) => return,
+                };
+                source = s;
+                // `Some(new failure)`: a change to tell (`Some(None)`: it works again).
+                let change = match &r {
+                    Ok(Some(_)) if failed.is_some() => Some(None),
+                    Err(e) if failed.as_deref() != Some(e.message.as_str()) => {
+                        Some(Some(e.message.clone()))
+                    }
+                    _ => None,
+                };
+                if let Some(now_failed) = change {
+                    failed = now_failed.clone();
+                    let cmd = state(now_failed.is_none(), now_failed);
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(cmd) {
+                        return;
+                    }
+                }
+                match r {
+                    Ok(Some(frame)) => {
+                        // A full queue drops the frame rather than falling behind.
+                        if let Err(mpsc::error::TrySendError::Closed(_)) =
+                            tx.try_send(Cmd::Video { stream: idx, frame })
+                        {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    // The source recovers by itself (a camera reconnects); a paced one
+                    // is asked again at its next tick, an unpaced one after a pause.
+                    Err(_) if !paced => tokio::time::sleep(Duration::from_millis(200)).await,
+                    Err(_) => {}
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Sets a remote device's level (SPEC §5 `set_operation_permission`).
+    pub async fn set_operation_permission(
+        &self,
+        remote_id: &DeviceId,
+        level: Permission,
+    ) -> Result<()> {
+        self.h
+            .ok(fieldlink_proto::ClientMsg::SetPermission {
+                req: None,
+                remote_id: remote_id.clone(),
+                level,
+            })
+            .await
+    }
+
+    pub async fn close(self) {
+        self.h.close().await
+    }
+}

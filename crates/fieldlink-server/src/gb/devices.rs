@@ -1,0 +1,296 @@
+//! GB28181 devices as the platform knows them: what each one is (address, catalog,
+//! channels, DeviceInfo/DeviceStatus answers, calls), the admin API's view of it (stored so
+//! it survives a restart), and the bridge that makes a device with a complete catalog a
+//! field device in the hub (its channels are the streams; hub demand and PTZ control data
+//! come back to the SIP task). Sends no SIP itself except the PTZ `DeviceControl`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use fieldlink_gb28181::manscdp::{self, CatalogItem};
+use fieldlink_gb28181::sip;
+use fieldlink_gb28181::GbId;
+use fieldlink_proto::{DeviceId, Role};
+use tokio::sync::mpsc;
+
+use super::calls::Call;
+use super::sip::Sip;
+use super::{ChannelView, Event, GbDeviceView};
+use crate::hub::{ClientInfo, Cmd, ConnId, Outbound};
+use crate::store::{self, now_ms, Project, Security};
+
+/// A Catalog answer that stops short of `SumNum` is taken as it is after this.
+pub(super) const CATALOG_QUIET: Duration = Duration::from_secs(3);
+/// Channels per device, at most.
+pub(super) const MAX_CHANNELS: usize = 256;
+
+#[derive(Default)]
+pub(super) struct GbDevice {
+    pub(super) addr: Option<SocketAddr>,
+    /// The Catalog being gathered: its SN, items so far, and when to stop waiting.
+    pub(super) catalog: Option<(u32, Vec<CatalogItem>, Instant)>,
+    /// When the Catalog was last asked for (an empty answer is asked again later).
+    pub(super) catalog_asked: Option<Instant>,
+    pub(super) channels: Vec<CatalogItem>,
+    /// As a field device in the hub.
+    pub(super) conn: Option<ConnId>,
+    /// DeviceInfo and DeviceStatus answers.
+    pub(super) info: std::collections::BTreeMap<String, String>,
+    /// What receivers want (hub demand).
+    pub(super) wanted: Vec<u32>,
+    /// Pull every channel regardless of demand (per-device setting).
+    pub(super) always_on: bool,
+    pub(super) calls: HashMap<u32, Call>,
+}
+
+impl Sip {
+    /// Updates the admin API's view of device `id` (`online: false` keeps it listed), and
+    /// stores it when it changed.
+    pub(super) fn publish(&mut self, id: &GbId, online: bool, changed: bool) {
+        let d = self.devices.get(id);
+        let addr = d.and_then(|d| d.addr);
+        let mut view = GbDeviceView {
+            id: id.to_string(),
+            field_id: d
+                .filter(|d| d.conn.is_some())
+                .map(|_| format!("{}/{}", self.project, id)),
+            online,
+            addr: addr.map(|a| a.to_string()),
+            transport: if addr.is_some_and(|a| self.tcp.contains_key(&a)) {
+                "TCP".into()
+            } else {
+                "UDP".into()
+            },
+            channels: d
+                .map(|d| {
+                    d.channels
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| ChannelView {
+                            id: c.device_id.clone(),
+                            name: c.name.clone(),
+                            status: c.status.clone(),
+                            playing: d
+                                .calls
+                                .get(&(i as u32))
+                                .is_some_and(|c| c.dialog.remote_tag.is_some()),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            info: d.map(|d| d.info.clone()).unwrap_or_default(),
+            always_on: d.is_some_and(|d| d.always_on),
+            changed_ms: now_ms(),
+        };
+        if let Ok(mut m) = self.status.write() {
+            let keep = m.get(id.as_str()).map(|v| v.changed_ms);
+            if let (false, Some(t)) = (changed, keep) {
+                view.changed_ms = t;
+            }
+            if m.len() < 100_000 || m.contains_key(id.as_str()) {
+                m.insert(id.to_string(), view.clone());
+            }
+        }
+        // Stored in the background, only when something changed (ticks republish often).
+        if let Ok(json) = serde_json::to_string(&view) {
+            if self.saved.get(id.as_str()) != Some(&json) {
+                if self.saved.len() < 100_000 {
+                    self.saved.insert(id.to_string(), json.clone());
+                }
+                let (store, key) = (self.store.clone(), id.to_string());
+                tokio::spawn(async move {
+                    if let Err(e) = store.save_gb_status(&key, &json).await {
+                        tracing::warn!(device = %key, "storing GB28181 state: {e}");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Catalogs that are complete (or went quiet) make their devices field devices.
+    pub(super) async fn finish_catalogs(&mut self) {
+        let now = Instant::now();
+        let done: Vec<GbId> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| d.catalog.as_ref().is_some_and(|(_, _, t)| *t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in done {
+            let Some(d) = self.devices.get_mut(&id) else {
+                continue;
+            };
+            let Some((_, items, _)) = d.catalog.take() else {
+                continue;
+            };
+            d.channels = items;
+            let n = d.channels.len() as u32;
+            let name = d
+                .channels
+                .first()
+                .map(|c| format!("GB28181 {} ({})", id, c.name))
+                .unwrap_or_else(|| format!("GB28181 {id}"));
+            tracing::info!(device = %id, channels = n, "GB28181 catalog");
+            if d.conn.is_none() {
+                match self.as_field(&id, &name).await {
+                    Ok(conn) => {
+                        if let Some(d) = self.devices.get_mut(&id) {
+                            d.conn = Some(conn);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(device = %id, "GB28181 device cannot join the hub: {e}");
+                        continue;
+                    }
+                }
+            }
+            if let Some(conn) = self.devices.get(&id).and_then(|d| d.conn) {
+                let _ = self.hub.send(Cmd::External { conn, streams: n }).await;
+            }
+            let always_on = self
+                .store
+                .gb_device(id.as_str())
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.always_on);
+            if let Some(d) = self.devices.get_mut(&id) {
+                d.always_on = always_on;
+            }
+            if always_on {
+                tracing::info!(device = %id, "GB28181 always on: pulling every channel");
+                self.apply_demand(&id).await;
+            }
+            self.publish(&id, true, false);
+        }
+    }
+
+    /// Makes the device a field device of the project (stored, online in the hub), and
+    /// passes the hub's demand for its channels to this task.
+    pub(super) async fn as_field(&self, id: &GbId, name: &str) -> Result<ConnId, String> {
+        let store = &self.store;
+        if store
+            .project(&self.project)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
+            store
+                .create_project(&Project {
+                    id: self.project.clone(),
+                    name: "GB28181 devices".into(),
+                    security: Security::default(),
+                    created_ms: now_ms(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if store
+            .device(&self.project, id.as_str())
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
+            // It never logs in over WebSocket: an unguessable password.
+            let pw = format!("{:032x}", rand::random::<u128>());
+            store
+                .create_device(&store::Device {
+                    project_id: self.project.clone(),
+                    device_id: id.as_str().to_string(),
+                    kind: Role::Field,
+                    name: name.to_string(),
+                    password: fieldlink_auth::hash_password(&pw),
+                    key_password_only: false,
+                    auto_registered: true,
+                    created_ms: now_ms(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let device = DeviceId::new(&self.project, id.as_str()).map_err(|e| e.to_string())?;
+        let (out, mut out_rx) = mpsc::channel(64);
+        let conn = self
+            .hub
+            .register(
+                ClientInfo {
+                    device,
+                    role: Role::Field,
+                    auto_permission: true,
+                    sees_all_fields: false,
+                },
+                out,
+            )
+            .await
+            .map_err(|c| format!("{c:?}"))?;
+        let (tx, gb) = (self.tx.clone(), id.clone());
+        tokio::spawn(async move {
+            while let Some(o) = out_rx.recv().await {
+                match o {
+                    Outbound::Wanted(s) => {
+                        if tx.send(Event::Wanted(gb.clone(), s)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Outbound::Control { from, payload } => match ptz_of(&payload) {
+                        Some((ch, ptz)) => {
+                            if tx.send(Event::Ptz(gb.clone(), ch, ptz)).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => {
+                            tracing::debug!(%from, "control data for a GB28181 camera is not a PTZ command")
+                        }
+                    },
+                    Outbound::Close(..) => return,
+                    Outbound::Msg(_) => {} // sessions, permission: nothing to do for a camera
+                }
+            }
+        });
+        Ok(conn)
+    }
+
+    /// Sends a PTZ `DeviceControl` for channel `ch` of device `id`.
+    pub(super) async fn ptz(&mut self, id: &GbId, ch: u32, ptz: fieldlink_gb28181::ptz::Ptz) {
+        let Some(d) = self.devices.get(id) else {
+            return;
+        };
+        let (Some(addr), Some(channel)) = (d.addr, d.channels.get(ch as usize)) else {
+            return;
+        };
+        let channel = channel.device_id.clone();
+        self.sn = self.sn.wrapping_add(1);
+        let body = manscdp::ptz_control(self.sn, &channel, &ptz.hex());
+        let r = sip::request(
+            "MESSAGE",
+            &self.dialog(&channel, addr),
+            1,
+            &sip::branch(),
+            &[],
+            Some(("Application/MANSCDP+xml", &body)),
+        );
+        tracing::info!(device = %id, channel = %channel, cmd = %ptz.hex(), "GB28181 PTZ");
+        self.send_request(&r, addr).await;
+    }
+}
+
+/// A master remote's PTZ command for a GB28181 camera, as control data:
+/// `{"ptz": "left", "speed": 128, "channel": 0}` (speed default 128, channel default 0).
+fn ptz_of(payload: &[u8]) -> Option<(u32, fieldlink_gb28181::ptz::Ptz)> {
+    #[derive(serde::Deserialize)]
+    struct Cmd {
+        ptz: String,
+        #[serde(default = "half")]
+        speed: u8,
+        #[serde(default)]
+        channel: u32,
+    }
+    fn half() -> u8 {
+        128
+    }
+    let c: Cmd = serde_json::from_slice(payload).ok()?;
+    Some((
+        c.channel,
+        fieldlink_gb28181::ptz::Ptz::named(&c.ptz, c.speed)?,
+    ))
+}

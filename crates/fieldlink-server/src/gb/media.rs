@@ -1,0 +1,183 @@
+//! One channel's media: RTP in (UDP, or RFC 4571 framing over TCP), reordering, PS demux,
+//! and H.264 access units to the hub as an external source's frames. A codec the SFU
+//! cannot forward fails the channel's receivers once, with the reason; silence for
+//! [`MEDIA_TIMEOUT`] tells the SIP task to hang up. Knows nothing of SIP.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fieldlink_gb28181::rtp::{Reorder, RtpPacket};
+use fieldlink_gb28181::GbId;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::Event;
+use crate::hub::{Cmd, ConnId, HubHandle};
+
+/// A channel that sends nothing for this long is hung up.
+const MEDIA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a channel's RTP comes from.
+pub(super) enum MediaIn {
+    Udp(UdpSocket),
+    /// TCP passive: the device connects to us.
+    Listen(tokio::net::TcpListener),
+    /// TCP active: we connect to the device (address from its SDP answer).
+    Dial(tokio::sync::oneshot::Receiver<SocketAddr>),
+}
+
+/// RTP packets -> reordered PS payloads -> H.264 access units -> the hub.
+struct Pipeline {
+    hub: HubHandle,
+    conn: ConnId,
+    stream: u32,
+    reorder: Reorder,
+    demux: fieldlink_media::ps::Demuxer,
+    packets: u64,
+    frames: u64,
+    /// The stream's codec was refused (reported once).
+    refused: bool,
+}
+
+impl Pipeline {
+    /// Returns false when the hub is gone.
+    async fn packet(&mut self, data: &[u8]) -> bool {
+        let Ok(pkt) = RtpPacket::parse(data) else {
+            tracing::debug!(len = data.len(), "GB28181 media: not RTP");
+            return true;
+        };
+        self.packets += 1;
+        if self.packets == 1 {
+            tracing::debug!(
+                ssrc = pkt.ssrc,
+                pt = pkt.payload_type,
+                "GB28181 media: first RTP packet"
+            );
+        }
+        let ts = u64::from(pkt.timestamp);
+        for payload in self.reorder.push(pkt.seq, pkt.payload.to_vec()) {
+            let frames = match self.demux.push(&payload) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::debug!("GB28181 PS: {e}");
+                    continue;
+                }
+            };
+            for f in frames.into_iter().filter(|f| f.video) {
+                self.frames += 1;
+                if self.frames == 1 {
+                    tracing::debug!(stream_type = f.stream_type, len = f.data.len(), head = ?&f.data[..f.data.len().min(8)], "GB28181 media: first frame");
+                }
+                if f.stream_type != 0x1B && f.stream_type != 0 {
+                    // H.265 (0x24) and others: the SFU forwards H.264 only so far. Say so
+                    // once; the receivers fail and the call ends after the linger.
+                    if !self.refused {
+                        self.refused = true;
+                        let codec = match f.stream_type {
+                            0x24 => "H.265".to_string(),
+                            t => format!("stream type 0x{t:02X}"),
+                        };
+                        let reason = format!(
+                            "the camera sends {codec}; receivers get H.264 only (set the camera's channel to H.264)"
+                        );
+                        tracing::warn!(stream = self.stream, "GB28181: {reason}");
+                        let cmd = Cmd::ExternalFailed {
+                            conn: self.conn,
+                            stream: self.stream,
+                            reason,
+                        };
+                        if self.hub.send(cmd).await.is_err() {
+                            return false;
+                        }
+                    }
+                    continue;
+                }
+                let cmd = Cmd::ExternalFrame {
+                    conn: self.conn,
+                    stream: self.stream,
+                    data: f.data,
+                    rtp_time: f.pts.unwrap_or(ts),
+                };
+                if self.hub.send(cmd).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Receives one channel's RTP/PS (UDP, or RFC 4571 over TCP), demuxes H.264 access units
+/// and hands them to the hub as stream `stream` of field client `conn`.
+pub(super) async fn receive(
+    media: MediaIn,
+    hub: HubHandle,
+    conn: ConnId,
+    stream: u32,
+    tx: mpsc::Sender<Event>,
+    id: GbId,
+) {
+    let mut p = Pipeline {
+        hub,
+        conn,
+        stream,
+        reorder: Reorder::new(64),
+        demux: fieldlink_media::ps::Demuxer::new(),
+        packets: 0,
+        frames: 0,
+        refused: false,
+    };
+    let gone = |tx: mpsc::Sender<Event>, id: GbId| async move {
+        let _ = tx.send(Event::MediaGone(id, stream)).await;
+    };
+    let mut tcp = match media {
+        MediaIn::Udp(socket) => {
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                match tokio::time::timeout(MEDIA_TIMEOUT, socket.recv(&mut buf)).await {
+                    Ok(Ok(n)) => {
+                        if !p.packet(&buf[..n]).await {
+                            return;
+                        }
+                    }
+                    Ok(Err(e)) => tracing::debug!("GB28181 media receive: {e}"),
+                    Err(_) => return gone(tx, id).await,
+                }
+            }
+        }
+        MediaIn::Listen(l) => match tokio::time::timeout(MEDIA_TIMEOUT, l.accept()).await {
+            Ok(Ok((s, _))) => s,
+            _ => return gone(tx, id).await,
+        },
+        MediaIn::Dial(addr) => {
+            let Ok(Ok(addr)) = tokio::time::timeout(MEDIA_TIMEOUT, addr).await else {
+                return gone(tx, id).await;
+            };
+            match tokio::time::timeout(MEDIA_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                _ => return gone(tx, id).await,
+            }
+        }
+    };
+    use tokio::io::AsyncReadExt;
+    let mut framer = fieldlink_gb28181::rtp::TcpFramer::new();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let n = match tokio::time::timeout(MEDIA_TIMEOUT, tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return gone(tx, id).await,
+            Ok(Ok(n)) => n,
+        };
+        let packets = match framer.push(&buf[..n]) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("GB28181 TCP media: {e}");
+                return gone(tx, id).await;
+            }
+        };
+        for pkt in packets {
+            if !p.packet(&pkt).await {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! The SIP task: one task owns every GB28181 device's state (no locks; SIP messages, hub
+//! demand and timers are handled in one order). Dispatches SIP messages (REGISTER to the
+//! registrar, MANSCDP MESSAGEs, BYE, responses to our requests), sends queries and
+//! retransmits our requests over UDP, and runs the periodic work. Device bookkeeping is
+//! in `devices`, calls in `calls`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+use fieldlink_gb28181::manscdp::{self, Manscdp};
+use fieldlink_gb28181::registrar::{RegEvent, Registrar};
+use fieldlink_gb28181::sdp::MediaMode;
+use fieldlink_gb28181::sip::{self, response, Dialog, Message, StartLine};
+use fieldlink_gb28181::GbId;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::devices::{GbDevice, CATALOG_QUIET, MAX_CHANNELS};
+use super::{Event, Status};
+use crate::hub::{Cmd, HubHandle};
+use crate::store::Store;
+
+/// An empty catalog is asked for again after this.
+const CATALOG_RETRY: Duration = Duration::from_secs(30);
+
+pub(super) struct Sip {
+    pub(super) status: Status,
+    pub(super) socket: UdpSocket,
+    pub(super) local: SocketAddr,
+    pub(super) platform: GbId,
+    pub(super) registrar: Registrar,
+    pub(super) log: bool,
+    pub(super) project: String,
+    pub(super) linger: Duration,
+    pub(super) media_ip: IpAddr,
+    pub(super) mode: MediaMode,
+    pub(super) hub: HubHandle,
+    pub(super) store: Store,
+    pub(super) tx: mpsc::Sender<Event>,
+    pub(super) devices: HashMap<GbId, GbDevice>,
+    pub(super) sn: u32,
+    pub(super) invites: u32,
+    /// Open SIP-over-TCP connections by peer address.
+    pub(super) tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    /// Our requests over UDP, until answered (retransmissions).
+    pub(super) transactions: fieldlink_gb28181::transaction::Transactions,
+    /// What was last stored per device (JSON), to store only changes.
+    pub(super) saved: HashMap<String, String>,
+}
+
+impl Sip {
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
+        let mut buf = vec![0u8; 65_536];
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            let deadline = self
+                .registrar
+                .next_deadline()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => {
+                        let data = buf[..n].to_vec();
+                        self.on_datagram(&data, from).await;
+                    }
+                    Err(e) => tracing::debug!("SIP receive: {e}"),
+                },
+                ev = rx.recv() => match ev {
+                    Some(Event::TcpOpen(peer, w)) => {
+                        self.tcp.insert(peer, w);
+                    }
+                    Some(Event::TcpIn(peer, data)) => self.on_datagram(&data, peer).await,
+                    Some(Event::TcpClosed(peer)) => {
+                        self.tcp.remove(&peer);
+                    }
+                    Some(Event::Wanted(id, streams)) => self.on_wanted(&id, &streams).await,
+                    Some(Event::Ptz(id, ch, ptz)) => self.ptz(&id, ch, ptz).await,
+                    Some(Event::MediaGone(id, ch)) => {
+                        tracing::warn!(device = %id, channel = ch, "GB28181 media stopped; hanging up");
+                        self.hang_up(&id, ch).await;
+                    }
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+                _ = tick.tick() => self.on_tick().await,
+            }
+            for ev in self.registrar.poll(Instant::now()) {
+                self.on_reg_event(ev).await;
+            }
+        }
+    }
+
+    /// Sends a request; over UDP it is retransmitted until answered.
+    pub(super) async fn send_request(&mut self, bytes: &[u8], to: SocketAddr) {
+        if !self.tcp.contains_key(&to) {
+            self.transactions.sent(bytes, to, Instant::now());
+        }
+        self.send(bytes, to).await;
+    }
+
+    pub(super) async fn send(&self, bytes: &[u8], to: SocketAddr) {
+        if self.log {
+            tracing::info!(direction = "send", peer = %to, message = %String::from_utf8_lossy(bytes), "SIP");
+        }
+        if let Some(w) = self.tcp.get(&to) {
+            // A full queue means a stuck connection: drop the message, as UDP loss would.
+            if w.try_send(bytes.to_vec()).is_err() {
+                tracing::debug!(%to, "SIP over TCP: connection stuck or closed");
+            }
+            return;
+        }
+        if let Err(e) = self.socket.send_to(bytes, to).await {
+            tracing::debug!(%to, "SIP send: {e}");
+        }
+    }
+
+    /// A new dialog with `user`, whose messages go to `peer` (UDP or its TCP connection).
+    pub(super) fn dialog(&self, user: &str, peer: SocketAddr) -> Dialog {
+        let domain = self.platform.domain();
+        let transport = if self.tcp.contains_key(&peer) {
+            "TCP"
+        } else {
+            "UDP"
+        };
+        Dialog {
+            remote_uri: format!("sip:{user}@{domain}"),
+            local_uri: format!("sip:{}@{domain}", self.platform),
+            local_tag: sip::new_tag(),
+            remote_tag: None,
+            call_id: sip::new_call_id(self.local.ip()),
+            via: self.local,
+            transport,
+        }
+    }
+
+    pub(super) async fn on_datagram(&mut self, data: &[u8], from: SocketAddr) {
+        if self.log {
+            tracing::info!(direction = "recv", peer = %from, message = %String::from_utf8_lossy(data), "SIP");
+        }
+        if data.iter().all(|b| b.is_ascii_whitespace()) {
+            return; // CRLF keepalive ping
+        }
+        let msg = match Message::parse(data) {
+            Ok(m) => m,
+            Err(e) => {
+                // Without parseable headers there is nothing to answer to.
+                tracing::debug!(%from, "bad SIP message: {e}");
+                return;
+            }
+        };
+        let method = match &msg.start {
+            StartLine::Request { method, .. } => method.clone(),
+            StartLine::Response { code, .. } => {
+                let code = *code;
+                self.on_response(&msg, code, from).await;
+                return;
+            }
+        };
+        let now = Instant::now();
+        let reply = match method.as_str() {
+            "REGISTER" => {
+                // The device's own password, if the admin API set one.
+                let own = match msg.from_user() {
+                    Some(u) => self.store.gb_device(u).await.ok().flatten(),
+                    None => None,
+                };
+                let ha1 = own
+                    .as_ref()
+                    .map(|s| s.ha1.as_str())
+                    .filter(|h| !h.is_empty());
+                let (reply, ev) =
+                    self.registrar
+                        .on_register(&msg, from, now, SystemTime::now(), ha1);
+                self.send(&reply, from).await;
+                if let Some(ev) = ev {
+                    self.on_reg_event(ev).await;
+                }
+                return;
+            }
+            "MESSAGE" => self.on_message(&msg, from, now),
+            "BYE" => {
+                self.on_bye(&msg);
+                response(&msg, 200, "OK", from, "fl", &[], None)
+            }
+            "ACK" => return,
+            _ => response(&msg, 501, "Not Implemented", from, "fl", &[], None),
+        };
+        self.send(&reply, from).await;
+        self.finish_catalogs().await;
+    }
+
+    pub(super) async fn on_reg_event(&mut self, ev: RegEvent) {
+        match ev {
+            RegEvent::Online { id, addr } => {
+                tracing::info!(device = %id, %addr, "GB28181 device online");
+                self.devices.entry(id.clone()).or_default().addr = Some(addr);
+                self.publish(&id, true, true);
+                self.query(&id, "Catalog", addr).await;
+                self.query(&id, "DeviceInfo", addr).await;
+                self.query(&id, "DeviceStatus", addr).await;
+            }
+            RegEvent::Offline { id, why } => {
+                tracing::info!(device = %id, ?why, "GB28181 device offline");
+                if let Some(d) = self.devices.get_mut(&id) {
+                    d.calls.values().for_each(|c| c.receiver.abort());
+                    d.calls.clear();
+                }
+                self.publish(&id, false, true);
+                if let Some(mut d) = self.devices.remove(&id) {
+                    for (_, call) in d.calls.drain() {
+                        call.receiver.abort();
+                    }
+                    if let Some(conn) = d.conn {
+                        let _ = self.hub.send(Cmd::Unregister { conn }).await;
+                    }
+                }
+            }
+            RegEvent::Refused { user, addr, why } => {
+                tracing::warn!(user, %addr, why, "GB28181 registration refused")
+            }
+        }
+    }
+
+    /// Sends a MANSCDP query; a Catalog query starts gathering the answer.
+    pub(super) async fn query(&mut self, id: &GbId, cmd: &str, addr: SocketAddr) {
+        self.sn = self.sn.wrapping_add(1);
+        let sn = self.sn;
+        if cmd == "Catalog" {
+            if let Some(d) = self.devices.get_mut(id) {
+                d.catalog = Some((sn, Vec::new(), Instant::now() + CATALOG_QUIET));
+                d.catalog_asked = Some(Instant::now());
+            }
+        }
+        let body = manscdp::query(cmd, sn, id.as_str());
+        let r = sip::request(
+            "MESSAGE",
+            &self.dialog(id.as_str(), addr),
+            1,
+            &sip::branch(),
+            &[],
+            Some(("Application/MANSCDP+xml", &body)),
+        );
+        self.send_request(&r, addr).await;
+    }
+
+    /// MANSCDP from a device: keepalives refresh presence (a device that is not registered
+    /// gets 403, which makes real devices register again); Catalog answers are gathered.
+    pub(super) fn on_message(&mut self, msg: &Message, from: SocketAddr, now: Instant) -> Vec<u8> {
+        let body = match Manscdp::parse(&msg.body) {
+            Ok(b) => b,
+            Err(e) => {
+                return response(
+                    msg,
+                    400,
+                    &format!("Bad Request ({e})"),
+                    from,
+                    "fl",
+                    &[],
+                    None,
+                )
+            }
+        };
+        let id: Option<GbId> = msg
+            .from_user()
+            .and_then(|u| u.parse().ok())
+            .or_else(|| body.device_id.parse().ok());
+        let known = id
+            .as_ref()
+            .is_some_and(|id| self.registrar.seen(id, from.ip(), now));
+        let Some(id) = id.filter(|_| known) else {
+            return response(
+                msg,
+                403,
+                "Forbidden (not registered)",
+                from,
+                "fl",
+                &[],
+                None,
+            );
+        };
+        if body.root == "Response"
+            && matches!(body.cmd_type.as_str(), "DeviceInfo" | "DeviceStatus")
+        {
+            if let Some(d) = self.devices.get_mut(&id) {
+                for (k, v) in body.fields.iter().take(64) {
+                    if d.info.len() < 64 || d.info.contains_key(k) {
+                        d.info.insert(k.clone(), v.chars().take(256).collect());
+                    }
+                }
+            }
+        }
+        if body.root == "Response" && body.cmd_type == "Catalog" {
+            if let Some(d) = self.devices.get_mut(&id) {
+                if let Some((sn, items, deadline)) = d.catalog.as_mut() {
+                    if *sn == body.sn {
+                        for it in body.items {
+                            if items.len() < MAX_CHANNELS
+                                && !items.iter().any(|i| i.device_id == it.device_id)
+                            {
+                                items.push(it);
+                            }
+                        }
+                        let sum = body.sum_num.map_or(items.len(), |s| s as usize);
+                        if items.len() >= sum.min(MAX_CHANNELS) {
+                            *deadline = now; // complete
+                        } else {
+                            *deadline = now + CATALOG_QUIET;
+                        }
+                    }
+                }
+            }
+        }
+        response(msg, 200, "OK", from, "fl", &[], None)
+    }
+
+    pub(super) async fn on_tick(&mut self) {
+        // A device whose catalog came back empty (or never came) is asked again.
+        let now = Instant::now();
+        let again: Vec<(GbId, SocketAddr)> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| {
+                d.channels.is_empty()
+                    && d.catalog.is_none()
+                    && d.catalog_asked
+                        .is_none_or(|t| now.duration_since(t) >= CATALOG_RETRY)
+            })
+            .filter_map(|(id, d)| Some((id.clone(), d.addr?)))
+            .collect();
+        for (id, addr) in again {
+            self.query(&id, "Catalog", addr).await;
+        }
+        let (again, dead) = self.transactions.poll(Instant::now());
+        for (bytes, to) in again {
+            self.send(&bytes, to).await;
+        }
+        for key in dead {
+            tracing::warn!(call_id = %key.call_id, method = %key.method, "GB28181 request not answered; given up");
+            if key.method == "INVITE" {
+                self.forget_call(&key.call_id);
+            }
+        }
+        self.finish_catalogs().await;
+        let ids: Vec<GbId> = self.devices.keys().cloned().collect();
+        for id in &ids {
+            self.publish(id, true, false);
+        }
+        self.hang_up_lingering().await;
+    }
+}

@@ -1,0 +1,419 @@
+//! Media forwarding: a field device's (or external source's) frame goes to every receiver
+//! that wants its stream, starting on a keyframe, with timestamps rewritten so a receiver's
+//! output is continuous across switches. Asks sources for keyframes (once per stream
+//! until answered, again after [`KEYFRAME_REQUEST_RETRY`]), and starts receivers of
+//! passthrough cameras from the cached group of pictures, paced. Does not change which
+//! stream a receiver wants, except to fail one that cannot take the stream's codec.
+
+use std::time::{Duration, Instant};
+
+use str0m::format::PayloadParams;
+use str0m::media::{Frequency, KeyframeRequestKind, MediaData, MediaTime};
+use str0m::rtp::AbsCaptureTime;
+
+use fieldlink_media::VideoCodec;
+use fieldlink_proto::{DeviceId, Role, StreamState};
+
+use super::gop::CachedFrame;
+use super::peer::Peer;
+use super::receivers::stream_state;
+use super::{ConnId, Hub};
+
+/// A keyframe request still unanswered after this long is sent again; before that, new
+/// requests for the same stream wait for the same keyframe.
+pub(super) const KEYFRAME_REQUEST_RETRY: Duration = Duration::from_millis(300);
+/// How much of a replayed group of pictures is written at once, and how often: about
+/// 32 Mbit/s, so a receiver busy decoding does not overflow its socket buffer.
+const REPLAY_BYTES: usize = 16 * 1024;
+const REPLAY_EVERY: Duration = Duration::from_millis(4);
+
+pub(super) fn codec_of(p: &PayloadParams) -> VideoCodec {
+    match p.spec().codec {
+        str0m::format::Codec::H265 => VideoCodec::H265,
+        _ => VideoCodec::H264,
+    }
+}
+
+/// Told with `playing` on a stream whose source cannot make keyframes: after a loss
+/// that repair cannot fix, the picture waits for the camera's next keyframe.
+const PASSTHROUGH_NOTE: &str =
+    "camera passthrough: keyframes come only at the camera's own interval (no keyframe on request)";
+
+/// Why a receiver cannot play a stream in `codec`, and what to do about it.
+pub(super) fn codec_refused(codec: VideoCodec) -> String {
+    format!(
+        "the stream is {} (a camera in passthrough, protocol \"rtsp_enc\") and this \
+         receiver did not negotiate it: set the stream's protocol to \"normal\" to \
+         transcode to H.264, or receive with H.265 enabled",
+        codec.name()
+    )
+}
+
+/// Whether receiver `fd` of `peer` negotiated the codec of `params` (a receiver whose
+/// media is not set up yet counts as taking it: it is checked again later).
+pub(super) fn takes(peer: &mut Peer, fd: usize, params: PayloadParams) -> bool {
+    let Some(mid) = peer.video_mids.get(fd).copied() else {
+        return true;
+    };
+    peer.rtc
+        .writer(mid)
+        .is_none_or(|w| receiver_pt(&w, params).is_some())
+}
+
+/// The receiver's payload type for frames with the source's `params`. str0m's
+/// `match_params` looks at the server's codec list, not at what this m-line negotiated:
+/// a remote that offered no H.265 must not be sent H.265.
+pub(super) fn receiver_pt(
+    writer: &str0m::media::Writer,
+    params: PayloadParams,
+) -> Option<str0m::media::Pt> {
+    let pt = writer.match_params(params)?;
+    writer.payload_params().any(|p| p.pt() == pt).then_some(pt)
+}
+
+/// Writes one frame to receiver `fd` of `peer` at `out_t` (90 kHz); false if it could
+/// not (no such m-line, media not set up, or not a codec the receiver negotiated).
+pub(super) fn write_frame(
+    peer: &mut Peer,
+    fd: usize,
+    data: &std::sync::Arc<[u8]>,
+    out_t: u64,
+    source: Option<&(PayloadParams, Instant, Option<AbsCaptureTime>)>,
+) -> bool {
+    let Some(mid) = peer.video_mids.get(fd).copied() else {
+        return false;
+    };
+    let Some(writer) = peer.rtc.writer(mid) else {
+        return false;
+    };
+    let pt = match source {
+        Some((params, _, _)) => receiver_pt(&writer, *params),
+        None => h264_pt(&writer),
+    };
+    let Some(pt) = pt else {
+        return false;
+    };
+    let (arrived, capture) = match source {
+        Some((_, at, act)) => (*at, *act),
+        None => (Instant::now(), None),
+    };
+    let writer = match capture {
+        Some(act) => writer.abs_capture_time(act),
+        None => writer,
+    };
+    writer
+        .write(pt, arrived, MediaTime::from_90khz(out_t), data.clone())
+        .is_ok()
+}
+
+/// The receiver's own H.264 payload type (packetization mode 1 preferred), for frames
+/// from sources that are not WebRTC peers.
+pub(super) fn h264_pt(writer: &str0m::media::Writer) -> Option<str0m::media::Pt> {
+    let h264 = || {
+        writer
+            .payload_params()
+            .filter(|p| p.spec().codec == str0m::format::Codec::H264)
+    };
+    h264()
+        .find(|p| p.spec().format.packetization_mode == Some(1))
+        .or_else(|| h264().next())
+        .map(|p| p.pt())
+}
+
+impl Hub {
+    /// Receivers still waiting for a keyframe ask again: a PLI can be lost on the way, and
+    /// `ask_keyframe` spaces the requests by `KEYFRAME_REQUEST_RETRY`.
+    pub(super) fn retry_keyframes(&mut self) {
+        let now = Instant::now();
+        if self.keyframe_rescan.is_some_and(|t| t > now) {
+            return;
+        }
+        let mut waiting: Vec<(DeviceId, u32)> = self
+            .clients
+            .values()
+            .flat_map(|c| c.receivers.iter())
+            .filter(|r| !r.live)
+            .filter_map(|r| r.want.clone())
+            .collect();
+        waiting.sort();
+        waiting.dedup();
+        self.keyframe_rescan = (!waiting.is_empty()).then(|| now + KEYFRAME_REQUEST_RETRY / 3);
+        for (f, s) in waiting {
+            self.ask_keyframe(&f, s);
+        }
+    }
+
+    /// Asks a field device's stream for a keyframe, unless one is already on its way.
+    pub(super) fn ask_keyframe(&mut self, field: &DeviceId, stream: u32) {
+        let Some(conn) = self.by_device.get(field).copied() else {
+            return;
+        };
+        let Some(peer) = self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) else {
+            return;
+        };
+        let i = stream as usize;
+        if peer.sources.get(i).is_some_and(|s| !s.keyframe_on_request) {
+            return; // it cannot make one (new receivers start from its cached group)
+        }
+        let (Some(mid), Some(asked)) = (
+            peer.video_mids.get(i).copied(),
+            peer.keyframe_asked.get_mut(i),
+        ) else {
+            return;
+        };
+        let now = Instant::now();
+        if asked.is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_RETRY) {
+            return;
+        }
+        if asked.is_some() {
+            tracing::debug!(%field, stream, "keyframe request repeated");
+        }
+        if let Some(mut w) = peer.rtc.writer(mid) {
+            if w.request_keyframe(None, KeyframeRequestKind::Pli).is_ok() {
+                *asked = Some(now);
+                if !self.dirty.contains(&conn) {
+                    self.dirty.push(conn);
+                }
+            }
+        }
+    }
+
+    /// A frame from a field device's WebRTC peer: answers its keyframe request, if any,
+    /// keeps it for new receivers if its source cannot make keyframes, and forwards it.
+    pub(super) fn on_media(&mut self, from: ConnId, d: Box<MediaData>) -> Vec<ConnId> {
+        let Some((field, stream)) = self.clients.get(&from).and_then(|c| {
+            if c.info.role != Role::Field {
+                return None;
+            }
+            let s = c
+                .peer
+                .as_ref()?
+                .video_mids
+                .iter()
+                .position(|m| *m == d.mid)?;
+            Some((c.info.device.clone(), s as u32))
+        }) else {
+            return Vec::new();
+        };
+        let keyframe = codec_of(&d.params).is_keyframe(&d.data);
+        let in_t = d.time.rebase(Frequency::NINETY_KHZ).numer();
+        if let Some(peer) = self.clients.get_mut(&from).and_then(|c| c.peer.as_mut()) {
+            let i = stream as usize;
+            if keyframe {
+                // The request, if any, is answered.
+                if let Some(a) = peer.keyframe_asked.get_mut(i) {
+                    *a = None;
+                }
+            }
+            if let Some(src) = peer.sources.get_mut(i).filter(|s| !s.keyframe_on_request) {
+                src.gop.push(
+                    keyframe,
+                    CachedFrame {
+                        data: d.data.clone(),
+                        in_t,
+                        params: d.params,
+                    },
+                );
+            }
+        }
+        let source = Some((d.params, d.network_time, d.ext_vals.abs_capture_time));
+        self.forward(&field, stream, &d.data, in_t, source)
+    }
+
+    /// Forwards one frame of a field device's stream to every receiver that wants it. A
+    /// receiver starts on a keyframe; its timestamps continue from what it played before.
+    /// `source`: the WebRTC source's payload parameters, arrival time and capture time
+    /// (external sources have none: the receiver's own H.264 payload type is used).
+    pub(super) fn forward(
+        &mut self,
+        field: &DeviceId,
+        stream: u32,
+        data: &std::sync::Arc<[u8]>,
+        in_t: u64,
+        source: Option<(PayloadParams, Instant, Option<AbsCaptureTime>)>,
+    ) -> Vec<ConnId> {
+        let members: Vec<ConnId> = self
+            .fields
+            .get(field)
+            .map(|fc| {
+                fc.members()
+                    .iter()
+                    .filter_map(|m| self.by_device.get(m).copied())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let codec = source
+            .as_ref()
+            .map_or(VideoCodec::H264, |(p, _, _)| codec_of(p));
+        let keyframe = codec.is_keyframe(data);
+        let want = Some((field.clone(), stream));
+        let passthrough = self
+            .by_device
+            .get(field)
+            .and_then(|c| self.clients.get(c))
+            .and_then(|c| c.peer.as_ref())
+            .and_then(|p| p.sources.get(stream as usize))
+            .is_some_and(|s| !s.keyframe_on_request);
+        let note = passthrough.then_some(PASSTHROUGH_NOTE);
+        let mut written = Vec::new();
+        let mut msgs = Vec::new();
+        for conn in members {
+            let Some(c) = self.clients.get_mut(&conn) else {
+                continue;
+            };
+            let Some(peer) = c.peer.as_mut() else {
+                continue;
+            };
+            for (fd, r) in c.receivers.iter_mut().enumerate() {
+                if r.want != want {
+                    continue;
+                }
+                if let Some((params, _, _)) = &source {
+                    if !takes(peer, fd, *params) {
+                        // The receiver did not negotiate the stream's codec: it fails
+                        // once, with what to do about it.
+                        r.want = None;
+                        r.live = false;
+                        r.backlog.clear();
+                        let why = codec_refused(codec);
+                        let m = stream_state(
+                            fd as u32,
+                            field.clone(),
+                            stream,
+                            StreamState::Failed,
+                            Some(&why),
+                        );
+                        msgs.push((conn, m));
+                        continue;
+                    }
+                }
+                if !r.live {
+                    if !keyframe {
+                        continue;
+                    }
+                    r.live = true;
+                    // Continue one frame interval after the last output, whatever the source.
+                    r.offset = r
+                        .last_out
+                        .map_or(0, |l| l.wrapping_add(3000).wrapping_sub(in_t));
+                    msgs.push((
+                        conn,
+                        stream_state(fd as u32, field.clone(), stream, StreamState::Playing, note),
+                    ));
+                }
+                let out_t = in_t.wrapping_add(r.offset) & 0xFFFF_FFFF_FFFF;
+                r.last_out = Some(out_t);
+                if !r.backlog.is_empty() {
+                    if r.backlog.len() >= 2 * super::gop::MAX_GOP_FRAMES {
+                        // It does not drain (the receiver's writer is gone?): start over
+                        // at the next keyframe rather than grow.
+                        r.backlog.clear();
+                        r.live = false;
+                        continue;
+                    }
+                    if let Some((params, _, _)) = &source {
+                        let f = CachedFrame {
+                            data: data.clone(),
+                            in_t,
+                            params: *params,
+                        };
+                        r.backlog.push_back((f, out_t));
+                    }
+                    continue;
+                }
+                if write_frame(peer, fd, data, out_t, source.as_ref()) && !written.contains(&conn) {
+                    written.push(conn);
+                }
+            }
+        }
+        for (conn, m) in msgs {
+            self.send(conn, m);
+        }
+        written
+    }
+
+    /// Starts receiver `fd` of `conn` at once from the cached frames of a stream whose
+    /// source cannot make keyframes (a camera in passthrough). The cached frames go out
+    /// back to back, one 90 kHz tick apart, so a player shows the newest at once instead
+    /// of replaying the group at its pace; live frames continue after them.
+    pub(super) fn start_from_gop(
+        &mut self,
+        conn: ConnId,
+        fd: usize,
+        field: &DeviceId,
+        stream: u32,
+    ) {
+        let frames: Vec<CachedFrame> = match self
+            .by_device
+            .get(field)
+            .and_then(|f| self.clients.get(f))
+            .and_then(|c| c.peer.as_ref())
+            .and_then(|p| p.sources.get(stream as usize))
+        {
+            Some(src) if !src.keyframe_on_request => src.gop.frames().to_vec(),
+            _ => return,
+        };
+        let Some(last) = frames.last() else {
+            return;
+        };
+        let last_in = last.in_t;
+        let Some(c) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        let (Some(peer), Some(r)) = (c.peer.as_mut(), c.receivers.get_mut(fd)) else {
+            return;
+        };
+        if !takes(peer, fd, last.params) {
+            return; // not this receiver's codec: the next frame fails it
+        }
+        let base = r.last_out.map_or(0, |l| l.wrapping_add(3000));
+        let mut out_t = base;
+        r.backlog.clear();
+        for (i, f) in frames.into_iter().enumerate() {
+            out_t = base.wrapping_add(i as u64) & 0xFFFF_FFFF_FFFF;
+            r.backlog.push_back((f, out_t));
+        }
+        r.live = true;
+        r.last_out = Some(out_t);
+        r.offset = out_t.wrapping_sub(last_in);
+        let m = stream_state(
+            fd as u32,
+            field.clone(),
+            stream,
+            StreamState::Playing,
+            Some(PASSTHROUGH_NOTE),
+        );
+        self.send(conn, m);
+        self.replay_due = Some(Instant::now());
+    }
+
+    /// Writes the next part of every receiver's backlog (see [`Receiver::backlog`]).
+    pub(super) fn drain_backlogs(&mut self) {
+        let now = Instant::now();
+        if self.replay_due.is_none_or(|t| t > now) {
+            return;
+        }
+        self.replay_due = None;
+        for (conn, c) in self.clients.iter_mut() {
+            let Some(peer) = c.peer.as_mut() else {
+                continue;
+            };
+            for (fd, r) in c.receivers.iter_mut().enumerate() {
+                let mut budget = REPLAY_BYTES;
+                while budget > 0 {
+                    let Some((f, out_t)) = r.backlog.pop_front() else {
+                        break;
+                    };
+                    budget = budget.saturating_sub(f.data.len());
+                    write_frame(peer, fd, &f.data, out_t, Some(&(f.params, now, None)));
+                    if !self.dirty.contains(conn) {
+                        self.dirty.push(*conn);
+                    }
+                }
+                if !r.backlog.is_empty() {
+                    self.replay_due = Some(now + REPLAY_EVERY);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The hub: one task that owns every logged-in device, the operation sessions, the
+//! permission state of every field device, and every WebRTC peer connection on the one
+//! UDP socket. Owning all of it in one place means no locks and a total order of events.
+//!
+//! WebSocket tasks talk to it with [`Cmd`]s; it answers and notifies through each client's
+//! bounded outbound queue (a client that cannot keep up is disconnected, never waited on).
+//!
+//! This module holds the task (its tables, its loop, the dispatch of commands) and the
+//! messages to clients; each concern is a module of its own, all working on [`Hub`]:
+//! - `cmd`: the interface ([`Cmd`], [`Outbound`], [`HubHandle`]);
+//! - `sessions`: login presence, operation sessions, permission decisions, audit;
+//! - `receivers`: what each receiver (`conn_fd`) wants and the stream states it is told;
+//! - `forward`: media forwarding, keyframe requests, starts from the cached GOP (`gop`);
+//! - `control`: control-data limits, pacing and delivery;
+//! - `peer`: the str0m peer connections (offers, UDP in, timeouts, polling).
+
+mod cmd;
+mod control;
+mod forward;
+mod gop;
+mod peer;
+mod receivers;
+mod sessions;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use fieldlink_proto::control::LateFilter;
+use fieldlink_proto::{DeviceId, ErrorCode, RateLimiter, ServerMsg};
+
+pub use cmd::{AuditRecord, ClientInfo, Cmd, ConnId, HubHandle, Outbound, CLIENT_QUEUE};
+
+use crate::permission::FieldControl;
+use peer::Peer;
+use receivers::Receiver;
+
+/// Binds nothing itself: takes the bound socket, returns the handle and the task's future.
+pub fn spawn(
+    socket: UdpSocket,
+    candidate_addr: SocketAddr,
+    audit: mpsc::Sender<AuditRecord>,
+) -> (HubHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(1024);
+    let hub = Hub {
+        socket,
+        candidate_addr,
+        next_conn: 1,
+        clients: HashMap::new(),
+        by_device: HashMap::new(),
+        fields: HashMap::new(),
+        by_addr: HashMap::new(),
+        audit,
+        dirty: Vec::new(),
+        keyframe_rescan: None,
+        replay_due: None,
+    };
+    let task = tokio::spawn(hub.run(rx));
+    (HubHandle { tx }, task)
+}
+
+struct Client {
+    info: ClientInfo,
+    out: mpsc::Sender<Outbound>,
+    peer: Option<Peer>,
+    limiter: RateLimiter,
+    /// Reliable control frames over the rate limit, waiting their turn.
+    paced: VecDeque<Vec<u8>>,
+    /// Remote: the field devices it is in session with.
+    sessions: Vec<DeviceId>,
+    /// Qos 0 late-drop filters, per sending device (the server never forwards stale ones).
+    late: HashMap<DeviceId, LateFilter>,
+    /// Last time a warning went out, so a flood of bad messages yields few warnings.
+    last_warning: Option<(ErrorCode, Instant)>,
+    /// Remote: its receivers (`conn_fd` = index).
+    receivers: Vec<Receiver>,
+    /// Field whose video comes from outside WebRTC: its stream count, and the demand
+    /// last told to it.
+    external: Option<(u32, Vec<u32>)>,
+}
+
+struct Hub {
+    socket: UdpSocket,
+    candidate_addr: SocketAddr,
+    next_conn: ConnId,
+    clients: HashMap<ConnId, Client>,
+    by_device: HashMap<DeviceId, ConnId>,
+    fields: HashMap<DeviceId, FieldControl>,
+    by_addr: HashMap<SocketAddr, ConnId>,
+    audit: mpsc::Sender<AuditRecord>,
+    /// Peers written to outside `poll` (e.g. a keyframe request) that must be polled.
+    dirty: Vec<ConnId>,
+    /// When receivers still waiting for a keyframe ask again, if any wait.
+    keyframe_rescan: Option<Instant>,
+    /// When receivers with a backlog write their next part of it, if any have one.
+    replay_due: Option<Instant>,
+}
+
+impl Hub {
+    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let now = Instant::now();
+            let next = self
+                .clients
+                .values()
+                .filter_map(|c| c.peer.as_ref().map(|p| p.next_timeout))
+                .chain(
+                    self.clients
+                        .values()
+                        .filter(|c| !c.paced.is_empty())
+                        .map(|c| c.limiter.next_free(now)),
+                )
+                .chain(self.keyframe_rescan)
+                .chain(self.replay_due)
+                .min()
+                .unwrap_or(now + Duration::from_secs(1))
+                .max(now);
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, source)) => self.on_udp(&buf[..n], source),
+                    Err(e) => tracing::debug!("udp receive: {e}"),
+                },
+                cmd = rx.recv() => match cmd {
+                    Some(Cmd::Shutdown) | None => break,
+                    Some(cmd) => {
+                        // Frames never change demand; everything else may.
+                        let may_change_demand = !matches!(cmd, Cmd::ExternalFrame { .. });
+                        self.on_cmd(cmd);
+                        if may_change_demand {
+                            self.update_demand();
+                        }
+                    }
+                },
+                _ = tokio::time::sleep_until(next.into()) => {}
+            }
+            self.drive_timeouts();
+            self.retry_keyframes();
+            self.drain_backlogs();
+            for conn in std::mem::take(&mut self.dirty) {
+                self.poll(conn);
+            }
+        }
+        for c in self.clients.values() {
+            let _ = c.out.try_send(Outbound::Close(
+                ErrorCode::Disconnected,
+                "server shutting down".into(),
+            ));
+        }
+        tracing::info!("hub stopped");
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Register { info, out, reply } => {
+                let conn = self.register(info, out);
+                let _ = reply.send(conn);
+            }
+            Cmd::Unregister { conn } => self.unregister(conn),
+            Cmd::Watch {
+                conn,
+                req,
+                gwid,
+                stream_ids,
+                conn_fds,
+            } => {
+                let r = self.watch(conn, &gwid, &stream_ids, &conn_fds);
+                self.reply(conn, req, r);
+            }
+            Cmd::Unwatch {
+                conn,
+                req,
+                conn_fds,
+            } => {
+                let r = self.unwatch(conn, conn_fds.as_deref());
+                self.reply(conn, req, r);
+            }
+            Cmd::Offer {
+                conn,
+                req,
+                sdp,
+                video_mids,
+            } => {
+                let msg = match self.accept_offer(conn, &sdp, &video_mids) {
+                    Ok(sdp) => ServerMsg::Answer { req, sdp },
+                    Err((code, why)) => ServerMsg::error(req, code, why),
+                };
+                self.send(conn, msg);
+            }
+            Cmd::Connect { conn, req, gwid } => {
+                let r = self.connect(conn, &gwid);
+                self.reply(conn, req, r);
+            }
+            Cmd::Disconnect { conn, req, gwid } => {
+                let r = self.disconnect(conn, &gwid);
+                self.reply(conn, req, r);
+            }
+            Cmd::RequestPermission {
+                conn,
+                req,
+                gwid,
+                level,
+            } => {
+                let r = self.request_permission(conn, &gwid, level);
+                self.reply(conn, req, r);
+            }
+            Cmd::SetPermission {
+                conn,
+                req,
+                remote,
+                level,
+            } => {
+                let r = self.set_permission(conn, &remote, level);
+                self.reply(conn, req, r);
+            }
+            Cmd::External { conn, streams } => {
+                let device = self.clients.get_mut(&conn).map(|c| {
+                    c.external = Some((streams, Vec::new()));
+                    c.info.device.clone()
+                });
+                if let Some(d) = device {
+                    self.field_video_ready(&d);
+                }
+            }
+            Cmd::ExternalFailed {
+                conn,
+                stream,
+                reason,
+            } => {
+                if let Some(field) = self.clients.get(&conn).map(|c| c.info.device.clone()) {
+                    self.fail_stream(&field, stream, &reason);
+                }
+            }
+            Cmd::ExternalFrame {
+                conn,
+                stream,
+                data,
+                rtp_time,
+            } => {
+                let field = self
+                    .clients
+                    .get(&conn)
+                    .filter(|c| c.external.as_ref().is_some_and(|(n, _)| stream < *n))
+                    .map(|c| c.info.device.clone());
+                if let Some(field) = field {
+                    let written = self.forward(&field, stream, &data.into(), rtp_time, None);
+                    for c in written {
+                        if !self.dirty.contains(&c) {
+                            self.dirty.push(c);
+                        }
+                    }
+                }
+            }
+            Cmd::SourceState {
+                conn,
+                req,
+                stream,
+                ok,
+                reason,
+                keyframe_on_request,
+            } => {
+                let r = self.source_state(conn, stream, ok, reason, keyframe_on_request);
+                self.reply(conn, req, r);
+            }
+            Cmd::Shutdown => {}
+            Cmd::Online { project, reply } => {
+                let online = self
+                    .by_device
+                    .keys()
+                    .filter(|d| d.project == project)
+                    .map(|d| {
+                        let n = self.stream_count(d).unwrap_or(0);
+                        (d.device.clone(), u32::try_from(n).unwrap_or(u32::MAX))
+                    })
+                    .collect();
+                let _ = reply.send(online);
+            }
+        }
+    }
+
+    fn reply(&mut self, conn: ConnId, req: Option<u64>, r: Result<(), ErrorCode>) {
+        let msg = match r {
+            Ok(()) => ServerMsg::Ok { req },
+            Err(code) => ServerMsg::error(req, code, code.describe()),
+        };
+        self.send(conn, msg);
+    }
+
+    fn send_to_device(&mut self, device: &DeviceId, msg: ServerMsg) {
+        if let Some(conn) = self.by_device.get(device).copied() {
+            self.send(conn, msg);
+        }
+    }
+
+    /// Queues a message; a client whose queue is full is disconnected.
+    fn send(&mut self, conn: ConnId, msg: ServerMsg) {
+        let Some(c) = self.clients.get(&conn) else {
+            return;
+        };
+        if c.out.try_send(Outbound::Msg(msg)).is_err() {
+            tracing::warn!(device = %c.info.device, "signalling queue full or closed: disconnecting");
+            let _ = c.out.try_send(Outbound::Close(
+                ErrorCode::Congested,
+                "signalling queue overflow".into(),
+            ));
+            self.unregister(conn);
+        }
+    }
+
+    /// A warning about something the client sent; at most one per code per second.
+    fn warn(&mut self, conn: ConnId, code: ErrorCode, message: String) {
+        let now = Instant::now();
+        let Some(c) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        if let Some((last_code, at)) = c.last_warning {
+            if last_code == code && now.duration_since(at) < Duration::from_secs(1) {
+                return;
+            }
+        }
+        c.last_warning = Some((code, now));
+        let _ = c
+            .out
+            .try_send(Outbound::Msg(ServerMsg::warning(code, message)));
+    }
+}

@@ -1,0 +1,321 @@
+//! The WebRTC side: one str0m peer connection per device on the hub's one UDP socket
+//! (ICE-lite). Accepting offers, routing each datagram to the peer that accepts it,
+//! serving timeouts, and polling peers with the shared driving loop
+//! ([`fieldlink_rtc::drive`]), then handing their events to `control`, `forward` and
+//! `receivers`. Owns the peers; decides nothing about sessions or routing.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+use fieldlink_rtc::{Ended, Polled};
+
+use str0m::change::SdpOffer;
+use str0m::channel::ChannelId;
+use str0m::media::{MediaData, Mid};
+use str0m::rtp::Extension;
+use str0m::{Candidate, Event, IceConnectionState, Input, Rtc};
+
+use fieldlink_proto::{DeviceId, ErrorCode, Qos, Role};
+
+use super::control::{flush_reliable, LOSSY_BUFFER_LIMIT};
+use super::gop::SourceInfo;
+use super::receivers::Receiver;
+use super::{ConnId, Hub};
+
+/// Most video m-lines (streams or receivers) of one peer connection.
+const MAX_VIDEO_MLINES: usize = 64;
+
+pub(super) struct Peer {
+    pub(super) rtc: Rtc,
+    /// Video m-lines by index: a field's stream ids, or a remote's conn_fds.
+    pub(super) video_mids: Vec<Mid>,
+    /// Field: per stream, when a keyframe was asked for and none has come since.
+    pub(super) keyframe_asked: Vec<Option<Instant>>,
+    /// Field: per stream, its source's state (and last group of pictures, if kept).
+    pub(super) sources: Vec<SourceInfo>,
+    pub(super) channels: [Option<ChannelId>; 2],
+    pub(super) pending_reliable: VecDeque<Vec<u8>>,
+    pub(super) next_timeout: Instant,
+}
+
+pub(super) enum PeerEvent {
+    Open(ChannelId, String),
+    Data(ChannelId, Vec<u8>),
+    Media(Box<MediaData>),
+    /// A remote's receiver asks for a keyframe.
+    Keyframe(Mid),
+    Dead(&'static str),
+}
+
+impl Peer {
+    /// Writes queued reliable control messages while the SCTP buffer takes them.
+    pub(super) fn flush_reliable(&mut self) {
+        let reliable = self.channels[Qos::Reliable as usize];
+        flush_reliable(&mut self.rtc, reliable, &mut self.pending_reliable);
+    }
+}
+
+impl Hub {
+    pub(super) fn accept_offer(
+        &mut self,
+        conn: ConnId,
+        sdp: &str,
+        video_mids: &[String],
+    ) -> Result<String, (ErrorCode, String)> {
+        if video_mids.len() > MAX_VIDEO_MLINES {
+            return Err((
+                ErrorCode::BadRequest,
+                format!("at most {MAX_VIDEO_MLINES} video streams"),
+            ));
+        }
+        let client = self
+            .clients
+            .get_mut(&conn)
+            .ok_or((ErrorCode::NotLoggedIn, "not logged in".to_string()))?;
+        let offer = SdpOffer::from_sdp_string(sdp)
+            .map_err(|e| (ErrorCode::BadRequest, format!("bad SDP offer: {e}")))?;
+        let now = Instant::now();
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .clear_codecs()
+            .enable_h264(true)
+            // H.265 reaches remotes that negotiate it (cameras in passthrough).
+            .enable_h265(true)
+            .set_extension(
+                fieldlink_rtc::EXT_ABS_CAPTURE_TIME,
+                Extension::AbsoluteCaptureTime,
+            )
+            .build(now);
+        let cand = Candidate::host(self.candidate_addr, "udp")
+            .map_err(|e| (ErrorCode::Internal, format!("candidate: {e}")))?;
+        rtc.add_local_candidate(cand);
+        let answer = catch_unwind(AssertUnwindSafe(|| rtc.sdp_api().accept_offer(offer)))
+            .map_err(|_| {
+                (
+                    ErrorCode::BadRequest,
+                    "SDP offer could not be handled".to_string(),
+                )
+            })?
+            .map_err(|e| (ErrorCode::BadRequest, format!("SDP offer refused: {e}")))?;
+        // A new offer replaces the previous peer connection (media reconnect).
+        let mids: Vec<Mid> = video_mids.iter().map(|m| Mid::from(m.as_str())).collect();
+        let (packets, age) = fieldlink_media::RTX_CACHE;
+        for mid in &mids {
+            if let Some(tx) = rtc.direct_api().stream_tx_by_mid(*mid, None) {
+                tx.set_rtx_cache(packets, age, Some(fieldlink_media::RTX_RATIO_CAP));
+            }
+        }
+        client.peer = Some(Peer {
+            rtc,
+            keyframe_asked: vec![None; mids.len()],
+            sources: mids.iter().map(|_| SourceInfo::default()).collect(),
+            video_mids: mids,
+            channels: [None, None],
+            pending_reliable: VecDeque::new(),
+            next_timeout: now,
+        });
+        self.by_addr.retain(|_, c| *c != conn);
+        let n = video_mids.len();
+        match client.info.role {
+            Role::Remote => {
+                // A new peer connection starts every receiver on a keyframe again.
+                client.receivers.resize(n, Receiver::default());
+                for r in &mut client.receivers {
+                    r.live = false;
+                    r.backlog.clear();
+                }
+                let wanted: Vec<(DeviceId, u32)> = client
+                    .receivers
+                    .iter()
+                    .filter_map(|r| r.want.clone())
+                    .collect();
+                for (f, s) in wanted {
+                    self.ask_keyframe(&f, s);
+                }
+            }
+            Role::Field => {
+                let device = client.info.device.clone();
+                self.field_video_ready(&device);
+            }
+        }
+        Ok(answer.to_sdp_string())
+    }
+
+    pub(super) fn on_udp(&mut self, data: &[u8], source: SocketAddr) {
+        let Some(input) =
+            fieldlink_rtc::udp_input(Instant::now(), data, source, self.candidate_addr)
+        else {
+            return;
+        };
+        let conn = match self.by_addr.get(&source) {
+            Some(c) if self.peer_accepts(*c, &input) => Some(*c),
+            _ => {
+                let found = self
+                    .clients
+                    .iter()
+                    .find(|(_, c)| c.peer.as_ref().is_some_and(|p| p.rtc.accepts(&input)))
+                    .map(|(id, _)| *id);
+                if let Some(c) = found {
+                    self.by_addr.insert(source, c);
+                }
+                found
+            }
+        };
+        let Some(conn) = conn else {
+            return;
+        };
+        if let Some(peer) = self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) {
+            fieldlink_rtc::handle_input(&mut peer.rtc, input);
+        }
+        self.poll(conn);
+    }
+
+    pub(super) fn peer_accepts(&self, conn: ConnId, input: &Input) -> bool {
+        self.clients
+            .get(&conn)
+            .and_then(|c| c.peer.as_ref())
+            .is_some_and(|p| p.rtc.accepts(input))
+    }
+
+    pub(super) fn drive_timeouts(&mut self) {
+        let now = Instant::now();
+        for conn in self.drive_paced(now) {
+            self.poll(conn);
+        }
+        let due: Vec<ConnId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.peer.as_ref().is_some_and(|p| p.next_timeout <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in due {
+            if let Some(peer) = self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) {
+                fieldlink_rtc::handle_input(&mut peer.rtc, Input::Timeout(now));
+            }
+            self.poll(conn);
+        }
+    }
+
+    /// Drains one peer's output: sends datagrams, then handles its events (which may write
+    /// to other peers, which are then polled in turn).
+    pub(super) fn poll(&mut self, first: ConnId) {
+        let mut todo = vec![first];
+        let mut rounds = 0;
+        while let Some(conn) = todo.pop() {
+            rounds += 1;
+            if rounds > 10_000 {
+                tracing::error!("poll loop did not settle");
+                break;
+            }
+            let events = self.poll_one(conn);
+            for ev in events {
+                match ev {
+                    PeerEvent::Open(cid, label) => {
+                        if let Some(peer) =
+                            self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut())
+                        {
+                            if let Some(q) = Qos::from_label(&label) {
+                                peer.channels[q as usize] = Some(cid);
+                            }
+                        }
+                    }
+                    PeerEvent::Data(cid, data) => {
+                        let qos = self
+                            .clients
+                            .get(&conn)
+                            .and_then(|c| c.peer.as_ref())
+                            .and_then(|p| p.channels.iter().position(|c| *c == Some(cid)));
+                        let Some(qos) =
+                            qos.map(|i| if i == 0 { Qos::Lossy } else { Qos::Reliable })
+                        else {
+                            continue;
+                        };
+                        for target in self.on_control(conn, qos, data) {
+                            if !todo.contains(&target) {
+                                todo.push(target);
+                            }
+                        }
+                    }
+                    PeerEvent::Media(d) => {
+                        for target in self.on_media(conn, d) {
+                            if !todo.contains(&target) {
+                                todo.push(target);
+                            }
+                        }
+                    }
+                    PeerEvent::Keyframe(mid) => {
+                        let want = self.clients.get(&conn).and_then(|c| {
+                            let fd = c.peer.as_ref()?.video_mids.iter().position(|m| *m == mid)?;
+                            c.receivers.get(fd)?.want.clone()
+                        });
+                        if let Some((f, s)) = want {
+                            self.ask_keyframe(&f, s);
+                        }
+                    }
+                    PeerEvent::Dead(why) => {
+                        if let Some(c) = self.clients.get_mut(&conn) {
+                            tracing::info!(device = %c.info.device, why, "media connection closed");
+                            c.peer = None;
+                        }
+                        self.by_addr.retain(|_, c| *c != conn);
+                        self.warn(
+                            conn,
+                            ErrorCode::MediaNotReady,
+                            format!("media connection closed: {why}"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the shared driving loop on one peer: datagrams out on the hub's socket, the
+    /// events this hub acts on collected for [`Hub::poll`].
+    pub(super) fn poll_one(&mut self, conn: ConnId) -> Vec<PeerEvent> {
+        let mut events = Vec::new();
+        let socket = &self.socket;
+        let Some(peer) = self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) else {
+            return events;
+        };
+        peer.flush_reliable();
+        let reliable = peer.channels[Qos::Reliable as usize];
+        let pending = &mut peer.pending_reliable;
+        let polled = fieldlink_rtc::drive(
+            &mut peer.rtc,
+            // UDP: a full socket buffer means loss, which WebRTC repairs or tolerates.
+            |t| {
+                let _ = socket.try_send_to(&t.contents, t.destination);
+            },
+            |rtc, e| {
+                match e {
+                    Event::ChannelOpen(cid, label) => {
+                        if let Some(mut ch) = rtc.channel(cid) {
+                            ch.set_buffered_amount_low_threshold(LOSSY_BUFFER_LIMIT / 2);
+                        }
+                        events.push(PeerEvent::Open(cid, label));
+                    }
+                    Event::ChannelData(d) => events.push(PeerEvent::Data(d.id, d.data)),
+                    Event::MediaData(d) => events.push(PeerEvent::Media(Box::new(d))),
+                    Event::KeyframeRequest(r) => events.push(PeerEvent::Keyframe(r.mid)),
+                    Event::ChannelBufferedAmountLow(_) => flush_reliable(rtc, reliable, pending),
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        rtc.disconnect();
+                    }
+                    _ => {}
+                }
+                ControlFlow::Continue(())
+            },
+        );
+        match polled {
+            Polled::Timeout(t) => peer.next_timeout = t,
+            Polled::Stopped => {}
+            Polled::Ended(Ended::Closed) => events.push(PeerEvent::Dead("peer connection ended")),
+            Polled::Ended(Ended::Error(_)) => events.push(PeerEvent::Dead("WebRTC error")),
+            Polled::Ended(Ended::Panic) => events.push(PeerEvent::Dead("WebRTC panic")),
+        }
+        events
+    }
+}
