@@ -202,6 +202,16 @@ mod tests {
             .any(|e| matches!(e, Event::ChannelOpen(_, l) if l == "t"))
     }
 
+    fn channel_id(s: &Side) -> str0m::channel::ChannelId {
+        s.events
+            .iter()
+            .find_map(|e| match e {
+                Event::ChannelOpen(id, _) => Some(*id),
+                _ => None,
+            })
+            .expect("channel id")
+    }
+
     fn connected() -> (Side, Side) {
         let (mut l, mut r) = (side(40001, false), side(40002, true));
         let mut api = l.rtc.sdp_api();
@@ -221,14 +231,7 @@ mod tests {
     #[test]
     fn two_peers_connect_and_exchange_data_through_the_loop() {
         let (mut l, mut r) = connected();
-        let cid = l
-            .events
-            .iter()
-            .find_map(|e| match e {
-                Event::ChannelOpen(id, _) => Some(*id),
-                _ => None,
-            })
-            .expect("channel id");
+        let cid = channel_id(&l);
         let mut ch = l.rtc.channel(cid).expect("channel");
         ch.write(true, b"hello").expect("write");
         let got = |r: &Side| {
@@ -249,14 +252,7 @@ mod tests {
     #[test]
     fn a_break_stops_at_the_event_and_a_disconnect_ends() {
         let (mut l, mut r) = connected();
-        let cid = l
-            .events
-            .iter()
-            .find_map(|e| match e {
-                Event::ChannelOpen(id, _) => Some(*id),
-                _ => None,
-            })
-            .expect("channel id");
+        let cid = channel_id(&l);
         l.rtc
             .channel(cid)
             .expect("channel")

@@ -1,12 +1,12 @@
 //! The field device's handle (the machine on site): publishes its streams, sends control
 //! data to every remote in session, decides permission requests.
 
-use crate::{Cmd, DeviceConfig, DeviceId, Events, Handle, Permission, Qos, Result, Role};
-use crate::{ErrorCode, SdkError, VideoSource};
-
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+
+use crate::{Cmd, DeviceConfig, DeviceId, Events, Handle, Permission, Qos, Result, Role};
+use crate::{ErrorCode, SdkError, VideoSource};
 
 /// A field device: publishes, receives control data, decides permission.
 pub struct FieldDevice {

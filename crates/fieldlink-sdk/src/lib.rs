@@ -1,6 +1,7 @@
 //! fieldlink device SDK: a [`FieldDevice`] (the machine on site) or a [`RemoteDevice`] (an
 //! operator console) logged in to a fieldlink server over WebSocket signalling, with one
-//! WebRTC peer connection carrying control data on two data channels (qos 0 and qos 1).
+//! WebRTC peer connection carrying video (a field device's streams, a remote's receivers)
+//! and control data on two data channels (qos 0 and qos 1).
 //!
 //! Each handle comes with one [`Events`] stream. The connection is kept up by a background
 //! task: a dropped signalling or media connection is re-established without the

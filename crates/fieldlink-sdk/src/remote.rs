@@ -2,10 +2,10 @@
 //! receivers (`conn_fd`s) and windows, permission requests, control data to the field
 //! device it is master of.
 
+use tokio::sync::oneshot;
+
 use crate::{record, ErrorCode, FieldInfo, Receiver, SdkError};
 use crate::{Cmd, DeviceConfig, DeviceId, Events, Handle, Permission, Qos, Result, Role};
-
-use tokio::sync::oneshot;
 
 /// A remote device: opens sessions with field devices, asks for control, sends control data.
 pub struct RemoteDevice {

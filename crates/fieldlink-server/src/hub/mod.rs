@@ -62,6 +62,8 @@ pub fn spawn(
     (HubHandle { tx }, task)
 }
 
+/// One logged-in device (a WebSocket login, or an external source such as a GB28181
+/// camera) and everything the hub keeps for it.
 struct Client {
     info: ClientInfo,
     out: mpsc::Sender<Outbound>,
@@ -82,6 +84,7 @@ struct Client {
     external: Option<(u32, Vec<u32>)>,
 }
 
+/// The task's state: every table the modules of the hub work on.
 struct Hub {
     socket: UdpSocket,
     candidate_addr: SocketAddr,

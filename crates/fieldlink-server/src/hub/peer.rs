@@ -10,8 +10,6 @@ use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
-use fieldlink_rtc::{Ended, Polled};
-
 use str0m::change::SdpOffer;
 use str0m::channel::ChannelId;
 use str0m::media::{MediaData, Mid};
@@ -19,6 +17,7 @@ use str0m::rtp::Extension;
 use str0m::{Candidate, Event, IceConnectionState, Input, Rtc};
 
 use fieldlink_proto::{DeviceId, ErrorCode, Qos, Role};
+use fieldlink_rtc::{Ended, Polled};
 
 use super::control::{flush_reliable, LOSSY_BUFFER_LIMIT};
 use super::gop::SourceInfo;
@@ -28,6 +27,7 @@ use super::{ConnId, Hub};
 /// Most video m-lines (streams or receivers) of one peer connection.
 const MAX_VIDEO_MLINES: usize = 64;
 
+/// One device's WebRTC peer connection, with what the hub keeps beside it.
 pub(super) struct Peer {
     pub(super) rtc: Rtc,
     /// Video m-lines by index: a field's stream ids, or a remote's conn_fds.
@@ -41,6 +41,7 @@ pub(super) struct Peer {
     pub(super) next_timeout: Instant,
 }
 
+/// What polling one peer hands back to the hub, to act on once the peer is released.
 pub(super) enum PeerEvent {
     Open(ChannelId, String),
     Data(ChannelId, Vec<u8>),
