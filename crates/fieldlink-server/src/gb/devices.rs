@@ -25,6 +25,7 @@ pub(super) const CATALOG_QUIET: Duration = Duration::from_secs(3);
 /// Channels per device, at most.
 pub(super) const MAX_CHANNELS: usize = 256;
 
+/// One GB28181 device as the SIP task keeps it.
 #[derive(Default)]
 pub(super) struct GbDevice {
     pub(super) addr: Option<SocketAddr>,
