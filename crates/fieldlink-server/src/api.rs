@@ -112,6 +112,7 @@ impl FromRequestParts<Arc<AppState>> for Admin {
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/v1/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/api/v1/projects", get(list_projects).post(create_project))
         .route(
             "/api/v1/projects/{p}",
@@ -151,6 +152,29 @@ pub fn router() -> Router<Arc<AppState>> {
 
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// Prometheus scrape (OpenMetrics text): counters from the tasks, gauges from a snapshot
+/// of the hub and the GB28181 platform taken now. Prometheus sends the admin token with
+/// `authorization: {credentials: ...}` in its scrape config.
+async fn metrics(_: Admin, State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let hub = st
+        .hub
+        .snapshot()
+        .await
+        .map_err(|c| ApiError::new(c, "the hub is not running"))?;
+    let gb_online = st.gb.as_ref().map_or(0, |g| {
+        g.devices().iter().filter(|d| d.online).count() as u64
+    });
+    let body = st.metrics.render(&hub, gb_online);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
 }
 
 fn check_security(s: &Security) -> Result<(), ApiError> {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod gb;
 pub mod hub;
 pub mod login;
+pub mod metrics;
 pub mod permission;
 pub mod store;
 pub mod web;
@@ -34,6 +35,7 @@ pub struct AppState {
     pub gb: Option<gb::GbHandle>,
     pub throttles: Mutex<Throttles>,
     pub admin_token: String,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,14 +132,15 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             }
         }
     });
-    let (hub, hub_task) = hub::spawn(udp, candidate, audit_tx);
+    let metrics = Arc::new(metrics::Metrics::new());
+    let (hub, hub_task) = hub::spawn(udp, candidate, audit_tx, metrics.clone());
     let hub_stop = hub.clone();
     let gb_hub = hub.clone();
     let gb_store = store.clone();
 
     let (sip_addr, gb) = match config.gb28181.sip_listen {
         Some(a) => {
-            let (addr, handle) = gb::start(&config.gb28181, a, gb_hub, gb_store)
+            let (addr, handle) = gb::start(&config.gb28181, a, gb_hub, gb_store, metrics.clone())
                 .await
                 .map_err(|source| ServerError::Bind {
                     what: "GB28181 SIP",
@@ -160,6 +163,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         gb,
         throttles: Throttles::new(&config.login),
         admin_token: admin_token.clone(),
+        metrics,
     });
     let app = api::router()
         .merge(web::router())

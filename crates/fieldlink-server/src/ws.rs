@@ -91,6 +91,7 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, addr: SocketAddr) {
     {
         Ok(p) => p,
         Err(r) => {
+            state.metrics.login_refused(r.code);
             let msg = ServerMsg::Error {
                 req,
                 code: r.code,

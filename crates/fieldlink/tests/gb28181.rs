@@ -190,6 +190,18 @@ async fn camera_plays(mode: &str, then_offline: bool) {
             seen[f.conn_fd as usize] += 1;
         }
     }
+    // /metrics: the camera online, both INVITEs sent and accepted, its frames forwarded.
+    let m = common::metrics::scrape(&s);
+    let value = |name: &str, labels: &[(&str, &str)]| common::metrics::value(&m, name, labels);
+    assert_eq!(value("fieldlink_gb28181_devices_online", &[]), 1.0);
+    for outcome in ["sent", "accepted"] {
+        assert_eq!(
+            value("fieldlink_gb28181_invites_total", &[("outcome", outcome)]),
+            2.0,
+            "INVITEs {outcome}"
+        );
+    }
+    assert!(value("fieldlink_video_frames_forwarded_total", &[]) >= 20.0);
     // PTZ from the admin API, and from the master remote as control data: the camera gets
     // DeviceControl with the GB28181 PTZCmd for the right channel.
     let (code, body) = s.api(

@@ -245,7 +245,7 @@ async fn transcoding_gives_the_configured_size_and_bitrate_from_h264_and_mjpeg()
 /// itself, and the device's other stream plays throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_camera_that_is_missing_or_goes_away_is_reported_and_plays_when_back() {
-    use fieldlink_sdk::video::{TestPattern, TestPatternConfig};
+    use fieldlink_sdk::video::TestPattern;
     let s = TestServer::start();
     s.standard();
     let port = free_port();
@@ -253,14 +253,7 @@ async fn a_camera_that_is_missing_or_goes_away_is_reported_and_plays_when_back()
     let (f, mut fe) = field(&s, 2).await;
     f.start_video(0, Passthrough::start(&rtsp(url.clone()), 25.0).unwrap())
         .unwrap();
-    let small = TestPatternConfig {
-        width: 160,
-        height: 96,
-        fps: 25.0,
-        kbps: 200,
-        gop: 50,
-    };
-    f.start_video(1, TestPattern::new(1, small).unwrap())
+    f.start_video(1, TestPattern::new(1, SMALL_PATTERN).unwrap())
         .unwrap();
     let (r, mut re) = remote(&s, "p/r1", 2, false, false).await;
     r.connect_streams(&id("p/f"), &[0, 1], &[0, 1])

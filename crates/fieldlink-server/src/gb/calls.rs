@@ -13,6 +13,7 @@ use tokio::net::UdpSocket;
 
 use super::media::{receive, MediaIn};
 use super::sip::Sip;
+use crate::metrics::InviteOutcome;
 
 /// One live channel: the dialog and the task receiving its media.
 pub(super) struct Call {
@@ -118,6 +119,7 @@ impl Sip {
         );
         self.send_request(&r, addr).await;
         tracing::info!(device = %id, channel = %channel, port, ssrc, "GB28181 INVITE");
+        self.metrics.invite(InviteOutcome::Sent);
         let receiver = tokio::spawn(receive(
             media,
             self.hub.clone(),
@@ -143,7 +145,9 @@ impl Sip {
 
     /// Responses to our requests: INVITE 200 gets its ACK; a refused INVITE ends the call.
     pub(super) async fn on_response(&mut self, msg: &Message, code: u16, from: SocketAddr) {
-        self.transactions.answered(msg);
+        if self.transactions.answered(msg) {
+            self.metrics.sip_answered.inc();
+        }
         if msg.cseq().map(|(_, m)| m) != Some("INVITE") {
             return;
         }
@@ -158,6 +162,9 @@ impl Sip {
             return;
         };
         if (200..300).contains(&code) {
+            if call.dialog.remote_tag.is_none() {
+                self.metrics.invite(InviteOutcome::Accepted); // not its retransmissions
+            }
             call.dialog.remote_tag = msg.header("to").and_then(sip::tag).map(str::to_string);
             if let Some(dial) = call.dial.take() {
                 let answer = sdp::media(&String::from_utf8_lossy(&msg.body));
@@ -169,6 +176,7 @@ impl Sip {
             self.send(&ack, from).await;
         } else if code >= 300 {
             tracing::warn!(device = %id, channel = ch, code, "GB28181 INVITE refused");
+            self.metrics.invite(InviteOutcome::Refused);
             self.forget_call(call_id);
         }
     }

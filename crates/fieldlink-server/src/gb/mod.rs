@@ -149,6 +149,7 @@ pub async fn start(
     addr: SocketAddr,
     hub: HubHandle,
     store: Store,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) -> std::io::Result<(SocketAddr, GbHandle)> {
     let socket = UdpSocket::bind(addr).await?;
     let local = socket.local_addr()?;
@@ -204,6 +205,7 @@ pub async fn start(
         media_ip,
         mode,
         hub,
+        metrics,
         store,
         tx,
         devices: HashMap::new(),

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use super::devices::{GbDevice, CATALOG_QUIET, MAX_CHANNELS};
 use super::{Event, Status};
 use crate::hub::{Cmd, HubHandle};
+use crate::metrics::{InviteOutcome, Metrics};
 use crate::store::Store;
 
 /// An empty catalog is asked for again after this.
@@ -36,6 +37,7 @@ pub(super) struct Sip {
     pub(super) media_ip: IpAddr,
     pub(super) mode: MediaMode,
     pub(super) hub: HubHandle,
+    pub(super) metrics: std::sync::Arc<Metrics>,
     pub(super) store: Store,
     pub(super) tx: mpsc::Sender<Event>,
     pub(super) devices: HashMap<GbId, GbDevice>,
@@ -337,7 +339,9 @@ impl Sip {
         }
         for key in dead {
             tracing::warn!(call_id = %key.call_id, method = %key.method, "GB28181 request not answered; given up");
+            self.metrics.sip_given_up.inc();
             if key.method == "INVITE" {
+                self.metrics.invite(InviteOutcome::Unanswered);
                 self.forget_call(&key.call_id);
             }
         }

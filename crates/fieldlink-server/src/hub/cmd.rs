@@ -123,6 +123,10 @@ pub enum Cmd {
     },
     /// Close every connection and stop (server shutdown).
     Shutdown,
+    /// The live state `/metrics` shows.
+    Snapshot {
+        reply: oneshot::Sender<crate::metrics::HubSnapshot>,
+    },
     /// The online devices of a project (`device` part of the id), each with its stream
     /// count (0 for remotes and for fields whose media is not set up yet).
     Online {
@@ -149,6 +153,12 @@ impl HubHandle {
     ) -> Result<ConnId, ErrorCode> {
         let (reply, rx) = oneshot::channel();
         self.send(Cmd::Register { info, out, reply }).await?;
+        rx.await.map_err(|_| ErrorCode::Internal)
+    }
+
+    pub async fn snapshot(&self) -> Result<crate::metrics::HubSnapshot, ErrorCode> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Cmd::Snapshot { reply }).await?;
         rx.await.map_err(|_| ErrorCode::Internal)
     }
 

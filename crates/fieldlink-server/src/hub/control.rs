@@ -14,6 +14,7 @@ use str0m::Rtc;
 use fieldlink_proto::{ControlFrame, DeviceId, ErrorCode, Qos, Role, ServerMsg};
 
 use super::{ConnId, Hub, Outbound};
+use crate::metrics::ControlOutcome;
 
 /// Reliable control messages waiting for one receiver's SCTP buffer.
 const MAX_PENDING_RELIABLE: usize = 1024;
@@ -33,6 +34,7 @@ impl Hub {
     pub(super) fn on_control(&mut self, from: ConnId, qos: Qos, data: Vec<u8>) -> Vec<ConnId> {
         let now = Instant::now();
         if let Err(e) = ControlFrame::decode(&data) {
+            self.metrics.control(qos, ControlOutcome::Refused);
             self.warn(from, e.code(), format!("control data refused: {e}"));
             return Vec::new();
         }
@@ -44,11 +46,13 @@ impl Hub {
             Qos::Reliable if sender.paced.is_empty() && sender.limiter.try_acquire(now) => true,
             Qos::Reliable if sender.paced.len() < MAX_PACED => {
                 sender.paced.push_back(data);
+                self.metrics.control(qos, ControlOutcome::Paced);
                 return Vec::new();
             }
             Qos::Reliable => false,
         };
         if !admitted {
+            self.metrics.control(qos, ControlOutcome::RateLimited);
             self.warn(
                 from,
                 ErrorCode::RateLimited,
@@ -117,6 +121,7 @@ impl Hub {
                 .unwrap_or_default(),
             Role::Remote => {
                 let Ok(gwid) = frame.peer.parse::<DeviceId>() else {
+                    self.metrics.control(qos, ControlOutcome::Refused);
                     self.warn(
                         from,
                         ErrorCode::BadRequest,
@@ -140,6 +145,7 @@ impl Hub {
                 match check {
                     Ok(c) => vec![c],
                     Err(code) => {
+                        self.metrics.control(qos, ControlOutcome::Refused);
                         self.warn(
                             from,
                             code,
@@ -164,6 +170,7 @@ impl Hub {
                     from: me.clone(),
                     payload: frame.payload.to_vec(),
                 });
+                self.metrics.control(qos, ControlOutcome::Forwarded);
                 continue;
             }
             let Some(peer) = target.peer.as_mut() else {
@@ -178,6 +185,9 @@ impl Hub {
                         // Congested: drop rather than deliver late.
                         if ch.buffered_amount() <= LOSSY_BUFFER_LIMIT {
                             let _ = ch.write(true, &fwd);
+                            self.metrics.control(qos, ControlOutcome::Forwarded);
+                        } else {
+                            self.metrics.control(qos, ControlOutcome::Congested);
                         }
                     }
                 }
@@ -188,10 +198,12 @@ impl Hub {
                             ErrorCode::Congested,
                             "reliable control data dropped: receiver queue full",
                         )));
+                        self.metrics.control(qos, ControlOutcome::Congested);
                         continue;
                     }
                     peer.pending_reliable.push_back(fwd.clone());
                     peer.flush_reliable();
+                    self.metrics.control(qos, ControlOutcome::Forwarded);
                 }
             }
             written.push(t);

@@ -171,6 +171,7 @@ impl Hub {
         if let Some(mut w) = peer.rtc.writer(mid) {
             if w.request_keyframe(None, KeyframeRequestKind::Pli).is_ok() {
                 *asked = Some(now);
+                self.metrics.keyframe_requests.inc();
                 if !self.dirty.contains(&conn) {
                     self.dirty.push(conn);
                 }
@@ -321,8 +322,12 @@ impl Hub {
                     }
                     continue;
                 }
-                if write_frame(peer, fd, data, out_t, source.as_ref()) && !written.contains(&conn) {
-                    written.push(conn);
+                if write_frame(peer, fd, data, out_t, source.as_ref()) {
+                    self.metrics.frames_forwarded.inc();
+                    self.metrics.bytes_forwarded.inc_by(data.len() as u64);
+                    if !written.contains(&conn) {
+                        written.push(conn);
+                    }
                 }
             }
         }
@@ -405,7 +410,10 @@ impl Hub {
                         break;
                     };
                     budget = budget.saturating_sub(f.data.len());
-                    write_frame(peer, fd, &f.data, out_t, Some(&(f.params, now, None)));
+                    if write_frame(peer, fd, &f.data, out_t, Some(&(f.params, now, None))) {
+                        self.metrics.frames_forwarded.inc();
+                        self.metrics.bytes_forwarded.inc_by(f.data.len() as u64);
+                    }
                     if !self.dirty.contains(conn) {
                         self.dirty.push(*conn);
                     }

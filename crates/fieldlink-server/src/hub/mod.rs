@@ -24,6 +24,7 @@ mod sessions;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
@@ -34,6 +35,7 @@ use fieldlink_proto::{DeviceId, ErrorCode, RateLimiter, ServerMsg};
 
 pub use cmd::{AuditRecord, ClientInfo, Cmd, ConnId, HubHandle, Outbound, CLIENT_QUEUE};
 
+use crate::metrics::{HubSnapshot, Metrics};
 use crate::permission::FieldControl;
 use peer::Peer;
 use receivers::Receiver;
@@ -43,6 +45,7 @@ pub fn spawn(
     socket: UdpSocket,
     candidate_addr: SocketAddr,
     audit: mpsc::Sender<AuditRecord>,
+    metrics: Arc<Metrics>,
 ) -> (HubHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(1024);
     let hub = Hub {
@@ -54,6 +57,7 @@ pub fn spawn(
         fields: HashMap::new(),
         by_addr: HashMap::new(),
         audit,
+        metrics,
         dirty: Vec::new(),
         keyframe_rescan: None,
         replay_due: None,
@@ -94,6 +98,7 @@ struct Hub {
     fields: HashMap<DeviceId, FieldControl>,
     by_addr: HashMap<SocketAddr, ConnId>,
     audit: mpsc::Sender<AuditRecord>,
+    metrics: Arc<Metrics>,
     /// Peers written to outside `poll` (e.g. a keyframe request) that must be polled.
     dirty: Vec<ConnId>,
     /// When receivers still waiting for a keyframe ask again, if any wait.
@@ -269,6 +274,9 @@ impl Hub {
                 self.reply(conn, req, r);
             }
             Cmd::Shutdown => {}
+            Cmd::Snapshot { reply } => {
+                let _ = reply.send(self.snapshot());
+            }
             Cmd::Online { project, reply } => {
                 let online = self
                     .by_device
@@ -282,6 +290,24 @@ impl Hub {
                 let _ = reply.send(online);
             }
         }
+    }
+
+    /// What `/metrics` shows of the live state, counted from the tables themselves.
+    fn snapshot(&self) -> HubSnapshot {
+        let mut s = HubSnapshot::default();
+        for c in self.clients.values() {
+            match c.info.role {
+                fieldlink_proto::Role::Field => s.fields_online += 1,
+                fieldlink_proto::Role::Remote => s.remotes_online += 1,
+            }
+            s.sessions += c.sessions.len() as u64;
+            s.receivers_playing += c
+                .receivers
+                .iter()
+                .filter(|r| r.live && r.want.is_some())
+                .count() as u64;
+        }
+        s
     }
 
     fn reply(&mut self, conn: ConnId, req: Option<u64>, r: Result<(), ErrorCode>) {

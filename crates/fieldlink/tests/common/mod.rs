@@ -13,6 +13,7 @@ use fieldlink_sdk::{DeviceConfig, DeviceId, Event, Events, FieldDevice, RemoteDe
 use serde_json::{json, Value};
 
 pub mod camera;
+pub mod metrics;
 
 pub const KEY: &str = "0123456789abcdef0123456789abcdef";
 pub const TOKEN: &str = "test-admin-token";
@@ -203,6 +204,16 @@ impl Drop for TestServer {
     }
 }
 
+/// A small test-pattern stream (160x96, 25 fps, 200 kbit/s, keyframe every 50 frames).
+pub const SMALL_PATTERN: fieldlink_sdk::video::TestPatternConfig =
+    fieldlink_sdk::video::TestPatternConfig {
+        width: 160,
+        height: 96,
+        fps: 25.0,
+        kbps: 200,
+        gop: 50,
+    };
+
 pub fn raw_http(
     addr: &str,
     method: &str,
@@ -210,6 +221,29 @@ pub fn raw_http(
     body: &str,
     token: Option<&str>,
 ) -> (u16, Value) {
+    let (status, payload) = raw_http_text(addr, method, path, body, token);
+    let payload = payload.as_str();
+    // Bodies come without chunking from axum for JSON; tolerate chunked just in case.
+    let json = serde_json::from_str(payload)
+        .or_else(|_| {
+            let inner = payload
+                .lines()
+                .filter(|l| l.starts_with('{') || l.starts_with('['))
+                .collect::<String>();
+            serde_json::from_str(&inner)
+        })
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+/// One HTTP/1.1 request; returns the status and the body as it came.
+pub fn raw_http_text(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     let auth = token
@@ -229,17 +263,7 @@ pub fn raw_http(
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let payload = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    // Bodies come without chunking from axum for JSON; tolerate chunked just in case.
-    let json = serde_json::from_str(payload)
-        .or_else(|_| {
-            let inner = payload
-                .lines()
-                .filter(|l| l.starts_with('{') || l.starts_with('['))
-                .collect::<String>();
-            serde_json::from_str(&inner)
-        })
-        .unwrap_or(Value::Null);
-    (status, json)
+    (status, payload.to_string())
 }
 
 /// A port free on 127.0.0.1 for both UDP and TCP now (a client's own port that tests

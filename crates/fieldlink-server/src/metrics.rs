@@ -1,0 +1,328 @@
+//! Server metrics in the Prometheus/OpenMetrics text format (`GET /metrics`, behind the
+//! admin token), with the `prometheus-client` crate.
+//!
+//! Counters are atomics shared with the tasks that count (the hub, the GB28181 task, the
+//! login path): counting takes no lock. Each labelled counter is looked up once, here, so
+//! the hot paths only increment. Gauges of live state (devices online, sessions,
+//! receivers playing, GB28181 devices online) are not kept up to date by the tasks: the
+//! handler asks the hub and the GB28181 handle for a snapshot at each scrape, so they
+//! cannot drift from the truth.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use fieldlink_proto::{ErrorCode, Qos};
+
+/// What happened to one control message at the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlOutcome {
+    /// Written to a receiver's data channel (counted once per receiver).
+    Forwarded,
+    /// A reliable message over the sender's rate, queued for its turn.
+    Paced,
+    /// Over the sender's rate (lossy), or over the pacing queue (reliable): dropped.
+    RateLimited,
+    /// The receiver could not take it in time: a lossy message over the buffer limit, or
+    /// a reliable one over the receiver's queue.
+    Congested,
+    /// Refused: malformed, the sender is not master, not in session, or the field is offline.
+    Refused,
+}
+
+impl ControlOutcome {
+    const ALL: [ControlOutcome; 5] = [
+        ControlOutcome::Forwarded,
+        ControlOutcome::Paced,
+        ControlOutcome::RateLimited,
+        ControlOutcome::Congested,
+        ControlOutcome::Refused,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ControlOutcome::Forwarded => "forwarded",
+            ControlOutcome::Paced => "paced",
+            ControlOutcome::RateLimited => "rate_limited",
+            ControlOutcome::Congested => "congested",
+            ControlOutcome::Refused => "refused",
+        }
+    }
+}
+
+/// How a GB28181 INVITE ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InviteOutcome {
+    Sent,
+    Accepted,
+    Refused,
+    Unanswered,
+}
+
+impl InviteOutcome {
+    const ALL: [InviteOutcome; 4] = [
+        InviteOutcome::Sent,
+        InviteOutcome::Accepted,
+        InviteOutcome::Refused,
+        InviteOutcome::Unanswered,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            InviteOutcome::Sent => "sent",
+            InviteOutcome::Accepted => "accepted",
+            InviteOutcome::Refused => "refused",
+            InviteOutcome::Unanswered => "unanswered",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabel {
+    role: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ControlLabels {
+    qos: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: &'static str,
+}
+
+/// What the hub reports at a scrape.
+#[derive(Debug, Clone, Default)]
+pub struct HubSnapshot {
+    pub fields_online: u64,
+    pub remotes_online: u64,
+    /// Operation sessions (remote, field device) open.
+    pub sessions: u64,
+    /// Receivers that have had a keyframe of the stream they want.
+    pub receivers_playing: u64,
+}
+
+/// Every metric of the server.
+pub struct Metrics {
+    registry: Registry,
+    devices_online: [Gauge; 2],
+    sessions: Gauge,
+    receivers_playing: Gauge,
+    gb_devices_online: Gauge,
+    /// Video frames written to receivers, and their bytes.
+    pub frames_forwarded: Counter,
+    pub bytes_forwarded: Counter,
+    /// Keyframe requests (PLI) sent to sources.
+    pub keyframe_requests: Counter,
+    control: [[Counter; ControlOutcome::ALL.len()]; 2],
+    invites: [Counter; InviteOutcome::ALL.len()],
+    /// GB28181 requests of ours answered, and given up unanswered.
+    pub sip_answered: Counter,
+    pub sip_given_up: Counter,
+    logins_refused: Family<CodeLabel, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("fieldlink");
+        let online = Family::<RoleLabel, Gauge>::default();
+        r.register(
+            "devices_online",
+            "Devices logged in, by role",
+            online.clone(),
+        );
+        let devices_online =
+            ["field", "remote"].map(|role| online.get_or_create(&RoleLabel { role }).clone());
+        let sessions = Gauge::default();
+        r.register("sessions", "Operation sessions open", sessions.clone());
+        let receivers_playing = Gauge::default();
+        r.register(
+            "receivers_playing",
+            "Receivers (conn_fd) playing a stream",
+            receivers_playing.clone(),
+        );
+        let gb_devices_online = Gauge::default();
+        r.register(
+            "gb28181_devices_online",
+            "GB28181 devices registered and alive",
+            gb_devices_online.clone(),
+        );
+        let frames_forwarded = Counter::default();
+        r.register(
+            "video_frames_forwarded",
+            "Video frames written to receivers",
+            frames_forwarded.clone(),
+        );
+        let bytes_forwarded = Counter::default();
+        r.register(
+            "video_bytes_forwarded",
+            "Video bytes (access units) written to receivers",
+            bytes_forwarded.clone(),
+        );
+        let keyframe_requests = Counter::default();
+        r.register(
+            "keyframe_requests",
+            "Keyframe requests sent to video sources",
+            keyframe_requests.clone(),
+        );
+        let control_family = Family::<ControlLabels, Counter>::default();
+        r.register(
+            "control_messages",
+            "Control messages at the server, by qos and outcome",
+            control_family.clone(),
+        );
+        let control = ["0", "1"].map(|qos| {
+            ControlOutcome::ALL.map(|o| {
+                control_family
+                    .get_or_create(&ControlLabels {
+                        qos,
+                        outcome: o.label(),
+                    })
+                    .clone()
+            })
+        });
+        let invite_family = Family::<OutcomeLabel, Counter>::default();
+        r.register(
+            "gb28181_invites",
+            "GB28181 INVITEs, by outcome",
+            invite_family.clone(),
+        );
+        let invites = InviteOutcome::ALL.map(|o| {
+            invite_family
+                .get_or_create(&OutcomeLabel { outcome: o.label() })
+                .clone()
+        });
+        let sip_family = Family::<OutcomeLabel, Counter>::default();
+        r.register(
+            "gb28181_requests",
+            "The platform's SIP requests (queries, INVITE, BYE, PTZ), by outcome",
+            sip_family.clone(),
+        );
+        let sip_answered = sip_family
+            .get_or_create(&OutcomeLabel {
+                outcome: "answered",
+            })
+            .clone();
+        let sip_given_up = sip_family
+            .get_or_create(&OutcomeLabel {
+                outcome: "given_up",
+            })
+            .clone();
+        let logins_refused = Family::<CodeLabel, Counter>::default();
+        r.register(
+            "logins_refused",
+            "Refused WebSocket logins, by the error code the device got",
+            logins_refused.clone(),
+        );
+        Metrics {
+            registry: r,
+            devices_online,
+            sessions,
+            receivers_playing,
+            gb_devices_online,
+            frames_forwarded,
+            bytes_forwarded,
+            keyframe_requests,
+            control,
+            invites,
+            sip_answered,
+            sip_given_up,
+            logins_refused,
+        }
+    }
+
+    pub fn control(&self, qos: Qos, outcome: ControlOutcome) {
+        let i = ControlOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        self.control[qos as usize][i].inc();
+    }
+
+    pub fn invite(&self, outcome: InviteOutcome) {
+        let i = InviteOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        self.invites[i].inc();
+    }
+
+    /// A refused login (rare: the lookup of its label is not on a hot path).
+    pub fn login_refused(&self, code: ErrorCode) {
+        self.logins_refused
+            .get_or_create(&CodeLabel { code: code.name() })
+            .inc();
+    }
+
+    /// The text a scrape gets, with the gauges set from the snapshots.
+    pub fn render(&self, hub: &HubSnapshot, gb_online: u64) -> String {
+        let set = |g: &Gauge, v: u64| {
+            g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        set(&self.devices_online[0], hub.fields_online);
+        set(&self.devices_online[1], hub.remotes_online);
+        set(&self.sessions, hub.sessions);
+        set(&self.receivers_playing, hub.receivers_playing);
+        set(&self.gb_devices_online, gb_online);
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_its_labels_and_counts() {
+        let m = Metrics::new();
+        m.control(Qos::Reliable, ControlOutcome::Paced);
+        m.control(Qos::Reliable, ControlOutcome::Paced);
+        m.invite(InviteOutcome::Refused);
+        m.login_refused(ErrorCode::WrongPassword);
+        let hub = HubSnapshot {
+            fields_online: 2,
+            remotes_online: 3,
+            sessions: 4,
+            receivers_playing: 5,
+        };
+        let text = m.render(&hub, 6);
+        for line in [
+            "fieldlink_devices_online{role=\"field\"} 2",
+            "fieldlink_devices_online{role=\"remote\"} 3",
+            "fieldlink_sessions 4",
+            "fieldlink_receivers_playing 5",
+            "fieldlink_gb28181_devices_online 6",
+            "fieldlink_control_messages_total{qos=\"1\",outcome=\"paced\"} 2",
+            "fieldlink_control_messages_total{qos=\"0\",outcome=\"paced\"} 0",
+            "fieldlink_gb28181_invites_total{outcome=\"refused\"} 1",
+            "fieldlink_logins_refused_total{code=\"WRONG_PASSWORD\"} 1",
+            "fieldlink_video_frames_forwarded_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
+        }
+    }
+}
