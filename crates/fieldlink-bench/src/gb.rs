@@ -18,17 +18,23 @@ fn scenario() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sipp/register_storm.xml")
 }
 
-/// SIPp's last statistics row (`-trace_stat`), by column name.
-fn last_stats(dir: &Path) -> anyhow::Result<std::collections::HashMap<String, String>> {
-    let file = std::fs::read_dir(dir)?
+/// The file SIPp wrote into `dir` whose name ends with `suffix` (it names them after the
+/// scenario and its pid).
+fn sipp_file(dir: &Path, suffix: &str) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.ends_with("_.csv"))
+                .is_some_and(|n| n.ends_with(suffix))
         })
-        .context("SIPp wrote no statistics file")?;
+}
+
+/// SIPp's last statistics row (`-trace_stat`), by column name.
+fn last_stats(dir: &Path) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let file = sipp_file(dir, "_.csv").context("SIPp wrote no statistics file")?;
     let text = std::fs::read_to_string(&file)?;
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let head: Vec<&str> = lines
@@ -51,15 +57,7 @@ fn last_stats(dir: &Path) -> anyhow::Result<std::collections::HashMap<String, St
 /// Response times (µs, at SIPp's 1 ms resolution) per rtd number from SIPp's `-trace_rtt` file.
 fn response_times(dir: &Path) -> anyhow::Result<[Vec<u64>; 2]> {
     let mut out = [Vec::new(), Vec::new()];
-    for e in std::fs::read_dir(dir)?.filter_map(Result::ok) {
-        let p = e.path();
-        if !p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.ends_with("_rtt.csv"))
-        {
-            continue;
-        }
+    if let Some(p) = sipp_file(dir, "_rtt.csv") {
         // Date_ms;response_time_ms;rtd_no (SIPp counts whole milliseconds)
         for line in std::fs::read_to_string(&p)?.lines().skip(1) {
             let f: Vec<&str> = line.split(';').collect();

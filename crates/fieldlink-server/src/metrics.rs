@@ -143,129 +143,95 @@ impl Default for Metrics {
     }
 }
 
+/// Registers a new metric under `name` and returns the handle the counting code keeps.
+fn add<M: prometheus_client::registry::Metric + Clone + Default>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+) -> M {
+    let m = M::default();
+    r.register(name, help, m.clone());
+    m
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let mut r = Registry::with_prefix("fieldlink");
-        let online = Family::<RoleLabel, Gauge>::default();
-        r.register(
-            "devices_online",
-            "Devices logged in, by role",
-            online.clone(),
-        );
-        let devices_online =
-            ["field", "remote"].map(|role| online.get_or_create(&RoleLabel { role }).clone());
-        let sessions = Gauge::default();
-        r.register("sessions", "Operation sessions open", sessions.clone());
-        let receivers_playing = Gauge::default();
-        r.register(
-            "receivers_playing",
-            "Receivers (conn_fd) playing a stream",
-            receivers_playing.clone(),
-        );
-        let gb_devices_online = Gauge::default();
-        r.register(
-            "gb28181_devices_online",
-            "GB28181 devices registered and alive",
-            gb_devices_online.clone(),
-        );
-        let frames_forwarded = Counter::default();
-        r.register(
-            "video_frames_forwarded",
-            "Video frames written to receivers",
-            frames_forwarded.clone(),
-        );
-        let bytes_forwarded = Counter::default();
-        r.register(
-            "video_bytes_forwarded",
-            "Video bytes (access units) written to receivers",
-            bytes_forwarded.clone(),
-        );
-        let keyframe_requests = Counter::default();
-        r.register(
-            "keyframe_requests",
-            "Keyframe requests sent to video sources",
-            keyframe_requests.clone(),
-        );
-        let control_family = Family::<ControlLabels, Counter>::default();
-        r.register(
+        let online: Family<RoleLabel, Gauge> =
+            add(&mut r, "devices_online", "Devices logged in, by role");
+        let control: Family<ControlLabels, Counter> = add(
+            &mut r,
             "control_messages",
             "Control messages at the server, by qos and outcome",
-            control_family.clone(),
         );
-        let control = ["0", "1"].map(|qos| {
-            ControlOutcome::ALL.map(|o| {
-                control_family
-                    .get_or_create(&ControlLabels {
-                        qos,
-                        outcome: o.label(),
-                    })
-                    .clone()
-            })
-        });
-        let invite_family = Family::<OutcomeLabel, Counter>::default();
-        r.register(
-            "gb28181_invites",
-            "GB28181 INVITEs, by outcome",
-            invite_family.clone(),
-        );
-        let invites = InviteOutcome::ALL.map(|o| {
-            invite_family
-                .get_or_create(&OutcomeLabel { outcome: o.label() })
-                .clone()
-        });
-        let sip_family = Family::<OutcomeLabel, Counter>::default();
-        r.register(
+        let invites: Family<OutcomeLabel, Counter> =
+            add(&mut r, "gb28181_invites", "GB28181 INVITEs, by outcome");
+        let requests: Family<OutcomeLabel, Counter> = add(
+            &mut r,
             "gb28181_requests",
             "The platform's SIP requests (queries, INVITE, BYE, PTZ), by outcome",
-            sip_family.clone(),
         );
-        let sip_answered = sip_family
-            .get_or_create(&OutcomeLabel {
-                outcome: "answered",
-            })
-            .clone();
-        let sip_given_up = sip_family
-            .get_or_create(&OutcomeLabel {
-                outcome: "given_up",
-            })
-            .clone();
-        let logins_refused = Family::<CodeLabel, Counter>::default();
-        r.register(
-            "logins_refused",
-            "Refused WebSocket logins, by the error code the device got",
-            logins_refused.clone(),
-        );
+        let outcome = |f: &Family<OutcomeLabel, Counter>, outcome| {
+            f.get_or_create(&OutcomeLabel { outcome }).clone()
+        };
         Metrics {
+            devices_online: ["field", "remote"]
+                .map(|role| online.get_or_create(&RoleLabel { role }).clone()),
+            sessions: add(&mut r, "sessions", "Operation sessions open"),
+            receivers_playing: add(
+                &mut r,
+                "receivers_playing",
+                "Receivers (conn_fd) playing a stream",
+            ),
+            gb_devices_online: add(
+                &mut r,
+                "gb28181_devices_online",
+                "GB28181 devices registered and alive",
+            ),
+            frames_forwarded: add(
+                &mut r,
+                "video_frames_forwarded",
+                "Video frames written to receivers",
+            ),
+            bytes_forwarded: add(
+                &mut r,
+                "video_bytes_forwarded",
+                "Video bytes (access units) written to receivers",
+            ),
+            keyframe_requests: add(
+                &mut r,
+                "keyframe_requests",
+                "Keyframe requests sent to video sources",
+            ),
+            control: ["0", "1"].map(|qos| {
+                ControlOutcome::ALL.map(|o| {
+                    control
+                        .get_or_create(&ControlLabels {
+                            qos,
+                            outcome: o.label(),
+                        })
+                        .clone()
+                })
+            }),
+            invites: InviteOutcome::ALL.map(|o| outcome(&invites, o.label())),
+            sip_answered: outcome(&requests, "answered"),
+            sip_given_up: outcome(&requests, "given_up"),
+            logins_refused: add(
+                &mut r,
+                "logins_refused",
+                "Refused WebSocket logins, by the error code the device got",
+            ),
             registry: r,
-            devices_online,
-            sessions,
-            receivers_playing,
-            gb_devices_online,
-            frames_forwarded,
-            bytes_forwarded,
-            keyframe_requests,
-            control,
-            invites,
-            sip_answered,
-            sip_given_up,
-            logins_refused,
         }
     }
 
+    /// `ALL` lists the outcomes in declaration order, so the discriminant is the index.
     pub fn control(&self, qos: Qos, outcome: ControlOutcome) {
-        let i = ControlOutcome::ALL
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or(0);
-        self.control[qos as usize][i].inc();
+        self.control[qos as usize][outcome as usize].inc();
     }
 
     pub fn invite(&self, outcome: InviteOutcome) {
-        let i = InviteOutcome::ALL
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or(0);
-        self.invites[i].inc();
+        self.invites[outcome as usize].inc();
     }
 
     /// A refused login (rare: the lookup of its label is not on a hot path).
@@ -295,6 +261,16 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcomes_are_listed_in_declaration_order() {
+        for (i, o) in ControlOutcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "{o:?}");
+        }
+        for (i, o) in InviteOutcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "{o:?}");
+        }
+    }
 
     #[test]
     fn renders_every_family_with_its_labels_and_counts() {
