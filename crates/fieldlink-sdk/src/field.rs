@@ -67,6 +67,7 @@ impl FieldDevice {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             // The source's failure, while it lasts (told once, and again when it changes).
             let mut failed: Option<String> = None;
+            let mut follower = crate::follow::Follower::default();
             loop {
                 if paced {
                     tokio::select! {
@@ -88,8 +89,10 @@ impl FieldDevice {
                     0
                 };
                 // Leave headroom: encoders overshoot (keyframes), and a full link means loss.
-                let share_kbps =
-                    (est * 85 / 100 / 1000 / flags.keyframe_wanted.len().max(1) as u64) as u32;
+                let share_kbps = follower.follow(
+                    (est * 85 / 100 / 1000 / flags.keyframe_wanted.len().max(1) as u64) as u32,
+                    std::time::Instant::now(),
+                );
                 // Encoding (or waiting for a camera) blocks: keep it off the async workers.
                 let (s, r) = match tokio::task::spawn_blocking(move || {
                     if share_kbps > 0 {

@@ -12,6 +12,7 @@ pub mod camera;
 mod driver;
 pub mod encode;
 mod field;
+mod follow;
 mod peer;
 mod receive;
 pub mod record;
