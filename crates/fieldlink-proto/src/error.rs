@@ -59,6 +59,8 @@ codes! {
     ConnFdOutOfRange = -41, "CONN_FD_OUT_OF_RANGE", "conn_fd is not in 0..max_streams-1";
     NoVideo = -42, "NO_VIDEO", "the field device publishes no video";
     SourceFailed = -43, "SOURCE_FAILED", "a video source (camera) of the field device does not work";
+    NotConnected = -44, "NOT_CONNECTED", "no receiver of this device is connected to a stream of that field device";
+    DiagBusy = -45, "DIAG_BUSY", "a diagnosis of that field device by this device is already running";
 }
 
 impl ErrorCode {

@@ -2,6 +2,7 @@
 //! qos, error codes, the signalling messages and the control-data frame. No I/O.
 
 pub mod control;
+pub mod diag;
 pub mod error;
 pub mod ids;
 pub mod signal;

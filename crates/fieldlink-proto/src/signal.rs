@@ -80,6 +80,10 @@ pub enum ClientMsg {
         /// SPEC §5 `auto_permission` (default true).
         #[serde(default = "yes")]
         auto_permission: bool,
+        /// The device's mode (its config's `cloud_mode`, default "public"); a diagnosis
+        /// reports a remote whose mode differs from the field device's.
+        #[serde(default = "public")]
+        mode: String,
     },
     /// WebRTC offer (the device is the offerer; the server answers, ICE-lite).
     Offer {
@@ -163,6 +167,24 @@ pub enum ClientMsg {
         #[serde(default = "yes")]
         keyframe_on_request: bool,
     },
+    /// Remote only: diagnose the session with a field device (SPEC §6). Answered at once
+    /// (`ok`, or why not); the report follows as `diag_result` after the window.
+    Diagnose {
+        #[serde(default)]
+        req: Option<u64>,
+        gwid: DeviceId,
+    },
+    /// Either role: what this device measured for diagnosis `diag` (`diag_start`). A field
+    /// device sends `field` parts, a remote `remote` parts.
+    DiagReport {
+        #[serde(default)]
+        req: Option<u64>,
+        diag: u64,
+        #[serde(default)]
+        field: Vec<crate::diag::FieldPart>,
+        #[serde(default)]
+        remote: Vec<crate::diag::RemotePart>,
+    },
     Ping {
         #[serde(default)]
         req: Option<u64>,
@@ -171,6 +193,10 @@ pub enum ClientMsg {
 
 fn yes() -> bool {
     true
+}
+
+fn public() -> String {
+    "public".into()
 }
 
 /// Binds the `req` field of any `ClientMsg` variant (all have one) and evaluates `$body`.
@@ -189,6 +215,8 @@ macro_rules! with_req {
             | ClientMsg::RequestPermission { req: $req, .. }
             | ClientMsg::SetPermission { req: $req, .. }
             | ClientMsg::SourceState { req: $req, .. }
+            | ClientMsg::Diagnose { req: $req, .. }
+            | ClientMsg::DiagReport { req: $req, .. }
             | ClientMsg::Ping { req: $req } => $body,
         }
     };
@@ -280,6 +308,24 @@ pub enum ServerMsg {
         #[serde(default)]
         name: String,
         message: String,
+    },
+    /// To both sides of a diagnosis: measure for `window_ms` from now, then send
+    /// `diag_report`. A field device measures `stream_ids`, a remote `conn_fds`.
+    DiagStart {
+        diag: u64,
+        gwid: DeviceId,
+        window_ms: u32,
+        #[serde(default)]
+        stream_ids: Vec<u32>,
+        #[serde(default)]
+        conn_fds: Vec<u32>,
+    },
+    /// To the remote that asked: the diagnosis of `gwid` (SPEC §6 `(gwid, type, json)`):
+    /// `kind` 1 = success, < 0 = the error code; the report is there either way.
+    DiagResult {
+        gwid: DeviceId,
+        kind: i32,
+        report: Box<crate::diag::Report>,
     },
     Pong {
         req: Option<u64>,

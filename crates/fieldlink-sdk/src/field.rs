@@ -51,6 +51,11 @@ impl FieldDevice {
             ));
         }
         let tx = self.h.tx.clone();
+        let _ = tx.try_send(Cmd::SourceStarted {
+            stream: stream_id,
+            fps,
+            kbps: source.kbps(),
+        });
         let paced = source.paced();
         let keyframe_on_request = source.keyframe_on_request();
         let state = move |ok: bool, reason: Option<String>| Cmd::SourceState {

@@ -9,6 +9,7 @@
 //! and session codes are restored.
 
 pub mod camera;
+pub mod diag;
 mod driver;
 pub mod encode;
 mod field;
@@ -93,6 +94,9 @@ pub struct DeviceConfig {
     /// are ([`Event::Frame`]). Off by default: the server then fails an H.265 stream on
     /// this device's receivers with a reason instead of sending what it cannot show.
     pub h265: bool,
+    /// The device's mode (its config's `cloud_mode`, default "public"). A diagnosis
+    /// reports a remote whose mode differs from the field device's.
+    pub mode: String,
 }
 
 impl DeviceConfig {
@@ -112,6 +116,7 @@ impl DeviceConfig {
             adapt_bitrate: true,
             record: None,
             h265: false,
+            mode: "public".into(),
         }
     }
 }
@@ -215,6 +220,14 @@ pub enum Event {
         /// receiver waited for a keyframe after either.
         dropped: u64,
     },
+    /// Remote: the diagnosis asked for with [`RemoteDevice::diag_request`] (SPEC §6
+    /// `(gwid, type, json)`): `kind` 1 = success, < 0 = the error code; the report is
+    /// there either way (`serde_json::to_string` gives the SPEC's JSON).
+    Diagnosis {
+        gwid: DeviceId,
+        kind: i32,
+        report: fieldlink_proto::diag::Report,
+    },
 }
 
 /// One received video access unit.
@@ -281,6 +294,12 @@ pub(crate) enum Cmd {
     },
     /// Field: one encoded frame of a stream.
     Video { stream: usize, frame: EncodedFrame },
+    /// Field: a stream's source started, with its frame rate and highest bitrate.
+    SourceStarted {
+        stream: u32,
+        fps: f64,
+        kbps: Option<u32>,
+    },
     /// Field: a stream's source failed or recovered (told to the server and the app).
     SourceState {
         stream: u32,

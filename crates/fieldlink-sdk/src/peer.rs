@@ -41,6 +41,12 @@ pub(crate) enum PeerEvent {
     KeyframeRequest(usize),
     /// Field: the send-side bandwidth estimate (TWCC), bits per second.
     Estimate(u64),
+    /// Field: send statistics of stream `index` (once a second, from receiver reports).
+    EgressStats {
+        index: usize,
+        loss: Option<f32>,
+        rtt: Option<Duration>,
+    },
     /// Remote: receive statistics of receiver `index` (once a second).
     Stats {
         index: usize,
@@ -94,7 +100,7 @@ impl Peer {
             .enable_h264(true)
             .enable_h265(send || h265)
             .set_extension(EXT_ABS_CAPTURE_TIME, Extension::AbsoluteCaptureTime)
-            .set_stats_interval((!send && videos > 0).then_some(Duration::from_secs(1)));
+            .set_stats_interval((videos > 0).then_some(Duration::from_secs(1)));
         if send && videos > 0 {
             // Congestion control for what this device sends: TWCC feedback from the server
             // drives the estimate that the sources follow.
@@ -333,6 +339,15 @@ impl Peer {
                                 rtt: st.rtt,
                                 nacks: st.nacks,
                                 packets: st.packets,
+                            });
+                        }
+                    }
+                    Event::MediaEgressStats(st) => {
+                        if let Some(index) = video_mids.iter().position(|m| *m == st.mid) {
+                            events.push(PeerEvent::EgressStats {
+                                index,
+                                loss: st.loss,
+                                rtt: st.rtt,
                             });
                         }
                     }

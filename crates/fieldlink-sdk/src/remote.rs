@@ -83,6 +83,19 @@ impl RemoteDevice {
             .await
     }
 
+    /// Asks for a diagnosis of the session with `gwid` (SPEC §6 `diag_request`). Fails at
+    /// once without a receiver connected to one of its streams (`NOT_CONNECTED`), when
+    /// it is offline or one is already running; otherwise [`Event::Diagnosis`] follows
+    /// after the 10 s measurement window.
+    pub async fn diag_request(&self, gwid: &DeviceId) -> Result<()> {
+        self.h
+            .ok(fieldlink_proto::ClientMsg::Diagnose {
+                req: None,
+                gwid: gwid.clone(),
+            })
+            .await
+    }
+
     /// Connects field streams to receivers, pairwise (SPEC §2 `connect`): asynchronous,
     /// each conn_fd then reports [`Event::StreamState`] (connecting, playing, ...). A
     /// receiver that had another stream drops it. Opens the operation session if needed.

@@ -227,6 +227,9 @@ impl VideoSource for Transcode {
     fn set_target_kbps(&mut self, kbps: u32) {
         self.encoder.set_target_kbps(kbps);
     }
+    fn kbps(&self) -> Option<u32> {
+        Some(self.cfg.kbps)
+    }
 
     /// Decodes what the camera sent since the last call and encodes the newest picture,
     /// so the output holds the configured frame rate whatever the camera's.

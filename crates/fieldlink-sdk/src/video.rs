@@ -31,6 +31,11 @@ pub trait VideoSource: Send + 'static {
     /// The network can carry about `kbps` for this stream now. Sources that encode adapt
     /// (never above their configured bitrate); passthrough sources ignore it.
     fn set_target_kbps(&mut self, _kbps: u32) {}
+    /// The highest bitrate the source encodes at, kbit/s (`None`: it does not encode,
+    /// e.g. a camera in passthrough). Diagnostics compare what was sent with it.
+    fn kbps(&self) -> Option<u32> {
+        None
+    }
     /// False for sources that deliver frames at their own pace (a camera in passthrough):
     /// the SDK then calls `next_frame` again at once, and the source blocks (briefly,
     /// returning `Ok(None)` when nothing came) until its next frame.
@@ -54,6 +59,9 @@ impl<T: VideoSource + ?Sized> VideoSource for Box<T> {
     }
     fn set_target_kbps(&mut self, kbps: u32) {
         (**self).set_target_kbps(kbps)
+    }
+    fn kbps(&self) -> Option<u32> {
+        (**self).kbps()
     }
     fn paced(&self) -> bool {
         (**self).paced()
@@ -220,6 +228,9 @@ impl VideoSource for TestPattern {
 
     fn set_target_kbps(&mut self, kbps: u32) {
         self.encoder.set_target_kbps(kbps);
+    }
+    fn kbps(&self) -> Option<u32> {
+        Some(self.cfg.kbps)
     }
 
     fn next_frame(&mut self, force_keyframe: bool) -> Result<Option<EncodedFrame>, SdkError> {

@@ -56,6 +56,7 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, addr: SocketAddr) {
         password,
         role,
         auto_permission,
+        mode,
     }) = login
     else {
         let _ = socket
@@ -109,6 +110,8 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, addr: SocketAddr) {
         role,
         auto_permission,
         sees_all_fields: project.security.field_list_enable == 1,
+        // A mode is a short word ("public", "private"); keep what is shown short.
+        mode: mode.chars().take(32).collect(),
     };
     let Ok(conn) = state.hub.register(info, out_tx).await else {
         return;
@@ -365,6 +368,22 @@ impl Session {
                     level,
                 })
             }
+            ClientMsg::Diagnose { req, gwid } => {
+                self.need(Role::Remote, req)?;
+                Ok(Cmd::Diagnose { conn, req, gwid })
+            }
+            ClientMsg::DiagReport {
+                req,
+                diag,
+                field,
+                remote,
+            } => Ok(Cmd::DiagReport {
+                conn,
+                req,
+                diag,
+                field,
+                remote,
+            }),
         }
     }
 

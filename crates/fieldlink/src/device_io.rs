@@ -84,6 +84,9 @@ pub fn event_json(ev: &Event) -> Value {
             "dropped": dropped,
         }),
         Event::BitrateEstimate { kbps } => json!({"event": "bitrate_estimate", "kbps": kbps}),
+        Event::Diagnosis { gwid, kind, report } => {
+            json!({"event": "diagnosis", "gwid": gwid, "type": kind, "report": report})
+        }
         Event::SourceState {
             stream_id,
             ok,

@@ -214,6 +214,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| "ws://127.0.0.1:8080/ws".into());
     let mut cfg = DeviceConfig::new(server, id.clone(), c.password);
     cfg.auto_permission = c.auto_permission.unwrap_or(1) == 1;
+    if let Some(m) = &c.cloud_mode {
+        cfg.mode = m.clone();
+    }
     let streams = c.device_streams.unwrap_or(c.streams_config.len() as u32);
     cfg.streams = streams;
     let sources = (0..streams)

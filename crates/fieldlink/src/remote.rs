@@ -91,6 +91,24 @@ enum Cmd {
         #[arg(long)]
         h265: bool,
     },
+    /// Diagnose the session with a field device (SPEC §6): connect the streams (decoding
+    /// them), wait until they play, ask for the diagnosis, print it as one JSON object
+    /// {"gwid","type","report"} and exit 0 only when `type` is 1.
+    Diag {
+        #[arg(long)]
+        gwid: DeviceId,
+        /// Stream ids, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        streams: Vec<u32>,
+        /// Receivers (conn_fd), comma-separated, one per stream (default 0, 1, ...).
+        #[arg(long, value_delimiter = ',')]
+        conn_fds: Vec<u32>,
+        #[arg(long)]
+        token: Option<String>,
+        /// Mode to report (the config's cloud_mode); compared with the field device's.
+        #[arg(long, default_value = "public")]
+        mode: String,
+    },
     /// Open a session, wait for master, send control data, and leave.
     Send {
         #[arg(long)]
@@ -133,6 +151,11 @@ async fn login(a: &Args) -> anyhow::Result<(RemoteDevice, fieldlink_sdk::Events)
                 dir: dir.clone(),
                 segment_secs: *segment_secs,
             });
+    }
+    if let Cmd::Diag { mode, .. } = &a.cmd {
+        // A diagnosis also says whether the remote decodes what it receives.
+        cfg.decode = true;
+        cfg.mode = mode.clone();
     }
     RemoteDevice::connect(cfg)
         .await
@@ -231,6 +254,26 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             let missing: Vec<&u32> = conn_fds.iter().filter(|fd| !played.contains(fd)).collect();
             if !missing.is_empty() {
                 bail!("conn_fd {missing:?} never reached playing");
+            }
+            return Ok(());
+        }
+        Cmd::Diag {
+            gwid,
+            streams,
+            conn_fds,
+            token,
+            ..
+        } => {
+            let fds: Vec<u32> = if conn_fds.is_empty() {
+                (0..streams.len() as u32).collect()
+            } else {
+                conn_fds.clone()
+            };
+            let kind = diag(&dev, &mut events, gwid, streams, &fds, token).await?;
+            dev.close().await;
+            if kind != 1 {
+                let why = ErrorCode::from_code(kind).map_or("unknown error code", |c| c.describe());
+                bail!("the diagnosis failed: type {kind} ({why})");
             }
             return Ok(());
         }
@@ -392,4 +435,58 @@ async fn watch(
         }
     }
     Ok(played)
+}
+
+/// `remote diag`: connects, waits for playing (or 15 s), asks, prints the report; returns
+/// its `type`.
+async fn diag(
+    dev: &RemoteDevice,
+    events: &mut fieldlink_sdk::Events,
+    gwid: &DeviceId,
+    streams: &[u32],
+    conn_fds: &[u32],
+    token: &Option<String>,
+) -> anyhow::Result<i32> {
+    if streams.len() != conn_fds.len() {
+        bail!(
+            "give one --conn-fds entry per stream ({} streams)",
+            streams.len()
+        );
+    }
+    open(dev, gwid, token).await?;
+    dev.connect_streams(gwid, streams, conn_fds)
+        .await
+        .context("connecting streams")?;
+    let mut playing: Vec<u32> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !conn_fds.iter().all(|fd| playing.contains(fd)) {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Event::StreamState { conn_fd, state, .. })) => {
+                if state == fieldlink_sdk::StreamState::Playing {
+                    playing.push(conn_fd);
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("connection closed"),
+            // Not all playing: the diagnosis says why.
+            Err(_) => break,
+        }
+    }
+    eprintln!("measuring for about 10 s...");
+    dev.diag_request(gwid)
+        .await
+        .with_context(|| format!("requesting a diagnosis of {gwid}"))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Event::Diagnosis { gwid, kind, report })) => {
+                let out = serde_json::json!({"gwid": gwid, "type": kind, "report": report});
+                println!("{}", serde_json::to_string_pretty(&out)?);
+                return Ok(kind);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("connection closed"),
+            Err(_) => bail!("no diagnosis from the server within 20 s"),
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -101,6 +102,7 @@ async fn establish(role: Role, cfg: &DeviceConfig) -> Result<Connection> {
         password: cfg.password.clone(),
         role,
         auto_permission: cfg.auto_permission,
+        mode: cfg.mode.clone(),
     };
     ws.send(to_msg(&login)).await.map_err(|e| lost(&e))?;
     let mut early = Vec::new();
@@ -168,6 +170,7 @@ async fn establish(role: Role, cfg: &DeviceConfig) -> Result<Connection> {
                     | PeerEvent::Frame { .. }
                     | PeerEvent::KeyframeRequest(_)
                     | PeerEvent::Stats { .. }
+                    | PeerEvent::EgressStats { .. }
                     | PeerEvent::Estimate(_) => {}
                 }
             }
@@ -183,6 +186,7 @@ pub(crate) async fn start(
     shared: Arc<Shared>,
 ) -> Result<()> {
     let conn = establish(role, &cfg).await?;
+    let meter = crate::diag::Meter::new(cfg.streams as usize);
     let driver = Driver {
         role,
         cfg,
@@ -205,6 +209,7 @@ pub(crate) async fn start(
         recorders: HashMap::new(),
         counts: HashMap::new(),
         last_estimate_kbps: 0,
+        meter,
     };
     tokio::spawn(driver.run(conn));
     Ok(())
@@ -252,6 +257,8 @@ struct Driver {
     recorders: HashMap<usize, crate::record::Recorder>,
     /// Field: the last bandwidth estimate reported to the application.
     last_estimate_kbps: u32,
+    /// Diagnostics: counters per stream (field) or receiver (remote), running windows.
+    meter: crate::diag::Meter,
 }
 
 impl Driver {
@@ -304,10 +311,13 @@ impl Driver {
                         Some(Cmd::Send { reply, .. }) | Some(Cmd::SendRaw { reply, .. }) => {
                             let _ = reply.send(Err(ErrorCode::Disconnected.into()));
                         }
-                        Some(Cmd::Video { .. }) => {}
+                        Some(Cmd::Video { stream, .. }) => {
+                            if let Some(m) = self.meter.at(stream) { m.frames_in += 1; }
+                        }
                         Some(Cmd::SourceState { stream, ok, reason, keyframe_on_request }) => {
                             self.source_state(stream, ok, reason, keyframe_on_request);
                         }
+                        Some(Cmd::SourceStarted { stream, fps, kbps }) => self.source_started(stream, fps, kbps),
                     }
                 }
             }
@@ -362,6 +372,18 @@ impl Driver {
         reason: Option<String>,
         keyframe_on_request: bool,
     ) -> ClientMsg {
+        if let Some(info) = self.meter.info.get_mut(stream as usize) {
+            info.failed = match (ok, info.failed.take(), &reason) {
+                (true, _, _) => None,
+                // Still failing: keep the first time, with the newest reason.
+                (false, Some((_, since)), Some(r)) => Some((r.clone(), since)),
+                (false, Some(old), None) => Some(old),
+                (false, None, r) => Some((
+                    r.clone().unwrap_or_else(|| "the source failed".into()),
+                    Instant::now(),
+                )),
+            };
+        }
         if ok {
             tracing::info!(stream, "video source working");
         } else {
@@ -385,6 +407,61 @@ impl Driver {
         };
         self.sources.insert(stream, m.clone());
         m
+    }
+
+    fn source_started(&mut self, stream: u32, fps: f64, kbps: Option<u32>) {
+        if let Some(info) = self.meter.info.get_mut(stream as usize) {
+            info.fps = Some(fps);
+            info.kbps = kbps;
+        }
+    }
+
+    /// The diagnosis windows that are over: their parts, to send to the server.
+    fn diag_reports(&mut self) -> Vec<ClientMsg> {
+        let now = Instant::now();
+        let estimate = self
+            .shared
+            .estimate_bps
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let estimate_kbps = (estimate > 0).then_some((estimate / 1000) as u32);
+        let receivers = self
+            .shared
+            .receivers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.meter
+            .take_due(now)
+            .into_iter()
+            .map(|f| {
+                let mut field = Vec::new();
+                let mut remote = Vec::new();
+                for (id, m) in &f.items {
+                    match self.role {
+                        Role::Field => {
+                            let info = self
+                                .meter
+                                .info
+                                .get(*id as usize)
+                                .cloned()
+                                .unwrap_or_default();
+                            field.push(crate::diag::field_part(*id, m, &info, estimate_kbps, now));
+                        }
+                        Role::Remote => {
+                            let stream =
+                                receivers.get(*id as usize).and_then(|r| r.stream.as_ref());
+                            remote.push(crate::diag::remote_part(*id, m, self.cfg.decode, stream));
+                        }
+                    }
+                }
+                ClientMsg::DiagReport {
+                    req: None,
+                    diag: f.diag,
+                    field,
+                    remote,
+                }
+            })
+            .collect()
     }
 
     fn req_id(&mut self) -> u64 {
@@ -411,6 +488,13 @@ impl Driver {
                     if let Ok((n, src)) = r { conn.peer.handle_datagram(&buf[..n], src); }
                 }
                 _ = tokio::time::sleep_until(conn.peer.next_timeout.into()) => conn.peer.handle_timeout(),
+                _ = sleep_until_some(self.meter.next_due()) => {
+                    for m in self.diag_reports() {
+                        if let Err(e) = conn.ws.send(to_msg(&m)).await {
+                            return Stop::Lost(format!("signalling: {e}"));
+                        }
+                    }
+                }
                 cmd = self.cmds.recv() => match cmd {
                     None | Some(Cmd::Close) => return Stop::Closed,
                     Some(Cmd::Request { mut msg, reply }) => {
@@ -449,10 +533,22 @@ impl Driver {
                     Some(Cmd::Video { stream, frame }) => {
                         let since = frame.capture.duration_since(self.video_epoch).unwrap_or_default();
                         let rtp = (since.as_micros() as u64).saturating_mul(9) / 100;
-                        if let Err(e) = conn.peer.write_video(stream, frame.codec, &frame.data, rtp, frame.capture) {
+                        let written = conn.peer.write_video(stream, frame.codec, &frame.data, rtp, frame.capture);
+                        if let Some(m) = self.meter.at(stream) {
+                            m.frames_in += 1;
+                            if written.is_ok() {
+                                m.frames_out += 1;
+                                m.bytes += frame.data.len() as u64;
+                            }
+                        }
+                        if let Err(e) = written {
                             tracing::debug!(stream, "video frame dropped: {e}");
+                            if let Some(info) = self.meter.info.get_mut(stream) {
+                                info.send_error = Some(e.message);
+                            }
                         }
                     }
+                    Some(Cmd::SourceStarted { stream, fps, kbps }) => self.source_started(stream, fps, kbps),
                 },
             }
             for ev in conn.peer.poll() {
@@ -476,6 +572,9 @@ impl Driver {
                             self.shared.keyframe_notify[index].notify_one();
                         }
                     }
+                    PeerEvent::EgressStats { index, loss, rtt } => {
+                        self.meter.sample(index as u32, loss, rtt);
+                    }
                     PeerEvent::Stats {
                         index,
                         loss,
@@ -483,6 +582,7 @@ impl Driver {
                         nacks,
                         packets,
                     } => {
+                        self.meter.sample(index as u32, loss, rtt);
                         let c = self
                             .counts
                             .get(&index)
@@ -640,6 +740,25 @@ impl Driver {
             ServerMsg::Warning { code, message, .. } => {
                 self.ev.emit(Event::Warning { code, message })
             }
+            ServerMsg::DiagStart {
+                diag,
+                window_ms,
+                stream_ids,
+                conn_fds,
+                ..
+            } => {
+                let ids = match self.role {
+                    Role::Field => stream_ids,
+                    Role::Remote => conn_fds,
+                };
+                let window = Duration::from_millis(u64::from(window_ms.min(60_000)));
+                self.meter.start(diag, &ids, window, Instant::now());
+            }
+            ServerMsg::DiagResult { gwid, kind, report } => self.ev.emit(Event::Diagnosis {
+                gwid,
+                kind,
+                report: *report,
+            }),
             ServerMsg::Error { code, message, .. } => {
                 self.ev.emit(Event::Warning { code, message });
                 if code == ErrorCode::Replaced {
@@ -690,5 +809,13 @@ impl Driver {
             ClientMsg::UnwatchAll { .. } => self.watches.clear(),
             _ => {}
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one (a `select!` branch that never fires).
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
     }
 }

@@ -38,7 +38,20 @@ impl Driver {
             *counted = stream.clone();
             *counts = Default::default();
         }
+        let dropped_before = counts.dropped;
         let admit = counts.admit(contiguous, keyframe);
+        let dropped = counts.dropped - dropped_before;
+        if let Some(m) = self.meter.at(index) {
+            m.frames_in += 1;
+            m.bytes += data.len() as u64;
+            m.dropped += dropped;
+            m.frames_out += u64::from(admit.deliver);
+            let age = capture.and_then(|c| std::time::SystemTime::now().duration_since(c).ok());
+            if let Some(age) = age {
+                m.latency_sum_ms += age.as_secs_f64() * 1000.0;
+                m.latency_n += 1;
+            }
+        }
         let mut ask = admit.request_keyframe;
         if !admit.deliver {
             return ask;
@@ -56,6 +69,9 @@ impl Driver {
                     if let Some((_, c)) = self.counts.get_mut(&index) {
                         ask |= c.decode_failed();
                     }
+                    if let Some(m) = self.meter.at(index) {
+                        m.dropped += 1;
+                    }
                     return ask;
                 }
             }
@@ -65,6 +81,9 @@ impl Driver {
         if picture.is_some() {
             if let Some((_, c)) = self.counts.get_mut(&index) {
                 c.decoded += 1;
+            }
+            if let Some(m) = self.meter.at(index) {
+                m.decoded += 1;
             }
         }
         self.ev.emit(Event::Frame(crate::VideoFrame {

@@ -219,6 +219,7 @@ impl Sip {
                     role: Role::Field,
                     auto_permission: true,
                     sees_all_fields: false,
+                    mode: "public".into(),
                 },
                 out,
             )

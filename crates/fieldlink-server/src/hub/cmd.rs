@@ -23,6 +23,8 @@ pub struct ClientInfo {
     pub auto_permission: bool,
     /// The project lets remotes list field devices: this remote hears every field's presence.
     pub sees_all_fields: bool,
+    /// The device's mode (`cloud_mode`), compared by a diagnosis.
+    pub mode: String,
 }
 
 #[derive(Debug)]
@@ -120,6 +122,20 @@ pub enum Cmd {
         ok: bool,
         reason: Option<String>,
         keyframe_on_request: bool,
+    },
+    /// A remote asks for a diagnosis of its session with `gwid` (SPEC §6).
+    Diagnose {
+        conn: ConnId,
+        req: Option<u64>,
+        gwid: DeviceId,
+    },
+    /// A device's measurement for a running diagnosis.
+    DiagReport {
+        conn: ConnId,
+        req: Option<u64>,
+        diag: u64,
+        field: Vec<fieldlink_proto::diag::FieldPart>,
+        remote: Vec<fieldlink_proto::diag::RemotePart>,
     },
     /// Close every connection and stop (server shutdown).
     Shutdown,

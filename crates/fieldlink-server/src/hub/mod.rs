@@ -12,10 +12,12 @@
 //! - `receivers`: what each receiver (`conn_fd`) wants and the stream states it is told;
 //! - `forward`: media forwarding, keyframe requests, starts from the cached GOP (`gop`);
 //! - `control`: control-data limits, pacing and delivery;
+//! - `diag`: session diagnostics (starting one, joining both sides' parts, the report);
 //! - `peer`: the str0m peer connections (offers, UDP in, timeouts, polling).
 
 mod cmd;
 mod control;
+mod diag;
 mod forward;
 mod gop;
 mod peer;
@@ -61,6 +63,8 @@ pub fn spawn(
         dirty: Vec::new(),
         keyframe_rescan: None,
         replay_due: None,
+        diags: Vec::new(),
+        next_diag: 0,
     };
     let task = tokio::spawn(hub.run(rx));
     (HubHandle { tx }, task)
@@ -105,6 +109,9 @@ struct Hub {
     keyframe_rescan: Option<Instant>,
     /// When receivers with a backlog write their next part of it, if any have one.
     replay_due: Option<Instant>,
+    /// Running diagnoses (at most [`diag::MAX_DIAGS`]).
+    diags: Vec<diag::Diag>,
+    next_diag: u64,
 }
 
 impl Hub {
@@ -124,6 +131,7 @@ impl Hub {
                 )
                 .chain(self.keyframe_rescan)
                 .chain(self.replay_due)
+                .chain(self.next_diag_due())
                 .min()
                 .unwrap_or(now + Duration::from_secs(1))
                 .max(now);
@@ -148,6 +156,7 @@ impl Hub {
             self.drive_timeouts();
             self.retry_keyframes();
             self.drain_backlogs();
+            self.diags_due(Instant::now());
             for conn in std::mem::take(&mut self.dirty) {
                 self.poll(conn);
             }
@@ -271,6 +280,20 @@ impl Hub {
                 keyframe_on_request,
             } => {
                 let r = self.source_state(conn, stream, ok, reason, keyframe_on_request);
+                self.reply(conn, req, r);
+            }
+            Cmd::Diagnose { conn, req, gwid } => {
+                let r = self.diagnose(conn, &gwid);
+                self.reply(conn, req, r);
+            }
+            Cmd::DiagReport {
+                conn,
+                req,
+                diag,
+                field,
+                remote,
+            } => {
+                let r = self.diag_report(conn, diag, field, remote);
                 self.reply(conn, req, r);
             }
             Cmd::Shutdown => {}

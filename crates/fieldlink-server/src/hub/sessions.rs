@@ -90,6 +90,7 @@ impl Hub {
             self.by_device.remove(&device);
         }
         tracing::info!(device = %device, conn, "device offline");
+        self.diags_end_for(&device, conn, client.info.role);
         match client.info.role {
             Role::Field => {
                 if let Some(fc) = self.fields.get_mut(&device) {

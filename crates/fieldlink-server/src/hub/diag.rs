@@ -1,0 +1,289 @@
+//! Session diagnostics (SPEC §6): starting a diagnosis for a remote and the field device
+//! it watches, collecting what both sides measured over the window, and joining it into
+//! the report the remote gets. The measuring is done by the devices (the causes too, where
+//! the facts are); the hub adds what only it knows (who is connected, the modes) and
+//! decides the outcome. Touches no media and no session state.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use fieldlink_proto::diag::{
+    FieldPart, FieldSide, RemotePart, RemoteSide, Report, StreamReport, DIAG_GRACE_MS,
+    DIAG_WINDOW_MS, OK,
+};
+use fieldlink_proto::{DeviceId, ErrorCode, Role, ServerMsg};
+
+use super::{ConnId, Hub};
+
+/// Most diagnoses running at once on the server (each is small; this bounds the table).
+pub(super) const MAX_DIAGS: usize = 1024;
+
+/// One running diagnosis.
+pub(super) struct Diag {
+    id: u64,
+    /// The remote that asked.
+    remote: ConnId,
+    field: DeviceId,
+    /// The remote's receivers connected to the field's streams at the start:
+    /// (conn_fd, stream_id).
+    pairs: Vec<(u32, u32)>,
+    /// When the parts are due at the latest.
+    due: Instant,
+    field_part: Option<Vec<FieldPart>>,
+    remote_part: Option<Vec<RemotePart>>,
+}
+
+impl Hub {
+    /// Starts a diagnosis of `gwid` for remote `conn`; fails at once without a connection.
+    pub(super) fn diagnose(&mut self, conn: ConnId, gwid: &DeviceId) -> Result<(), ErrorCode> {
+        let client = self.clients.get(&conn).ok_or(ErrorCode::NotLoggedIn)?;
+        if client.info.role != Role::Remote {
+            return Err(ErrorCode::WrongRoleForCall);
+        }
+        if !client.sessions.contains(gwid) {
+            return Err(ErrorCode::NotInSession);
+        }
+        let field_conn = *self.by_device.get(gwid).ok_or(ErrorCode::FieldOffline)?;
+        let pairs: Vec<(u32, u32)> = client
+            .receivers
+            .iter()
+            .enumerate()
+            .filter_map(|(fd, r)| match &r.want {
+                Some((f, s)) if f == gwid => Some((fd as u32, *s)),
+                _ => None,
+            })
+            .collect();
+        if pairs.is_empty() {
+            return Err(ErrorCode::NotConnected);
+        }
+        if self
+            .diags
+            .iter()
+            .any(|d| d.remote == conn && &d.field == gwid)
+        {
+            return Err(ErrorCode::DiagBusy);
+        }
+        if self.diags.len() >= MAX_DIAGS {
+            return Err(ErrorCode::Congested);
+        }
+        self.next_diag += 1;
+        let id = self.next_diag;
+        let mut stream_ids: Vec<u32> = pairs.iter().map(|(_, s)| *s).collect();
+        stream_ids.sort_unstable();
+        stream_ids.dedup();
+        let window = Duration::from_millis(u64::from(DIAG_WINDOW_MS));
+        let grace = Duration::from_millis(u64::from(DIAG_GRACE_MS));
+        self.diags.push(Diag {
+            id,
+            remote: conn,
+            field: gwid.clone(),
+            pairs: pairs.clone(),
+            due: Instant::now() + window + grace,
+            field_part: None,
+            remote_part: None,
+        });
+        tracing::info!(field = %gwid, diag = id, "diagnosis started");
+        let start = |stream_ids: Vec<u32>, conn_fds: Vec<u32>| ServerMsg::DiagStart {
+            diag: id,
+            gwid: gwid.clone(),
+            window_ms: DIAG_WINDOW_MS,
+            stream_ids,
+            conn_fds,
+        };
+        // A source outside WebRTC (a GB28181 camera) has no SDK to measure with.
+        let external = self
+            .clients
+            .get(&field_conn)
+            .is_some_and(|c| c.external.is_some());
+        if !external {
+            self.send(field_conn, start(stream_ids, Vec::new()));
+        }
+        self.send(
+            conn,
+            start(Vec::new(), pairs.iter().map(|(fd, _)| *fd).collect()),
+        );
+        Ok(())
+    }
+
+    /// A device's measurement for diagnosis `id`. Parts for streams or receivers outside
+    /// the diagnosis are ignored.
+    pub(super) fn diag_report(
+        &mut self,
+        conn: ConnId,
+        id: u64,
+        field: Vec<FieldPart>,
+        remote: Vec<RemotePart>,
+    ) -> Result<(), ErrorCode> {
+        let field_conn = |d: &Diag| self.by_device.get(&d.field).copied();
+        let i = self
+            .diags
+            .iter()
+            .position(|d| d.id == id && (d.remote == conn || field_conn(d) == Some(conn)))
+            .ok_or(ErrorCode::NotFound)?;
+        let d = &mut self.diags[i];
+        if d.remote == conn {
+            let mut parts: Vec<RemotePart> = remote
+                .into_iter()
+                .filter(|p| d.pairs.iter().any(|(fd, _)| *fd == p.conn_fd))
+                .collect();
+            parts.dedup_by_key(|p| p.conn_fd);
+            d.remote_part = Some(parts);
+        } else {
+            let mut parts: Vec<FieldPart> = field
+                .into_iter()
+                .filter(|p| d.pairs.iter().any(|(_, s)| *s == p.stream_id))
+                .collect();
+            parts.dedup_by_key(|p| p.stream_id);
+            d.field_part = Some(parts);
+        }
+        let external = field_conn(d)
+            .and_then(|c| self.clients.get(&c))
+            .is_some_and(|c| c.external.is_some());
+        if d.remote_part.is_some() && (d.field_part.is_some() || external) {
+            let d = self.diags.swap_remove(i);
+            self.finish_diag(d, None);
+        }
+        Ok(())
+    }
+
+    /// Ends the diagnoses whose parts are overdue.
+    pub(super) fn diags_due(&mut self, now: Instant) {
+        while let Some(i) = self.diags.iter().position(|d| d.due <= now) {
+            let d = self.diags.swap_remove(i);
+            self.finish_diag(d, None);
+        }
+    }
+
+    /// When the next diagnosis is overdue, if any runs.
+    pub(super) fn next_diag_due(&self) -> Option<Instant> {
+        self.diags.iter().map(|d| d.due).min()
+    }
+
+    /// The field device went offline: its diagnoses end now. A remote that went away
+    /// has nobody to tell.
+    pub(super) fn diags_end_for(&mut self, device: &DeviceId, conn: ConnId, role: Role) {
+        let mut i = 0;
+        while i < self.diags.len() {
+            let d = &self.diags[i];
+            let hit = match role {
+                Role::Field => &d.field == device,
+                Role::Remote => d.remote == conn,
+            };
+            if !hit {
+                i += 1;
+                continue;
+            }
+            let d = self.diags.swap_remove(i);
+            if role == Role::Field {
+                let why = format!("field device {device} went offline during the diagnosis");
+                self.finish_diag(d, Some((ErrorCode::FieldOffline, why)));
+            }
+        }
+    }
+
+    /// Joins the parts and tells the remote. `failed`: why the diagnosis could not finish.
+    fn finish_diag(&mut self, d: Diag, failed: Option<(ErrorCode, String)>) {
+        let field_client = self
+            .by_device
+            .get(&d.field)
+            .and_then(|c| self.clients.get(c));
+        let remote_client = self.clients.get(&d.remote);
+        let external = field_client.is_some_and(|c| c.external.is_some());
+        let failed = failed.or_else(|| {
+            if field_client.is_none() {
+                Some((
+                    ErrorCode::FieldOffline,
+                    format!("field device {} is offline", d.field),
+                ))
+            } else if d.field_part.is_none() && !external {
+                Some((
+                    ErrorCode::Timeout,
+                    "the field device sent no measurement in time".into(),
+                ))
+            } else if d.remote_part.is_none() {
+                Some((
+                    ErrorCode::Timeout,
+                    "this device sent no measurement in time".into(),
+                ))
+            } else {
+                None
+            }
+        });
+        let connected = |c: Option<&super::Client>, who: &str| -> (String, String) {
+            match c {
+                None => (format!("{who} offline"), format!("{who} offline")),
+                Some(c) if c.external.is_some() => (OK.into(), OK.into()),
+                Some(c) => (
+                    OK.into(),
+                    match &c.peer {
+                        Some(p) if p.rtc.is_connected() => OK.into(),
+                        Some(_) => format!("{who}'s media connection (WebRTC) is not established"),
+                        None => format!("{who} has not set up its media connection"),
+                    },
+                ),
+            }
+        };
+        let (f_sig, f_media) = connected(field_client, "field device");
+        let (r_sig, r_media) = connected(remote_client, "remote device");
+        let remote_mode = match (remote_client, field_client) {
+            (Some(r), Some(f)) if r.info.mode == f.info.mode => OK.into(),
+            (Some(r), Some(f)) => format!(
+                "mode mismatch: this device is \"{}\", the field device \"{}\"",
+                r.info.mode, f.info.mode
+            ),
+            _ => "unknown: a device is offline".into(),
+        };
+        let field_parts: BTreeMap<u32, FieldPart> = d
+            .field_part
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| (p.stream_id, p))
+            .collect();
+        let remote_parts: BTreeMap<u32, RemotePart> = d
+            .remote_part
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| (p.conn_fd, p))
+            .collect();
+        let result = d
+            .pairs
+            .iter()
+            .map(|(fd, s)| StreamReport {
+                stream_id: *s,
+                conn_fd: *fd,
+                field: field_parts.get(s).map(|p| FieldSide {
+                    signal_connect: f_sig.clone(),
+                    media_connect: f_media.clone(),
+                    part: p.clone(),
+                }),
+                remote: remote_parts.get(fd).map(|p| RemoteSide {
+                    signal_connect: r_sig.clone(),
+                    media_connect: r_media.clone(),
+                    part: p.clone(),
+                }),
+            })
+            .collect();
+        let diag_error = match (&failed, external) {
+            (Some((_, why)), _) => why.clone(),
+            (None, true) => "ok (a GB28181 device: its side is not measured)".into(),
+            (None, false) => OK.into(),
+        };
+        let kind = failed.as_ref().map_or(1, |(code, _)| code.code());
+        tracing::info!(field = %d.field, diag = d.id, kind, "diagnosis finished");
+        let report = Report {
+            remote_mqtt_connect: OK.into(),
+            diag_error,
+            device_id: d.field.to_string(),
+            remote_mode,
+            result,
+        };
+        self.send(
+            d.remote,
+            ServerMsg::DiagResult {
+                gwid: d.field,
+                kind,
+                report: Box::new(report),
+            },
+        );
+    }
+}
