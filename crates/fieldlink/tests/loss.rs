@@ -602,3 +602,44 @@ async fn a_transcoded_camera_follows_a_limited_uplink() {
     assert!(frames >= 90, "{frames} frames in 6 s");
     assert!(decoded * 10 >= frames * 9, "{decoded} of {frames} decoded");
 }
+
+/// SPEC §6 behind a shaped field uplink: the diagnosis reports the sent bitrate below the
+/// configured one with the network as its cause (and the estimate that says so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diagnosis_names_a_limited_uplink() {
+    use fieldlink_sdk::video::TestPatternConfig;
+    let (s, relay) = through_relay().await;
+    let tp = TestPatternConfig {
+        width: 640,
+        height: 360,
+        fps: 25.0,
+        kbps: 1500,
+        gop: 50,
+    };
+    let (_field, _fe, r, mut re) = one_stream_with(&s, tp, true).await;
+    relay.delay_ms.store(10, Ordering::Relaxed);
+    relay.rate_kbps.store(400, Ordering::Relaxed);
+    let settle = tokio::time::Instant::now() + Duration::from_secs(6);
+    while tokio::time::timeout_at(settle, re.recv()).await.is_ok() {}
+    r.diag_request(&id("p/f")).await.unwrap();
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (kind, rep) = loop {
+        match tokio::time::timeout_at(end, re.recv()).await {
+            Ok(Some(Event::Diagnosis { kind, report, .. })) => break (kind, report),
+            Ok(Some(_)) => {}
+            other => panic!("no diagnosis: {other:?}"),
+        }
+    };
+    let json = serde_json::to_string_pretty(&rep).unwrap();
+    eprintln!("shaped to 400 kbit/s:\n{json}");
+    assert_eq!(kind, 1, "{json}");
+    let f = &rep.result[0].field.as_ref().expect("field part").part;
+    assert!(f.bps < 1_200_000, "{json}");
+    let note = f.notes.get("bps").map(String::as_str).unwrap_or("");
+    assert!(
+        note.starts_with("network limited: ") && note.contains("1500 configured, estimate "),
+        "{json}"
+    );
+    let remote = &rep.result[0].remote.as_ref().expect("remote part").part;
+    assert!(remote.bps < 1_200_000, "{json}");
+}
