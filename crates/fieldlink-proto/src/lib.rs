@@ -5,6 +5,7 @@ pub mod control;
 pub mod diag;
 pub mod error;
 pub mod ids;
+pub mod quality;
 pub mod signal;
 
 pub use control::{

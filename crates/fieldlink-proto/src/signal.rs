@@ -320,6 +320,25 @@ pub enum ServerMsg {
         #[serde(default)]
         conn_fds: Vec<u32>,
     },
+    /// To a remote, every 2 s per playing receiver: its connection quality
+    /// (`fieldlink_proto::quality`), the figures it was scored from, and why it is not
+    /// excellent.
+    Quality {
+        conn_fd: u32,
+        gwid: DeviceId,
+        stream_id: u32,
+        level: crate::quality::Quality,
+        fps: f64,
+        source_fps: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        loss_pct: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rtt_ms: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        jitter_ms: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<String>,
+    },
     /// To the remote that asked: the diagnosis of `gwid` (SPEC §6 `(gwid, type, json)`):
     /// `kind` 1 = success, < 0 = the error code; the report is there either way.
     DiagResult {

@@ -84,6 +84,22 @@ pub fn event_json(ev: &Event) -> Value {
             "dropped": dropped,
         }),
         Event::BitrateEstimate { kbps } => json!({"event": "bitrate_estimate", "kbps": kbps}),
+        Event::Quality {
+            conn_fd,
+            gwid,
+            stream_id,
+            level,
+            fps,
+            source_fps,
+            loss_pct,
+            rtt_ms,
+            jitter_ms,
+            cause,
+        } => json!({
+            "event": "quality", "conn_fd": conn_fd, "gwid": gwid, "stream_id": stream_id,
+            "level": level, "fps": fps, "source_fps": source_fps, "loss_pct": loss_pct,
+            "rtt_ms": rtt_ms, "jitter_ms": jitter_ms, "cause": cause,
+        }),
         Event::Diagnosis { gwid, kind, report } => {
             json!({"event": "diagnosis", "gwid": gwid, "type": kind, "report": report})
         }

@@ -11,7 +11,7 @@ use common::*;
 use fieldlink_proto::diag::{Report, OK};
 use fieldlink_sdk::camera::{Passthrough, RtspCameraConfig, RtspTransport};
 use fieldlink_sdk::video::{TestPattern, TestPatternConfig};
-use fieldlink_sdk::{ErrorCode, Event, Events, FieldDevice, RemoteDevice, StreamState};
+use fieldlink_sdk::{ErrorCode, Event, Events, FieldDevice, Quality, RemoteDevice, StreamState};
 
 const PATTERN: TestPatternConfig = TestPatternConfig {
     width: 320,
@@ -100,6 +100,30 @@ async fn a_healthy_session_is_ok_with_figures_near_the_configured_ones() {
         .await
         .unwrap();
     until_playing(&mut re, &[0, 1]).await;
+    // Every playing receiver is scored every 2 s; on loopback it is excellent.
+    for fd in [0, 1] {
+        let q = expect_event(
+            &mut re,
+            "a quality score",
+            |e| matches!(e, Event::Quality { conn_fd, .. } if *conn_fd == fd),
+        )
+        .await;
+        let Event::Quality {
+            level,
+            fps,
+            source_fps,
+            cause,
+            ..
+        } = q
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            level,
+            Quality::Excellent,
+            "{fps} of {source_fps} fps: {cause:?}"
+        );
+    }
     let asked = Instant::now();
     r.diag_request(&id("p/f")).await.unwrap();
     let busy = r.diag_request(&id("p/f")).await.unwrap_err();
@@ -182,6 +206,25 @@ async fn a_stopped_camera_is_the_named_cause_and_the_other_stream_stays_ok() {
         )
     })
     .await;
+    // The receiver of the stopped camera is scored as lost.
+    let q = expect_event(&mut re, "conn_fd 0 lost", |e| {
+        matches!(
+            e,
+            Event::Quality {
+                conn_fd: 0,
+                level: Quality::Lost,
+                ..
+            }
+        )
+    })
+    .await;
+    let Event::Quality { cause, .. } = q else {
+        unreachable!()
+    };
+    assert_eq!(
+        cause.as_deref(),
+        Some("no frames: the source sends nothing")
+    );
     r.diag_request(&id("p/f")).await.unwrap();
     let (kind, rep) = diagnosis(&mut re).await;
     let json = serde_json::to_string_pretty(&rep).unwrap();

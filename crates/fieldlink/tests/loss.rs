@@ -643,3 +643,44 @@ async fn a_diagnosis_names_a_limited_uplink() {
     let remote = &rep.result[0].remote.as_ref().expect("remote part").part;
     assert!(remote.bps < 1_200_000, "{json}");
 }
+
+/// Connection quality: a receiver is scored every 2 s by the server; a path with a
+/// 500 ms round trip makes it poor, with the round trip as the cause, and it is excellent
+/// again once the path is fast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_path_is_scored_poor_and_recovers() {
+    use fieldlink_sdk::video::TestPatternConfig;
+    use fieldlink_sdk::Quality;
+    let (s, relay) = through_relay().await;
+    let tp = TestPatternConfig {
+        width: 320,
+        height: 180,
+        fps: 25.0,
+        kbps: 400,
+        gop: 50,
+    };
+    let (_field, _fe, _r, mut re) = one_stream(&s, tp).await;
+    let level_of = |e: &Event| match e {
+        Event::Quality { level, cause, .. } => Some((*level, cause.clone())),
+        _ => None,
+    };
+    let first = expect_event(&mut re, "a first score", |e| level_of(e).is_some()).await;
+    assert_eq!(
+        level_of(&first).map(|l| l.0),
+        Some(Quality::Excellent),
+        "{first:?}"
+    );
+    relay.delay_ms.store(250, Ordering::Relaxed);
+    let poor = expect_event(&mut re, "a poor score", |e| {
+        level_of(e).is_some_and(|(l, _)| l == Quality::Poor)
+    })
+    .await;
+    eprintln!("over a 500 ms round trip: {poor:?}");
+    let cause = level_of(&poor).and_then(|l| l.1).unwrap_or_default();
+    assert!(cause.starts_with("round trip "), "{cause}");
+    relay.delay_ms.store(0, Ordering::Relaxed);
+    expect_event(&mut re, "excellent again", |e| {
+        level_of(e).is_some_and(|(l, _)| l == Quality::Excellent)
+    })
+    .await;
+}

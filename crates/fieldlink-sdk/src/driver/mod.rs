@@ -754,6 +754,29 @@ impl Driver {
                 let window = Duration::from_millis(u64::from(window_ms.min(60_000)));
                 self.meter.start(diag, &ids, window, Instant::now());
             }
+            ServerMsg::Quality {
+                conn_fd,
+                gwid,
+                stream_id,
+                level,
+                fps,
+                source_fps,
+                loss_pct,
+                rtt_ms,
+                jitter_ms,
+                cause,
+            } => self.ev.emit(Event::Quality {
+                conn_fd,
+                gwid,
+                stream_id,
+                level,
+                fps,
+                source_fps,
+                loss_pct,
+                rtt_ms,
+                jitter_ms,
+                cause,
+            }),
             ServerMsg::DiagResult { gwid, kind, report } => self.ev.emit(Event::Diagnosis {
                 gwid,
                 kind,

@@ -256,6 +256,19 @@ impl Hub {
             .and_then(|p| p.sources.get(stream as usize))
             .is_some_and(|s| !s.keyframe_on_request);
         let note = passthrough.then_some(PASSTHROUGH_NOTE);
+        if let Some(c) = self
+            .by_device
+            .get(field)
+            .and_then(|c| self.clients.get_mut(c))
+        {
+            let i = stream as usize;
+            if c.frames_in.len() <= i && i < super::quality::MAX_COUNTED_STREAMS {
+                c.frames_in.resize(i + 1, 0);
+            }
+            if let Some(n) = c.frames_in.get_mut(i) {
+                *n += 1;
+            }
+        }
         let mut written = Vec::new();
         let mut msgs = Vec::new();
         for conn in members {
@@ -323,6 +336,7 @@ impl Hub {
                     continue;
                 }
                 if write_frame(peer, fd, data, out_t, source.as_ref()) {
+                    r.sent += 1;
                     self.metrics.frames_forwarded.inc();
                     self.metrics.bytes_forwarded.inc_by(data.len() as u64);
                     if !written.contains(&conn) {
@@ -411,6 +425,7 @@ impl Hub {
                     };
                     budget = budget.saturating_sub(f.data.len());
                     if write_frame(peer, fd, &f.data, out_t, Some(&(f.params, now, None))) {
+                        r.sent += 1;
                         self.metrics.frames_forwarded.inc();
                         self.metrics.bytes_forwarded.inc_by(f.data.len() as u64);
                     }

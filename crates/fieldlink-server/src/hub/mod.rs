@@ -13,6 +13,7 @@
 //! - `forward`: media forwarding, keyframe requests, starts from the cached GOP (`gop`);
 //! - `control`: control-data limits, pacing and delivery;
 //! - `diag`: session diagnostics (starting one, joining both sides' parts, the report);
+//! - `quality`: each playing receiver's connection quality, scored every 2 s;
 //! - `peer`: the str0m peer connections (offers, UDP in, timeouts, polling).
 
 mod cmd;
@@ -21,6 +22,7 @@ mod diag;
 mod forward;
 mod gop;
 mod peer;
+mod quality;
 mod receivers;
 mod sessions;
 
@@ -65,6 +67,7 @@ pub fn spawn(
         replay_due: None,
         diags: Vec::new(),
         next_diag: 0,
+        quality_due: Instant::now() + quality::EVERY,
     };
     let task = tokio::spawn(hub.run(rx));
     (HubHandle { tx }, task)
@@ -90,6 +93,8 @@ struct Client {
     /// Field whose video comes from outside WebRTC: its stream count, and the demand
     /// last told to it.
     external: Option<(u32, Vec<u32>)>,
+    /// Field: frames that arrived per stream (receivers' quality compares with it).
+    frames_in: Vec<u64>,
 }
 
 /// The task's state: every table the modules of the hub work on.
@@ -112,6 +117,8 @@ struct Hub {
     /// Running diagnoses (at most [`diag::MAX_DIAGS`]).
     diags: Vec<diag::Diag>,
     next_diag: u64,
+    /// When the receivers are scored next.
+    quality_due: Instant,
 }
 
 impl Hub {
@@ -132,6 +139,7 @@ impl Hub {
                 .chain(self.keyframe_rescan)
                 .chain(self.replay_due)
                 .chain(self.next_diag_due())
+                .chain(Some(self.quality_due))
                 .min()
                 .unwrap_or(now + Duration::from_secs(1))
                 .max(now);
@@ -157,6 +165,7 @@ impl Hub {
             self.retry_keyframes();
             self.drain_backlogs();
             self.diags_due(Instant::now());
+            self.score_receivers(Instant::now());
             for conn in std::mem::take(&mut self.dirty) {
                 self.poll(conn);
             }

@@ -39,6 +39,8 @@ pub(super) struct Peer {
     pub(super) channels: [Option<ChannelId>; 2],
     pub(super) pending_reliable: VecDeque<Vec<u8>>,
     pub(super) next_timeout: Instant,
+    /// Remote: per receiver, the last RTCP figures its device reported (`quality`).
+    pub(super) egress: Vec<Option<super::quality::Rtcp>>,
 }
 
 /// What polling one peer hands back to the hub, to act on once the peer is released.
@@ -48,6 +50,8 @@ pub(super) enum PeerEvent {
     Media(Box<MediaData>),
     /// A remote's receiver asks for a keyframe.
     Keyframe(Mid),
+    /// A remote's receiver reported (RTCP) on what it gets.
+    Egress(Mid, super::quality::Rtcp),
     Dead(&'static str),
 }
 
@@ -89,6 +93,8 @@ impl Hub {
                 fieldlink_rtc::EXT_ABS_CAPTURE_TIME,
                 Extension::AbsoluteCaptureTime,
             )
+            // Receivers' RTCP figures feed their quality scores.
+            .set_stats_interval(Some(std::time::Duration::from_secs(1)))
             .build(now);
         let cand = Candidate::host(self.candidate_addr, "udp")
             .map_err(|e| (ErrorCode::Internal, format!("candidate: {e}")))?;
@@ -111,6 +117,7 @@ impl Hub {
         }
         client.peer = Some(Peer {
             rtc,
+            egress: vec![None; mids.len()],
             keyframe_asked: vec![None; mids.len()],
             sources: mids.iter().map(|_| SourceInfo::default()).collect(),
             video_mids: mids,
@@ -247,6 +254,19 @@ impl Hub {
                             }
                         }
                     }
+                    PeerEvent::Egress(mid, rtcp) => {
+                        if let Some(p) = self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) {
+                            if let Some(i) = p.video_mids.iter().position(|m| *m == mid) {
+                                // A second without a receiver report keeps the last figures.
+                                let last = p.egress[i].unwrap_or_default();
+                                p.egress[i] = Some(super::quality::Rtcp {
+                                    loss_pct: rtcp.loss_pct.or(last.loss_pct),
+                                    rtt_ms: rtcp.rtt_ms.or(last.rtt_ms),
+                                    jitter_ms: rtcp.jitter_ms.or(last.jitter_ms),
+                                });
+                            }
+                        }
+                    }
                     PeerEvent::Keyframe(mid) => {
                         let want = self.clients.get(&conn).and_then(|c| {
                             let fd = c.peer.as_ref()?.video_mids.iter().position(|m| *m == mid)?;
@@ -301,6 +321,15 @@ impl Hub {
                     Event::ChannelData(d) => events.push(PeerEvent::Data(d.id, d.data)),
                     Event::MediaData(d) => events.push(PeerEvent::Media(Box::new(d))),
                     Event::KeyframeRequest(r) => events.push(PeerEvent::Keyframe(r.mid)),
+                    Event::MediaEgressStats(s) => {
+                        let rtcp = super::quality::Rtcp {
+                            loss_pct: s.loss.map(|l| f64::from(l) * 100.0),
+                            rtt_ms: s.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                            // RFC 3550 jitter, in the 90 kHz video clock.
+                            jitter_ms: s.remote.map(|r| f64::from(r.jitter) / 90.0),
+                        };
+                        events.push(PeerEvent::Egress(s.mid, rtcp));
+                    }
                     Event::ChannelBufferedAmountLow(_) => flush_reliable(rtc, reliable, pending),
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         rtc.disconnect();

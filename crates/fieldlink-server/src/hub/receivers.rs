@@ -26,6 +26,10 @@ pub(super) struct Receiver {
     /// cached group of pictures goes out at [`REPLAY_BYTES`] per [`REPLAY_EVERY`] (a
     /// whole group at once overflows socket buffers), and live frames queue behind it.
     pub(super) backlog: VecDeque<(CachedFrame, u64)>,
+    /// Frames written to it (all streams), for its quality score.
+    pub(super) sent: u64,
+    /// Where its last quality interval started (`quality`).
+    pub(super) quality_mark: Option<super::quality::Mark>,
 }
 
 impl Hub {

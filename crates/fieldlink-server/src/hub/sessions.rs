@@ -46,6 +46,7 @@ impl Hub {
                 last_warning: None,
                 receivers: Vec::new(),
                 external: None,
+                frames_in: Vec::new(),
             },
         );
         self.by_device.insert(device.clone(), conn);
