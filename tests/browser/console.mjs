@@ -9,6 +9,7 @@
 //   logins    {tries: [[device, password], ...]}
 //   failures  {device, password, online, offline, expired_code, code}
 //   gb        {token, device, password, gb_id, gwid, screenshot}
+//   diagnose  {device, password, gwid, screenshot}
 import { chromium } from 'playwright-core';
 
 const [scenario, base, argJson] = process.argv.slice(2);
@@ -327,8 +328,31 @@ async function gb() {
   if (args.screenshot) await admin.screenshot({ path: args.screenshot, fullPage: true });
 }
 
+async function diagnose() {
+  // Stream 0 in window 1: its quality bars fill, then the report button explains it.
+  const page = await newPage(1400, 1000);
+  await login(page, args.device, args.password);
+  await loggedIn(page);
+  const chip = `.chip[data-gwid="${args.gwid}"][data-stream="0"]`;
+  await page.waitForSelector(chip, { timeout: T });
+  await page.click(chip);
+  await playing(page, 0, 0);
+  await page.waitForFunction(() => window.fieldlink.quality[0] !== null, null, { timeout: T });
+  out.quality = await page.evaluate(() => window.fieldlink.quality[0]);
+  out.bars = await page.getAttribute('.tile[data-fd="0"] .q', 'data-level');
+  await page.waitForSelector('#diagnose:not([disabled])', { timeout: T });
+  await page.click('#diagnose');
+  out.measuring = await page.textContent('#diag-state');
+  await page.waitForFunction(() => window.fieldlink.diagnoses.length > 0, null, { timeout: 25000 });
+  out.kind = await page.evaluate(() => window.fieldlink.diagnoses[0].kind);
+  out.report = await page.evaluate(() => window.fieldlink.diagnoses[0].report);
+  out.text = await page.textContent('#diagnosis');
+  out.badCells = await page.$$eval('#diagnosis td.bad', (els) => els.map((e) => e.textContent));
+  if (args.screenshot) await page.screenshot({ path: args.screenshot, fullPage: true });
+}
+
 try {
-  await ({ grid, handover, admin, logins, failures, gb })[scenario]();
+  await ({ grid, handover, admin, logins, failures, gb, diagnose })[scenario]();
   out.ok = true;
 } catch (e) {
   out.ok = false;

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::DeviceId;
+
 /// How long both sides measure, ms (SPEC §6: about 10 s).
 pub const DIAG_WINDOW_MS: u32 = 10_000;
 /// How long the server waits for the parts after the window, ms.
@@ -91,6 +93,227 @@ pub struct RemoteSide {
     pub part: RemotePart,
 }
 
+/// What a field device measured of one stream over the window (`diag_report`). The
+/// server derives the checks and causes from it ([`field_part`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FieldMeasure {
+    pub stream_id: u32,
+    /// Length of the window, seconds.
+    pub seconds: f64,
+    /// Frames the source delivered, and those sent, with their bytes.
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bytes: u64,
+    /// Mean send loss (percent) and RTT (ms) of the receiver reports in the window.
+    pub loss_pct: Option<f64>,
+    pub rtt_ms: Option<f64>,
+    /// The source's configured frame rate and highest bitrate (kbit/s, encoding sources).
+    pub fps_configured: Option<f64>,
+    pub kbps_configured: Option<u32>,
+    /// The bandwidth estimate at the end of the window, kbit/s.
+    pub estimate_kbps: Option<u32>,
+    /// The source's failure, and for how long it has lasted (seconds), while it lasts.
+    pub source_failed: Option<String>,
+    pub failed_for_s: Option<u64>,
+    /// Why the last frame could not be sent.
+    pub send_error: Option<String>,
+}
+
+/// What a remote device measured of one receiver over the window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RemoteMeasure {
+    pub conn_fd: u32,
+    pub seconds: f64,
+    /// Frames that arrived complete, and those usable (decodable).
+    pub frames_in: u64,
+    pub frames_out: u64,
+    /// Pictures decoded; `None` when the device does not decode itself.
+    pub decoded: Option<u64>,
+    /// Frames lost or unusable.
+    pub dropped: u64,
+    pub bytes: u64,
+    pub loss_pct: Option<f64>,
+    pub rtt_ms: Option<f64>,
+    /// Mean capture-to-arrival (or display) latency, ms.
+    pub latency_ms: Option<f64>,
+}
+
+/// The longest text a device may put in a measure (a camera's failure reason).
+pub const MAX_REASON: usize = 300;
+
+impl FieldMeasure {
+    /// Cuts what the device wrote to sizes fit for a report.
+    pub fn bounded(mut self) -> Self {
+        let cut = |s: &mut Option<String>| {
+            if let Some(t) = s {
+                *t = t.chars().take(MAX_REASON).collect();
+            }
+        };
+        cut(&mut self.source_failed);
+        cut(&mut self.send_error);
+        self
+    }
+}
+
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+/// A rate per second over a window (never divides by zero or a negative time).
+fn per_s(n: f64, seconds: f64) -> f64 {
+    if seconds.is_finite() && seconds > 0.001 {
+        n / seconds
+    } else {
+        0.0
+    }
+}
+
+/// Notes on loss and RTT, the same for both sides.
+fn network_notes(notes: &mut BTreeMap<String, String>, lost: f64, rtt: Option<f64>, dir: &str) {
+    if lost >= 1.0 {
+        notes.insert(
+            "lost".into(),
+            format!("{dir} loss {lost:.1}% (normal < 1%): the network drops packets"),
+        );
+    }
+    if let Some(r) = rtt.filter(|r| *r >= 100.0) {
+        notes.insert(
+            "rtt".into(),
+            format!("round trip {r:.0} ms to the server (normal < 100 ms)"),
+        );
+    }
+}
+
+/// The checks and causes of one stream's field side (thresholds: docs/diagnostics.md).
+pub fn field_part(m: &FieldMeasure) -> FieldPart {
+    let fps = per_s(m.frames_out as f64, m.seconds);
+    let bps = per_s(m.bytes as f64 * 8.0, m.seconds) as u64;
+    let in_fps = per_s(m.frames_in as f64, m.seconds);
+    let lost = round1(m.loss_pct.unwrap_or(0.0).clamp(0.0, 100.0));
+    let mut notes = BTreeMap::new();
+    let video_capture = match &m.source_failed {
+        Some(why) => format!(
+            "no input frames from camera ({why}; since {} s ago)",
+            m.failed_for_s.unwrap_or(0)
+        ),
+        None if m.frames_in == 0 => {
+            format!("no input frames from the source in {:.0} s", m.seconds)
+        }
+        None => OK.into(),
+    };
+    let video_encode = match m.fps_configured {
+        Some(cfg) if m.frames_in > 0 && in_fps < cfg * 0.8 => format!(
+            "the source delivers {in_fps:.1} fps, {cfg} configured (camera or encoder too slow)"
+        ),
+        _ => OK.into(),
+    };
+    let video_transfer = if m.frames_in > 0 && m.frames_out * 100 < m.frames_in * 99 {
+        format!(
+            "{} of {} frames could not be sent ({})",
+            m.frames_in.saturating_sub(m.frames_out),
+            m.frames_in,
+            m.send_error
+                .as_deref()
+                .unwrap_or("media connection not ready")
+        )
+    } else {
+        OK.into()
+    };
+    let est = m
+        .estimate_kbps
+        .map(|e| format!(", estimate {e} kbit/s"))
+        .unwrap_or_default();
+    if let Some(cfg) = m
+        .fps_configured
+        .filter(|cfg| m.frames_in > 0 && fps < cfg * 0.8)
+    {
+        notes.insert(
+            "fps".into(),
+            format!("{fps:.1} fps sent, {cfg} configured{est}"),
+        );
+    }
+    if let Some(cfg) = m
+        .kbps_configured
+        .filter(|k| m.frames_in > 0 && bps < u64::from(*k) * 800)
+    {
+        let why = if m.estimate_kbps.is_some_and(|e| e < cfg) {
+            "network limited"
+        } else {
+            "the encoder makes less than configured (a simple picture)"
+        };
+        notes.insert(
+            "bps".into(),
+            format!("{why}: {} kbit/s sent, {cfg} configured{est}", bps / 1000),
+        );
+    }
+    network_notes(&mut notes, lost, m.rtt_ms, "send");
+    FieldPart {
+        stream_id: m.stream_id,
+        video_capture,
+        video_encode,
+        video_transfer,
+        lost,
+        fps: round1(fps),
+        bps,
+        rtt: m.rtt_ms.map(round1),
+        notes,
+    }
+}
+
+/// The checks and causes of one receiver's remote side. `stream`: what it is connected
+/// to, for the cause when nothing arrived.
+pub fn remote_part(m: &RemoteMeasure, stream: Option<(&DeviceId, u32)>) -> RemotePart {
+    let fps = per_s(m.frames_in as f64, m.seconds);
+    let bps = per_s(m.bytes as f64 * 8.0, m.seconds) as u64;
+    let lost = round1(m.loss_pct.unwrap_or(0.0).clamp(0.0, 100.0));
+    let mut notes = BTreeMap::new();
+    let video_transfer = if m.frames_in == 0 {
+        match stream {
+            Some((g, s)) => format!(
+                "no video received in {:.0} s from {g} stream {s}",
+                m.seconds
+            ),
+            None => "the receiver is not connected to a stream".into(),
+        }
+    } else if m.dropped * 100 > m.frames_in {
+        format!(
+            "{} of {} frames lost or unusable (loss the repairs did not cover)",
+            m.dropped, m.frames_in
+        )
+    } else {
+        OK.into()
+    };
+    let video_decode = match m.decoded {
+        None => "not measured: the application decodes (DeviceConfig::decode is off)".into(),
+        Some(d) if m.frames_out > 0 && d * 100 < m.frames_out * 99 => format!(
+            "receiver not decoding: {d} frames decoded of {} received",
+            m.frames_out
+        ),
+        Some(_) => OK.into(),
+    };
+    let latency = m.latency_ms.filter(|l| l.is_finite()).map(round1);
+    if let Some(l) = latency.filter(|l| *l > 150.0) {
+        notes.insert(
+            "latency".into(),
+            format!(
+                "video latency {l:.0} ms (normal 30–150 ms; clocks of the two devices must agree)"
+            ),
+        );
+    }
+    network_notes(&mut notes, lost, m.rtt_ms, "receive");
+    RemotePart {
+        conn_fd: m.conn_fd,
+        video_transfer,
+        video_decode,
+        latency,
+        lost,
+        fps: round1(fps),
+        bps,
+        rtt: m.rtt_ms.map(round1),
+        notes,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +371,98 @@ mod tests {
         }
         let back: Report = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
+    }
+
+    fn field(frames: u64, bytes: u64) -> FieldMeasure {
+        FieldMeasure {
+            seconds: 10.0,
+            frames_in: frames,
+            frames_out: frames,
+            bytes,
+            fps_configured: Some(25.0),
+            kbps_configured: Some(800),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn healthy_stream_is_ok_everywhere() {
+        let mut m = field(250, 1_000_000);
+        m.loss_pct = Some(0.0);
+        m.rtt_ms = Some(2.0);
+        m.estimate_kbps = Some(900);
+        let p = field_part(&m);
+        assert_eq!(
+            (&*p.video_capture, &*p.video_encode, &*p.video_transfer),
+            (OK, OK, OK)
+        );
+        assert_eq!((p.fps, p.bps), (25.0, 800_000));
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+    }
+
+    #[test]
+    fn causes_name_what_is_wrong() {
+        let mut stopped = field(0, 0);
+        stopped.source_failed = Some("camera rtsp://127.0.0.1/cam: connection refused".into());
+        stopped.failed_for_s = Some(4);
+        let p = field_part(&stopped);
+        assert!(
+            p.video_capture.starts_with("no input frames from camera")
+                && p.video_capture.contains("since 4 s ago"),
+            "{}",
+            p.video_capture
+        );
+        let mut limited = field(90, 375_000);
+        limited.kbps_configured = Some(1500);
+        limited.loss_pct = Some(3.0);
+        limited.rtt_ms = Some(150.0);
+        limited.estimate_kbps = Some(300);
+        let p = field_part(&limited);
+        assert!(
+            p.notes["bps"]
+                .starts_with("network limited: 300 kbit/s sent, 1500 configured, estimate 300"),
+            "{:?}",
+            p.notes
+        );
+        assert!(
+            p.notes["fps"].contains("9.0 fps sent, 25 configured"),
+            "{:?}",
+            p.notes
+        );
+        assert!(p.notes.contains_key("lost") && p.notes.contains_key("rtt"));
+        assert!(p.video_encode.contains("9.0 fps"), "{}", p.video_encode);
+        let not_decoding = RemoteMeasure {
+            seconds: 10.0,
+            frames_in: 240,
+            frames_out: 240,
+            decoded: Some(0),
+            ..Default::default()
+        };
+        let r = remote_part(&not_decoding, None);
+        assert_eq!(
+            r.video_decode,
+            "receiver not decoding: 0 frames decoded of 240 received"
+        );
+        let nothing = RemoteMeasure {
+            seconds: 10.0,
+            decoded: Some(0),
+            ..Default::default()
+        };
+        let g: DeviceId = "p/f".parse().unwrap();
+        let r = remote_part(&nothing, Some((&g, 1)));
+        assert_eq!(
+            r.video_transfer,
+            "no video received in 10 s from p/f stream 1"
+        );
+        // Nonsense from a device gives numbers, not a panic.
+        let odd = RemoteMeasure {
+            seconds: -1.0,
+            frames_in: u64::MAX,
+            latency_ms: Some(f64::NAN),
+            loss_pct: Some(1e9),
+            ..Default::default()
+        };
+        let r = remote_part(&odd, None);
+        assert_eq!((r.fps, r.latency, r.lost), (0.0, None, 100.0));
     }
 }

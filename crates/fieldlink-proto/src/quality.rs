@@ -22,6 +22,27 @@ pub enum Quality {
     Excellent,
 }
 
+/// A receiver's score as its remote is told it (`quality` event).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    pub conn_fd: u32,
+    pub gwid: crate::DeviceId,
+    pub stream_id: u32,
+    pub level: Quality,
+    /// The figures it was scored from (see [`Inputs`]).
+    pub fps: f64,
+    pub source_fps: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_pct: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter_ms: Option<f64>,
+    /// Why it is not excellent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+}
+
 /// What one receiver got over the interval.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Inputs {

@@ -174,16 +174,17 @@ pub enum ClientMsg {
         req: Option<u64>,
         gwid: DeviceId,
     },
-    /// Either role: what this device measured for diagnosis `diag` (`diag_start`). A field
-    /// device sends `field` parts, a remote `remote` parts.
+    /// Either role: what this device measured for diagnosis `diag` (`diag_start`): a
+    /// field device one `field` measure per stream, a remote one `remote` per receiver.
+    /// The server derives the checks and causes.
     DiagReport {
         #[serde(default)]
         req: Option<u64>,
         diag: u64,
         #[serde(default)]
-        field: Vec<crate::diag::FieldPart>,
+        field: Vec<crate::diag::FieldMeasure>,
         #[serde(default)]
-        remote: Vec<crate::diag::RemotePart>,
+        remote: Vec<crate::diag::RemoteMeasure>,
     },
     Ping {
         #[serde(default)]
@@ -323,22 +324,7 @@ pub enum ServerMsg {
     /// To a remote, every 2 s per playing receiver: its connection quality
     /// (`fieldlink_proto::quality`), the figures it was scored from, and why it is not
     /// excellent.
-    Quality {
-        conn_fd: u32,
-        gwid: DeviceId,
-        stream_id: u32,
-        level: crate::quality::Quality,
-        fps: f64,
-        source_fps: f64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        loss_pct: Option<f64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        rtt_ms: Option<f64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        jitter_ms: Option<f64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        cause: Option<String>,
-    },
+    Quality(Box<crate::quality::Scored>),
     /// To the remote that asked: the diagnosis of `gwid` (SPEC §6 `(gwid, type, json)`):
     /// `kind` 1 = success, < 0 = the error code; the report is there either way.
     DiagResult {

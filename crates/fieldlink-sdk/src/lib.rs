@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use field::FieldDevice;
 pub use fieldlink_media::VideoCodec;
-pub use fieldlink_proto::quality::Quality;
+pub use fieldlink_proto::quality::{Quality, Scored};
 use fieldlink_proto::{control::check_payload, RateLimiter};
 pub use fieldlink_proto::{DeviceId, ErrorCode, FieldInfo, Permission, Qos, Role, StreamState};
 pub use remote::RemoteDevice;
@@ -224,18 +224,7 @@ pub enum Event {
     /// Remote: every 2 s per playing receiver, its connection quality as the server
     /// scored it (`fieldlink_proto::quality`), with the figures and why it is not
     /// excellent.
-    Quality {
-        conn_fd: u32,
-        gwid: DeviceId,
-        stream_id: u32,
-        level: fieldlink_proto::quality::Quality,
-        fps: f64,
-        source_fps: f64,
-        loss_pct: Option<f64>,
-        rtt_ms: Option<f64>,
-        jitter_ms: Option<f64>,
-        cause: Option<String>,
-    },
+    Quality(fieldlink_proto::quality::Scored),
     /// Remote: the diagnosis asked for with [`RemoteDevice::diag_request`] (SPEC §6
     /// `(gwid, type, json)`): `kind` 1 = success, < 0 = the error code; the report is
     /// there either way (`serde_json::to_string` gives the SPEC's JSON).

@@ -59,6 +59,9 @@ const hooks = {
   states: [],
   errors: [],
   reports: [],
+  /// Per receiver, the last quality level the server scored; every diagnosis received.
+  quality: Array(MAX_WINDOWS).fill(null),
+  diagnoses: [],
   resetGaps() {
     hooks.maxGapMs.fill(0); hooks.maxMediaGapMs.fill(0); hooks.maxReceiveGapMs.fill(0);
     hooks.mediaBackwards.fill(0);
@@ -111,6 +114,7 @@ function makeTiles() {
     const pick = el('select', { class: 'pick', title: 'Stream in this window', onchange: () => pickChanged(fd) });
     const tile = el('div', { class: 'tile', dataset: { fd: String(fd) } },
       el('div', { class: 'bar', draggable: 'true' },
+        el('span', { class: 'q', title: 'connection quality: not scored yet' }, el('i'), el('i'), el('i'), el('i')),
         el('span', { class: 'title' }),
         pick,
         el('button', { class: 'swap', title: 'Swap with another window: press here, then on the other window', onclick: () => swapClicked(fd) }, '⇄'),
@@ -252,6 +256,7 @@ function clearWindow(fd) {
   st.watching[fd] = null;
   $('video', tiles[fd]).style.visibility = 'hidden';
   $('.stats', tiles[fd]).hidden = true;
+  showQuality(fd, null);
   setTileState(fd, 'empty');
   renderPicks();
 }
@@ -412,6 +417,7 @@ function renderBanner() {
   const f = st.control;
   const master = isMaster();
   for (const id of ['#send', '#send-text', '#input-on']) $(id).disabled = !master;
+  $('#diagnose').disabled = !f || st.diagnosing;
   $('#request-master').disabled = !f || master;
   $('#release-master').disabled = !master;
   if (!f) {
@@ -582,6 +588,145 @@ async function updateStats() {
   }
 }
 
+// ---------------------------------------------------------------- quality and diagnosis
+
+function showQuality(fd, m) {
+  const q = $('.q', tiles[fd]);
+  hooks.quality[fd] = m ? m.level : null;
+  if (!m) {
+    delete q.dataset.level;
+    q.title = 'connection quality: not scored yet';
+    return;
+  }
+  q.dataset.level = m.level;
+  const figures = [`${m.fps} of ${m.source_fps} fps`];
+  if (m.loss_pct !== undefined) figures.push(`loss ${m.loss_pct}%`);
+  if (m.rtt_ms !== undefined) figures.push(`rtt ${Math.round(m.rtt_ms)} ms`);
+  if (m.jitter_ms !== undefined) figures.push(`jitter ${Math.round(m.jitter_ms)} ms`);
+  q.title = `connection quality: ${m.level}${m.cause ? ` (${m.cause})` : ''}\n${figures.join(', ')}`;
+}
+
+function onQuality(m) {
+  const w = st.watching[m.conn_fd];
+  if (!w || w.gwid !== m.gwid || w.stream !== m.stream_id) return; // about a stream it left
+  showQuality(m.conn_fd, m);
+}
+
+/// This console's receivers' inbound video stats by conn_fd, and the round trip.
+async function inboundByFd() {
+  const byFd = new Map();
+  let rtt = null;
+  const report = await st.pc.getStats();
+  const mids = st.transceivers.map((t) => t.mid);
+  for (const s of report.values()) {
+    if (s.type === 'candidate-pair' && s.nominated && s.currentRoundTripTime !== undefined) rtt = s.currentRoundTripTime * 1000;
+    if (s.type !== 'inbound-rtp' || s.kind !== 'video') continue;
+    const fd = mids.indexOf(s.mid);
+    if (fd >= 0) byFd.set(fd, s);
+  }
+  return { byFd, rtt };
+}
+
+/// The server asks this console to measure its receivers for a diagnosis (the console is
+/// the remote side): counters now, again after the window, the differences to the server.
+async function onDiagStart(m) {
+  if (!st.pc) return;
+  const pc = st.pc;
+  const start = await inboundByFd();
+  const t0 = performance.now();
+  setTimeout(async () => {
+    if (st.pc !== pc || !st.sig) return; // reconnected meanwhile: the server gave up on it
+    const end = await inboundByFd();
+    const seconds = (performance.now() - t0) / 1000;
+    const remote = m.conn_fds.map((fd) => {
+      const a = start.byFd.get(fd) || {};
+      const b = end.byFd.get(fd) || {};
+      const d = (k) => Math.max(0, (b[k] || 0) - (a[k] || 0));
+      const lost = d('packetsLost');
+      const got = d('packetsReceived');
+      return {
+        conn_fd: fd, seconds, frames_in: d('framesReceived'), frames_out: d('framesReceived'),
+        decoded: d('framesDecoded'), dropped: d('framesDropped'), bytes: d('bytesReceived'),
+        loss_pct: got + lost > 0 ? (100 * lost) / (got + lost) : null,
+        rtt_ms: end.rtt, latency_ms: st.latency[fd] ?? null,
+      };
+    });
+    try {
+      await st.sig.request({ type: 'diag_report', diag: m.diag, remote });
+    } catch (e) { fail(e, 'Diagnosis: '); }
+  }, m.window_ms);
+}
+
+async function diagnose() {
+  const gwid = st.control;
+  if (!gwid) return;
+  st.diagnosing = true;
+  renderBanner();
+  $('#diag-state').textContent = 'measuring for 10 s…';
+  try {
+    await st.sig.request({ type: 'diagnose', gwid });
+  } catch (e) {
+    st.diagnosing = false;
+    renderBanner();
+    $('#diag-state').textContent = '';
+    fail(e, `Diagnosis of ${gwid}: `);
+  }
+}
+
+/// A check's cell: "ok", or its cause in red.
+function check(v) {
+  return el('td', { class: v === 'ok' ? 'ok' : 'bad' }, v === 'ok' ? '✓ ok' : v);
+}
+
+/// A number's cell, with its unit and the cause when it is abnormal.
+function figure(v, unit, note) {
+  const text = v === null || v === undefined ? '—' : `${v}${unit}`;
+  return el('td', { class: note ? 'bad' : '', title: note || '' }, note ? `${text} (${note})` : text);
+}
+
+function onDiagnosis(m) {
+  st.diagnosing = false;
+  renderBanner();
+  remember(hooks.diagnoses, m);
+  const r = m.report;
+  const box = $('#diagnosis');
+  box.replaceChildren();
+  box.hidden = false;
+  const ok = m.kind === 1;
+  $('#diag-state').textContent = ok ? `done, ${new Date().toLocaleTimeString()}` : 'failed';
+  const head = el('div', { class: ok ? 'ok' : 'bad' },
+    ok ? `${r.device_id}: measured for 10 s` : `${r.device_id}: diagnosis failed (${r.diag_error})`);
+  box.append(head);
+  const general = el('table', {},
+    el('tr', {}, el('th', {}, 'signalling'), check(r.remote_mqtt_connect)),
+    el('tr', {}, el('th', {}, 'mode'), check(r.remote_mode)));
+  if (ok && r.diag_error !== 'ok') general.append(el('tr', {}, el('th', {}, 'note'), el('td', {}, r.diag_error)));
+  box.append(general);
+  for (const s of r.result) {
+    box.append(el('h3', {}, `stream ${s.stream_id} → window of conn_fd ${s.conn_fd}`));
+    const t = el('table', {}, el('tr', {}, el('th', {}, ''), el('th', {}, 'field device'), el('th', {}, 'this console')));
+    const f = s.field || {};
+    const rm = s.remote || {};
+    const fn = f.notes || {};
+    const rn = rm.notes || {};
+    const none = el('td', { class: 'muted' }, 'not measured');
+    const row = (name, a, b) => t.append(el('tr', {}, el('th', {}, name), a || none.cloneNode(true), b || none.cloneNode(true)));
+    row('signalling', s.field && check(f.signal_connect), s.remote && check(rm.signal_connect));
+    row('media', s.field && check(f.media_connect), s.remote && check(rm.media_connect));
+    row('capture', s.field && check(f.video_capture), null);
+    row('encode', s.field && check(f.video_encode), null);
+    row('transfer', s.field && check(f.video_transfer), s.remote && check(rm.video_transfer));
+    row('decode', null, s.remote && check(rm.video_decode));
+    row('frame rate', s.field && figure(f.fps, ' fps', fn.fps), s.remote && figure(rm.fps, ' fps', rn.fps));
+    row('bitrate', s.field && figure(f.bps === undefined ? undefined : Math.round(f.bps / 1000), ' kbit/s', fn.bps),
+      s.remote && figure(rm.bps === undefined ? undefined : Math.round(rm.bps / 1000), ' kbit/s', rn.bps));
+    row('loss', s.field && figure(f.lost, ' %', fn.lost), s.remote && figure(rm.lost, ' %', rn.lost));
+    row('round trip', s.field && figure(f.rtt, ' ms', fn.rtt), s.remote && figure(rm.rtt, ' ms', rn.rtt));
+    row('latency', null, s.remote && figure(rm.latency, ' ms', rn.latency));
+    box.append(t);
+  }
+}
+
 // ---------------------------------------------------------------- connection
 
 function setSig(text, cls) {
@@ -606,6 +751,9 @@ function fail(e, prefix = '') {
 function onEvent(m) {
   switch (m.type) {
     case 'stream_state': onStreamState(m); break;
+    case 'quality': onQuality(m); break;
+    case 'diag_start': onDiagStart(m); break;
+    case 'diag_result': onDiagnosis(m); break;
     case 'permission': onPermission(m); break;
     case 'presence': {
       const f = st.fields.get(m.field_id);
@@ -659,6 +807,7 @@ function teardown() {
   st.dc = [null, null];
   st.prevStats.clear();
   st.latency.fill(undefined);
+  st.diagnosing = false;
   setMedia();
 }
 
@@ -754,6 +903,7 @@ $('#logout').addEventListener('click', logout);
 for (const b of $$('#layout button')) b.addEventListener('click', () => setGrid(Number(b.dataset.grid)));
 $('#refresh').addEventListener('click', listFields);
 $('#request-master').addEventListener('click', () => requestLevel(1));
+$('#diagnose').addEventListener('click', diagnose);
 $('#release-master').addEventListener('click', () => requestLevel(0));
 $('#send').addEventListener('click', sendBox);
 $('#send-text').addEventListener('keydown', (e) => { if (e.key === 'Enter') sendBox(); });

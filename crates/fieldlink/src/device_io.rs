@@ -84,22 +84,11 @@ pub fn event_json(ev: &Event) -> Value {
             "dropped": dropped,
         }),
         Event::BitrateEstimate { kbps } => json!({"event": "bitrate_estimate", "kbps": kbps}),
-        Event::Quality {
-            conn_fd,
-            gwid,
-            stream_id,
-            level,
-            fps,
-            source_fps,
-            loss_pct,
-            rtt_ms,
-            jitter_ms,
-            cause,
-        } => json!({
-            "event": "quality", "conn_fd": conn_fd, "gwid": gwid, "stream_id": stream_id,
-            "level": level, "fps": fps, "source_fps": source_fps, "loss_pct": loss_pct,
-            "rtt_ms": rtt_ms, "jitter_ms": jitter_ms, "cause": cause,
-        }),
+        Event::Quality(q) => {
+            let mut v = serde_json::to_value(q).unwrap_or_default();
+            v["event"] = json!("quality");
+            v
+        }
         Event::Diagnosis { gwid, kind, report } => {
             json!({"event": "diagnosis", "gwid": gwid, "type": kind, "report": report})
         }

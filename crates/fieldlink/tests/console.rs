@@ -452,6 +452,61 @@ fn a_gb28181_camera_shows_in_admin_and_plays_in_the_console() {
     );
 }
 
+#[test]
+fn quality_bars_and_a_readable_diagnosis_in_the_console() {
+    if !browser_ready() {
+        return;
+    }
+    let s = TestServer::start();
+    s.standard();
+    let (mut field, _out) = start_field(&s, &field_config(&s, 1, 25));
+    let v = run(
+        "diagnose",
+        &s,
+        json!({"device": "p/r1", "password": "rpw", "gwid": "p/f",
+               "screenshot": screenshot("console-diagnosis.png")}),
+    );
+    let _ = field.kill();
+    let _ = field.wait();
+    eprintln!("{v:#}");
+    assert_eq!(v["quality"], "excellent", "{v:#}");
+    assert_eq!(v["bars"], "excellent", "{v:#}");
+    assert!(
+        v["measuring"].as_str().unwrap_or("").contains("measuring"),
+        "{v:#}"
+    );
+    assert_eq!(v["kind"], 1, "{v:#}");
+    // The browser measured its side: the report has both, all "ok".
+    let remote = &v["report"]["result"][0]["remote"];
+    assert_eq!(remote["video_decode"], "ok", "{v:#}");
+    assert!(remote["fps"].as_f64().unwrap_or(0.0) > 20.0, "{v:#}");
+    assert_eq!(
+        v["report"]["result"][0]["field"]["video_capture"], "ok",
+        "{v:#}"
+    );
+    for side in ["field", "remote"] {
+        let part = v["report"]["result"][0][side]
+            .as_object()
+            .expect("both sides");
+        for (k, val) in part {
+            if val.is_string() {
+                assert_eq!(val, "ok", "{side}.{k}: {v:#}");
+            }
+        }
+    }
+    // Shown as a table, not JSON; what is flagged (a number, if the machine is busy) is
+    // a figure with its cause, never a check.
+    let text = v["text"].as_str().unwrap_or("");
+    assert!(text.contains("✓ ok") && !text.contains('{'), "{text}");
+    for cell in v["badCells"].as_array().expect("cells") {
+        let c = cell.as_str().unwrap_or("");
+        assert!(
+            c.contains('(') && c.chars().next().is_some_and(|ch| ch.is_ascii_digit()),
+            "{c}"
+        );
+    }
+}
+
 /// The raw HTTP response to `GET path`.
 fn get(s: &TestServer, path: &str) -> String {
     use std::io::Read;

@@ -105,24 +105,11 @@ async fn a_healthy_session_is_ok_with_figures_near_the_configured_ones() {
         let q = expect_event(
             &mut re,
             "a quality score",
-            |e| matches!(e, Event::Quality { conn_fd, .. } if *conn_fd == fd),
+            |e| matches!(e, Event::Quality(q) if q.conn_fd == fd),
         )
         .await;
-        let Event::Quality {
-            level,
-            fps,
-            source_fps,
-            cause,
-            ..
-        } = q
-        else {
-            unreachable!()
-        };
-        assert_eq!(
-            level,
-            Quality::Excellent,
-            "{fps} of {source_fps} fps: {cause:?}"
-        );
+        let Event::Quality(q) = q else { unreachable!() };
+        assert_eq!(q.level, Quality::Excellent, "{q:?}");
     }
     let asked = Instant::now();
     r.diag_request(&id("p/f")).await.unwrap();
@@ -207,22 +194,15 @@ async fn a_stopped_camera_is_the_named_cause_and_the_other_stream_stays_ok() {
     })
     .await;
     // The receiver of the stopped camera is scored as lost.
-    let q = expect_event(&mut re, "conn_fd 0 lost", |e| {
-        matches!(
-            e,
-            Event::Quality {
-                conn_fd: 0,
-                level: Quality::Lost,
-                ..
-            }
-        )
-    })
+    let q = expect_event(
+        &mut re,
+        "conn_fd 0 lost",
+        |e| matches!(e, Event::Quality(q) if q.conn_fd == 0 && q.level == Quality::Lost),
+    )
     .await;
-    let Event::Quality { cause, .. } = q else {
-        unreachable!()
-    };
+    let Event::Quality(q) = q else { unreachable!() };
     assert_eq!(
-        cause.as_deref(),
+        q.cause.as_deref(),
         Some("no frames: the source sends nothing")
     );
     r.diag_request(&id("p/f")).await.unwrap();
@@ -358,4 +338,54 @@ fn the_cli_prints_one_json_object_and_exits_by_the_type() {
         v["report"]["result"][0]["remote"]["video_decode"], OK,
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gb28181_camera_is_measured_by_what_reaches_the_server() {
+    let s = TestServer::start_with(
+        "[gb28181]\nproject = \"p\"\n",
+        &["--sip-listen", "127.0.0.1:0"],
+    );
+    s.standard();
+    let sip = s.sip.clone().expect("SIP address");
+    let gb_id = "34020000001320000009";
+    let mut cam = fieldlink()
+        .args([
+            "gb-device",
+            "--server",
+            &sip,
+            "--id",
+            gb_id,
+            "--channels",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cam_out = lines(&mut cam);
+    wait_line(&cam_out, "gb-device registered", |v| {
+        v["event"] == "registered"
+    });
+    let gwid = id(&format!("p/{gb_id}"));
+    let (r, mut re) = remote(&s, 1, false, "public").await;
+    // The catalog makes it a field device with one stream; retry until it is listed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = r.connect_streams(&gwid, &[0], &[0]).await {
+        assert!(Instant::now() < deadline, "{e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    until_playing(&mut re, &[0]).await;
+    r.diag_request(&gwid).await.unwrap();
+    let (kind, rep) = diagnosis(&mut re).await;
+    let _ = cam.kill();
+    let _ = cam.wait();
+    let json = serde_json::to_string_pretty(&rep).unwrap();
+    eprintln!("GB28181 camera:\n{json}");
+    assert_eq!(kind, 1, "{json}");
+    assert!(rep.diag_error.contains("GB28181"), "{json}");
+    let f = &rep.result[0].field.as_ref().expect("field side").part;
+    assert_eq!(f.video_capture, OK, "{json}");
+    assert!(f.fps > 15.0 && f.bps > 10_000, "{json}");
+    let rs = &rep.result[0].remote.as_ref().expect("remote side").part;
+    assert!(rs.fps > 15.0, "{json}");
 }

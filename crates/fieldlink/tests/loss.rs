@@ -661,7 +661,7 @@ async fn a_slow_path_is_scored_poor_and_recovers() {
     };
     let (_field, _fe, _r, mut re) = one_stream(&s, tp).await;
     let level_of = |e: &Event| match e {
-        Event::Quality { level, cause, .. } => Some((*level, cause.clone())),
+        Event::Quality(q) => Some((q.level, q.cause.clone())),
         _ => None,
     };
     let first = expect_event(&mut re, "a first score", |e| level_of(e).is_some()).await;

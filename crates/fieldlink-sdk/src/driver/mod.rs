@@ -416,7 +416,7 @@ impl Driver {
         }
     }
 
-    /// The diagnosis windows that are over: their parts, to send to the server.
+    /// The diagnosis windows that are over: their measures, to send to the server.
     fn diag_reports(&mut self) -> Vec<ClientMsg> {
         let now = Instant::now();
         let estimate = self
@@ -424,12 +424,6 @@ impl Driver {
             .estimate_bps
             .load(std::sync::atomic::Ordering::Relaxed);
         let estimate_kbps = (estimate > 0).then_some((estimate / 1000) as u32);
-        let receivers = self
-            .shared
-            .receivers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
         self.meter
             .take_due(now)
             .into_iter()
@@ -439,18 +433,10 @@ impl Driver {
                 for (id, m) in &f.items {
                     match self.role {
                         Role::Field => {
-                            let info = self
-                                .meter
-                                .info
-                                .get(*id as usize)
-                                .cloned()
-                                .unwrap_or_default();
-                            field.push(crate::diag::field_part(*id, m, &info, estimate_kbps, now));
+                            field.push(self.meter.field_measure(*id, m, estimate_kbps, now))
                         }
                         Role::Remote => {
-                            let stream =
-                                receivers.get(*id as usize).and_then(|r| r.stream.as_ref());
-                            remote.push(crate::diag::remote_part(*id, m, self.cfg.decode, stream));
+                            remote.push(crate::diag::remote_measure(*id, m, self.cfg.decode))
                         }
                     }
                 }
@@ -754,29 +740,7 @@ impl Driver {
                 let window = Duration::from_millis(u64::from(window_ms.min(60_000)));
                 self.meter.start(diag, &ids, window, Instant::now());
             }
-            ServerMsg::Quality {
-                conn_fd,
-                gwid,
-                stream_id,
-                level,
-                fps,
-                source_fps,
-                loss_pct,
-                rtt_ms,
-                jitter_ms,
-                cause,
-            } => self.ev.emit(Event::Quality {
-                conn_fd,
-                gwid,
-                stream_id,
-                level,
-                fps,
-                source_fps,
-                loss_pct,
-                rtt_ms,
-                jitter_ms,
-                cause,
-            }),
+            ServerMsg::Quality(q) => self.ev.emit(Event::Quality(*q)),
             ServerMsg::DiagResult { gwid, kind, report } => self.ev.emit(Event::Diagnosis {
                 gwid,
                 kind,

@@ -134,8 +134,8 @@ pub enum Cmd {
         conn: ConnId,
         req: Option<u64>,
         diag: u64,
-        field: Vec<fieldlink_proto::diag::FieldPart>,
-        remote: Vec<fieldlink_proto::diag::RemotePart>,
+        field: Vec<fieldlink_proto::diag::FieldMeasure>,
+        remote: Vec<fieldlink_proto::diag::RemoteMeasure>,
     },
     /// Close every connection and stop (server shutdown).
     Shutdown,

@@ -1,19 +1,19 @@
 //! Session diagnostics (SPEC §6): starting a diagnosis for a remote and the field device
 //! it watches, collecting what both sides measured over the window, and joining it into
-//! the report the remote gets. The measuring is done by the devices (the causes too, where
-//! the facts are); the hub adds what only it knows (who is connected, the modes) and
-//! decides the outcome. Touches no media and no session state.
+//! the report the remote gets. The devices measure (SDK and browser alike); the checks
+//! and causes are derived here, in one place (`fieldlink_proto::diag`), with what only
+//! the hub knows (who is connected, the modes). Touches no media and no session state.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use fieldlink_proto::diag::{
-    FieldPart, FieldSide, RemotePart, RemoteSide, Report, StreamReport, DIAG_GRACE_MS,
-    DIAG_WINDOW_MS, OK,
+    field_part, remote_part, FieldMeasure, FieldSide, RemoteMeasure, RemoteSide, Report,
+    StreamReport, DIAG_GRACE_MS, DIAG_WINDOW_MS, OK,
 };
 use fieldlink_proto::{DeviceId, ErrorCode, Role, ServerMsg};
 
-use super::{ConnId, Hub};
+use super::{Arrived, ConnId, Hub};
 
 /// Most diagnoses running at once on the server (each is small; this bounds the table).
 pub(super) const MAX_DIAGS: usize = 1024;
@@ -29,8 +29,11 @@ pub(super) struct Diag {
     pairs: Vec<(u32, u32)>,
     /// When the parts are due at the latest.
     due: Instant,
-    field_part: Option<Vec<FieldPart>>,
-    remote_part: Option<Vec<RemotePart>>,
+    field_part: Option<Vec<FieldMeasure>>,
+    remote_part: Option<Vec<RemoteMeasure>>,
+    /// A source outside WebRTC (a GB28181 camera) has no SDK to measure with: the hub
+    /// measures what arrived from it, from here.
+    external_from: Option<(Instant, Vec<(u32, Arrived)>)>,
 }
 
 impl Hub {
@@ -73,6 +76,17 @@ impl Hub {
         stream_ids.dedup();
         let window = Duration::from_millis(u64::from(DIAG_WINDOW_MS));
         let grace = Duration::from_millis(u64::from(DIAG_GRACE_MS));
+        let external_from = self
+            .clients
+            .get(&field_conn)
+            .filter(|c| c.external.is_some())
+            .map(|c| {
+                let at = |s: u32| c.frames_in.get(s as usize).copied().unwrap_or_default();
+                (
+                    Instant::now(),
+                    stream_ids.iter().map(|s| (*s, at(*s))).collect(),
+                )
+            });
         self.diags.push(Diag {
             id,
             remote: conn,
@@ -81,6 +95,7 @@ impl Hub {
             due: Instant::now() + window + grace,
             field_part: None,
             remote_part: None,
+            external_from,
         });
         tracing::info!(field = %gwid, diag = id, "diagnosis started");
         let start = |stream_ids: Vec<u32>, conn_fds: Vec<u32>| ServerMsg::DiagStart {
@@ -90,7 +105,6 @@ impl Hub {
             stream_ids,
             conn_fds,
         };
-        // A source outside WebRTC (a GB28181 camera) has no SDK to measure with.
         let external = self
             .clients
             .get(&field_conn)
@@ -111,8 +125,8 @@ impl Hub {
         &mut self,
         conn: ConnId,
         id: u64,
-        field: Vec<FieldPart>,
-        remote: Vec<RemotePart>,
+        field: Vec<FieldMeasure>,
+        remote: Vec<RemoteMeasure>,
     ) -> Result<(), ErrorCode> {
         let field_conn = |d: &Diag| self.by_device.get(&d.field).copied();
         let i = self
@@ -122,16 +136,17 @@ impl Hub {
             .ok_or(ErrorCode::NotFound)?;
         let d = &mut self.diags[i];
         if d.remote == conn {
-            let mut parts: Vec<RemotePart> = remote
+            let mut parts: Vec<RemoteMeasure> = remote
                 .into_iter()
                 .filter(|p| d.pairs.iter().any(|(fd, _)| *fd == p.conn_fd))
                 .collect();
             parts.dedup_by_key(|p| p.conn_fd);
             d.remote_part = Some(parts);
         } else {
-            let mut parts: Vec<FieldPart> = field
+            let mut parts: Vec<FieldMeasure> = field
                 .into_iter()
                 .filter(|p| d.pairs.iter().any(|(_, s)| *s == p.stream_id))
+                .map(FieldMeasure::bounded)
                 .collect();
             parts.dedup_by_key(|p| p.stream_id);
             d.field_part = Some(parts);
@@ -181,8 +196,38 @@ impl Hub {
         }
     }
 
+    /// What arrived from an external source's streams since the diagnosis started.
+    fn external_measures(&self, d: &Diag) -> Option<Vec<FieldMeasure>> {
+        let (since, start) = d.external_from.as_ref()?;
+        let c = self
+            .by_device
+            .get(&d.field)
+            .and_then(|c| self.clients.get(c))?;
+        let seconds = since.elapsed().as_secs_f64();
+        Some(
+            start
+                .iter()
+                .map(|(s, a)| {
+                    let now = c.frames_in.get(*s as usize).copied().unwrap_or_default();
+                    let frames = now.frames.saturating_sub(a.frames);
+                    FieldMeasure {
+                        stream_id: *s,
+                        seconds,
+                        frames_in: frames,
+                        frames_out: frames,
+                        bytes: now.bytes.saturating_sub(a.bytes),
+                        ..Default::default()
+                    }
+                })
+                .collect(),
+        )
+    }
+
     /// Joins the parts and tells the remote. `failed`: why the diagnosis could not finish.
-    fn finish_diag(&mut self, d: Diag, failed: Option<(ErrorCode, String)>) {
+    fn finish_diag(&mut self, mut d: Diag, failed: Option<(ErrorCode, String)>) {
+        if d.field_part.is_none() {
+            d.field_part = self.external_measures(&d);
+        }
         let field_client = self
             .by_device
             .get(&d.field)
@@ -233,13 +278,13 @@ impl Hub {
             ),
             _ => "unknown: a device is offline".into(),
         };
-        let field_parts: BTreeMap<u32, FieldPart> = d
+        let field_parts: BTreeMap<u32, FieldMeasure> = d
             .field_part
             .unwrap_or_default()
             .into_iter()
             .map(|p| (p.stream_id, p))
             .collect();
-        let remote_parts: BTreeMap<u32, RemotePart> = d
+        let remote_parts: BTreeMap<u32, RemoteMeasure> = d
             .remote_part
             .unwrap_or_default()
             .into_iter()
@@ -251,21 +296,21 @@ impl Hub {
             .map(|(fd, s)| StreamReport {
                 stream_id: *s,
                 conn_fd: *fd,
-                field: field_parts.get(s).map(|p| FieldSide {
+                field: field_parts.get(s).map(|m| FieldSide {
                     signal_connect: f_sig.clone(),
                     media_connect: f_media.clone(),
-                    part: p.clone(),
+                    part: field_part(m),
                 }),
-                remote: remote_parts.get(fd).map(|p| RemoteSide {
+                remote: remote_parts.get(fd).map(|m| RemoteSide {
                     signal_connect: r_sig.clone(),
                     media_connect: r_media.clone(),
-                    part: p.clone(),
+                    part: remote_part(m, Some((&d.field, *s))),
                 }),
             })
             .collect();
         let diag_error = match (&failed, external) {
             (Some((_, why)), _) => why.clone(),
-            (None, true) => "ok (a GB28181 device: its side is not measured)".into(),
+            (None, true) => "ok (a GB28181 device: its side is what reached the server)".into(),
             (None, false) => OK.into(),
         };
         let kind = failed.as_ref().map_or(1, |(code, _)| code.code());

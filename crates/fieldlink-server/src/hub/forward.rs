@@ -17,6 +17,7 @@ use fieldlink_proto::{DeviceId, Role, StreamState};
 use super::gop::CachedFrame;
 use super::peer::Peer;
 use super::receivers::stream_state;
+use super::Arrived;
 use super::{ConnId, Hub};
 
 /// A keyframe request still unanswered after this long is sent again; before that, new
@@ -263,10 +264,11 @@ impl Hub {
         {
             let i = stream as usize;
             if c.frames_in.len() <= i && i < super::quality::MAX_COUNTED_STREAMS {
-                c.frames_in.resize(i + 1, 0);
+                c.frames_in.resize(i + 1, Arrived::default());
             }
             if let Some(n) = c.frames_in.get_mut(i) {
-                *n += 1;
+                n.frames += 1;
+                n.bytes += data.len() as u64;
             }
         }
         let mut written = Vec::new();

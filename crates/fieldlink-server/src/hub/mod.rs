@@ -93,8 +93,16 @@ struct Client {
     /// Field whose video comes from outside WebRTC: its stream count, and the demand
     /// last told to it.
     external: Option<(u32, Vec<u32>)>,
-    /// Field: frames that arrived per stream (receivers' quality compares with it).
-    frames_in: Vec<u64>,
+    /// Field: what arrived per stream (receivers' quality compares with it; a GB28181
+    /// device's diagnosis is measured from it).
+    frames_in: Vec<Arrived>,
+}
+
+/// Frames and bytes that arrived from one stream of a field device.
+#[derive(Debug, Clone, Copy, Default)]
+struct Arrived {
+    frames: u64,
+    bytes: u64,
 }
 
 /// The task's state: every table the modules of the hub work on.

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use fieldlink_proto::quality::{score, Inputs, QUALITY_EVERY_MS};
+use fieldlink_proto::quality::{score, Inputs, Scored, QUALITY_EVERY_MS};
 use fieldlink_proto::{DeviceId, ServerMsg};
 
 use super::Hub;
@@ -42,7 +42,7 @@ impl Hub {
             hub.by_device
                 .get(field)
                 .and_then(|c| hub.clients.get(c))
-                .and_then(|c| c.frames_in.get(stream as usize).copied())
+                .and_then(|c| c.frames_in.get(stream as usize).map(|a| a.frames))
                 .unwrap_or(0)
         };
         let mut out = Vec::new();
@@ -91,7 +91,7 @@ impl Hub {
                 let round = |v: f64| (v * 10.0).round() / 10.0;
                 out.push((
                     conn,
-                    ServerMsg::Quality {
+                    ServerMsg::Quality(Box::new(Scored {
                         conn_fd: fd as u32,
                         gwid: want.0,
                         stream_id: want.1,
@@ -102,7 +102,7 @@ impl Hub {
                         rtt_ms: inputs.rtt_ms.map(round),
                         jitter_ms: inputs.jitter_ms.map(round),
                         cause,
-                    },
+                    })),
                 ));
             }
         }
