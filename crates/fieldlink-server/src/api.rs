@@ -157,7 +157,13 @@ async fn health() -> Json<serde_json::Value> {
 /// Prometheus scrape (OpenMetrics text): counters from the tasks, gauges from a snapshot
 /// of the hub and the GB28181 platform taken now. Prometheus sends the admin token with
 /// `authorization: {credentials: ...}` in its scrape config.
-async fn metrics(_: Admin, State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
+async fn metrics(_: Admin, st: State<Arc<AppState>>) -> Result<Response, ApiError> {
+    open_metrics(st).await
+}
+
+/// The scrape itself, with no token check: for `metrics_listen`, the separate address
+/// that serves nothing else.
+pub async fn open_metrics(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let hub = st
         .hub
         .snapshot()

@@ -16,6 +16,9 @@ pub struct Config {
     pub database_url: String,
     /// Bearer token for the admin API; empty = a random one is made and logged at start.
     pub admin_token: String,
+    /// A second address serving only `GET /metrics`, without the admin token (for a
+    /// Prometheus on a private network). Unset: `/metrics` is on `listen`, behind the token.
+    pub metrics_listen: Option<SocketAddr>,
     pub webrtc: WebRtcConfig,
     pub login: LoginConfig,
     pub gb28181: Gb28181Config,
@@ -94,6 +97,7 @@ impl Default for Config {
             data_dir: PathBuf::from("fieldlink-data"),
             database_url: String::new(),
             admin_token: String::new(),
+            metrics_listen: None,
             webrtc: WebRtcConfig::default(),
             login: LoginConfig::default(),
             gb28181: Gb28181Config::default(),

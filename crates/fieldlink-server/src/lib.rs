@@ -60,6 +60,8 @@ pub struct Running {
     pub udp_addr: SocketAddr,
     /// The GB28181 SIP socket, when enabled.
     pub sip_addr: Option<SocketAddr>,
+    /// The metrics-only address, when configured.
+    pub metrics_addr: Option<SocketAddr>,
     pub admin_token: String,
     pub database_url: String,
     /// The store, for in-process tools (the demo seeds it).
@@ -122,6 +124,22 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             source,
         })?;
     let http_addr = tcp.local_addr().map_err(ServerError::Serve)?;
+    let metrics_tcp = match config.metrics_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    what: "metrics HTTP",
+                    addr: a,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let metrics_addr = match &metrics_tcp {
+        Some(l) => Some(l.local_addr().map_err(ServerError::Serve)?),
+        None => None,
+    };
 
     let (audit_tx, mut audit_rx) = mpsc::channel::<hub::AuditRecord>(10_000);
     let audit_store = store.clone();
@@ -165,6 +183,16 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         admin_token: admin_token.clone(),
         metrics,
     });
+    let metrics_task = metrics_tcp.map(|l| {
+        let app = axum::Router::new()
+            .route("/metrics", axum::routing::get(api::open_metrics))
+            .with_state(state.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).await {
+                tracing::error!("metrics address: {e}");
+            }
+        })
+    });
     let app = api::router()
         .merge(web::router())
         .route("/ws", axum::routing::get(ws::handler))
@@ -176,6 +204,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
                 let _ = stop.await;
             })
             .await;
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
         // The hub closes every device connection and stops; the audit queue drains; then
         // the store closes.
         let _ = hub_stop.send(hub::Cmd::Shutdown).await;
@@ -190,6 +221,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         http_addr,
         udp_addr,
         sip_addr,
+        metrics_addr,
         admin_token,
         database_url: redact(&url),
         store: state_store,

@@ -12,6 +12,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use fieldlink_proto::{ErrorCode, Qos};
@@ -121,8 +122,14 @@ pub struct Metrics {
     /// Video frames written to receivers, and their bytes.
     pub frames_forwarded: Counter,
     pub bytes_forwarded: Counter,
+    /// RTP packets written to receivers (from their RTCP-era send statistics) and the
+    /// NACKs (repair requests) receivers sent.
+    pub packets_forwarded: Counter,
+    pub nacks_received: Counter,
     /// Keyframe requests (PLI) sent to sources.
     pub keyframe_requests: Counter,
+    /// From a GB28181 INVITE to the first video frame of its call, seconds.
+    pub invite_first_frame: Histogram,
     control: [[Counter; ControlOutcome::ALL.len()]; 2],
     invites: [Counter; InviteOutcome::ALL.len()],
     /// GB28181 requests of ours answered, and given up unanswered.
@@ -198,11 +205,31 @@ impl Metrics {
                 "video_bytes_forwarded",
                 "Video bytes (access units) written to receivers",
             ),
+            packets_forwarded: add(
+                &mut r,
+                "video_packets_forwarded",
+                "Video RTP packets sent to receivers (original and repairs)",
+            ),
+            nacks_received: add(
+                &mut r,
+                "nacks_received",
+                "NACK repair requests from receivers",
+            ),
             keyframe_requests: add(
                 &mut r,
                 "keyframe_requests",
                 "Keyframe requests sent to video sources",
             ),
+            invite_first_frame: {
+                // 50 ms .. ~13 s.
+                let h = Histogram::new(exponential_buckets(0.05, 2.0, 9));
+                r.register(
+                    "gb28181_invite_first_frame_seconds",
+                    "From a GB28181 INVITE to the first video frame of the call",
+                    h.clone(),
+                );
+                h
+            },
             control: ["0", "1"].map(|qos| {
                 ControlOutcome::ALL.map(|o| {
                     control
@@ -279,6 +306,7 @@ mod tests {
         m.control(Qos::Reliable, ControlOutcome::Paced);
         m.invite(InviteOutcome::Refused);
         m.login_refused(ErrorCode::WrongPassword);
+        m.invite_first_frame.observe(0.3);
         let hub = HubSnapshot {
             fields_online: 2,
             remotes_online: 3,
@@ -297,6 +325,9 @@ mod tests {
             "fieldlink_gb28181_invites_total{outcome=\"refused\"} 1",
             "fieldlink_logins_refused_total{code=\"WRONG_PASSWORD\"} 1",
             "fieldlink_video_frames_forwarded_total 0",
+            "fieldlink_video_packets_forwarded_total 0",
+            "fieldlink_nacks_received_total 0",
+            "fieldlink_gb28181_invite_first_frame_seconds_count 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
         }

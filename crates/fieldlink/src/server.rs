@@ -30,6 +30,9 @@ pub struct Args {
     /// Bearer token for the admin API (default: random, printed at start).
     #[arg(long, env = "FIELDLINK_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Also serve GET /metrics here, without the admin token (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "FIELDLINK_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// GB28181 platform: SIP over UDP on this address (e.g. 0.0.0.0:5060; default off).
     #[arg(long, env = "FIELDLINK_SIP_LISTEN")]
     sip_listen: Option<SocketAddr>,
@@ -67,6 +70,9 @@ pub fn config(a: &Args) -> anyhow::Result<Config> {
     if let Some(v) = a.sip_listen {
         c.gb28181.sip_listen = Some(v);
     }
+    if let Some(v) = a.metrics_listen {
+        c.metrics_listen = Some(v);
+    }
     if let Some(v) = a.sip_keepalive_secs {
         c.gb28181.keepalive_period_secs = v.max(1);
     }
@@ -89,6 +95,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             "ws": format!("ws://{}/ws", running.http_addr),
             "udp": running.udp_addr.to_string(),
             "sip": running.sip_addr.map(|a| a.to_string()),
+            "metrics": running.metrics_addr.map(|a| a.to_string()),
             "database": running.database_url,
             "admin_token": if token_given { None } else { Some(running.admin_token.clone()) },
         })

@@ -202,6 +202,11 @@ async fn camera_plays(mode: &str, then_offline: bool) {
         );
     }
     assert!(value("fieldlink_video_frames_forwarded_total", &[]) >= 20.0);
+    // Both calls reached their first frame: one time-to-first-frame each.
+    assert_eq!(
+        value("fieldlink_gb28181_invite_first_frame_seconds_count", &[]),
+        2.0
+    );
     // PTZ from the admin API, and from the master remote as control data: the camera gets
     // DeviceControl with the GB28181 PTZCmd for the right channel.
     let (code, body) = s.api(

@@ -95,6 +95,14 @@ async fn metrics_need_the_token_parse_and_follow_devices() {
         value(m, "fieldlink_video_frames_forwarded_total", &[]) >= frames + 10.0
     })
     .await;
+    // RTP packets come from the send statistics (once a second): at least one per frame.
+    let m = scrape_until(&s, "packets counted", |m| {
+        value(m, "fieldlink_video_packets_forwarded_total", &[]) >= frames
+    })
+    .await;
+    // Receivers' repair requests are counted too (how many depends on the machine's
+    // loopback; `value` fails if the counter is missing).
+    assert!(value(&m, "fieldlink_nacks_received_total", &[]) >= 0.0);
 
     // Control data: the remote is master (automatic permission); 5 reliable messages each
     // way, one lossy from the field, and one malformed frame the server refuses.
@@ -138,4 +146,26 @@ async fn metrics_need_the_token_parse_and_follow_devices() {
     })
     .await;
     field.close().await;
+}
+
+/// `--metrics-listen`: a second address with `/metrics` and nothing else, no token needed;
+/// the main address keeps it behind the token.
+#[test]
+fn metrics_on_their_own_address_need_no_token() {
+    let s = TestServer::start_with("", &["--metrics-listen", "127.0.0.1:0"]);
+    let addr = s
+        .metrics
+        .clone()
+        .expect("metrics address in the ready line");
+    assert_ne!(addr, s.http);
+    let (status, body) = raw_http_text(&addr, "GET", "/metrics", "", None);
+    assert_eq!(status, 200, "{body}");
+    let parsed = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text");
+    assert_eq!(value(&parsed.samples, "fieldlink_sessions", &[]), 0.0);
+    // Nothing else is served there.
+    let (status, _) = raw_http_text(&addr, "GET", "/api/v1/projects", "", Some(TOKEN));
+    assert_eq!(status, 404);
+    let (status, _) = raw_http_text(&s.http, "GET", "/metrics", "", None);
+    assert_eq!(status, 401, "the main address still wants the token");
 }

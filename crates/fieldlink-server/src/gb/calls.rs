@@ -120,14 +120,14 @@ impl Sip {
         self.send_request(&r, addr).await;
         tracing::info!(device = %id, channel = %channel, port, ssrc, "GB28181 INVITE");
         self.metrics.invite(InviteOutcome::Sent);
-        let receiver = tokio::spawn(receive(
-            media,
-            self.hub.clone(),
+        let to = super::media::Target {
+            hub: self.hub.clone(),
             conn,
-            ch,
-            self.tx.clone(),
-            id.clone(),
-        ));
+            stream: ch,
+            metrics: self.metrics.clone(),
+            invited: Instant::now(),
+        };
+        let receiver = tokio::spawn(receive(media, to, self.tx.clone(), id.clone()));
         if let Some(d) = self.devices.get_mut(id) {
             d.calls.insert(
                 ch,

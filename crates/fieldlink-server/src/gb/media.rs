@@ -4,7 +4,8 @@
 //! [`MEDIA_TIMEOUT`] tells the SIP task to hang up. Knows nothing of SIP.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fieldlink_gb28181::rtp::{Reorder, RtpPacket};
 use fieldlink_gb28181::GbId;
@@ -13,6 +14,17 @@ use tokio::sync::mpsc;
 
 use super::Event;
 use crate::hub::{Cmd, ConnId, HubHandle};
+use crate::metrics::Metrics;
+
+/// Where a call's frames go: stream `stream` of field client `conn`, and since when the
+/// call was asked for (its INVITE), for the time to its first frame.
+pub(super) struct Target {
+    pub(super) hub: HubHandle,
+    pub(super) conn: ConnId,
+    pub(super) stream: u32,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) invited: Instant,
+}
 
 /// A channel that sends nothing for this long is hung up.
 const MEDIA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,6 +43,8 @@ struct Pipeline {
     hub: HubHandle,
     conn: ConnId,
     stream: u32,
+    metrics: Arc<Metrics>,
+    invited: Instant,
     reorder: Reorder,
     demux: fieldlink_media::ps::Demuxer,
     packets: u64,
@@ -66,6 +80,9 @@ impl Pipeline {
             for f in frames.into_iter().filter(|f| f.video) {
                 self.frames += 1;
                 if self.frames == 1 {
+                    self.metrics
+                        .invite_first_frame
+                        .observe(self.invited.elapsed().as_secs_f64());
                     tracing::debug!(stream_type = f.stream_type, len = f.data.len(), head = ?&f.data[..f.data.len().min(8)], "GB28181 media: first frame");
                 }
                 if f.stream_type != 0x1B && f.stream_type != 0 {
@@ -108,19 +125,15 @@ impl Pipeline {
 }
 
 /// Receives one channel's RTP/PS (UDP, or RFC 4571 over TCP), demuxes H.264 access units
-/// and hands them to the hub as stream `stream` of field client `conn`.
-pub(super) async fn receive(
-    media: MediaIn,
-    hub: HubHandle,
-    conn: ConnId,
-    stream: u32,
-    tx: mpsc::Sender<Event>,
-    id: GbId,
-) {
+/// and hands them to the hub as `to` says.
+pub(super) async fn receive(media: MediaIn, to: Target, tx: mpsc::Sender<Event>, id: GbId) {
+    let stream = to.stream;
     let mut p = Pipeline {
-        hub,
-        conn,
+        hub: to.hub,
+        conn: to.conn,
         stream,
+        metrics: to.metrics,
+        invited: to.invited,
         reorder: Reorder::new(64),
         demux: fieldlink_media::ps::Demuxer::new(),
         packets: 0,

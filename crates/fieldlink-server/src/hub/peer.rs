@@ -263,7 +263,16 @@ impl Hub {
                                     loss_pct: rtcp.loss_pct.or(last.loss_pct),
                                     rtt_ms: rtcp.rtt_ms.or(last.rtt_ms),
                                     jitter_ms: rtcp.jitter_ms.or(last.jitter_ms),
+                                    ..rtcp
                                 });
+                                // The stream's counters only grow (a new stream starts
+                                // a new peer, whose first figures are all new).
+                                self.metrics
+                                    .packets_forwarded
+                                    .inc_by(rtcp.packets.saturating_sub(last.packets));
+                                self.metrics
+                                    .nacks_received
+                                    .inc_by(rtcp.nacks.saturating_sub(last.nacks));
                             }
                         }
                     }
@@ -327,6 +336,8 @@ impl Hub {
                             rtt_ms: s.rtt.map(|d| d.as_secs_f64() * 1000.0),
                             // RFC 3550 jitter, in the 90 kHz video clock.
                             jitter_ms: s.remote.map(|r| f64::from(r.jitter) / 90.0),
+                            packets: s.packets,
+                            nacks: s.nacks,
                         };
                         events.push(PeerEvent::Egress(s.mid, rtcp));
                     }

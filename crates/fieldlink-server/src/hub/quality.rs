@@ -14,12 +14,15 @@ pub(super) const EVERY: Duration = Duration::from_millis(QUALITY_EVERY_MS);
 /// Streams per field device whose arriving frames are counted.
 pub(super) const MAX_COUNTED_STREAMS: usize = 256;
 
-/// What a receiver's device last reported of it (RTCP receiver reports).
+/// What a receiver's device last reported of it (RTCP receiver reports), and the send
+/// counters of its stream so far.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Rtcp {
     pub(super) loss_pct: Option<f64>,
     pub(super) rtt_ms: Option<f64>,
     pub(super) jitter_ms: Option<f64>,
+    pub(super) packets: u64,
+    pub(super) nacks: u64,
 }
 
 /// Where a receiver's current interval started: its stream, its frames written, its

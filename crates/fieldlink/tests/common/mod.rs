@@ -27,6 +27,8 @@ pub struct TestServer {
     pub udp: String,
     /// The GB28181 SIP address (`--sip-listen`), when enabled.
     pub sip: Option<String>,
+    /// The metrics-only address (`--metrics-listen`), when enabled.
+    pub metrics: Option<String>,
     extra: Vec<String>,
 }
 
@@ -59,6 +61,7 @@ impl TestServer {
             ws: String::new(),
             udp: String::new(),
             sip: None,
+            metrics: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         s.spawn("127.0.0.1:0", "127.0.0.1:0");
@@ -101,6 +104,7 @@ impl TestServer {
         self.ws = ready["ws"].as_str().unwrap().to_string();
         self.udp = ready["udp"].as_str().unwrap().to_string();
         self.sip = ready["sip"].as_str().map(str::to_string);
+        self.metrics = ready["metrics"].as_str().map(str::to_string);
         self.child = Some(child);
     }
 
