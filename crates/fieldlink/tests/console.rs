@@ -410,27 +410,10 @@ fn a_gb28181_camera_shows_in_admin_and_plays_in_the_console() {
     if !browser_ready() {
         return;
     }
-    let s = TestServer::start_with(
-        "[gb28181]\nproject = \"p\"\n",
-        &["--sip-listen", "127.0.0.1:0"],
-    );
-    s.standard();
-    let sip = s.sip.clone().expect("SIP address");
+    let (s, sip) = common::gb::gb_server("", &[]);
     let gb_id = "34020000001320000007";
-    let mut cam = fieldlink()
-        .args([
-            "gb-device",
-            "--server",
-            &sip,
-            "--id",
-            gb_id,
-            "--channels",
-            "2",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let cam_out = lines(&mut cam);
+    let mut cam = common::gb::gb_device(&sip, &["--id", gb_id, "--channels", "2"]);
+    let cam_out = lines(&mut cam.0);
     wait_line(&cam_out, "gb-device registered", |v| {
         v["event"] == "registered"
     });
@@ -441,8 +424,7 @@ fn a_gb28181_camera_shows_in_admin_and_plays_in_the_console() {
                "gwid": format!("p/{gb_id}"), "screenshot": screenshot("admin-gb28181.png")}),
     );
     eprintln!("{v:#}");
-    let _ = cam.kill();
-    let _ = cam.wait();
+    drop(cam);
     assert_eq!(v["gbChannels"], 2, "{v:#}");
     assert!(v["gbRow"].as_str().unwrap().contains("127.0.0.1"), "{v:#}");
     assert!(

@@ -6,10 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::camera::Camera;
+use common::camera::{rtsp, Camera};
+use common::gb::{gb_device, gb_server, wait_listed};
 use common::*;
 use fieldlink_proto::diag::{Report, OK};
-use fieldlink_sdk::camera::{Passthrough, RtspCameraConfig, RtspTransport};
+use fieldlink_sdk::camera::Passthrough;
 use fieldlink_sdk::video::{TestPattern, TestPatternConfig};
 use fieldlink_sdk::{ErrorCode, Event, Events, FieldDevice, Quality, RemoteDevice, StreamState};
 
@@ -20,15 +21,6 @@ const PATTERN: TestPatternConfig = TestPatternConfig {
     kbps: 300,
     gop: 50,
 };
-
-fn rtsp(url: String) -> RtspCameraConfig {
-    RtspCameraConfig {
-        url,
-        username: None,
-        password: None,
-        transport: RtspTransport::Tcp,
-    }
-}
 
 async fn field(s: &TestServer, streams: u32) -> (FieldDevice, Events) {
     let mut fc = s.cfg("p/f", "fpw");
@@ -342,43 +334,21 @@ fn the_cli_prints_one_json_object_and_exits_by_the_type() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gb28181_camera_is_measured_by_what_reaches_the_server() {
-    let s = TestServer::start_with(
-        "[gb28181]\nproject = \"p\"\n",
-        &["--sip-listen", "127.0.0.1:0"],
-    );
-    s.standard();
-    let sip = s.sip.clone().expect("SIP address");
+    let (s, sip) = gb_server("", &[]);
     let gb_id = "34020000001320000009";
-    let mut cam = fieldlink()
-        .args([
-            "gb-device",
-            "--server",
-            &sip,
-            "--id",
-            gb_id,
-            "--channels",
-            "1",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let cam_out = lines(&mut cam);
+    let mut cam = gb_device(&sip, &["--id", gb_id, "--channels", "1"]);
+    let cam_out = lines(&mut cam.0);
     wait_line(&cam_out, "gb-device registered", |v| {
         v["event"] == "registered"
     });
     let gwid = id(&format!("p/{gb_id}"));
     let (r, mut re) = remote(&s, 1, false, "public").await;
-    // The catalog makes it a field device with one stream; retry until it is listed.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while let Err(e) = r.connect_streams(&gwid, &[0], &[0]).await {
-        assert!(Instant::now() < deadline, "{e}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_listed(&r, &gwid).await;
+    r.connect_streams(&gwid, &[0], &[0]).await.unwrap();
     until_playing(&mut re, &[0]).await;
     r.diag_request(&gwid).await.unwrap();
     let (kind, rep) = diagnosis(&mut re).await;
-    let _ = cam.kill();
-    let _ = cam.wait();
+    drop(cam);
     let json = serde_json::to_string_pretty(&rep).unwrap();
     eprintln!("GB28181 camera:\n{json}");
     assert_eq!(kind, 1, "{json}");

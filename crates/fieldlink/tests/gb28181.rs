@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::gb::*;
 use common::*;
 use fieldlink_sdk::{Event, StreamState};
 
@@ -17,22 +18,6 @@ fn scenario(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/sipp")
         .join(name)
-}
-
-/// Waits until remote `r` lists the camera `gwid` online (its catalog is in).
-async fn wait_listed(r: &fieldlink_sdk::RemoteDevice, gwid: &fieldlink_sdk::DeviceId) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let fields = r.list_fields().await.unwrap();
-        if fields.iter().any(|f| &f.id == gwid && f.online) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{gwid} not listed online: {fields:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A SIPp command running `file` as device `id` with `password` from local `port`.
@@ -87,40 +72,6 @@ fn sipp_registers_keeps_alive_is_refused_with_a_wrong_password_and_unregisters()
         // The wrong-password scenario against the right password fails (the check can fail).
         let (ok, _) = sipp(&sip, "register_wrong_password.xml", dev, "12345678", tcp);
         assert!(!ok, "{via}: the right password must not get 403");
-    }
-}
-
-/// A server whose GB28181 devices join project `p` (with the standard devices), SIP on a
-/// free port; `toml` goes into its `[gb28181]` section. Returns it and its SIP address.
-fn gb_server(toml: &str, flags: &[&str]) -> (TestServer, String) {
-    let s = TestServer::start_with(
-        &format!("[gb28181]\nproject = \"p\"\n{toml}"),
-        &[&["--sip-listen", "127.0.0.1:0"], flags].concat(),
-    );
-    s.standard();
-    let sip = s.sip.clone().expect("the ready line names the SIP address");
-    (s, sip)
-}
-
-/// `fieldlink gb-device` registering at `sip` with `args`, its JSON lines on stdout.
-fn gb_device(sip: &str, args: &[&str]) -> KillOnDrop {
-    KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_fieldlink"))
-            .args(["gb-device", "--server", sip])
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-/// A child process that is killed however the test ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

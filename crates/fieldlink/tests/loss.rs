@@ -127,6 +127,17 @@ async fn through_relay() -> (TestServer, LossyRelay) {
     (s, relay)
 }
 
+/// A 25 fps test pattern with a keyframe every 2 s.
+fn pattern(width: u32, height: u32, kbps: u32) -> fieldlink_sdk::video::TestPatternConfig {
+    fieldlink_sdk::video::TestPatternConfig {
+        width,
+        height,
+        fps: 25.0,
+        kbps,
+        gop: 50,
+    }
+}
+
 /// Field `p/f` publishing one test-pattern stream, remote `p/r1` playing it on conn_fd 0.
 async fn one_stream(
     s: &TestServer,
@@ -432,15 +443,8 @@ async fn media_loss_is_detected_and_repaired_without_the_application() {
 /// through at this loss: str0m's default cap dropped 1–6% of frames).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn video_survives_10_percent_loss() {
-    use fieldlink_sdk::video::TestPatternConfig;
     let (s, relay) = through_relay().await;
-    let tp = TestPatternConfig {
-        width: 320,
-        height: 180,
-        fps: 25.0,
-        kbps: 400,
-        gop: 50,
-    };
+    let tp = pattern(320, 180, 400);
     let (_field, _fe, _r, mut re) = one_stream(&s, tp).await;
 
     // Loss on what goes to the server: the field's media (and the remote's feedback),
@@ -463,15 +467,8 @@ async fn video_survives_10_percent_loss() {
 /// kbit/s, the send-side estimate reported to the application falls below 600 kbit/s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bandwidth_estimate_follows_a_limited_uplink() {
-    use fieldlink_sdk::video::TestPatternConfig;
     let (s, relay) = through_relay().await;
-    let tp = TestPatternConfig {
-        width: 640,
-        height: 360,
-        fps: 25.0,
-        kbps: 1500,
-        gop: 50,
-    };
+    let tp = pattern(640, 360, 1500);
     let (_field, mut fe, _r, _re) = one_stream(&s, tp).await;
     // Unlimited first: the estimate stays high.
     let mut highest = 0;
@@ -498,15 +495,8 @@ async fn the_bandwidth_estimate_follows_a_limited_uplink() {
 /// source's ~1200 kbit/s would overflow the shaper constantly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_source_bitrate_follows_a_limited_uplink() {
-    use fieldlink_sdk::video::TestPatternConfig;
     let (s, relay) = through_relay().await;
-    let tp = TestPatternConfig {
-        width: 640,
-        height: 360,
-        fps: 25.0,
-        kbps: 1500,
-        gop: 50,
-    };
+    let tp = pattern(640, 360, 1500);
     let (_field, _fe, _r, mut re) = one_stream_with(&s, tp, true).await;
     relay.delay_ms.store(10, Ordering::Relaxed);
     relay.rate_kbps.store(1000, Ordering::Relaxed);
@@ -607,15 +597,8 @@ async fn a_transcoded_camera_follows_a_limited_uplink() {
 /// configured one with the network as its cause (and the estimate that says so).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_diagnosis_names_a_limited_uplink() {
-    use fieldlink_sdk::video::TestPatternConfig;
     let (s, relay) = through_relay().await;
-    let tp = TestPatternConfig {
-        width: 640,
-        height: 360,
-        fps: 25.0,
-        kbps: 1500,
-        gop: 50,
-    };
+    let tp = pattern(640, 360, 1500);
     let (_field, _fe, r, mut re) = one_stream_with(&s, tp, true).await;
     relay.delay_ms.store(10, Ordering::Relaxed);
     relay.rate_kbps.store(400, Ordering::Relaxed);
@@ -649,16 +632,9 @@ async fn a_diagnosis_names_a_limited_uplink() {
 /// again once the path is fast.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_path_is_scored_poor_and_recovers() {
-    use fieldlink_sdk::video::TestPatternConfig;
     use fieldlink_sdk::Quality;
     let (s, relay) = through_relay().await;
-    let tp = TestPatternConfig {
-        width: 320,
-        height: 180,
-        fps: 25.0,
-        kbps: 400,
-        gop: 50,
-    };
+    let tp = pattern(320, 180, 400);
     let (_field, _fe, _r, mut re) = one_stream(&s, tp).await;
     let level_of = |e: &Event| match e {
         Event::Quality(q) => Some((q.level, q.cause.clone())),

@@ -9,22 +9,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::camera::{contiguous_in, reference, vcl_digests, Camera};
+use common::camera::{contiguous_in, reference, rtsp, vcl_digests, Camera};
 use common::*;
-use fieldlink_sdk::camera::{Passthrough, RtspCameraConfig, RtspTransport};
+use fieldlink_sdk::camera::Passthrough;
 use fieldlink_sdk::transcode::{Transcode, TranscodeConfig};
 use fieldlink_sdk::{
     Event, Events, FieldDevice, RemoteDevice, StreamState, VideoCodec, VideoFrame,
 };
-
-fn rtsp(url: String) -> RtspCameraConfig {
-    RtspCameraConfig {
-        url,
-        username: None,
-        password: None,
-        transport: RtspTransport::Tcp,
-    }
-}
 
 async fn field(s: &TestServer, streams: u32) -> (FieldDevice, Events) {
     let mut c = s.cfg("p/f", "fpw");

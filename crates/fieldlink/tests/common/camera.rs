@@ -17,6 +17,16 @@ pub const FILE_SECS: u32 = 40;
 /// that started without the server's cached group of pictures would wait for seconds.
 pub const FILE_GOP: u32 = 250;
 
+/// The camera at `url` over RTSP/TCP, without credentials.
+pub fn rtsp(url: String) -> fieldlink_sdk::camera::RtspCameraConfig {
+    fieldlink_sdk::camera::RtspCameraConfig {
+        url,
+        username: None,
+        password: None,
+        transport: fieldlink_sdk::camera::RtspTransport::Tcp,
+    }
+}
+
 pub struct Camera {
     child: Child,
     pub port: u16,

@@ -13,6 +13,7 @@ use fieldlink_sdk::{DeviceConfig, DeviceId, Event, Events, FieldDevice, RemoteDe
 use serde_json::{json, Value};
 
 pub mod camera;
+pub mod gb;
 pub mod metrics;
 
 pub const KEY: &str = "0123456789abcdef0123456789abcdef";
