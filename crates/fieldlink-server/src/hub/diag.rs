@@ -27,10 +27,10 @@ pub(super) struct Diag {
     /// The remote's receivers connected to the field's streams at the start:
     /// (conn_fd, stream_id).
     pairs: Vec<(u32, u32)>,
-    /// When the parts are due at the latest.
+    /// When the measures are due at the latest.
     due: Instant,
-    field_part: Option<Vec<FieldMeasure>>,
-    remote_part: Option<Vec<RemoteMeasure>>,
+    field_measures: Option<Vec<FieldMeasure>>,
+    remote_measures: Option<Vec<RemoteMeasure>>,
     /// A source outside WebRTC (a GB28181 camera) has no SDK to measure with: the hub
     /// measures what arrived from it, from here.
     external_from: Option<(Instant, Vec<(u32, Arrived)>)>,
@@ -93,8 +93,8 @@ impl Hub {
             field: gwid.clone(),
             pairs: pairs.clone(),
             due: Instant::now() + window + grace,
-            field_part: None,
-            remote_part: None,
+            field_measures: None,
+            remote_measures: None,
             external_from,
         });
         tracing::info!(field = %gwid, diag = id, "diagnosis started");
@@ -119,7 +119,7 @@ impl Hub {
         Ok(())
     }
 
-    /// A device's measurement for diagnosis `id`. Parts for streams or receivers outside
+    /// A device's measurement for diagnosis `id`. Measures of streams or receivers outside
     /// the diagnosis are ignored.
     pub(super) fn diag_report(
         &mut self,
@@ -136,32 +136,32 @@ impl Hub {
             .ok_or(ErrorCode::NotFound)?;
         let d = &mut self.diags[i];
         if d.remote == conn {
-            let mut parts: Vec<RemoteMeasure> = remote
+            let mut measures: Vec<RemoteMeasure> = remote
                 .into_iter()
                 .filter(|p| d.pairs.iter().any(|(fd, _)| *fd == p.conn_fd))
                 .collect();
-            parts.dedup_by_key(|p| p.conn_fd);
-            d.remote_part = Some(parts);
+            measures.dedup_by_key(|p| p.conn_fd);
+            d.remote_measures = Some(measures);
         } else {
-            let mut parts: Vec<FieldMeasure> = field
+            let mut measures: Vec<FieldMeasure> = field
                 .into_iter()
                 .filter(|p| d.pairs.iter().any(|(_, s)| *s == p.stream_id))
                 .map(FieldMeasure::bounded)
                 .collect();
-            parts.dedup_by_key(|p| p.stream_id);
-            d.field_part = Some(parts);
+            measures.dedup_by_key(|p| p.stream_id);
+            d.field_measures = Some(measures);
         }
         let external = field_conn(d)
             .and_then(|c| self.clients.get(&c))
             .is_some_and(|c| c.external.is_some());
-        if d.remote_part.is_some() && (d.field_part.is_some() || external) {
+        if d.remote_measures.is_some() && (d.field_measures.is_some() || external) {
             let d = self.diags.swap_remove(i);
             self.finish_diag(d, None);
         }
         Ok(())
     }
 
-    /// Ends the diagnoses whose parts are overdue.
+    /// Ends the diagnoses whose measures are overdue.
     pub(super) fn diags_due(&mut self, now: Instant) {
         while let Some(i) = self.diags.iter().position(|d| d.due <= now) {
             let d = self.diags.swap_remove(i);
@@ -223,10 +223,10 @@ impl Hub {
         )
     }
 
-    /// Joins the parts and tells the remote. `failed`: why the diagnosis could not finish.
+    /// Derives both sides' checks, joins them and tells the remote. `failed`: why the diagnosis could not finish.
     fn finish_diag(&mut self, mut d: Diag, failed: Option<(ErrorCode, String)>) {
-        if d.field_part.is_none() {
-            d.field_part = self.external_measures(&d);
+        if d.field_measures.is_none() {
+            d.field_measures = self.external_measures(&d);
         }
         let field_client = self
             .by_device
@@ -240,12 +240,12 @@ impl Hub {
                     ErrorCode::FieldOffline,
                     format!("field device {} is offline", d.field),
                 ))
-            } else if d.field_part.is_none() && !external {
+            } else if d.field_measures.is_none() && !external {
                 Some((
                     ErrorCode::Timeout,
                     "the field device sent no measurement in time".into(),
                 ))
-            } else if d.remote_part.is_none() {
+            } else if d.remote_measures.is_none() {
                 Some((
                     ErrorCode::Timeout,
                     "this device sent no measurement in time".into(),
@@ -278,14 +278,14 @@ impl Hub {
             ),
             _ => "unknown: a device is offline".into(),
         };
-        let field_parts: BTreeMap<u32, FieldMeasure> = d
-            .field_part
+        let field_measures_by_stream: BTreeMap<u32, FieldMeasure> = d
+            .field_measures
             .unwrap_or_default()
             .into_iter()
             .map(|p| (p.stream_id, p))
             .collect();
-        let remote_parts: BTreeMap<u32, RemoteMeasure> = d
-            .remote_part
+        let remote_measures_by_fd: BTreeMap<u32, RemoteMeasure> = d
+            .remote_measures
             .unwrap_or_default()
             .into_iter()
             .map(|p| (p.conn_fd, p))
@@ -296,12 +296,12 @@ impl Hub {
             .map(|(fd, s)| StreamReport {
                 stream_id: *s,
                 conn_fd: *fd,
-                field: field_parts.get(s).map(|m| FieldSide {
+                field: field_measures_by_stream.get(s).map(|m| FieldSide {
                     signal_connect: f_sig.clone(),
                     media_connect: f_media.clone(),
                     part: field_part(m),
                 }),
-                remote: remote_parts.get(fd).map(|m| RemoteSide {
+                remote: remote_measures_by_fd.get(fd).map(|m| RemoteSide {
                     signal_connect: r_sig.clone(),
                     media_connect: r_media.clone(),
                     part: remote_part(m, Some((&d.field, *s))),
