@@ -678,6 +678,7 @@ async fn gb_set_device(
         s.always_on = a;
     }
     st.store.set_gb_device(gid.as_str(), &s).await?;
+    gb(&st)?.settings_changed(&gid, s.clone()).await;
     Ok(Json(GbDeviceSettings {
         id: gid.to_string(),
         own_password: !s.ha1.is_empty(),

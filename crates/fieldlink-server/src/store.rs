@@ -343,6 +343,55 @@ impl Store {
         Ok(())
     }
 
+    /// Creates the devices not stored yet (an existing one is left as it is), in one
+    /// transaction: a registration storm's new devices cost one write, not one each.
+    /// Returns how many were created.
+    pub async fn create_devices_missing(&self, devices: &[Device]) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let mut created = 0;
+        for d in devices {
+            let r = sqlx::query(
+                "INSERT INTO devices (project_id, device_id, kind, name, password, auto_registered, created_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (project_id, device_id) DO NOTHING",
+            )
+            .bind(&d.project_id)
+            .bind(&d.device_id)
+            .bind(d.kind.as_str())
+            .bind(&d.name)
+            .bind(&d.password)
+            .bind(d.auto_registered as i64)
+            .bind(d.created_ms)
+            .execute(&mut *tx)
+            .await?;
+            created += r.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    /// Every GB28181 device's own settings, by device id (at most `limit`).
+    pub async fn gb_devices(&self, limit: i64) -> Result<Vec<(String, GbSettings)>> {
+        let rows = sqlx::query(
+            "SELECT device_id, ha1, media_mode, always_on FROM gb_devices ORDER BY device_id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("device_id")?,
+                    GbSettings {
+                        ha1: r.try_get("ha1")?,
+                        media_mode: r.try_get("media_mode")?,
+                        always_on: r.try_get::<i64, _>("always_on")? != 0,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// A GB28181 device's own settings, if any were set.
     pub async fn gb_device(&self, device_id: &str) -> Result<Option<GbSettings>> {
         let row =
@@ -666,6 +715,21 @@ mod tests {
             Err(StoreError::Conflict)
         ));
         assert_eq!(store.device("p1", "f1").await.unwrap(), Some(d.clone()));
+        // In a batch, the existing device stays as it is and the new one is created.
+        let mut d2 = d.clone();
+        d2.device_id = "f2".into();
+        let mut changed = d.clone();
+        changed.name = "other".into();
+        assert_eq!(
+            store
+                .create_devices_missing(&[changed, d2.clone()])
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.device("p1", "f1").await.unwrap(), Some(d.clone()));
+        assert_eq!(store.device("p1", "f2").await.unwrap(), Some(d2));
+        store.delete_device("p1", "f2").await.unwrap();
         store
             .set_device_password("p1", "f1", fieldlink_auth::USE_PROJECT_KEY_PWD)
             .await
@@ -740,7 +804,9 @@ mod tests {
         g.always_on = true;
         g.media_mode.clear();
         store.set_gb_device(id, &g).await.unwrap();
-        assert_eq!(store.gb_device(id).await.unwrap(), Some(g));
+        assert_eq!(store.gb_device(id).await.unwrap(), Some(g.clone()));
+        let all = store.gb_devices(100).await.unwrap();
+        assert!(all.contains(&(id.to_string(), g)), "{all:?}");
         store.save_gb_status(id, r#"{"a":1}"#).await.unwrap();
         store.save_gb_status(id, r#"{"a":2}"#).await.unwrap();
         assert!(store

@@ -77,8 +77,9 @@ impl Sip {
             .ok_or("no such channel")?
             .device_id
             .clone();
-        let own = self.store.gb_device(id.as_str()).await.ok().flatten();
-        let mode = own
+        let mode = self
+            .settings
+            .get(id.as_str())
             .and_then(|s| MediaMode::parse(&s.media_mode))
             .unwrap_or(self.mode);
         let (media, port, dial) = match mode {

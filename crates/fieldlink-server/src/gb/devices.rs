@@ -18,7 +18,7 @@ use super::calls::Call;
 use super::sip::Sip;
 use super::{ChannelView, Event, GbDeviceView};
 use crate::hub::{ClientInfo, Cmd, ConnId, Outbound};
-use crate::store::{self, now_ms, Project, Security};
+use crate::store::{self, now_ms};
 
 /// A Catalog answer that stops short of `SumNum` is taken as it is after this.
 pub(super) const CATALOG_QUIET: Duration = Duration::from_secs(3);
@@ -149,13 +149,7 @@ impl Sip {
             if let Some(conn) = self.devices.get(&id).and_then(|d| d.conn) {
                 let _ = self.hub.send(Cmd::External { conn, streams: n }).await;
             }
-            let always_on = self
-                .store
-                .gb_device(id.as_str())
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|s| s.always_on);
+            let always_on = self.settings.get(id.as_str()).is_some_and(|s| s.always_on);
             if let Some(d) = self.devices.get_mut(&id) {
                 d.always_on = always_on;
             }
@@ -169,45 +163,27 @@ impl Sip {
 
     /// Makes the device a field device of the project (stored, online in the hub), and
     /// passes the hub's demand for its channels to this task.
-    pub(super) async fn as_field(&self, id: &GbId, name: &str) -> Result<ConnId, String> {
-        let store = &self.store;
-        if store
-            .project(&self.project)
-            .await
-            .map_err(|e| e.to_string())?
-            .is_none()
-        {
-            store
-                .create_project(&Project {
-                    id: self.project.clone(),
-                    name: "GB28181 devices".into(),
-                    security: Security::default(),
-                    created_ms: now_ms(),
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        if store
-            .device(&self.project, id.as_str())
-            .await
-            .map_err(|e| e.to_string())?
-            .is_none()
-        {
-            // It never logs in over WebSocket: an unguessable password.
-            let pw = format!("{:032x}", rand::random::<u128>());
-            store
-                .create_device(&store::Device {
-                    project_id: self.project.clone(),
-                    device_id: id.as_str().to_string(),
-                    kind: Role::Field,
-                    name: name.to_string(),
-                    password: fieldlink_auth::hash_password(&pw),
-                    key_password_only: false,
-                    auto_registered: true,
-                    created_ms: now_ms(),
-                })
-                .await
-                .map_err(|e| e.to_string())?;
+    pub(super) async fn as_field(&mut self, id: &GbId, name: &str) -> Result<ConnId, String> {
+        if !self.recorded.contains(id) {
+            // Stored off this task (the project exists since `start`). It never logs
+            // in over WebSocket: no password, and so no hashing either.
+            let record = store::Device {
+                project_id: self.project.clone(),
+                device_id: id.as_str().to_string(),
+                kind: Role::Field,
+                name: name.to_string(),
+                password: fieldlink_auth::NO_PASSWORD.into(),
+                key_password_only: false,
+                auto_registered: true,
+                created_ms: now_ms(),
+            };
+            match self.records.try_send(record) {
+                Ok(()) => {
+                    self.recorded.insert(id.clone());
+                }
+                // Tried again when it next registers; it plays meanwhile.
+                Err(_) => tracing::warn!(device = %id, "device records queue full: not stored yet"),
+            }
         }
         let device = DeviceId::new(&self.project, id.as_str()).map_err(|e| e.to_string())?;
         let (out, mut out_rx) = mpsc::channel(64);

@@ -103,6 +103,20 @@ impl GbHandle {
         &self.realm
     }
 
+    /// The admin API stored `id`'s own settings: the SIP task uses them for every SIP
+    /// message after this returns.
+    pub async fn settings_changed(&self, id: &GbId, s: crate::store::GbSettings) {
+        let (done, applied) = tokio::sync::oneshot::channel();
+        if self
+            .tx
+            .send(Event::Settings(id.to_string(), s, done))
+            .await
+            .is_ok()
+        {
+            let _ = applied.await;
+        }
+    }
+
     /// Sends a PTZ command to channel `channel` (index) of an online device.
     pub async fn ptz(
         &self,
@@ -141,6 +155,83 @@ enum Event {
     MediaGone(GbId, u32),
     /// Move a channel's camera (admin API, or the master remote's control data).
     Ptz(GbId, u32, fieldlink_gb28181::ptz::Ptz),
+    /// The admin API stored a device's own settings; answered once they apply.
+    Settings(
+        String,
+        crate::store::GbSettings,
+        tokio::sync::oneshot::Sender<()>,
+    ),
+}
+
+/// Most device records waiting to be stored.
+const RECORDS_QUEUE: usize = 65_536;
+/// Most device records stored in one transaction.
+const RECORDS_BATCH: usize = 1_000;
+
+/// Creates the project GB28181 devices join, unless it exists; false if the store failed.
+async fn ensure_project(store: &Store, project: &str) -> bool {
+    match store.project(project).await {
+        Ok(Some(_)) => true,
+        Ok(None) => {
+            let p = crate::store::Project {
+                id: project.to_string(),
+                name: "GB28181 devices".into(),
+                security: crate::store::Security::default(),
+                created_ms: crate::store::now_ms(),
+            };
+            match store.create_project(&p).await {
+                // Made meanwhile through the admin API: as good.
+                Ok(()) | Err(crate::store::StoreError::Conflict) => true,
+                Err(e) => {
+                    tracing::error!("creating project {project}: {e}");
+                    false
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!("reading project {project}: {e}");
+            false
+        }
+    }
+}
+
+/// Stores the field-device records of new GB28181 devices in batches, off the SIP task,
+/// creating their project first if needed; a failing store is retried (the queue holds
+/// meanwhile; the SIP task never waits).
+async fn write_records(
+    store: Store,
+    project: String,
+    mut rx: mpsc::Receiver<crate::store::Device>,
+) {
+    let mut batch = Vec::with_capacity(RECORDS_BATCH);
+    let mut project_ready = false;
+    while rx.recv_many(&mut batch, RECORDS_BATCH).await > 0 {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            if !project_ready {
+                project_ready = ensure_project(&store, &project).await;
+            }
+            if project_ready {
+                match store.create_devices_missing(&batch).await {
+                    Ok(n) => {
+                        tracing::debug!(
+                            created = n,
+                            of = batch.len(),
+                            "GB28181 device records stored"
+                        );
+                        break;
+                    }
+                    Err(e) => tracing::error!(
+                        "storing {} GB28181 device records: {e}; retrying",
+                        batch.len()
+                    ),
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+        batch.clear();
+    }
 }
 
 /// Binds the SIP socket and starts serving; returns the bound address.
@@ -179,6 +270,18 @@ pub async fn start(
         )
     })?;
     let (tx, rx) = mpsc::channel(1024);
+    let settings = store
+        .gb_devices(10_000_000)
+        .await
+        .map_err(std::io::Error::other)?
+        .into_iter()
+        .collect();
+    let (records, records_rx) = mpsc::channel(RECORDS_QUEUE);
+    tokio::spawn(write_records(
+        store.clone(),
+        cfg.project.clone(),
+        records_rx,
+    ));
     // Devices known from before: listed offline until they register again.
     let mut known = std::collections::BTreeMap::new();
     for json in store.gb_statuses(100_000).await.unwrap_or_default() {
@@ -214,6 +317,9 @@ pub async fn start(
         tcp: HashMap::new(),
         transactions: Default::default(),
         saved: HashMap::new(),
+        settings,
+        records,
+        recorded: Default::default(),
     };
     tokio::spawn(accept_tcp(tcp, sip.tx.clone()));
     tokio::spawn(sip.run(rx));

@@ -49,6 +49,13 @@ pub(super) struct Sip {
     pub(super) transactions: fieldlink_gb28181::transaction::Transactions,
     /// What was last stored per device (JSON), to store only changes.
     pub(super) saved: HashMap<String, String>,
+    /// Every device's own settings (password HA1, media mode, always on), kept here so
+    /// no SIP answer waits on the store; the admin API tells changes (`Event::Settings`).
+    pub(super) settings: HashMap<String, crate::store::GbSettings>,
+    /// Field-device records to store, written in batches by another task.
+    pub(super) records: mpsc::Sender<crate::store::Device>,
+    /// Devices whose record was handed to that task in this run.
+    pub(super) recorded: std::collections::HashSet<GbId>,
 }
 
 impl Sip {
@@ -78,6 +85,10 @@ impl Sip {
                     }
                     Some(Event::Wanted(id, streams)) => self.on_wanted(&id, &streams).await,
                     Some(Event::Ptz(id, ch, ptz)) => self.ptz(&id, ch, ptz).await,
+                    Some(Event::Settings(id, s, done)) => {
+                        self.settings.insert(id, s);
+                        let _ = done.send(());
+                    }
                     Some(Event::MediaGone(id, ch)) => {
                         tracing::warn!(device = %id, channel = ch, "GB28181 media stopped; hanging up");
                         self.hang_up(&id, ch).await;
@@ -163,12 +174,9 @@ impl Sip {
         let reply = match method.as_str() {
             "REGISTER" => {
                 // The device's own password, if the admin API set one.
-                let own = match msg.from_user() {
-                    Some(u) => self.store.gb_device(u).await.ok().flatten(),
-                    None => None,
-                };
-                let ha1 = own
-                    .as_ref()
+                let ha1 = msg
+                    .from_user()
+                    .and_then(|u| self.settings.get(u))
                     .map(|s| s.ha1.as_str())
                     .filter(|h| !h.is_empty());
                 let (reply, ev) =
