@@ -6,6 +6,7 @@
 pub mod digest;
 pub mod ids;
 pub mod manscdp;
+pub mod pacer;
 pub mod ptz;
 pub mod registrar;
 pub mod rtp;

@@ -149,6 +149,13 @@ impl Sip {
         if self.transactions.answered(msg) {
             self.metrics.sip_answered.inc();
         }
+        if msg.cseq().map(|(_, m)| m) == Some("MESSAGE") {
+            if let Some(call_id) = msg.header("call-id") {
+                self.query_ended(call_id);
+            }
+            self.send_queries().await;
+            return;
+        }
         if msg.cseq().map(|(_, m)| m) != Some("INVITE") {
             return;
         }

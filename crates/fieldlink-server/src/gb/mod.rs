@@ -320,6 +320,12 @@ pub async fn start(
         settings,
         records,
         recorded: Default::default(),
+        queries: fieldlink_gb28181::pacer::Pacer::new(
+            sip::QUERIES_IN_FLIGHT,
+            sip::QUERIES_QUEUED,
+            sip::QUERY_SLOT,
+        ),
+        query_calls: HashMap::new(),
     };
     tokio::spawn(accept_tcp(tcp, sip.tx.clone()));
     tokio::spawn(sip.run(rx));

@@ -21,6 +21,7 @@ use super::{Event, Status};
 use crate::hub::{Cmd, HubHandle};
 use crate::metrics::{InviteOutcome, Metrics};
 use crate::store::Store;
+use fieldlink_gb28181::pacer::Pacer;
 
 /// An empty catalog is asked for again after this.
 const CATALOG_RETRY: Duration = Duration::from_secs(30);
@@ -56,7 +57,19 @@ pub(super) struct Sip {
     pub(super) records: mpsc::Sender<crate::store::Device>,
     /// Devices whose record was handed to that task in this run.
     pub(super) recorded: std::collections::HashSet<GbId>,
+    /// The queries to send (Catalog, DeviceInfo, DeviceStatus), paced.
+    pub(super) queries: Pacer<GbId, &'static str>,
+    /// The queries in flight by Call-ID, to tell the pacer when each ends, with when
+    /// they were sent (over TCP nothing gives up on them: they are dropped after 64·T1).
+    pub(super) query_calls: HashMap<String, (GbId, Instant)>,
 }
+
+/// Queries in flight at once, over all devices (one per device).
+pub(super) const QUERIES_IN_FLIGHT: usize = 128;
+/// Queries waiting their turn at most (beyond, a device's queries are dropped and logged).
+pub(super) const QUERIES_QUEUED: usize = 300_000;
+/// A query unanswered this long frees its slot (its retransmissions go on until given up).
+pub(super) const QUERY_SLOT: Duration = Duration::from_secs(8);
 
 impl Sip {
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
@@ -206,9 +219,10 @@ impl Sip {
                 tracing::info!(device = %id, %addr, "GB28181 device online");
                 self.devices.entry(id.clone()).or_default().addr = Some(addr);
                 self.publish(&id, true, true);
-                self.query(&id, "Catalog", addr).await;
-                self.query(&id, "DeviceInfo", addr).await;
-                self.query(&id, "DeviceStatus", addr).await;
+                for q in ["Catalog", "DeviceInfo", "DeviceStatus"] {
+                    self.ask(&id, q);
+                }
+                self.send_queries().await;
             }
             RegEvent::Offline { id, why } => {
                 tracing::info!(device = %id, ?why, "GB28181 device offline");
@@ -217,6 +231,7 @@ impl Sip {
                     d.calls.clear();
                 }
                 self.publish(&id, false, true);
+                self.queries.forget(&id);
                 if let Some(mut d) = self.devices.remove(&id) {
                     for (_, call) in d.calls.drain() {
                         call.receiver.abort();
@@ -233,7 +248,37 @@ impl Sip {
     }
 
     /// Sends a MANSCDP query; a Catalog query starts gathering the answer.
-    pub(super) async fn query(&mut self, id: &GbId, cmd: &str, addr: SocketAddr) {
+    /// Queues query `cmd` for device `id` (sent by [`Sip::send_queries`], paced).
+    pub(super) fn ask(&mut self, id: &GbId, cmd: &'static str) {
+        if !self.queries.push(id.clone(), cmd) {
+            tracing::warn!(device = %id, cmd, "GB28181 query queue full: not asked");
+        }
+    }
+
+    /// Sends the queued queries the pacer allows now.
+    pub(super) async fn send_queries(&mut self) {
+        while let Some((id, cmd)) = self.queries.next(Instant::now()) {
+            match self.devices.get(&id).and_then(|d| d.addr) {
+                Some(addr) => {
+                    let call_id = self.query(&id, cmd, addr).await;
+                    // Bounded by the pacer: at most QUERIES_IN_FLIGHT plus expired ones
+                    // until their transactions end.
+                    self.query_calls.insert(call_id, (id, Instant::now()));
+                }
+                None => self.queries.done(&id),
+            }
+        }
+    }
+
+    /// A query's transaction ended (answered or given up): the next may go.
+    pub(super) fn query_ended(&mut self, call_id: &str) {
+        if let Some((id, _)) = self.query_calls.remove(call_id) {
+            self.queries.done(&id);
+        }
+    }
+
+    /// Sends query `cmd` now; returns its Call-ID.
+    pub(super) async fn query(&mut self, id: &GbId, cmd: &str, addr: SocketAddr) -> String {
         self.sn = self.sn.wrapping_add(1);
         let sn = self.sn;
         if cmd == "Catalog" {
@@ -243,15 +288,17 @@ impl Sip {
             }
         }
         let body = manscdp::query(cmd, sn, id.as_str());
+        let dialog = self.dialog(id.as_str(), addr);
         let r = sip::request(
             "MESSAGE",
-            &self.dialog(id.as_str(), addr),
+            &dialog,
             1,
             &sip::branch(),
             &[],
             Some(("Application/MANSCDP+xml", &body)),
         );
         self.send_request(&r, addr).await;
+        dialog.call_id
     }
 
     /// MANSCDP from a device: keepalives refresh presence (a device that is not registered
@@ -338,8 +385,8 @@ impl Sip {
             })
             .filter_map(|(id, d)| Some((id.clone(), d.addr?)))
             .collect();
-        for (id, addr) in again {
-            self.query(&id, "Catalog", addr).await;
+        for (id, _) in again {
+            self.ask(&id, "Catalog");
         }
         let (again, dead) = self.transactions.poll(Instant::now());
         for (bytes, to) in again {
@@ -348,11 +395,17 @@ impl Sip {
         for key in dead {
             tracing::warn!(call_id = %key.call_id, method = %key.method, "GB28181 request not answered; given up");
             self.metrics.sip_given_up.inc();
+            self.query_ended(&key.call_id);
             if key.method == "INVITE" {
                 self.metrics.invite(InviteOutcome::Unanswered);
                 self.forget_call(&key.call_id);
             }
         }
+        let now = Instant::now();
+        let given_up = fieldlink_gb28181::transaction::T1 * 64;
+        self.query_calls
+            .retain(|_, (_, sent)| now.duration_since(*sent) < given_up);
+        self.send_queries().await;
         self.finish_catalogs().await;
         let ids: Vec<GbId> = self.devices.keys().cloned().collect();
         for id in &ids {
