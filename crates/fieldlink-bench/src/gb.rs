@@ -75,7 +75,7 @@ fn response_times(dir: &Path) -> anyhow::Result<[Vec<u64>; 2]> {
     Ok(out)
 }
 
-pub async fn gb(devices: u32, rate: u32, bin: PathBuf) -> anyhow::Result<()> {
+pub async fn gb(devices: u32, rate: u32, again: Option<u32>, bin: PathBuf) -> anyhow::Result<()> {
     if Command::new("sipp").arg("-v").output().is_err() {
         bail!("sipp not found: install Debian's sip-tester (see .ci/run)");
     }
@@ -102,16 +102,40 @@ pub async fn gb(devices: u32, rate: u32, bin: PathBuf) -> anyhow::Result<()> {
         ));
     }
     std::fs::write(dir.join("devices.csv"), csv)?;
+    println!("fieldlink-bench gb: server pid {pid} (CPU 0), SIPp (CPU 1), over UDP");
+    let r = storm(&sip, pid, &dir, devices, rate, "new").await;
+    // The same devices again: known to the platform, online, re-registering.
+    let r = match (r, again) {
+        (Ok(()), Some(rate)) => storm(&sip, pid, &dir, devices, rate, "known").await,
+        (r, _) => r,
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+/// One SIPp run of `devices` registrations at `rate` per second; prints its figures.
+async fn storm(
+    sip: &str,
+    pid: u32,
+    dir: &Path,
+    devices: u32,
+    rate: u32,
+    what: &str,
+) -> anyhow::Result<()> {
+    // The last run's SIPp files go: only the device list stays.
+    for f in std::fs::read_dir(dir)?.flatten() {
+        if f.file_name() != "devices.csv" {
+            let _ = std::fs::remove_file(f.path());
+        }
+    }
     let port = std::net::UdpSocket::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    println!(
-        "fieldlink-bench gb: server pid {pid} (CPU 0), SIPp (CPU 1), {devices} new devices at {rate} REG/s over UDP"
-    );
+    println!("{devices} {what} devices at {rate} REG/s:");
     let cpu0 = cpu_secs(pid);
     let t0 = Instant::now();
     let out = Command::new("taskset")
-        .args(["-c", "1", "sipp", &sip, "-sf"])
+        .args(["-c", "1", "sipp", sip, "-sf"])
         .arg(scenario())
         .args(["-inf", "devices.csv", "-t", "u1", "-i", "127.0.0.1"])
         .args(["-p", &port.to_string()])
@@ -120,16 +144,15 @@ pub async fn gb(devices: u32, rate: u32, bin: PathBuf) -> anyhow::Result<()> {
         .args(["-nostdin", "-timeout", "120", "-timeout_error"])
         .args(["-trace_stat", "-fd", "1", "-trace_rtt", "-rtt_freq", "1"])
         .args(["-max_socket", "1024"])
-        .current_dir(&dir)
+        .current_dir(dir)
         .output()
         .context("running sipp")?;
     let wall = t0.elapsed();
     // Queries the platform sends after each registration keep it busy a little longer.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu = cpu_secs(pid) - cpu0;
-    let stats = last_stats(&dir);
-    let rtt = response_times(&dir)?;
-    let _ = std::fs::remove_dir_all(&dir);
+    let stats = last_stats(dir);
+    let rtt = response_times(dir)?;
     let stats = stats.with_context(|| {
         format!(
             "sipp exited {}: {}",

@@ -72,6 +72,9 @@ enum Cmd {
         /// Registrations started per second.
         #[arg(long, default_value_t = 200)]
         rate: u32,
+        /// Then register the same devices again (known, online) at this rate.
+        #[arg(long)]
+        again: Option<u32>,
         #[arg(long)]
         fieldlink: Option<PathBuf>,
     },
@@ -559,7 +562,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Gb {
             devices,
             rate,
+            again,
             fieldlink,
-        } => rt.block_on(gb::gb(devices, rate, bin_of(fieldlink)?)),
+        } => rt.block_on(gb::gb(devices, rate, again, bin_of(fieldlink)?)),
     }
 }

@@ -22,7 +22,7 @@ pub struct Pacer<K, W> {
     expiry: Duration,
 }
 
-impl<K: Clone + Eq + Hash, W> Pacer<K, W> {
+impl<K: Clone + Eq + Hash, W: PartialEq> Pacer<K, W> {
     /// `max_queued` bounds what waits (beyond it, [`Pacer::push`] refuses).
     pub fn new(max_in_flight: usize, max_queued: usize, expiry: Duration) -> Self {
         Pacer {
@@ -36,8 +36,12 @@ impl<K: Clone + Eq + Hash, W> Pacer<K, W> {
         }
     }
 
-    /// Queues `what` for `key`; false when the queue is full (the caller says so).
+    /// Queues `what` for `key` (once: the same request already waiting is not queued
+    /// twice); false when the queue is full (the caller says so).
     pub fn push(&mut self, key: K, what: W) -> bool {
+        if self.queued.get(&key).is_some_and(|q| q.contains(&what)) {
+            return true;
+        }
         if self.queued_total >= self.max_queued {
             return false;
         }
@@ -149,6 +153,8 @@ mod tests {
         let t = Instant::now();
         let mut p = Pacer::new(1, 3, Duration::from_secs(32));
         assert!(p.push("a", 1) && p.push("a", 2) && p.push("b", 1));
+        assert!(p.push("a", 2), "already waiting: not queued twice");
+        assert_eq!(p.queued(), 3);
         assert!(!p.push("c", 1), "the queue is full");
         assert_eq!(p.next(t), Some(("a", 1)));
         p.forget(&"a");

@@ -40,6 +40,8 @@ const HINTS = {
   CONN_FD_OUT_OF_RANGE: 'No such window (receiver).',
   NOT_MASTER: 'Only the master may send control data: request master first.',
   NOT_IN_SESSION: 'Open the field device first (watch a stream or press Operate).',
+  NOT_CONNECTED: 'A diagnosis measures what a window plays: put one of its streams in a window first.',
+  DIAG_BUSY: 'A diagnosis of this field device is already measuring; its report comes within about 10 s.',
   MESSAGE_TOO_LARGE: 'A control message is at most 700 bytes.',
   RATE_LIMITED: 'At most 100 control messages per second.',
   UNAUTHORIZED: 'Missing or wrong admin token.',

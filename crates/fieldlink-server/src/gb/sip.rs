@@ -250,6 +250,12 @@ impl Sip {
     /// Sends a MANSCDP query; a Catalog query starts gathering the answer.
     /// Queues query `cmd` for device `id` (sent by [`Sip::send_queries`], paced).
     pub(super) fn ask(&mut self, id: &GbId, cmd: &'static str) {
+        if cmd == "Catalog" {
+            // Asked from now on (the retry waits from here, not from the send).
+            if let Some(d) = self.devices.get_mut(id) {
+                d.catalog_asked = Some(Instant::now());
+            }
+        }
         if !self.queries.push(id.clone(), cmd) {
             tracing::warn!(device = %id, cmd, "GB28181 query queue full: not asked");
         }
