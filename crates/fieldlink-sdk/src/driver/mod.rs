@@ -16,6 +16,7 @@ use fieldlink_proto::{
     ClientMsg, ControlFrame, DeviceId, ErrorCode, Role, ServerMsg, PROTOCOL_VERSION,
 };
 
+mod diagnosis;
 mod video_in;
 
 use crate::peer::{Peer, PeerEvent};
@@ -409,47 +410,6 @@ impl Driver {
         m
     }
 
-    fn source_started(&mut self, stream: u32, fps: f64, kbps: Option<u32>) {
-        if let Some(info) = self.meter.info.get_mut(stream as usize) {
-            info.fps = Some(fps);
-            info.kbps = kbps;
-        }
-    }
-
-    /// The diagnosis windows that are over: their measures, to send to the server.
-    fn diag_reports(&mut self) -> Vec<ClientMsg> {
-        let now = Instant::now();
-        let estimate = self
-            .shared
-            .estimate_bps
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let estimate_kbps = (estimate > 0).then_some((estimate / 1000) as u32);
-        self.meter
-            .take_due(now)
-            .into_iter()
-            .map(|f| {
-                let mut field = Vec::new();
-                let mut remote = Vec::new();
-                for (id, m) in &f.items {
-                    match self.role {
-                        Role::Field => {
-                            field.push(self.meter.field_measure(*id, m, estimate_kbps, now))
-                        }
-                        Role::Remote => {
-                            remote.push(crate::diag::remote_measure(*id, m, self.cfg.decode))
-                        }
-                    }
-                }
-                ClientMsg::DiagReport {
-                    req: None,
-                    diag: f.diag,
-                    field,
-                    remote,
-                }
-            })
-            .collect()
-    }
-
     fn req_id(&mut self) -> u64 {
         self.next_req += 1;
         self.next_req
@@ -474,7 +434,7 @@ impl Driver {
                     if let Ok((n, src)) = r { conn.peer.handle_datagram(&buf[..n], src); }
                 }
                 _ = tokio::time::sleep_until(conn.peer.next_timeout.into()) => conn.peer.handle_timeout(),
-                _ = sleep_until_some(self.meter.next_due()) => {
+                _ = diagnosis::sleep_until_some(self.meter.next_due()) => {
                     for m in self.diag_reports() {
                         if let Err(e) = conn.ws.send(to_msg(&m)).await {
                             return Stop::Lost(format!("signalling: {e}"));
@@ -796,13 +756,5 @@ impl Driver {
             ClientMsg::UnwatchAll { .. } => self.watches.clear(),
             _ => {}
         }
-    }
-}
-
-/// Sleeps until `at`, or forever without one (a `select!` branch that never fires).
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
     }
 }

@@ -1,6 +1,11 @@
 //! Durable state through sqlx's `Any` driver: embedded SQLite by default, PostgreSQL when
 //! given a `postgres://` URL. One set of portable SQL statements serves both (`$n`
-//! placeholders in order, BIGINT/TEXT columns only, no auto-increment).
+//! placeholders in order, BIGINT/TEXT columns only, no auto-increment). The GB28181
+//! platform's tables are in `gb`.
+
+mod gb;
+
+pub use gb::GbSettings;
 
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyPoolOptions;
@@ -326,20 +331,16 @@ impl Store {
     }
 
     pub async fn create_device(&self, d: &Device) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO devices (project_id, device_id, kind, name, password, auto_registered, created_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&d.project_id)
-        .bind(&d.device_id)
-        .bind(d.kind.as_str())
-        .bind(&d.name)
-        .bind(&d.password)
-        .bind(d.auto_registered as i64)
-        .bind(d.created_ms)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict } else { e.into() })?;
+        insert_device(d, false)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict
+                } else {
+                    e.into()
+                }
+            })?;
         Ok(())
     }
 
@@ -350,104 +351,11 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let mut created = 0;
         for d in devices {
-            let r = sqlx::query(
-                "INSERT INTO devices (project_id, device_id, kind, name, password, auto_registered, created_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (project_id, device_id) DO NOTHING",
-            )
-            .bind(&d.project_id)
-            .bind(&d.device_id)
-            .bind(d.kind.as_str())
-            .bind(&d.name)
-            .bind(&d.password)
-            .bind(d.auto_registered as i64)
-            .bind(d.created_ms)
-            .execute(&mut *tx)
-            .await?;
+            let r = insert_device(d, true).execute(&mut *tx).await?;
             created += r.rows_affected();
         }
         tx.commit().await?;
         Ok(created)
-    }
-
-    /// Every GB28181 device's own settings, by device id (at most `limit`).
-    pub async fn gb_devices(&self, limit: i64) -> Result<Vec<(String, GbSettings)>> {
-        let rows = sqlx::query(
-            "SELECT device_id, ha1, media_mode, always_on FROM gb_devices ORDER BY device_id LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("device_id")?,
-                    GbSettings {
-                        ha1: r.try_get("ha1")?,
-                        media_mode: r.try_get("media_mode")?,
-                        always_on: r.try_get::<i64, _>("always_on")? != 0,
-                    },
-                ))
-            })
-            .collect()
-    }
-
-    /// A GB28181 device's own settings, if any were set.
-    pub async fn gb_device(&self, device_id: &str) -> Result<Option<GbSettings>> {
-        let row =
-            sqlx::query("SELECT ha1, media_mode, always_on FROM gb_devices WHERE device_id = $1")
-                .bind(device_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|r| {
-            Ok(GbSettings {
-                ha1: r.try_get("ha1")?,
-                media_mode: r.try_get("media_mode")?,
-                always_on: r.try_get::<i64, _>("always_on")? != 0,
-            })
-        })
-        .transpose()
-    }
-
-    /// Saves a GB28181 device's last known state (JSON, an upsert).
-    pub async fn save_gb_status(&self, device_id: &str, view: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO gb_status (device_id, view, updated_ms) VALUES ($1, $2, $3)
-             ON CONFLICT (device_id) DO UPDATE SET view = $2, updated_ms = $3",
-        )
-        .bind(device_id)
-        .bind(view)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Every GB28181 device's last known state (JSON), at most `limit`.
-    pub async fn gb_statuses(&self, limit: i64) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT view FROM gb_status ORDER BY device_id LIMIT $1")
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| Ok(r.try_get("view")?)).collect()
-    }
-
-    /// Sets a GB28181 device's own settings (an upsert).
-    pub async fn set_gb_device(&self, device_id: &str, s: &GbSettings) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO gb_devices (device_id, ha1, media_mode, always_on, updated_ms)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (device_id) DO UPDATE
-             SET ha1 = $2, media_mode = $3, always_on = $4, updated_ms = $5",
-        )
-        .bind(device_id)
-        .bind(&s.ha1)
-        .bind(&s.media_mode)
-        .bind(i64::from(s.always_on))
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     fn device_from(row: &sqlx::any::AnyRow) -> Result<Device> {
@@ -642,15 +550,24 @@ impl Store {
     }
 }
 
-/// A GB28181 device's own settings (admin API).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GbSettings {
-    /// Digest HA1 for its own password; "" = the server default password.
-    pub ha1: String,
-    /// `udp`, `tcp-passive`, `tcp-active`; "" = the server default.
-    pub media_mode: String,
-    /// Pull every channel as soon as it registers (continuous recording), not on demand.
-    pub always_on: bool,
+/// The INSERT of one device; `keep_existing`: a stored one is left as it is instead of
+/// the insert failing on it.
+fn insert_device(
+    d: &Device,
+    keep_existing: bool,
+) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+    const INSERT: &str = "INSERT INTO devices (project_id, device_id, kind, name, password, auto_registered, created_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)";
+    const KEEP: &str = "INSERT INTO devices (project_id, device_id, kind, name, password, auto_registered, created_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (project_id, device_id) DO NOTHING";
+    sqlx::query(if keep_existing { KEEP } else { INSERT })
+        .bind(&d.project_id)
+        .bind(&d.device_id)
+        .bind(d.kind.as_str())
+        .bind(&d.name)
+        .bind(&d.password)
+        .bind(d.auto_registered as i64)
+        .bind(d.created_ms)
 }
 
 pub fn now_ms() -> i64 {
