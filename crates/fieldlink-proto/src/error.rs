@@ -61,6 +61,9 @@ codes! {
     SourceFailed = -43, "SOURCE_FAILED", "a video source (camera) of the field device does not work";
     NotConnected = -44, "NOT_CONNECTED", "no receiver of this device is connected to a stream of that field device";
     DiagBusy = -45, "DIAG_BUSY", "a diagnosis of that field device by this device is already running";
+    AudioOff = -46, "AUDIO_OFF", "audio is off on this device (audio_enable / audio_external not set)";
+    BadAudioFrame = -47, "BAD_AUDIO_FRAME", "a PCM frame must be exactly 10 ms of s16le at 8000/16000/24000/32000/44100/48000 Hz";
+    AudioDevice = -48, "AUDIO_DEVICE", "no such audio device";
 }
 
 impl ErrorCode {

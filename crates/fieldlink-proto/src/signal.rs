@@ -94,6 +94,16 @@ pub enum ClientMsg {
         /// (sendonly), or a remote device's receivers `conn_fd` 0, 1, ... (recvonly).
         #[serde(default)]
         video_mids: Vec<String>,
+        /// The audio m-lines' mids (Opus): each carries one party heard; the first also
+        /// carries what this device says, when `audio_send`. Empty = no audio.
+        #[serde(default)]
+        audio_mids: Vec<String>,
+        /// The device sends audio (SPEC §3 `audio_enable`, with something to send).
+        #[serde(default)]
+        audio_send: bool,
+        /// The device takes audio (SPEC §3 `audio_receive`, with somewhere to play it).
+        #[serde(default)]
+        audio_receive: bool,
     },
     /// Remote only: list the project's field devices (needs `FieldListEnable` = 1).
     ListFields {

@@ -8,6 +8,7 @@
 //! application's help ([`Event::Disconnected`] then [`Event::Reconnected`]), and sessions
 //! and session codes are restored.
 
+pub mod audio;
 pub mod camera;
 pub mod diag;
 mod driver;
@@ -98,6 +99,9 @@ pub struct DeviceConfig {
     /// The device's mode (its config's `cloud_mode`, default "public"). A diagnosis
     /// reports a remote whose mode differs from the field device's.
     pub mode: String,
+    /// Voice (SPEC §3). Off unless set: [`audio::AudioConfig::spec_default`] gives the
+    /// SPEC's defaults (uplink only), which the CLI applies.
+    pub audio: audio::AudioConfig,
 }
 
 impl DeviceConfig {
@@ -118,6 +122,7 @@ impl DeviceConfig {
             record: None,
             h265: false,
             mode: "public".into(),
+            audio: audio::AudioConfig::off(),
         }
     }
 }
@@ -233,6 +238,11 @@ pub enum Event {
         kind: i32,
         report: fieldlink_proto::diag::Report,
     },
+    /// With `audio_play` "outside": every 10 ms, the mixed audio of every party heard
+    /// (silence when nobody talks).
+    MixedAudio(audio::MixedAudio),
+    /// Once a second while audio is received: each audio line's jitter buffer figures.
+    AudioStats(Vec<audio::LineStats>),
 }
 
 /// One received video access unit.
@@ -297,6 +307,12 @@ pub(crate) enum Cmd {
         qos: Qos,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// External PCM, checked: 10 ms at `rate`, interleaved.
+    Audio {
+        rate: u32,
+        channels: u16,
+        pcm: Vec<i16>,
+    },
     /// Field: one encoded frame of a stream.
     Video { stream: usize, frame: EncodedFrame },
     /// Field: a stream's source started, with its frame rate and highest bitrate.
@@ -340,12 +356,53 @@ pub(crate) struct Receiver {
     pub record: Option<record::Target>,
 }
 
+/// Where external PCM goes (`audio_external`): a cheap clone of the device's audio
+/// input, for the thread or task that produces the audio.
+#[derive(Clone)]
+pub struct AudioInput {
+    tx: mpsc::Sender<Cmd>,
+    sends: bool,
+}
+
+impl AudioInput {
+    /// The device was closed: pushing is of no use any more.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// SPEC §3 external PCM: one frame of exactly 10 ms, s16le interleaved, at one of
+    /// [`audio::EXTERNAL_RATES`]. A wrong frame is refused whole (`BAD_AUDIO_FRAME`);
+    /// a frame the connection task cannot take now is `CONGESTED`; `AUDIO_OFF` when the
+    /// device does not send external audio.
+    pub fn push(&self, rate: u32, channels: u16, pcm: &[i16]) -> Result<()> {
+        if !self.sends {
+            return Err(ErrorCode::AudioOff.into());
+        }
+        audio::check_frame(rate, channels, pcm.len())?;
+        self.tx
+            .try_send(Cmd::Audio {
+                rate,
+                channels,
+                pcm: pcm.to_vec(),
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SdkError::new(
+                    ErrorCode::Congested,
+                    "the connection task is behind; push audio in real time",
+                ),
+                mpsc::error::TrySendError::Closed(_) => ErrorCode::Disconnected.into(),
+            })
+    }
+}
+
 struct Handle {
     role: Role,
     id: DeviceId,
     tx: mpsc::Sender<Cmd>,
     limiter: Mutex<RateLimiter>,
     shared: Arc<Shared>,
+    /// The device sends external PCM (`audio_enable` + `audio_external`).
+    audio_sends: bool,
 }
 
 impl Handle {
@@ -353,6 +410,7 @@ impl Handle {
         let (tx, rx) = mpsc::channel(256);
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
         let adapt = cfg.adapt_bitrate;
+        let audio_sends = cfg.audio.sends();
         let shared = Arc::new(Shared {
             permissions: Default::default(),
             keyframe_wanted: (0..cfg.streams).map(|_| Default::default()).collect(),
@@ -370,6 +428,7 @@ impl Handle {
                 tx,
                 limiter: Mutex::new(RateLimiter::default()),
                 shared,
+                audio_sends,
             },
             Events { rx: ev_rx },
         ))
@@ -415,6 +474,13 @@ impl Handle {
             .map_err(|_| SdkError::from(ErrorCode::Disconnected))?;
         rx.await
             .unwrap_or_else(|_| Err(ErrorCode::Disconnected.into()))
+    }
+
+    fn audio_input(&self) -> AudioInput {
+        AudioInput {
+            tx: self.tx.clone(),
+            sends: self.audio_sends,
+        }
     }
 
     async fn close(&self) {

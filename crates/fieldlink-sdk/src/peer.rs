@@ -37,6 +37,12 @@ pub(crate) enum PeerEvent {
         /// False when packets before this frame were lost for good.
         contiguous: bool,
     },
+    /// Audio on line `line` (one heard party), Opus, 48 kHz RTP time.
+    Audio {
+        line: usize,
+        rtp_time: u64,
+        data: Vec<u8>,
+    },
     /// Field: the server asks stream `index` for a keyframe.
     KeyframeRequest(usize),
     /// Field: the send-side bandwidth estimate (TWCC), bits per second.
@@ -70,6 +76,32 @@ pub(crate) struct Peer {
     video_mids: Vec<Mid>,
     /// The m-lines send (a field device).
     sends_video: bool,
+    /// Audio m-lines (Opus): the first also sends when the device does.
+    audio_mids: Vec<Mid>,
+}
+
+/// The audio m-lines a device offers: `send` on the first, `receive` on all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct AudioLines {
+    pub send: bool,
+    pub receive: bool,
+}
+
+impl AudioLines {
+    fn count(self) -> usize {
+        match (self.send, self.receive) {
+            (_, true) => crate::audio::AUDIO_LINES,
+            (true, false) => 1,
+            (false, false) => 0,
+        }
+    }
+}
+
+/// What [`Peer::new`] offers: the SDP and the mids of its video and audio m-lines.
+pub(crate) struct Offer {
+    pub sdp: String,
+    pub video_mids: Vec<String>,
+    pub audio_mids: Vec<String>,
 }
 
 impl Peer {
@@ -82,7 +114,8 @@ impl Peer {
         videos: u32,
         send: bool,
         h265: bool,
-    ) -> Result<(Peer, String, Vec<String>)> {
+        audio: AudioLines,
+    ) -> Result<(Peer, Offer)> {
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await.map_err(|e| {
             SdkError::new(ErrorCode::MediaNotReady, format!("bind UDP on {ip}: {e}"))
         })?;
@@ -99,6 +132,9 @@ impl Peer {
             .clear_codecs()
             .enable_h264(true)
             .enable_h265(send || h265)
+            .enable_opus(audio.count() > 0, false)
+            // The jitter buffer reorders; str0m would hold packets back after a loss.
+            .set_reordering_size_audio(0)
             .set_extension(EXT_ABS_CAPTURE_TIME, Extension::AbsoluteCaptureTime)
             .set_stats_interval((videos > 0).then_some(Duration::from_secs(1)));
         if send && videos > 0 {
@@ -140,6 +176,22 @@ impl Peer {
                 )
             })
             .collect();
+        let audio_mids: Vec<Mid> = (0..audio.count())
+            .map(|i| {
+                let dir = match (i == 0 && audio.send, audio.receive) {
+                    (true, true) => Direction::SendRecv,
+                    (true, false) => Direction::SendOnly,
+                    _ => Direction::RecvOnly,
+                };
+                api.add_media(
+                    MediaKind::Audio,
+                    dir,
+                    Some("fieldlink-audio".into()),
+                    Some(format!("audio-{i}")),
+                    None,
+                )
+            })
+            .collect();
         let (offer, pending) = api
             .apply()
             .ok_or_else(|| SdkError::new(ErrorCode::Internal, "no SDP changes to offer"))?;
@@ -154,9 +206,13 @@ impl Peer {
                 ready: false,
                 video_mids: video_mids.clone(),
                 sends_video: send,
+                audio_mids: audio_mids.clone(),
             },
-            offer.to_sdp_string(),
-            video_mids.iter().map(|m| m.to_string()).collect(),
+            Offer {
+                sdp: offer.to_sdp_string(),
+                video_mids: video_mids.iter().map(|m| m.to_string()).collect(),
+                audio_mids: audio_mids.iter().map(|m| m.to_string()).collect(),
+            },
         ))
     }
 
@@ -268,6 +324,26 @@ impl Peer {
             .map_err(|e| SdkError::new(ErrorCode::MediaNotReady, e.to_string()))
     }
 
+    /// Sends one Opus packet (10 ms) on the first audio line; a packet that cannot be
+    /// sent is dropped (audio never waits).
+    pub fn write_audio(&mut self, rtp_time: u64, data: Vec<u8>) -> Result<()> {
+        let mid = *self.audio_mids.first().ok_or(ErrorCode::AudioOff)?;
+        let writer = self.rtc.writer(mid).ok_or(ErrorCode::MediaNotReady)?;
+        let pt = writer
+            .payload_params()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .map(|p| p.pt())
+            .ok_or_else(|| SdkError::new(ErrorCode::MediaNotReady, "no Opus negotiated"))?;
+        writer
+            .write(
+                pt,
+                Instant::now(),
+                MediaTime::new(rtp_time, Frequency::FORTY_EIGHT_KHZ),
+                data,
+            )
+            .map_err(|e| SdkError::new(ErrorCode::MediaNotReady, e.to_string()))
+    }
+
     /// Remote: asks the server for a keyframe on receiver `index` (after a loss).
     pub fn request_keyframe(&mut self, index: usize) {
         if let Some(mid) = self.video_mids.get(index).copied() {
@@ -287,6 +363,7 @@ impl Peer {
             channels,
             ready,
             video_mids,
+            audio_mids,
             next_timeout,
             ..
         } = self;
@@ -310,6 +387,15 @@ impl Peer {
                         if let Some(i) = channels.iter().position(|c| *c == Some(d.id)) {
                             let q = if i == 0 { Qos::Lossy } else { Qos::Reliable };
                             events.push(PeerEvent::Data(q, d.data));
+                        }
+                    }
+                    Event::MediaData(d) if audio_mids.contains(&d.mid) => {
+                        if let Some(line) = audio_mids.iter().position(|m| *m == d.mid) {
+                            events.push(PeerEvent::Audio {
+                                line,
+                                rtp_time: d.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer(),
+                                data: d.data.to_vec(),
+                            });
                         }
                     }
                     Event::MediaData(d) => {

@@ -300,6 +300,20 @@ impl RemoteDevice {
             .unwrap_or_else(|_| Err(ErrorCode::Disconnected.into()))
     }
 
+    /// SPEC §3 external audio (`audio_external`): sends one PCM frame to the field devices in session that receive audio.
+    /// The frame is exactly 10 ms of s16le samples, `channels` interleaved, at 8000,
+    /// 16000, 24000, 32000, 44100 or 48000 Hz; anything else is refused whole with
+    /// `BAD_AUDIO_FRAME` (nothing of it is sent). `AUDIO_OFF` when this device does not
+    /// send external audio. Push in real time: frames are sent as they come.
+    pub fn push_audio(&self, rate: u32, channels: u16, pcm: &[i16]) -> Result<()> {
+        self.h.audio_input().push(rate, channels, pcm)
+    }
+
+    /// The same input as [`Self::push_audio`], for another task or thread.
+    pub fn audio_input(&self) -> crate::AudioInput {
+        self.h.audio_input()
+    }
+
     pub async fn close(self) {
         self.h.close().await
     }

@@ -126,6 +126,9 @@ pub struct Metrics {
     /// NACKs (repair requests) receivers sent.
     pub packets_forwarded: Counter,
     pub nacks_received: Counter,
+    /// Audio packets written to receivers, and those no audio line was free for.
+    pub audio_packets_forwarded: Counter,
+    pub audio_packets_unrouted: Counter,
     /// Keyframe requests (PLI) sent to sources.
     pub keyframe_requests: Counter,
     /// From a GB28181 INVITE to the first video frame of its call, seconds.
@@ -214,6 +217,16 @@ impl Metrics {
                 &mut r,
                 "nacks_received",
                 "NACK repair requests from receivers",
+            ),
+            audio_packets_forwarded: add(
+                &mut r,
+                "audio_packets_forwarded",
+                "Audio (Opus) packets written to receivers",
+            ),
+            audio_packets_unrouted: add(
+                &mut r,
+                "audio_packets_unrouted",
+                "Audio packets not forwarded to a receiver because all its audio lines carried other parties",
             ),
             keyframe_requests: add(
                 &mut r,
@@ -327,6 +340,7 @@ mod tests {
             "fieldlink_video_frames_forwarded_total 0",
             "fieldlink_video_packets_forwarded_total 0",
             "fieldlink_nacks_received_total 0",
+            "fieldlink_audio_packets_forwarded_total 0",
             "fieldlink_gb28181_invite_first_frame_seconds_count 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");

@@ -19,7 +19,7 @@ use fieldlink_proto::{
     ClientMsg, DeviceId, ErrorCode, FieldInfo, Role, ServerMsg, PROTOCOL_VERSION,
 };
 
-use crate::hub::{ClientInfo, Cmd, ConnId, Outbound, CLIENT_QUEUE};
+use crate::hub::{AudioOffer, ClientInfo, Cmd, ConnId, Outbound, CLIENT_QUEUE};
 use crate::login::{authenticate, now_unix};
 use crate::AppState;
 
@@ -243,11 +243,19 @@ impl Session {
                 req,
                 sdp,
                 video_mids,
+                audio_mids,
+                audio_send,
+                audio_receive,
             } => Ok(Cmd::Offer {
                 conn,
                 req,
                 sdp,
                 video_mids,
+                audio: AudioOffer {
+                    mids: audio_mids,
+                    send: audio_send,
+                    receive: audio_receive,
+                },
             }),
             ClientMsg::Watch {
                 req,

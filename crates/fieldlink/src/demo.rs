@@ -101,6 +101,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let gwid = format!("{PROJECT}/{FIELD}").parse()?;
     let mut cfg = DeviceConfig::new(ws.clone(), gwid, FIELD_PW);
     cfg.streams = STREAMS;
+    // Its microphone: a chime operators hear in the console at once (uplink, SPEC §3).
+    cfg.audio.enable = true;
+    cfg.audio.external = true;
     let (field, mut events) = FieldDevice::connect(cfg)
         .await
         .context("starting the demo field device")?;
@@ -108,6 +111,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         let source = TestPattern::new(i, TestPatternConfig::default())?;
         field.start_video(i, source)?;
     }
+    tokio::spawn(chime(field.audio_input()));
     // A simulated GB28181 camera with 2 channels registers like a real one would.
     let sip = running
         .sip_addr
@@ -136,6 +140,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n: u64 = 0;
     let mut running = running;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -154,11 +160,32 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 Some(ev) => tracing::info!(?ev, "demo field device"),
                 None => break,
             },
-            r = tokio::signal::ctrl_c() => { r?; break; }
+            r = &mut interrupted => { r?; break; }
             _ = running.stop_signal().closed() => break,
         }
     }
     field.close().await;
     running.shutdown().await?;
     Ok(())
+}
+
+/// The demo field device's microphone: a 440 Hz chime of 250 ms every second, pushed as
+/// external PCM in real time (10 ms frames, 48 kHz mono).
+async fn chime(input: fieldlink_sdk::AudioInput) {
+    let mut tone = fieldlink_sdk::audio::tone::Tone::new(440.0, 48000, 6000.0);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for n in 0u64.. {
+        tick.tick().await;
+        let mut frame = tone.next_frame();
+        if n % 100 >= 25 {
+            frame.fill(0);
+        }
+        if let Err(e) = input.push(48000, 1, &frame) {
+            if input.is_closed() {
+                return;
+            }
+            tracing::debug!("demo chime: {e}");
+        }
+    }
 }

@@ -102,6 +102,17 @@ pub fn event_json(ev: &Event) -> Value {
             "codec": f.codec.name(), "keyframe": f.keyframe, "len": f.data.len(),
             "latency_ms": latency_ms(f),
         }),
+        Event::MixedAudio(m) => json!({
+            "event": "mixed_audio", "index": m.index, "channels": m.channels,
+        }),
+        Event::AudioStats(lines) => json!({
+            "event": "audio_stats",
+            "lines": lines.iter().map(|l| json!({
+                "line": l.line, "playing": l.playing, "target_ms": l.target_ms,
+                "received": l.counts.received, "late": l.counts.late, "fec": l.counts.fec,
+                "concealed": l.counts.concealed, "dropped": l.counts.dropped,
+            })).collect::<Vec<_>>(),
+        }),
     }
 }
 
@@ -231,6 +242,7 @@ pub async fn console(
     json: bool,
     default_qos: Qos,
     until: Option<tokio::time::Instant>,
+    mut audio_out: Option<&mut crate::audio_files::WavOut>,
     mut act: impl AsyncFnMut(Action) -> Result<(), SdkError>,
 ) {
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
@@ -242,9 +254,19 @@ pub async fn console(
         }
     };
     tokio::pin!(stop);
+    // One future for the whole loop: a fresh one per turn would miss a signal that
+    // arrives between turns (and events come 100 a second with audio).
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
+                // 100 a second: written, not printed.
+                Some(Event::MixedAudio(m)) => {
+                    if let Some(w) = audio_out.as_deref_mut() {
+                        w.write(&m);
+                    }
+                }
                 Some(ev) => print(json, &event_json(&ev)),
                 None => break,
             },
@@ -262,7 +284,7 @@ pub async fn console(
                 _ => stdin_open = false,
             },
             _ = &mut stop => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut interrupted => break,
         }
     }
 }

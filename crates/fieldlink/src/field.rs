@@ -27,6 +27,8 @@ pub struct Args {
     /// that it is fine (exit 0). Connects to nothing.
     #[arg(long)]
     check: bool,
+    #[command(flatten)]
+    audio: crate::audio_files::AudioArgs,
 }
 
 /// The field device's config.json. Keys from the vendor format that later features use
@@ -54,6 +56,39 @@ pub struct FieldConfig {
     /// SPEC §5: 1 = grant whatever is requested (default), 0 = the application decides.
     #[serde(default)]
     pub auto_permission: Option<u8>,
+    /// SPEC §3 voice: capture and send (default 1), receive and play (default 0),
+    /// send PCM the application pushes (default 0), the ALSA devices or "outside".
+    #[serde(default)]
+    pub audio_enable: Option<u8>,
+    #[serde(default)]
+    pub audio_receive: Option<u8>,
+    #[serde(default)]
+    pub audio_external: Option<u8>,
+    #[serde(default)]
+    pub audio_play: Option<String>,
+    #[serde(default)]
+    pub audio_record: Option<String>,
+}
+
+impl FieldConfig {
+    /// The SPEC §3 settings: its defaults, then what the config says.
+    pub fn audio(&self) -> fieldlink_sdk::audio::AudioConfig {
+        use fieldlink_sdk::audio::{AudioConfig, Playback};
+        let mut a = AudioConfig::spec_default(fieldlink_sdk::Role::Field);
+        if let Some(v) = self.audio_enable {
+            a.enable = v == 1;
+        }
+        if let Some(v) = self.audio_receive {
+            a.receive = v == 1;
+        }
+        a.external = self.audio_external == Some(1);
+        a.record = self.audio_record.clone();
+        a.play = self.audio_play.as_deref().map(|p| match p {
+            "outside" => Playback::Outside,
+            d => Playback::Device(d.to_string()),
+        });
+        a
+    }
 }
 
 /// One video stream (SPEC §7 `streams_config[i]`).
@@ -184,8 +219,15 @@ pub fn load(path: &PathBuf) -> anyhow::Result<FieldConfig> {
             c.streams_config[i].cameras.len()
         );
     }
-    if !matches!(c.auto_permission, None | Some(0) | Some(1)) {
-        bail!("{}: auto_permission must be 0 or 1", path.display());
+    for (k, v) in [
+        ("auto_permission", c.auto_permission),
+        ("audio_enable", c.audio_enable),
+        ("audio_receive", c.audio_receive),
+        ("audio_external", c.audio_external),
+    ] {
+        if !matches!(v, None | Some(0) | Some(1)) {
+            bail!("{}: {k} must be 0 or 1", path.display());
+        }
     }
     Ok(c)
 }
@@ -210,15 +252,24 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let id = DeviceId::new(&c.projectid, &c.device_id).context("projectid/device_id")?;
     let server = a
         .server
-        .or(c.server)
+        .or(c.server.clone())
         .unwrap_or_else(|| "ws://127.0.0.1:8080/ws".into());
-    let mut cfg = DeviceConfig::new(server, id.clone(), c.password);
+    let mut cfg = DeviceConfig::new(server, id.clone(), c.password.clone());
     cfg.auto_permission = c.auto_permission.unwrap_or(1) == 1;
     if let Some(m) = &c.cloud_mode {
         cfg.mode = m.clone();
     }
     let streams = c.device_streams.unwrap_or(c.streams_config.len() as u32);
     cfg.streams = streams;
+    cfg.audio = c.audio();
+    a.audio.apply(&mut cfg.audio);
+    let wav_in = a
+        .audio
+        .audio_in
+        .as_deref()
+        .map(crate::audio_files::WavIn::open)
+        .transpose()?;
+    let mut wav_out = crate::audio_files::wav_out(&a.audio, &cfg.audio)?;
     let sources = (0..streams)
         .map(|i| source_for(i, c.streams_config.get(i as usize)))
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -227,6 +278,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         .with_context(|| format!("logging in as {id}"))?;
     for (i, src) in sources.into_iter().enumerate() {
         dev.start_video(i as u32, src)?;
+    }
+    if let Some(w) = wav_in {
+        tokio::spawn(w.feed(dev.audio_input()));
     }
     let json = !a.human;
     print(
@@ -239,6 +293,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         json,
         default_qos,
         None,
+        wav_out.as_mut(),
         async |action| match action {
             Action::Send { data, qos, .. } => dev.send(&data, qos).await,
             Action::Set(remote, level) => dev.set_operation_permission(&remote, level).await,
@@ -250,5 +305,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     )
     .await;
     dev.close().await;
+    if let Some(w) = &mut wav_out {
+        w.finish()?;
+    }
     Ok(())
 }

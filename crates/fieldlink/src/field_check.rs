@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-const TOP: [&str; 10] = [
+const TOP: [&str; 15] = [
     "device_id",
     "projectid",
     "password",
@@ -14,6 +14,11 @@ const TOP: [&str; 10] = [
     "streams_config",
     "server",
     "auto_permission",
+    "audio_enable",
+    "audio_receive",
+    "audio_external",
+    "audio_play",
+    "audio_record",
 ];
 const STREAM: [&str; 6] = ["fps", "bps", "width", "height", "protocol", "cameras"];
 const CAMERA: [&str; 6] = ["width", "height", "protocol", "url", "username", "password"];
@@ -121,6 +126,16 @@ pub fn check(v: &Value) -> Vec<String> {
         "$.auto_permission",
         &mut out,
     );
+    for k in ["audio_enable", "audio_receive", "audio_external"] {
+        int_in(root.get(k), 0, 1, &format!("$.{k}"), &mut out);
+    }
+    for k in ["audio_play", "audio_record"] {
+        if let Some(d) = string(root.get(k), &format!("$.{k}"), false, &mut out) {
+            if d.trim().is_empty() {
+                out.push(format!("$.{k}: empty device name"));
+            }
+        }
+    }
     int_in(
         root.get("device_streams"),
         0,

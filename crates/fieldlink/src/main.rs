@@ -1,5 +1,6 @@
 //! `fieldlink`: one binary for the server, field and remote devices, and tools.
 
+mod audio_files;
 mod demo;
 mod device_io;
 mod field;
@@ -83,6 +84,8 @@ fn main() -> std::process::ExitCode {
             Command::Token(_) => Ok(()),
         }
     });
+    // A blocking stdin read never ends by itself: do not wait for it (or any task) here.
+    rt.shutdown_background();
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

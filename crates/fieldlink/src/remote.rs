@@ -8,6 +8,7 @@ use fieldlink_sdk::{
     DeviceConfig, DeviceId, ErrorCode, Event, Permission, Qos, RemoteDevice, SdkError,
 };
 
+use crate::audio_files::{AudioArgs, WavIn, WavOut};
 use crate::device_io::{console, print, unhex, Action};
 
 #[derive(ClapArgs)]
@@ -56,6 +57,8 @@ enum Cmd {
         /// Qos for plain-text stdin lines.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
         qos: u8,
+        #[command(flatten)]
+        audio: AudioArgs,
     },
     /// Watch field streams on receivers: prints state changes and, every second, per
     /// conn_fd: fps, kbit/s, frames, keyframes, latency. Exits 0 only if every conn_fd played.
@@ -90,6 +93,8 @@ enum Cmd {
         /// decoded or recorded.
         #[arg(long)]
         h265: bool,
+        #[command(flatten)]
+        audio: AudioArgs,
     },
     /// Diagnose the session with a field device (SPEC §6): connect the streams (decoding
     /// them), wait until they play, ask for the diagnosis, print it as one JSON object
@@ -131,6 +136,30 @@ enum Cmd {
     },
 }
 
+impl Cmd {
+    /// The audio flags of the commands that hold a session open.
+    fn audio(&self) -> Option<&AudioArgs> {
+        match self {
+            Cmd::Connect { audio, .. } | Cmd::Watch { audio, .. } => Some(audio),
+            _ => None,
+        }
+    }
+}
+
+/// Starts `--audio-in` and opens `--audio-out`, if given.
+fn audio_files(dev: &RemoteDevice, args: Option<&AudioArgs>) -> anyhow::Result<Option<WavOut>> {
+    let Some(args) = args else {
+        return Ok(None);
+    };
+    if let Some(p) = &args.audio_in {
+        tokio::spawn(WavIn::open(p)?.feed(dev.audio_input()));
+    }
+    args.audio_out
+        .as_deref()
+        .map(|p| WavOut::create(p, 1))
+        .transpose()
+}
+
 async fn login(a: &Args) -> anyhow::Result<(RemoteDevice, fieldlink_sdk::Events)> {
     let mut cfg = DeviceConfig::new(a.server.clone(), a.device_id.clone(), a.password.clone());
     cfg.auto_permission = !a.no_auto_permission;
@@ -151,6 +180,11 @@ async fn login(a: &Args) -> anyhow::Result<(RemoteDevice, fieldlink_sdk::Events)
                 dir: dir.clone(),
                 segment_secs: *segment_secs,
             });
+    }
+    if let Some(audio) = a.cmd.audio() {
+        // SPEC §3 defaults (this remote hears the field device), then the flags.
+        cfg.audio = fieldlink_sdk::audio::AudioConfig::spec_default(fieldlink_sdk::Role::Remote);
+        audio.apply(&mut cfg.audio);
     }
     if let Cmd::Diag { mode, .. } = &a.cmd {
         // A diagnosis also says whether the remote decodes what it receives.
@@ -175,6 +209,7 @@ async fn open(dev: &RemoteDevice, gwid: &DeviceId, token: &Option<String>) -> an
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let (dev, mut events) = login(&a).await?;
+    let mut wav_out = audio_files(&dev, a.cmd.audio())?;
     let json = a.json;
     match &a.cmd {
         Cmd::List => {
@@ -197,6 +232,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             token,
             duration,
             qos,
+            ..
         } => {
             open(&dev, gwid, token).await?;
             print(
@@ -211,6 +247,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 json,
                 default_qos,
                 until,
+                wav_out.as_mut(),
                 async |action| match action {
                     Action::Send { gwid: g, data, qos } => {
                         dev.send(g.as_ref().unwrap_or(gwid), &data, qos).await
@@ -248,9 +285,13 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 conn_fds,
                 duration: *duration,
                 record_config: rc.as_ref(),
+                audio_out: wav_out.as_mut(),
             };
             let played = watch(&dev, &mut events, json, plan).await?;
             dev.close().await;
+            if let Some(w) = &mut wav_out {
+                w.finish()?;
+            }
             let missing: Vec<&u32> = conn_fds.iter().filter(|fd| !played.contains(fd)).collect();
             if !missing.is_empty() {
                 bail!("conn_fd {missing:?} never reached playing");
@@ -314,6 +355,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         }
     }
     dev.close().await;
+    if let Some(w) = &mut wav_out {
+        w.finish()?;
+    }
     Ok(())
 }
 
@@ -353,6 +397,7 @@ struct WatchPlan<'a> {
     conn_fds: &'a [u32],
     duration: Option<f64>,
     record_config: Option<&'a fieldlink_sdk::record::RecordConfig>,
+    audio_out: Option<&'a mut WavOut>,
 }
 
 /// Connects, then reports every second until `duration`; returns the conn_fds that played.
@@ -368,6 +413,7 @@ async fn watch(
         conn_fds,
         duration,
         record_config,
+        mut audio_out,
     } = plan;
     dev.connect_streams_recorded(gwid, streams, conn_fds, record_config)
         .await
@@ -379,6 +425,9 @@ async fn watch(
         conn_fds.iter().map(|fd| (*fd, Tally::default())).collect();
     let mut played = Vec::new();
     let mut totals: std::collections::BTreeMap<u32, u64> = Default::default();
+    // One future for the whole loop, so no signal falls between two turns.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         let stop = async {
             match until {
@@ -395,6 +444,11 @@ async fn watch(
                     t.keyframes += u64::from(f.keyframe);
                     if let Some(l) = crate::device_io::latency_ms(&f) {
                         t.latency_ms.push(l);
+                    }
+                }
+                Some(Event::MixedAudio(m)) => {
+                    if let Some(w) = audio_out.as_deref_mut() {
+                        w.write(&m);
                     }
                 }
                 Some(Event::ReceiverStats { conn_fd, loss_pct, rtt_ms, decoded, dropped, .. }) => {
@@ -431,7 +485,7 @@ async fn watch(
                 tallies = conn_fds.iter().map(|fd| (*fd, Tally::default())).collect();
             }
             _ = stop => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut interrupted => break,
         }
     }
     Ok(played)

@@ -16,10 +16,11 @@ use fieldlink_proto::{
     ClientMsg, ControlFrame, DeviceId, ErrorCode, Role, ServerMsg, PROTOCOL_VERSION,
 };
 
+mod audio_io;
 mod diagnosis;
 mod video_in;
 
-use crate::peer::{Peer, PeerEvent};
+use crate::peer::{AudioLines, Peer, PeerEvent};
 use crate::{Cmd, DeviceConfig, Event, Result, SdkError, Shared, REQUEST_TIMEOUT};
 
 /// Requests waiting for an answer; more are refused (a server that stopped answering must
@@ -126,12 +127,19 @@ async fn establish(role: Role, cfg: &DeviceConfig) -> Result<Connection> {
             }
         }
     }
-    let (mut peer, offer, video_mids) =
-        Peer::new(local_ip, cfg.streams, role == Role::Field, cfg.h265).await?;
+    let audio = AudioLines {
+        send: cfg.audio.sends(),
+        receive: cfg.audio.receives(),
+    };
+    let (mut peer, offer) =
+        Peer::new(local_ip, cfg.streams, role == Role::Field, cfg.h265, audio).await?;
     ws.send(to_msg(&ClientMsg::Offer {
         req: Some(1),
-        sdp: offer,
-        video_mids,
+        sdp: offer.sdp,
+        video_mids: offer.video_mids,
+        audio_mids: offer.audio_mids,
+        audio_send: audio.send,
+        audio_receive: audio.receive,
     }))
     .await
     .map_err(|e| lost(&e))?;
@@ -168,6 +176,7 @@ async fn establish(role: Role, cfg: &DeviceConfig) -> Result<Connection> {
                         return Err(SdkError::new(ErrorCode::MediaNotReady, why))
                     }
                     PeerEvent::Data(..)
+                    | PeerEvent::Audio { .. }
                     | PeerEvent::Frame { .. }
                     | PeerEvent::KeyframeRequest(_)
                     | PeerEvent::Stats { .. }
@@ -188,14 +197,23 @@ pub(crate) async fn start(
 ) -> Result<()> {
     let conn = establish(role, &cfg).await?;
     let meter = crate::diag::Meter::new(cfg.streams as usize);
+    let mut ev = Emitter {
+        tx: events,
+        dropped: 0,
+    };
+    for why in cfg.audio.problems() {
+        tracing::warn!("{why}");
+        ev.emit(Event::Warning {
+            code: ErrorCode::AudioOff,
+            message: why,
+        });
+    }
+    let audio = audio_io::AudioIo::new(&cfg.audio);
     let driver = Driver {
         role,
         cfg,
         cmds,
-        ev: Emitter {
-            tx: events,
-            dropped: 0,
-        },
+        ev,
         shared,
         pending: HashMap::new(),
         next_req: 100,
@@ -211,6 +229,7 @@ pub(crate) async fn start(
         counts: HashMap::new(),
         last_estimate_kbps: 0,
         meter,
+        audio,
     };
     tokio::spawn(driver.run(conn));
     Ok(())
@@ -260,6 +279,7 @@ struct Driver {
     last_estimate_kbps: u32,
     /// Diagnostics: counters per stream (field) or receiver (remote), running windows.
     meter: crate::diag::Meter,
+    audio: audio_io::AudioIo,
 }
 
 impl Driver {
@@ -292,6 +312,7 @@ impl Driver {
                 Some(c) => conn = c,
                 None => return,
             }
+            self.audio.reset_lines();
             self.restore(&mut conn).await;
             self.ev.emit(Event::Reconnected);
         }
@@ -315,6 +336,8 @@ impl Driver {
                         Some(Cmd::Video { stream, .. }) => {
                             if let Some(m) = self.meter.at(stream) { m.frames_in += 1; }
                         }
+                        // Said while nobody can hear it: gone, like a live microphone's.
+                        Some(Cmd::Audio { .. }) => {}
                         Some(Cmd::SourceState { stream, ok, reason, keyframe_on_request }) => {
                             self.source_state(stream, ok, reason, keyframe_on_request);
                         }
@@ -495,7 +518,23 @@ impl Driver {
                         }
                     }
                     Some(Cmd::SourceStarted { stream, fps, kbps }) => self.source_started(stream, fps, kbps),
+                    Some(Cmd::Audio { rate, channels, pcm }) => match self.audio.push(rate, channels, &pcm) {
+                        Some(Ok(p)) => {
+                            if let Err(e) = conn.peer.write_audio(p.rtp_time, p.data) {
+                                tracing::debug!("audio packet dropped: {e}");
+                            }
+                        }
+                        Some(Err(e)) => tracing::warn!("audio frame not sent: {e}"),
+                        None => {}
+                    },
                 },
+                _ = self.audio.tick() => {
+                    if let Some(lines) = self.audio.stats() {
+                        self.ev.emit(Event::AudioStats(lines));
+                    }
+                    let m = self.audio.mixed();
+                    self.ev.emit(Event::MixedAudio(m));
+                }
             }
             for ev in conn.peer.poll() {
                 match ev {
@@ -556,6 +595,11 @@ impl Driver {
                             self.ev.emit(Event::BitrateEstimate { kbps });
                         }
                     }
+                    PeerEvent::Audio {
+                        line,
+                        rtp_time,
+                        data,
+                    } => self.audio.on_packet(line, rtp_time, data),
                     PeerEvent::Dead(why) => return Stop::Lost(why),
                     PeerEvent::Ready => {}
                 }

@@ -56,6 +56,7 @@ pub enum Cmd {
         req: Option<u64>,
         sdp: String,
         video_mids: Vec<String>,
+        audio: AudioOffer,
     },
     Watch {
         conn: ConnId,
@@ -191,3 +192,11 @@ impl HubHandle {
 
 /// An audit record bound for the store.
 pub type AuditRecord = (String, AuditEntry);
+
+/// The audio part of an offer: its lines' mids (the first also sends when `send`).
+#[derive(Debug, Clone, Default)]
+pub struct AudioOffer {
+    pub mids: Vec<String>,
+    pub send: bool,
+    pub receive: bool,
+}

@@ -10,12 +10,14 @@
 //! - `cmd`: the interface ([`Cmd`], [`Outbound`], [`HubHandle`]);
 //! - `sessions`: login presence, operation sessions, permission decisions, audit;
 //! - `receivers`: what each receiver (`conn_fd`) wants and the stream states it is told;
+//! - `audio`: audio forwarding between the parties of a session (lines, who is heard);
 //! - `forward`: media forwarding, keyframe requests, starts from the cached GOP (`gop`);
 //! - `control`: control-data limits, pacing and delivery;
 //! - `diag`: session diagnostics (starting one, joining both sides' parts, the report);
 //! - `quality`: each playing receiver's connection quality, scored every 2 s;
 //! - `peer`: the str0m peer connections (offers, UDP in, timeouts, polling).
 
+mod audio;
 mod cmd;
 mod control;
 mod diag;
@@ -37,7 +39,9 @@ use tokio::sync::mpsc;
 use fieldlink_proto::control::LateFilter;
 use fieldlink_proto::{DeviceId, ErrorCode, RateLimiter, ServerMsg};
 
-pub use cmd::{AuditRecord, ClientInfo, Cmd, ConnId, HubHandle, Outbound, CLIENT_QUEUE};
+pub use cmd::{
+    AudioOffer, AuditRecord, ClientInfo, Cmd, ConnId, HubHandle, Outbound, CLIENT_QUEUE,
+};
 
 use crate::metrics::{HubSnapshot, Metrics};
 use crate::permission::FieldControl;
@@ -217,8 +221,9 @@ impl Hub {
                 req,
                 sdp,
                 video_mids,
+                audio,
             } => {
-                let msg = match self.accept_offer(conn, &sdp, &video_mids) {
+                let msg = match self.accept_offer(conn, &sdp, &video_mids, audio) {
                     Ok(sdp) => ServerMsg::Answer { req, sdp },
                     Err((code, why)) => ServerMsg::error(req, code, why),
                 };

@@ -41,6 +41,8 @@ pub(super) struct Peer {
     pub(super) next_timeout: Instant,
     /// Remote: per receiver, the last RTCP figures its device reported (`quality`).
     pub(super) egress: Vec<Option<super::quality::Rtcp>>,
+    /// The audio lines, if the device offered any.
+    pub(super) audio: Option<super::audio::AudioLines>,
 }
 
 /// What polling one peer hands back to the hub, to act on once the peer is released.
@@ -69,6 +71,7 @@ impl Hub {
         conn: ConnId,
         sdp: &str,
         video_mids: &[String],
+        audio: super::AudioOffer,
     ) -> Result<String, (ErrorCode, String)> {
         if video_mids.len() > MAX_VIDEO_MLINES {
             return Err((
@@ -76,6 +79,7 @@ impl Hub {
                 format!("at most {MAX_VIDEO_MLINES} video streams"),
             ));
         }
+        let audio = super::audio::AudioLines::from_offer(audio)?;
         let client = self
             .clients
             .get_mut(&conn)
@@ -89,6 +93,10 @@ impl Hub {
             .enable_h264(true)
             // H.265 reaches remotes that negotiate it (cameras in passthrough).
             .enable_h265(true)
+            // Opus with in-band FEC, forwarded as it comes: the receiving device's jitter
+            // buffer reorders (str0m would hold packets back after a loss).
+            .enable_opus(true, false)
+            .set_reordering_size_audio(0)
             .set_extension(
                 fieldlink_rtc::EXT_ABS_CAPTURE_TIME,
                 Extension::AbsoluteCaptureTime,
@@ -118,6 +126,7 @@ impl Hub {
         client.peer = Some(Peer {
             rtc,
             egress: vec![None; mids.len()],
+            audio,
             keyframe_asked: vec![None; mids.len()],
             sources: mids.iter().map(|_| SourceInfo::default()).collect(),
             video_mids: mids,
@@ -248,7 +257,12 @@ impl Hub {
                         }
                     }
                     PeerEvent::Media(d) => {
-                        for target in self.on_media(conn, d) {
+                        let targets = if self.is_audio(conn, d.mid) {
+                            self.on_audio(conn, d)
+                        } else {
+                            self.on_media(conn, d)
+                        };
+                        for target in targets {
                             if !todo.contains(&target) {
                                 todo.push(target);
                             }

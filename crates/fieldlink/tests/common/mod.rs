@@ -356,11 +356,21 @@ pub fn wait_line(rx: &mpsc::Receiver<Value>, what: &str, pred: impl Fn(&Value) -
 /// Writes `config` as the field device's config.json and starts `fieldlink field` on it
 /// (stdin and stdout piped); returns once it is ready.
 pub fn start_field(s: &TestServer, config: &str) -> (std::process::Child, mpsc::Receiver<Value>) {
+    start_field_with(s, config, &[])
+}
+
+/// [`start_field`] with extra arguments.
+pub fn start_field_with(
+    s: &TestServer,
+    config: &str,
+    extra: &[&str],
+) -> (std::process::Child, mpsc::Receiver<Value>) {
     let cfg = s.dir.join("field.json");
     std::fs::write(&cfg, config).unwrap();
     let mut field = fieldlink()
         .args(["field", "--config"])
         .arg(&cfg)
+        .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -1,0 +1,183 @@
+//! Audio forwarding (SPEC §3): what a field device says goes to every remote in session
+//! with it that takes audio; what a remote says goes to the field devices it is in
+//! session with that take audio. No remote hears another remote. Packets are forwarded
+//! as they come (no decoding here).
+//!
+//! A receiving device offers a few audio lines; each carries one party at a time (its
+//! own RTP stream, so the device keeps one decoder per party and mixes). A party keeps its
+//! line while it talks; a line silent for [`LINE_IDLE`] may carry someone else. When
+//! every line carries another party, the packet is counted as unrouted.
+
+use std::time::{Duration, Instant};
+
+use str0m::media::{MediaData, Mid};
+
+use fieldlink_proto::{DeviceId, ErrorCode, Role};
+
+use super::{AudioOffer, ConnId, Hub};
+
+/// Most audio lines of one peer connection.
+const MAX_AUDIO_LINES: usize = 8;
+/// A line silent this long may be given to another party.
+const LINE_IDLE: Duration = Duration::from_secs(1);
+
+/// One device's audio lines and who is heard on each.
+#[derive(Debug)]
+pub(super) struct AudioLines {
+    pub(super) mids: Vec<Mid>,
+    /// The device sends on the first line.
+    pub(super) send: bool,
+    /// The device takes audio on its lines.
+    pub(super) receive: bool,
+    /// Per line: the party it carries and when it last did.
+    heard: Vec<Option<(DeviceId, Instant)>>,
+}
+
+impl AudioLines {
+    pub(super) fn from_offer(o: AudioOffer) -> Result<Option<AudioLines>, (ErrorCode, String)> {
+        if o.mids.is_empty() {
+            return Ok(None);
+        }
+        if o.mids.len() > MAX_AUDIO_LINES {
+            return Err((
+                ErrorCode::BadRequest,
+                format!("at most {MAX_AUDIO_LINES} audio lines"),
+            ));
+        }
+        Ok(Some(AudioLines {
+            heard: vec![None; o.mids.len()],
+            mids: o.mids.iter().map(|m| Mid::from(m.as_str())).collect(),
+            send: o.send,
+            receive: o.receive,
+        }))
+    }
+
+    /// The line for `from`: the one it already has, else one that is free or idle.
+    fn line_for(&mut self, from: &DeviceId, now: Instant) -> Option<usize> {
+        let i = self
+            .heard
+            .iter()
+            .position(|h| h.as_ref().is_some_and(|(d, _)| d == from))
+            .or_else(|| {
+                self.heard.iter().position(|h| {
+                    h.as_ref()
+                        .is_none_or(|(_, t)| now.saturating_duration_since(*t) >= LINE_IDLE)
+                })
+            })?;
+        self.heard[i] = Some((from.clone(), now));
+        Some(i)
+    }
+}
+
+impl Hub {
+    /// Whether `mid` is one of the audio lines of `conn`'s peer.
+    pub(super) fn is_audio(&self, conn: ConnId, mid: Mid) -> bool {
+        self.clients
+            .get(&conn)
+            .and_then(|c| c.peer.as_ref()?.audio.as_ref())
+            .is_some_and(|a| a.mids.contains(&mid))
+    }
+
+    /// Who hears what `from` says: the other side of each of its sessions, where it
+    /// takes audio.
+    fn listeners(&self, from: ConnId) -> Vec<ConnId> {
+        let Some(c) = self.clients.get(&from) else {
+            return Vec::new();
+        };
+        let parties: Vec<&DeviceId> = match c.info.role {
+            Role::Field => self
+                .fields
+                .get(&c.info.device)
+                .map(|fc| fc.members().iter().collect())
+                .unwrap_or_default(),
+            Role::Remote => c.sessions.iter().collect(),
+        };
+        parties
+            .into_iter()
+            .filter_map(|d| self.by_device.get(d).copied())
+            .filter(|conn| *conn != from)
+            .collect()
+    }
+
+    /// An audio packet from `from`: written to the line that carries `from` on every
+    /// listener. Returns the peers written to.
+    pub(super) fn on_audio(&mut self, from: ConnId, d: Box<MediaData>) -> Vec<ConnId> {
+        let Some(me) = self.clients.get(&from).and_then(|c| {
+            let a = c.peer.as_ref()?.audio.as_ref()?;
+            (a.send && a.mids.first() == Some(&d.mid)).then(|| c.info.device.clone())
+        }) else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let mut written = Vec::new();
+        for conn in self.listeners(from) {
+            let Some(peer) = self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) else {
+                continue;
+            };
+            let Some(lines) = peer.audio.as_mut().filter(|a| a.receive) else {
+                continue;
+            };
+            let Some(i) = lines.line_for(&me, now) else {
+                self.metrics.audio_packets_unrouted.inc();
+                continue;
+            };
+            let mid = lines.mids[i];
+            let Some(writer) = peer.rtc.writer(mid) else {
+                continue;
+            };
+            let Some(pt) = writer.match_params(d.params) else {
+                continue;
+            };
+            if writer
+                .write(pt, d.network_time, d.time, d.data.clone())
+                .is_ok()
+            {
+                self.metrics.audio_packets_forwarded.inc();
+                written.push(conn);
+            }
+        }
+        written
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_party_keeps_its_line_and_idle_lines_are_reused() {
+        let mut l = AudioLines::from_offer(AudioOffer {
+            mids: vec!["a0".into(), "a1".into()],
+            send: false,
+            receive: true,
+        })
+        .unwrap()
+        .unwrap();
+        let (x, y, z): (DeviceId, DeviceId, DeviceId) = (
+            "p/x".parse().unwrap(),
+            "p/y".parse().unwrap(),
+            "p/z".parse().unwrap(),
+        );
+        let t = Instant::now();
+        assert_eq!(l.line_for(&x, t), Some(0));
+        assert_eq!(l.line_for(&y, t), Some(1));
+        assert_eq!(l.line_for(&x, t), Some(0));
+        // Both lines busy: z is not heard until one falls silent.
+        assert_eq!(l.line_for(&z, t + Duration::from_millis(500)), None);
+        assert_eq!(l.line_for(&x, t + Duration::from_millis(900)), Some(0));
+        assert_eq!(l.line_for(&z, t + LINE_IDLE), Some(1));
+    }
+
+    #[test]
+    fn too_many_lines_are_refused() {
+        let o = AudioOffer {
+            mids: (0..9).map(|i| format!("a{i}")).collect(),
+            send: true,
+            receive: true,
+        };
+        assert_eq!(
+            AudioLines::from_offer(o).unwrap_err().0,
+            ErrorCode::BadRequest
+        );
+    }
+}
