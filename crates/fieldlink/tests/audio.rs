@@ -4,45 +4,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::audio::{assert_tone, read_wav, write_tone};
 use common::*;
-use fieldlink_sdk::audio::tone::{fit, longest_gap, Fit, Tone};
+use fieldlink_sdk::audio::tone::fit;
 use fieldlink_sdk::ErrorCode;
-
-/// Writes `secs` of a `hz` tone (amplitude 10000) as a 16-bit WAV, the same signal on
-/// every channel. Whole cycles per second, so the looped file has no seam.
-fn write_tone(path: &Path, rate: u32, channels: u16, hz: f64, secs: u32) {
-    let spec = hound::WavSpec {
-        channels,
-        sample_rate: rate,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(path, spec).unwrap();
-    let mut t = Tone::new(hz, rate, 10000.0);
-    for _ in 0..secs * 100 {
-        for s in t.next_frame() {
-            for _ in 0..channels {
-                w.write_sample(s).unwrap();
-            }
-        }
-    }
-    w.finalize().unwrap();
-}
-
-/// The samples of a received WAV, checked to be 48 kHz mono s16.
-fn read_wav(path: &Path) -> Vec<i16> {
-    let r = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let spec = r.spec();
-    assert_eq!(
-        (spec.sample_rate, spec.channels, spec.bits_per_sample),
-        (48000, 1, 16)
-    );
-    r.into_samples::<i16>().map(|s| s.unwrap()).collect()
-}
 
 /// Stops a CLI device with SIGINT (as Ctrl-C would) and waits for it to exit cleanly.
 fn interrupt(mut child: Child) {
@@ -59,30 +27,6 @@ fn interrupt(mut child: Child) {
         assert!(std::time::Instant::now() < deadline, "no exit after SIGINT");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// What arrived: a tone near `hz`, measured over 3 s from 1 s after it began (past the
-/// codec's and the jitter buffer's start-up), with SNR ≥ 30 dB, and no silence over 60 ms
-/// in the 4 s from its start.
-fn assert_tone(what: &str, samples: &[i16], hz: f64) -> Fit {
-    let start = samples
-        .iter()
-        .position(|s| s.unsigned_abs() > 3000)
-        .unwrap_or_else(|| panic!("{what}: no tone at all"));
-    let end = start + 4 * 48000;
-    assert!(
-        samples.len() >= end,
-        "{what}: the tone began at {} ms of {} ms",
-        start / 48,
-        samples.len() / 48
-    );
-    let f = fit(&samples[start + 48000..end], 48000, hz);
-    let gap = longest_gap(&samples[start..end], 300);
-    eprintln!("{what}: {f:?}, longest gap {} ms", gap / 48);
-    assert!((f.hz - hz).abs() <= 5.0, "{what}: {f:?}");
-    assert!(f.snr_db >= 30.0, "{what}: {f:?}");
-    assert!(gap <= 60 * 48, "{what}: a gap of {} ms", gap / 48);
-    f
 }
 
 fn field_config(s: &TestServer, extra: &str) -> String {
@@ -132,7 +76,7 @@ fn a_field_tone_arrives_at_the_remote() {
     let ro = lines(&mut r);
     wait_line(&ro, "session", |v| v["event"] == "session_open");
     assert!(r.wait().unwrap().success());
-    assert_tone("uplink", &read_wav(&out), 1000.0);
+    assert_tone("uplink", &read_wav(&out), 1000.0, 30.0);
     interrupt(field);
 }
 
@@ -179,8 +123,8 @@ fn field_and_remote_talk_both_ways_at_once() {
     interrupt(field);
     let at_remote = read_wav(&remote_heard);
     let at_field = read_wav(&field_heard);
-    assert_tone("uplink", &at_remote, 1000.0);
-    assert_tone("downlink", &at_field, 600.0);
+    assert_tone("uplink", &at_remote, 1000.0, 30.0);
+    assert_tone("downlink", &at_field, 600.0, 30.0);
     // Only the other side: the 1 kHz fit to what the field heard is noise.
     let own = fit(&at_field[at_field.len() - 3 * 48000..], 48000, 1000.0);
     assert!(own.snr_db < 0.0, "the field device hears itself: {own:?}");

@@ -12,6 +12,7 @@ use std::time::Duration;
 use fieldlink_sdk::{DeviceConfig, DeviceId, Event, Events, FieldDevice, RemoteDevice};
 use serde_json::{json, Value};
 
+pub mod audio;
 pub mod camera;
 pub mod gb;
 pub mod metrics;

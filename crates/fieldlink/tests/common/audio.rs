@@ -1,0 +1,61 @@
+//! Audio test helpers: tone WAV files, and what a received tone must be.
+
+use std::path::Path;
+
+use fieldlink_sdk::audio::tone::{fit, longest_gap, Fit, Tone};
+
+/// Writes `secs` of a `hz` tone (amplitude 10000) as a 16-bit WAV, the same signal on
+/// every channel. Whole cycles per second, so the looped file has no seam.
+pub fn write_tone(path: &Path, rate: u32, channels: u16, hz: f64, secs: u32) {
+    let spec = hound::WavSpec {
+        channels,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    let mut t = Tone::new(hz, rate, 10000.0);
+    for _ in 0..secs * 100 {
+        for s in t.next_frame() {
+            for _ in 0..channels {
+                w.write_sample(s).unwrap();
+            }
+        }
+    }
+    w.finalize().unwrap();
+}
+
+/// The samples of a received WAV, checked to be 48 kHz mono s16.
+pub fn read_wav(path: &Path) -> Vec<i16> {
+    let r = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let spec = r.spec();
+    assert_eq!(
+        (spec.sample_rate, spec.channels, spec.bits_per_sample),
+        (48000, 1, 16)
+    );
+    r.into_samples::<i16>().map(|s| s.unwrap()).collect()
+}
+
+/// What arrived: a tone near `hz` (± 5 Hz), measured over 3 s from 1 s after it began
+/// (past the codec's and the jitter buffer's start-up), with an SNR of at least `snr_db`,
+/// and no silence over 60 ms in the 4 s from its start.
+pub fn assert_tone(what: &str, samples: &[i16], hz: f64, snr_db: f64) -> Fit {
+    let start = samples
+        .iter()
+        .position(|s| s.unsigned_abs() > 3000)
+        .unwrap_or_else(|| panic!("{what}: no tone at all"));
+    let end = start + 4 * 48000;
+    assert!(
+        samples.len() >= end,
+        "{what}: the tone began at {} ms of {} ms",
+        start / 48,
+        samples.len() / 48
+    );
+    let f = fit(&samples[start + 48000..end], 48000, hz);
+    let gap = longest_gap(&samples[start..end], 300);
+    eprintln!("{what}: {f:?}, longest gap {} ms", gap / 48);
+    assert!((f.hz - hz).abs() <= 5.0, "{what}: {f:?}");
+    assert!(f.snr_db >= snr_db, "{what}: {f:?}");
+    assert!(gap <= 60 * 48, "{what}: a gap of {} ms", gap / 48);
+    f
+}
