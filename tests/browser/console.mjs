@@ -10,6 +10,8 @@
 //   failures  {device, password, online, offline, expired_code, code}
 //   gb        {token, device, password, gb_id, gwid, screenshot}
 //   diagnose  {device, password, gwid, screenshot}
+//   voice     {device, password, gwid, fake_audio, talk_ms}  (hears the field device, then
+//             talks with the ` key; a second page without microphone permission is refused)
 import { chromium } from 'playwright-core';
 
 const [scenario, base, argJson] = process.argv.slice(2);
@@ -24,7 +26,10 @@ const browser = await chromium.launch({
          // Present every decoded frame as it comes (no 60 Hz compositor clock that drops
          // one of two frames landing in the same tick): the frame callbacks then show the
          // stream itself, not the headless renderer's timing.
-         '--disable-gpu-vsync', '--disable-frame-rate-limit'],
+         '--disable-gpu-vsync', '--disable-frame-rate-limit',
+         // The voice scenario's microphone: a WAV file instead of a device (permission
+         // still has to be granted per context).
+         ...(args.fake_audio ? ['--use-fake-device-for-media-stream', `--use-file-for-fake-audio-capture=${args.fake_audio}`] : [])],
 });
 const out = { pageErrors: [] };
 
@@ -351,8 +356,46 @@ async function diagnose() {
   if (args.screenshot) await page.screenshot({ path: args.screenshot, fullPage: true });
 }
 
+async function voice() {
+  const page = await newPage();
+  await page.context().grantPermissions(['microphone'], { origin: base });
+  await login(page, args.device, args.password);
+  await loggedIn(page);
+  const chip = `.chip[data-gwid="${args.gwid}"][data-stream="0"]`;
+  await page.waitForSelector(chip, { timeout: T });
+  await page.click(chip);
+  await playing(page, 0, 0);
+  // What the field device says: its packets arrive and are heard (level, energy).
+  await page.waitForTimeout(3000);
+  out.heard = [];
+  for (let i = 0; i < 10; i++) {
+    out.heard.push(await page.evaluate(() => window.fieldlink.audioLevels().heard));
+    await page.waitForTimeout(100);
+  }
+  out.statsBefore = await page.evaluate(() => window.fieldlink.audioStats());
+  out.meterIn = await page.$eval('#meter-in', (e) => e.style.width);
+  // Push to talk: hold the key. The test tone is sent as it is (noise suppression would
+  // take a steady tone for noise).
+  await page.uncheck('#voice-processing');
+  await page.mouse.click(5, 5); // focus the page, not a field
+  await page.keyboard.down('Backquote');
+  await page.waitForTimeout(500);
+  out.talking = await page.$eval('#talk', (e) => e.classList.contains('talking'));
+  out.said = await page.evaluate(() => window.fieldlink.audioLevels().said);
+  await page.waitForTimeout(args.talk_ms || 5000);
+  await page.keyboard.up('Backquote');
+  out.statsAfter = await page.evaluate(() => window.fieldlink.audioStats());
+  // A page whose microphone is blocked says so.
+  const denied = await newPage();
+  await login(denied, args.device2 || args.device, args.password2 || args.password);
+  await loggedIn(denied);
+  await denied.click('#talk');
+  await denied.waitForFunction(() => document.querySelector('#voice-note').textContent.length > 0, null, { timeout: T });
+  out.deniedNote = await denied.textContent('#voice-note');
+}
+
 try {
-  await ({ grid, handover, admin, logins, failures, gb, diagnose })[scenario]();
+  await ({ grid, handover, admin, logins, failures, gb, diagnose, voice })[scenario]();
   out.ok = true;
 } catch (e) {
   out.ok = false;

@@ -36,6 +36,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../web/control.js"),
     ),
     (
+        "voice.js",
+        "text/javascript",
+        include_str!("../web/voice.js"),
+    ),
+    (
         "console.js",
         "text/javascript",
         include_str!("../web/console.js"),

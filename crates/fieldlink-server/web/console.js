@@ -10,6 +10,7 @@
 import { $, $$, el, explain, showMessage, clearMessage, ServerError, hex, printable } from './common.js';
 import { Signal } from './signal.js';
 import { encodeFrame, decodeFrame, LateFilter, RateLimiter, InputState, ControlError } from './control.js';
+import { Voice, TALK_KEY } from './voice.js';
 
 const MAX_WINDOWS = 9;
 const QOS_LABELS = ['fieldlink-ctl-qos0', 'fieldlink-ctl-qos1'];
@@ -93,6 +94,31 @@ const hooks = {
     st.seq = (st.seq + 1) >>> 0;
     st.dc[1].send(frame);
   },
+};
+// ---------------------------------------------------------------- voice
+
+const voice = new Voice({
+  talk: $('#talk'), mute: $('#mute'), volume: $('#volume'), processing: $('#voice-processing'),
+  meterIn: $('#meter-in'), meterOut: $('#meter-out'), note: $('#voice-note'),
+}, (text) => showMessage(text, 'error'));
+$('#talk').addEventListener('pointerdown', () => voice.talk(true));
+for (const ev of ['pointerup', 'pointerleave']) $('#talk').addEventListener(ev, () => voice.talk(false));
+$('#mute').addEventListener('change', () => voice.setVolume());
+$('#volume').addEventListener('input', () => voice.setVolume());
+$('#voice-processing').addEventListener('change', () => voice.reopenMic());
+/// Audio hooks: the levels heard and said now (0..1), push-to-talk, and the audio lines'
+/// WebRTC counters (inbound: packets, audio energy; outbound: packets sent).
+hooks.audioLevels = () => voice.levels();
+hooks.talk = (on) => voice.talk(on);
+hooks.audioStats = async () => {
+  const out = { inbound: [], outbound: [] };
+  if (!st.pc) return out;
+  (await st.pc.getStats()).forEach((r) => {
+    if (r.kind !== 'audio') return;
+    if (r.type === 'inbound-rtp') out.inbound.push({ mid: r.mid, packets: r.packetsReceived, lost: r.packetsLost, energy: r.totalAudioEnergy, level: r.audioLevel });
+    if (r.type === 'outbound-rtp') out.outbound.push({ mid: r.mid, packets: r.packetsSent });
+  });
+  return out;
 };
 window.fieldlink = hooks;
 
@@ -537,11 +563,19 @@ function typing(target) {
 }
 
 window.addEventListener('keydown', (e) => {
+  if (e.code === TALK_KEY && !typing(e.target)) {
+    if (!e.repeat) voice.talk(true);
+    e.preventDefault();
+    return;
+  }
   if (!st.inputTimer || typing(e.target)) return;
   st.input.keydown(e.code);
   if (e.code.startsWith('Arrow') || e.code === 'Space') e.preventDefault();
 });
-window.addEventListener('keyup', (e) => st.input.keyup(e.code));
+window.addEventListener('keyup', (e) => {
+  if (e.code === TALK_KEY) voice.talk(false);
+  st.input.keyup(e.code);
+});
 window.addEventListener('blur', () => st.input.clear());
 
 // ---------------------------------------------------------------- stats overlay
@@ -787,19 +821,24 @@ async function setupMedia() {
     return dc;
   });
   st.transceivers = [...Array(MAX_WINDOWS).keys()].map(() => pc.addTransceiver('video', { direction: 'recvonly' }));
+  voice.attach(pc);
   pc.ontrack = (ev) => {
+    if (voice.ontrack(ev)) return;
     const fd = st.transceivers.findIndex((t) => t.receiver.track === ev.track);
     if (fd >= 0) $('video', tiles[fd]).srcObject = new MediaStream([ev.track]);
   };
   pc.onconnectionstatechange = setMedia;
   setMedia();
   await pc.setLocalDescription(await pc.createOffer());
-  const answer = await st.sig.request({ type: 'offer', sdp: pc.localDescription.sdp, video_mids: st.transceivers.map((t) => t.mid) });
+  const answer = await st.sig.request({
+    type: 'offer', sdp: pc.localDescription.sdp, video_mids: st.transceivers.map((t) => t.mid), ...voice.offer(),
+  });
   await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
 }
 
 function teardown() {
   setInput(false);
+  voice.close();
   if (st.sig) st.sig.close();
   if (st.pc) st.pc.close();
   st.sig = null;
@@ -859,6 +898,7 @@ async function login(ev) {
   ev.preventDefault();
   const fd = new FormData(ev.target);
   st.creds = { device: String(fd.get('device')).trim(), password: String(fd.get('password')) };
+  voice.ensureContext(); // in the gesture, so the field devices are heard at once
   clearMessage();
   $('#login button').disabled = true;
   try {

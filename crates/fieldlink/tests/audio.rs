@@ -4,30 +4,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::audio::{assert_tone, read_wav, write_tone};
 use common::*;
 use fieldlink_sdk::audio::tone::fit;
 use fieldlink_sdk::ErrorCode;
-
-/// Stops a CLI device with SIGINT (as Ctrl-C would) and waits for it to exit cleanly.
-fn interrupt(mut child: Child) {
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            assert!(st.success(), "exited with {st}");
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "no exit after SIGINT");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn field_config(s: &TestServer, extra: &str) -> String {
     format!(

@@ -3,7 +3,7 @@
 //! Packets go in keyed by their 48 kHz RTP time; the mixer pulls 10 ms of PCM every 10
 //! ms. Playout waits `target` after the first packet, where `target` follows the
 //! measured arrival jitter (95th percentile of the packets' relative delay over the last
-//! 2 s, plus a margin, within 20..200 ms). A packet not there when due is rebuilt from the
+//! 2 s, plus a margin, within 20..200 ms, and at least one packet plus the margin). A packet not there when due is rebuilt from the
 //! next packet's in-band FEC when that one is already here, else concealed (Opus PLC);
 //! after [`MAX_CONCEALED`] of concealment the party counts as silent and playout starts
 //! over on its next packet. A buffer that holds well over its target for a while drops
@@ -69,6 +69,9 @@ pub struct JitterBuffer {
     concealed_run: u64,
     excess_pulls: u32,
     target: Duration,
+    /// The last packet's duration: a buffer holds at least one packet more than the
+    /// pull it serves (20 ms packets, as browsers send, need more than 10 ms ones).
+    packet: Duration,
     pub stats: JitterStats,
 }
 
@@ -92,6 +95,7 @@ impl JitterBuffer {
             concealed_run: 0,
             excess_pulls: 0,
             target: MIN_TARGET,
+            packet: Duration::from_millis(10),
             stats: JitterStats::default(),
         })
     }
@@ -107,6 +111,9 @@ impl JitterBuffer {
         let rel = now.saturating_duration_since(t0).as_secs_f64() * 1000.0
             - (rtp_time as f64 - r0 as f64) / f64::from(RATE / 1000);
         self.arrivals.push_back((now, rel));
+        if let Ok(n) = opus::packet::get_nb_samples(&data, RATE) {
+            self.packet = Duration::from_micros(n as u64 * 1_000_000 / u64::from(RATE));
+        }
         while self
             .arrivals
             .front()
@@ -137,15 +144,16 @@ impl JitterBuffer {
     }
 
     fn measure_target(&self) -> Duration {
+        let floor = MIN_TARGET.max(self.packet + MARGIN);
         let mut rel: Vec<f64> = self.arrivals.iter().map(|(_, r)| *r).collect();
         if rel.len() < 2 {
-            return MIN_TARGET;
+            return floor;
         }
         rel.sort_by(f64::total_cmp);
         let min = rel[0];
         let p95 = rel[(rel.len() - 1) * 95 / 100];
         let jitter = Duration::from_secs_f64(((p95 - min).max(0.0)) / 1000.0);
-        (jitter + MARGIN).clamp(MIN_TARGET, MAX_TARGET)
+        (jitter + MARGIN).clamp(floor, MAX_TARGET)
     }
 
     fn restart(&mut self) {

@@ -59,3 +59,15 @@ pub fn assert_tone(what: &str, samples: &[i16], hz: f64, snr_db: f64) -> Fit {
     assert!(gap <= 60 * 48, "{what}: a gap of {} ms", gap / 48);
     f
 }
+
+/// The median SNR of 100 ms windows of `samples` fitted near `hz`: what a listener hears
+/// locally, whatever a source's clock drift or the phase jump of a looped file does to
+/// one fit over seconds.
+pub fn median_snr_db(samples: &[i16], hz: f64) -> f64 {
+    let mut snr: Vec<f64> = samples
+        .chunks_exact(4800)
+        .map(|w| fit(w, 48000, hz).snr_db)
+        .collect();
+    snr.sort_by(f64::total_cmp);
+    snr.get(snr.len() / 2).copied().unwrap_or(f64::MIN)
+}

@@ -380,3 +380,20 @@ pub fn start_field_with(
     wait_line(&out, "field ready", |v| v["event"] == "ready");
     (field, out)
 }
+
+/// Stops a CLI device with SIGINT (as Ctrl-C would) and waits for it to exit cleanly.
+pub fn interrupt(mut child: Child) {
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success(), "exited with {st}");
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no exit after SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
