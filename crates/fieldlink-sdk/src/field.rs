@@ -176,6 +176,31 @@ impl FieldDevice {
         self.h.audio_input()
     }
 
+    /// SPEC §3 device selection: how many capture or playback devices there are
+    /// (ALSA PCM names; 0 in a build without ALSA).
+    pub fn audio_device_count(&self, dir: crate::audio::AudioDirection) -> usize {
+        crate::audio::devices(dir).len()
+    }
+
+    /// The name of device `index` for `dir`, as `audio_record` / `audio_play` take it.
+    pub fn audio_device_name(
+        &self,
+        dir: crate::audio::AudioDirection,
+        index: usize,
+    ) -> Option<String> {
+        crate::audio::devices(dir).into_iter().nth(index)
+    }
+
+    /// Captures from / plays on device `index` from now on (`AUDIO_DEVICE` when there is
+    /// no such device or it does not open; audio that way is then off).
+    pub async fn set_audio_device(
+        &self,
+        dir: crate::audio::AudioDirection,
+        index: usize,
+    ) -> Result<()> {
+        self.h.set_audio_device(dir, index).await
+    }
+
     pub async fn close(self) {
         self.h.close().await
     }

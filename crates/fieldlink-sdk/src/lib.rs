@@ -307,6 +307,12 @@ pub(crate) enum Cmd {
         qos: Qos,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Use device `index` of `audio::devices(dir)`.
+    SetAudioDevice {
+        dir: audio::AudioDirection,
+        index: usize,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// External PCM, checked: 10 ms at `rate`, interleaved.
     Audio {
         rate: u32,
@@ -481,6 +487,16 @@ impl Handle {
             tx: self.tx.clone(),
             sends: self.audio_sends,
         }
+    }
+
+    async fn set_audio_device(&self, dir: audio::AudioDirection, index: usize) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::SetAudioDevice { dir, index, reply })
+            .await
+            .map_err(|_| SdkError::from(ErrorCode::Disconnected))?;
+        rx.await
+            .unwrap_or_else(|_| Err(ErrorCode::Disconnected.into()))
     }
 
     async fn close(&self) {

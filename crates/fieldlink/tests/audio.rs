@@ -143,3 +143,192 @@ async fn bad_external_frames_are_refused() {
     let e = r.push_audio(48000, 1, &[0; 480]).unwrap_err();
     assert_eq!(e.code, ErrorCode::AudioOff);
 }
+
+/// A private PulseAudio server with one null sink (it keeps real time and records back
+/// what is played, as `vsink.monitor`), reached through its own socket only.
+struct Pulse {
+    child: Child,
+    dir: std::path::PathBuf,
+    server: String,
+}
+
+impl Pulse {
+    /// None (and the test skips) where PulseAudio is not installed; CI must have it.
+    fn start(dir: &std::path::Path) -> Option<Pulse> {
+        if std::process::Command::new("pulseaudio")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must install pulseaudio"
+            );
+            eprintln!("pulseaudio missing: ALSA device test skipped (see .ci/run)");
+            return None;
+        }
+        let dir = dir.join("pulse");
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("native");
+        let child = std::process::Command::new("pulseaudio")
+            .args([
+                "-n",
+                "--daemonize=no",
+                "--exit-idle-time=-1",
+                "--disallow-exit",
+            ])
+            .arg(format!(
+                "--load=module-native-protocol-unix socket={}",
+                socket.display()
+            ))
+            .arg("--load=module-null-sink sink_name=vsink")
+            .env("PULSE_RUNTIME_PATH", &dir)
+            .env("PULSE_STATE_PATH", &dir)
+            .env("HOME", &dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = format!("unix:{}", socket.display());
+        let p = Pulse { child, dir, server };
+        let deadline = std::time::Instant::now() + WAIT;
+        while !p.pactl(&["info"]) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "PulseAudio did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(p.pactl(&["set-default-sink", "vsink"]));
+        assert!(p.pactl(&["set-default-source", "vsink.monitor"]));
+        Some(p)
+    }
+
+    fn pactl(&self, args: &[&str]) -> bool {
+        std::process::Command::new("pactl")
+            .args(["--server", &self.server])
+            .args(args)
+            .env("HOME", &self.dir)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+}
+
+impl Drop for Pulse {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// ALSA devices named as the user writes them: the field device plays what the remote
+/// says on ALSA "pulse" and captures ALSA "pulse" (the null sink's monitor), so the
+/// remote's 600 Hz tone comes back to it through a real-time sound server, the field's
+/// playback and capture devices and the platform both ways.
+#[test]
+fn alsa_devices_play_and_capture_in_real_time() {
+    let s = TestServer::start();
+    s.standard();
+    let Some(pulse) = Pulse::start(&s.dir) else {
+        return;
+    };
+    let tone = s.dir.join("tone.wav");
+    write_tone(&tone, 48000, 1, 600.0, 1);
+    let cfg = s.dir.join("field.json");
+    std::fs::write(
+        &cfg,
+        field_config(
+            &s,
+            r#","audio_receive":1,"audio_play":"pulse","audio_record":"pulse""#,
+        ),
+    )
+    .unwrap();
+    let mut field = fieldlink()
+        .args(["field", "--config"])
+        .arg(&cfg)
+        .env("PULSE_SERVER", &pulse.server)
+        .env("HOME", &pulse.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let fo = lines(&mut field);
+    wait_line(&fo, "field ready", |v| v["event"] == "ready");
+    let back = s.dir.join("back.wav");
+    let mut r = remote(
+        &s,
+        &[
+            "connect",
+            "--gwid",
+            "p/f",
+            "--duration",
+            "8",
+            "--audio-in",
+            tone.to_str().unwrap(),
+            "--audio-out",
+            back.to_str().unwrap(),
+        ],
+    );
+    let ro = lines(&mut r);
+    wait_line(&ro, "session", |v| v["event"] == "session_open");
+    assert!(r.wait().unwrap().success());
+    interrupt(field);
+    let warnings: Vec<_> = fo.try_iter().filter(|v| v["event"] == "warning").collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_tone("through ALSA and back", &read_wav(&back), 600.0, 20.0);
+}
+
+/// A device name ALSA does not know is a clear warning naming it and listing the
+/// devices there are; the device runs on without that side of audio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_alsa_device_is_named_with_the_ones_there_are() {
+    let s = TestServer::start();
+    s.standard();
+    let mut fc = s.cfg("p/f", "fpw");
+    fc.audio.enable = true;
+    fc.audio.record = Some("hw:7,3,0".into());
+    let (field, mut fe) = fieldlink_sdk::FieldDevice::connect(fc).await.unwrap();
+    let w = expect_event(&mut fe, "audio warning", |e| {
+        matches!(
+            e,
+            fieldlink_sdk::Event::Warning {
+                code: ErrorCode::AudioDevice,
+                ..
+            }
+        )
+    })
+    .await;
+    let fieldlink_sdk::Event::Warning { message, .. } = w else {
+        unreachable!()
+    };
+    eprintln!("{message}");
+    assert!(
+        message.contains("\"hw:7,3,0\"") && message.contains("capture"),
+        "{message}"
+    );
+    assert!(
+        message.contains("null"),
+        "the listing names ALSA's null device: {message}"
+    );
+    use fieldlink_sdk::audio::AudioDirection;
+    let n = field.audio_device_count(AudioDirection::Capture);
+    assert!(n > 0);
+    let names: Vec<String> = (0..n)
+        .filter_map(|i| field.audio_device_name(AudioDirection::Capture, i))
+        .collect();
+    assert!(names.iter().any(|d| d == "null"), "{names:?}");
+    // Selecting by index: one past the end is refused; "null" opens.
+    let e = field
+        .set_audio_device(AudioDirection::Capture, n)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::AudioDevice);
+    let null = names.iter().position(|d| d == "null").unwrap();
+    field
+        .set_audio_device(AudioDirection::Capture, null)
+        .await
+        .unwrap();
+    // Everything else goes on: control data still flows.
+    let (r, _re) = s.remote("p/r1", "rpw").await;
+    r.open_session(&id("p/f")).await.unwrap();
+}

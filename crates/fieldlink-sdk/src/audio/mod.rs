@@ -10,6 +10,8 @@
 //! All three are pure (bytes and sample counts in and out, no clock of their own); the
 //! connection task drives them.
 
+#[cfg(feature = "alsa")]
+pub(crate) mod alsa_dev;
 pub(crate) mod capture;
 pub(crate) mod jitter;
 pub(crate) mod mix;
@@ -83,44 +85,89 @@ impl AudioConfig {
         }
     }
 
-    /// Whether the device sends audio (and has something to send it from). ALSA capture
-    /// is not built yet: only external PCM is sent.
+    /// Whether the device sends audio: external PCM, or (built with ALSA) a capture
+    /// device.
     pub fn sends(&self) -> bool {
-        self.enable && self.external
+        self.enable && (self.external || cfg!(feature = "alsa"))
     }
 
-    /// Whether the device receives audio (and has somewhere to put it). ALSA playback is
-    /// not built yet: only `"outside"` plays.
+    /// Whether the device receives audio: handed to the application, or (built with
+    /// ALSA) played on a device.
     pub fn receives(&self) -> bool {
-        self.receive && self.play == Some(Playback::Outside)
+        self.receive && (self.play == Some(Playback::Outside) || cfg!(feature = "alsa"))
     }
 
-    /// Why a side that is switched on cannot work, if it cannot (told once as a warning:
-    /// everything else goes on without audio).
+    /// The ALSA device to capture from, if any (`audio_record`, default "default").
+    pub fn capture_device(&self) -> Option<&str> {
+        (self.enable && !self.external).then(|| self.record.as_deref().unwrap_or("default"))
+    }
+
+    /// The ALSA device to play on, if any (`audio_play`, default "default").
+    pub fn playback_device(&self) -> Option<&str> {
+        if !self.receive {
+            return None;
+        }
+        match &self.play {
+            Some(Playback::Outside) => None,
+            Some(Playback::Device(d)) => Some(d),
+            None => Some("default"),
+        }
+    }
+
+    /// Why a side that is switched on cannot work in this build, if it cannot (told once
+    /// as a warning: everything else goes on without audio). Devices that do not open
+    /// are told when they fail to.
     pub fn problems(&self) -> Vec<String> {
+        if cfg!(feature = "alsa") {
+            return Vec::new();
+        }
         let mut p = Vec::new();
-        if self.enable && !self.sends() {
-            let why = match &self.record {
-                Some(d) => format!("capture from ALSA device {d:?} is not supported yet"),
-                None => "no capture device".to_string(),
-            };
+        if let Some(d) = self.capture_device() {
             p.push(format!(
-                "audio_enable is on but nothing is sent: {why}; set audio_external:1 and push PCM"
+                "audio_enable is on but nothing is sent: this build has no ALSA (capture \
+                 device {d:?}); set audio_external:1 and push PCM"
             ));
         }
-        if self.receive && !self.receives() {
-            let why = match &self.play {
-                Some(Playback::Device(d)) => {
-                    format!("playback on ALSA device {d:?} is not supported yet")
-                }
-                _ => "no playback device".to_string(),
-            };
+        if let Some(d) = self.playback_device() {
             p.push(format!(
-                "audio_receive is on but nothing is played: {why}; set audio_play to \"outside\" \
-                 to get the mixed audio in the application"
+                "audio_receive is on but nothing is played: this build has no ALSA (playback \
+                 device {d:?}); set audio_play to \"outside\" to get the mixed audio"
             ));
         }
         p
+    }
+}
+
+/// One captured 10 ms frame: rate, channels, interleaved samples.
+pub(crate) type Captured = (u32, u16, Vec<i16>);
+
+/// Capture or playback, for device lists and selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioDirection {
+    Capture,
+    Playback,
+}
+
+impl AudioDirection {
+    pub fn name(self) -> &'static str {
+        match self {
+            AudioDirection::Capture => "capture",
+            AudioDirection::Playback => "playback",
+        }
+    }
+}
+
+/// The audio devices there are for `dir` (ALSA PCM names, as `audio_record` /
+/// `audio_play` take them); empty in a build without ALSA.
+pub fn devices(dir: AudioDirection) -> Vec<String> {
+    #[cfg(feature = "alsa")]
+    {
+        alsa_dev::devices(dir)
+    }
+    #[cfg(not(feature = "alsa"))]
+    {
+        let _ = dir;
+        Vec::new()
     }
 }
 
@@ -199,12 +246,26 @@ mod tests {
     }
 
     #[test]
-    fn only_the_uplink_is_on_by_default() {
+    fn only_the_uplink_is_on_by_default_on_the_default_devices() {
         let f = AudioConfig::spec_default(fieldlink_proto::Role::Field);
         let r = AudioConfig::spec_default(fieldlink_proto::Role::Remote);
         assert!(f.enable && !f.receive && r.receive && !r.enable);
-        // Nothing to send from / play to: said, not silently ignored.
-        assert_eq!(f.problems().len(), 1);
-        assert_eq!(r.problems().len(), 1);
+        assert_eq!(
+            (f.capture_device(), f.playback_device()),
+            (Some("default"), None)
+        );
+        assert_eq!(
+            (r.capture_device(), r.playback_device()),
+            (None, Some("default"))
+        );
+        let outside = AudioConfig {
+            play: Some(Playback::Outside),
+            external: true,
+            ..r
+        };
+        assert_eq!(outside.playback_device(), None);
+        // Without ALSA, a device that cannot be used is said, not silently ignored.
+        let n = if cfg!(feature = "alsa") { 0 } else { 1 };
+        assert_eq!(f.problems().len(), n);
     }
 }

@@ -1,17 +1,29 @@
-//! The connection task's audio: external PCM encoded as it is pushed, each heard line's
-//! packets into its jitter buffer, and every 10 ms the lines pulled and mixed into one
-//! frame for the application ([`Event::MixedAudio`]).
+//! The connection task's audio: external PCM (or an ALSA capture device's) encoded as it
+//! comes, each heard line's packets into its jitter buffer, and every 10 ms the lines
+//! pulled and mixed into one frame, for the application ([`Event::MixedAudio`]) or an
+//! ALSA playback device.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::time::{Interval, MissedTickBehavior};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::audio::capture::{Capture, Packet};
 use crate::audio::jitter::JitterBuffer;
-use crate::audio::{mix::mix, AudioConfig, LineStats, MixedAudio, AUDIO_LINES};
-use crate::Result;
+use crate::audio::{
+    mix::mix, AudioConfig, AudioDirection, Captured, LineStats, MixedAudio, AUDIO_LINES,
+};
+use crate::peer::Peer;
+use crate::{Event, Result, SdkError};
+
+/// What woke the audio up.
+pub(super) enum Wake {
+    Captured(Option<Captured>),
+    Tick,
+}
 
 pub(super) struct AudioIo {
+    cfg: AudioConfig,
     capture: Option<Capture>,
     /// Per audio line, the buffer of the party it carries (made on its first packet).
     lines: Vec<Option<JitterBuffer>>,
@@ -19,28 +31,158 @@ pub(super) struct AudioIo {
     /// The 10 ms playout clock, when the device receives.
     tick: Option<Interval>,
     index: u64,
+    /// Frames from the capture device, and the device threads.
+    captured: Option<mpsc::Receiver<Captured>>,
+    #[cfg(feature = "alsa")]
+    mic: Option<crate::audio::alsa_dev::DeviceThread>,
+    #[cfg(feature = "alsa")]
+    speaker: Option<crate::audio::alsa_dev::DeviceThread>,
 }
 
 impl AudioIo {
-    pub fn new(cfg: &AudioConfig) -> Self {
+    /// Opens the configured devices; what cannot be opened is returned as warnings (the
+    /// device goes on without that side of audio).
+    pub fn new(cfg: &AudioConfig) -> (Self, Vec<SdkError>) {
         let tick = cfg.receives().then(|| {
             let mut t = tokio::time::interval(Duration::from_millis(10));
             // Late ticks catch up: the output keeps 100 frames a second.
             t.set_missed_tick_behavior(MissedTickBehavior::Burst);
             t
         });
-        AudioIo {
+        let mut io = AudioIo {
+            cfg: cfg.clone(),
             capture: cfg.sends().then(Capture::new),
             lines: (0..AUDIO_LINES).map(|_| None).collect(),
             channels: cfg.play_channels.clamp(1, 2),
             tick,
             index: 0,
+            captured: None,
+            #[cfg(feature = "alsa")]
+            mic: None,
+            #[cfg(feature = "alsa")]
+            speaker: None,
+        };
+        let mut problems = Vec::new();
+        for dir in [AudioDirection::Capture, AudioDirection::Playback] {
+            if let Err(e) = io.open(dir) {
+                problems.push(e);
+            }
+        }
+        (io, problems)
+    }
+
+    /// (Re)opens the configured device for `dir`, if the config uses one.
+    #[cfg(feature = "alsa")]
+    fn open(&mut self, dir: AudioDirection) -> Result<()> {
+        use crate::audio::alsa_dev::DeviceThread;
+        match dir {
+            AudioDirection::Capture => {
+                self.mic = None;
+                self.captured = None;
+                if let Some(name) = self.cfg.capture_device() {
+                    let (tx, rx) = mpsc::channel(16);
+                    self.mic = Some(DeviceThread::capture(name, tx)?);
+                    self.captured = Some(rx);
+                    tracing::info!(device = name, "audio capture");
+                }
+            }
+            AudioDirection::Playback => {
+                self.speaker = None;
+                if let Some(name) = self.cfg.playback_device() {
+                    self.speaker = Some(DeviceThread::playback(name, self.channels)?);
+                    tracing::info!(device = name, "audio playback");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(not(feature = "alsa"))]
+    fn open(&mut self, _dir: AudioDirection) -> Result<()> {
+        Ok(())
+    }
+
+    /// Switches to device `index` of [`crate::audio::devices`] for `dir`.
+    pub fn set_device(&mut self, dir: AudioDirection, index: usize) -> Result<()> {
+        let list = crate::audio::devices(dir);
+        let Some(name) = list.get(index).cloned() else {
+            return Err(SdkError::new(
+                fieldlink_proto::ErrorCode::AudioDevice,
+                format!(
+                    "no {} device {index}: there are {} ({})",
+                    dir.name(),
+                    list.len(),
+                    list.join(", ")
+                ),
+            ));
+        };
+        match dir {
+            AudioDirection::Capture => self.cfg.record = Some(name),
+            AudioDirection::Playback => {
+                self.cfg.play = Some(crate::audio::Playback::Device(name));
+            }
+        }
+        self.open(dir)
+    }
+
+    /// Encodes one frame (checked by the caller's handle, or from the capture device).
+    fn push(&mut self, rate: u32, channels: u16, pcm: &[i16]) -> Option<Result<Packet>> {
+        self.capture.as_mut().map(|c| c.push(rate, channels, pcm))
+    }
+
+    /// Waits for a frame from the capture device or the next 10 ms tick (forever when
+    /// the device neither captures nor receives).
+    pub async fn wake(&mut self) -> Wake {
+        let captured = async {
+            match &mut self.captured {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let tick = async {
+            match &mut self.tick {
+                Some(t) => t.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            f = captured => Wake::Captured(f),
+            _ = tick => Wake::Tick,
         }
     }
 
-    /// Encodes one pushed frame (already checked by the caller's handle).
-    pub fn push(&mut self, rate: u32, channels: u16, pcm: &[i16]) -> Option<Result<Packet>> {
-        self.capture.as_mut().map(|c| c.push(rate, channels, pcm))
+    /// Acts on a wake-up: sends a captured frame, or mixes this tick's frame; returns
+    /// the events for the application.
+    pub fn on_wake(&mut self, wake: Wake, peer: &mut Peer) -> Vec<Event> {
+        let mut events = Vec::new();
+        match wake {
+            Wake::Captured(Some((rate, channels, pcm))) => self.send(peer, rate, channels, &pcm),
+            // The capture thread ended (it said why in the log).
+            Wake::Captured(None) => self.captured = None,
+            Wake::Tick => {
+                if let Some(lines) = self.stats() {
+                    events.push(Event::AudioStats(lines));
+                }
+                if let Some(m) = self.mixed() {
+                    events.push(Event::MixedAudio(m));
+                }
+            }
+        }
+        events
+    }
+
+    /// Encodes one 10 ms frame and sends it (audio never waits: what cannot be sent now
+    /// is dropped).
+    pub fn send(&mut self, peer: &mut Peer, rate: u32, channels: u16, pcm: &[i16]) {
+        match self.push(rate, channels, pcm) {
+            Some(Ok(p)) => {
+                if let Err(e) = peer.write_audio(p.rtp_time, p.data) {
+                    tracing::debug!("audio packet dropped: {e}");
+                }
+            }
+            Some(Err(e)) => tracing::warn!("audio frame not sent: {e}"),
+            None => {}
+        }
     }
 
     pub fn on_packet(&mut self, line: usize, rtp_time: u64, data: Vec<u8>) {
@@ -60,23 +202,14 @@ impl AudioIo {
             }
         }
         if let Some(jb) = slot {
-            jb.push(rtp_time, data, Instant::now());
+            jb.push(rtp_time, data, Instant::now().into_std());
         }
     }
 
-    /// Waits for the next 10 ms tick (forever when the device does not receive).
-    pub async fn tick(&mut self) {
-        match &mut self.tick {
-            Some(t) => {
-                t.tick().await;
-            }
-            None => std::future::pending().await,
-        }
-    }
-
-    /// The mixed frame of this tick.
-    pub fn mixed(&mut self) -> MixedAudio {
-        let now = Instant::now();
+    /// The mixed frame of this tick: played on the device, or returned for the
+    /// application.
+    fn mixed(&mut self) -> Option<MixedAudio> {
+        let now = Instant::now().into_std();
         let frames: Vec<Vec<i16>> = self
             .lines
             .iter_mut()
@@ -89,12 +222,19 @@ impl AudioIo {
             index: self.index,
         };
         self.index += 1;
-        m
+        #[cfg(feature = "alsa")]
+        if let Some(speaker) = &self.speaker {
+            if !speaker.play(m.samples) {
+                tracing::debug!(device = %speaker.name, "playback behind: frame dropped");
+            }
+            return None;
+        }
+        (self.cfg.play == Some(crate::audio::Playback::Outside)).then_some(m)
     }
 
     /// Once a second (every 100th frame), the figures of every line that has carried a
     /// party.
-    pub fn stats(&self) -> Option<Vec<LineStats>> {
+    fn stats(&self) -> Option<Vec<LineStats>> {
         if !self.index.is_multiple_of(100) {
             return None;
         }

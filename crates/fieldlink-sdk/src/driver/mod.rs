@@ -12,16 +12,16 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use fieldlink_proto::control::LateFilter;
-use fieldlink_proto::{
-    ClientMsg, ControlFrame, DeviceId, ErrorCode, Role, ServerMsg, PROTOCOL_VERSION,
-};
+use fieldlink_proto::{ClientMsg, ControlFrame, DeviceId, ErrorCode, Role, ServerMsg};
 
 mod audio_io;
 mod diagnosis;
+mod establish;
 mod video_in;
 
-use crate::peer::{AudioLines, Peer, PeerEvent};
-use crate::{Cmd, DeviceConfig, Event, Result, SdkError, Shared, REQUEST_TIMEOUT};
+use crate::peer::{Peer, PeerEvent};
+use crate::{Cmd, DeviceConfig, Event, Result, SdkError, Shared};
+use establish::establish;
 
 /// Requests waiting for an answer; more are refused (a server that stopped answering must
 /// not make this grow without bound).
@@ -79,115 +79,6 @@ fn parse(msg: Message) -> Option<std::result::Result<ServerMsg, ()>> {
     }
 }
 
-/// Logs in, offers, and waits until both data channels are open.
-async fn establish(role: Role, cfg: &DeviceConfig) -> Result<Connection> {
-    let lost = |e: &dyn std::fmt::Display| {
-        SdkError::new(ErrorCode::Disconnected, format!("{}: {e}", cfg.server))
-    };
-    let (mut ws, _) = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        tokio_tungstenite::connect_async_with_config(&cfg.server, None, true),
-    )
-    .await
-    .map_err(|e| lost(&e))?
-    .map_err(|e| lost(&e))?;
-    let local_ip = ws
-        .get_ref()
-        .get_ref()
-        .local_addr()
-        .map_err(|e| lost(&e))?
-        .ip();
-    let login = ClientMsg::Login {
-        req: Some(0),
-        version: PROTOCOL_VERSION,
-        device_id: cfg.device_id.clone(),
-        password: cfg.password.clone(),
-        role,
-        auto_permission: cfg.auto_permission,
-        mode: cfg.mode.clone(),
-    };
-    ws.send(to_msg(&login)).await.map_err(|e| lost(&e))?;
-    let mut early = Vec::new();
-    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
-    // Login answer.
-    loop {
-        let m = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .map_err(|_| SdkError::from(ErrorCode::Timeout))?;
-        match m.and_then(|m| m.ok()).and_then(parse) {
-            Some(Ok(ServerMsg::LoginOk { .. })) => break,
-            Some(Ok(e @ ServerMsg::Error { req: Some(0), .. })) => return Err(server_error(e)),
-            Some(Ok(other)) => early.push(other),
-            Some(Err(())) => {}
-            None => {
-                return Err(SdkError::new(
-                    ErrorCode::Disconnected,
-                    "server closed the connection during login",
-                ))
-            }
-        }
-    }
-    let audio = AudioLines {
-        send: cfg.audio.sends(),
-        receive: cfg.audio.receives(),
-    };
-    let (mut peer, offer) =
-        Peer::new(local_ip, cfg.streams, role == Role::Field, cfg.h265, audio).await?;
-    ws.send(to_msg(&ClientMsg::Offer {
-        req: Some(1),
-        sdp: offer.sdp,
-        video_mids: offer.video_mids,
-        audio_mids: offer.audio_mids,
-        audio_send: audio.send,
-        audio_receive: audio.receive,
-    }))
-    .await
-    .map_err(|e| lost(&e))?;
-    let mut answered = false;
-    let mut buf = vec![0u8; 2048];
-    loop {
-        tokio::select! {
-            m = ws.next() => match m.and_then(|m| m.ok()).and_then(parse) {
-                Some(Ok(ServerMsg::Answer { sdp, .. })) => { peer.accept_answer(&sdp)?; answered = true; }
-                Some(Ok(e @ ServerMsg::Error { req: Some(1), .. })) => return Err(server_error(e)),
-                Some(Ok(other)) => early.push(other),
-                Some(Err(())) => {}
-                None => return Err(SdkError::new(ErrorCode::Disconnected, "server closed the connection")),
-            },
-            r = peer.socket.recv_from(&mut buf) => {
-                if let Ok((n, src)) = r { peer.handle_datagram(&buf[..n], src); }
-            }
-            _ = tokio::time::sleep_until(peer.next_timeout.into()) => peer.handle_timeout(),
-            _ = tokio::time::sleep_until(deadline) => {
-                return Err(SdkError::new(ErrorCode::MediaNotReady, "media connection not established in time"));
-            }
-        }
-        if answered {
-            for ev in peer.poll() {
-                match ev {
-                    PeerEvent::Ready => {
-                        if role == Role::Field && cfg.streams > 0 {
-                            let n = u64::from(cfg.streams);
-                            peer.set_bitrate_range(100_000 * n, 800_000 * n);
-                        }
-                        return Ok(Connection { ws, peer, early });
-                    }
-                    PeerEvent::Dead(why) => {
-                        return Err(SdkError::new(ErrorCode::MediaNotReady, why))
-                    }
-                    PeerEvent::Data(..)
-                    | PeerEvent::Audio { .. }
-                    | PeerEvent::Frame { .. }
-                    | PeerEvent::KeyframeRequest(_)
-                    | PeerEvent::Stats { .. }
-                    | PeerEvent::EgressStats { .. }
-                    | PeerEvent::Estimate(_) => {}
-                }
-            }
-        }
-    }
-}
-
 pub(crate) async fn start(
     role: Role,
     cfg: DeviceConfig,
@@ -208,7 +99,14 @@ pub(crate) async fn start(
             message: why,
         });
     }
-    let audio = audio_io::AudioIo::new(&cfg.audio);
+    let (audio, device_problems) = audio_io::AudioIo::new(&cfg.audio);
+    for e in device_problems {
+        tracing::warn!("audio off: {e}");
+        ev.emit(Event::Warning {
+            code: e.code,
+            message: format!("audio off: {}", e.message),
+        });
+    }
     let driver = Driver {
         role,
         cfg,
@@ -338,6 +236,9 @@ impl Driver {
                         }
                         // Said while nobody can hear it: gone, like a live microphone's.
                         Some(Cmd::Audio { .. }) => {}
+                        Some(Cmd::SetAudioDevice { dir, index, reply }) => {
+                            let _ = reply.send(self.audio.set_device(dir, index));
+                        }
                         Some(Cmd::SourceState { stream, ok, reason, keyframe_on_request }) => {
                             self.source_state(stream, ok, reason, keyframe_on_request);
                         }
@@ -518,22 +419,15 @@ impl Driver {
                         }
                     }
                     Some(Cmd::SourceStarted { stream, fps, kbps }) => self.source_started(stream, fps, kbps),
-                    Some(Cmd::Audio { rate, channels, pcm }) => match self.audio.push(rate, channels, &pcm) {
-                        Some(Ok(p)) => {
-                            if let Err(e) = conn.peer.write_audio(p.rtp_time, p.data) {
-                                tracing::debug!("audio packet dropped: {e}");
-                            }
-                        }
-                        Some(Err(e)) => tracing::warn!("audio frame not sent: {e}"),
-                        None => {}
-                    },
-                },
-                _ = self.audio.tick() => {
-                    if let Some(lines) = self.audio.stats() {
-                        self.ev.emit(Event::AudioStats(lines));
+                    Some(Cmd::Audio { rate, channels, pcm }) => self.audio.send(&mut conn.peer, rate, channels, &pcm),
+                    Some(Cmd::SetAudioDevice { dir, index, reply }) => {
+                        let _ = reply.send(self.audio.set_device(dir, index));
                     }
-                    let m = self.audio.mixed();
-                    self.ev.emit(Event::MixedAudio(m));
+                },
+                wake = self.audio.wake() => {
+                    for ev in self.audio.on_wake(wake, &mut conn.peer) {
+                        self.ev.emit(ev);
+                    }
                 }
             }
             for ev in conn.peer.poll() {

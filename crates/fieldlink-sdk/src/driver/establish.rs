@@ -1,0 +1,119 @@
+//! Connecting: log in over the WebSocket, offer the peer connection, and wait until both
+//! data channels are open.
+
+use futures_util::{SinkExt, StreamExt};
+
+use fieldlink_proto::{ClientMsg, ErrorCode, Role, ServerMsg, PROTOCOL_VERSION};
+
+use super::{parse, server_error, to_msg, Connection};
+use crate::peer::{AudioLines, Peer, PeerEvent};
+use crate::{DeviceConfig, Result, SdkError, REQUEST_TIMEOUT};
+
+/// Logs in, offers, and waits until both data channels are open.
+pub(super) async fn establish(role: Role, cfg: &DeviceConfig) -> Result<Connection> {
+    let lost = |e: &dyn std::fmt::Display| {
+        SdkError::new(ErrorCode::Disconnected, format!("{}: {e}", cfg.server))
+    };
+    let (mut ws, _) = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        tokio_tungstenite::connect_async_with_config(&cfg.server, None, true),
+    )
+    .await
+    .map_err(|e| lost(&e))?
+    .map_err(|e| lost(&e))?;
+    let local_ip = ws
+        .get_ref()
+        .get_ref()
+        .local_addr()
+        .map_err(|e| lost(&e))?
+        .ip();
+    let login = ClientMsg::Login {
+        req: Some(0),
+        version: PROTOCOL_VERSION,
+        device_id: cfg.device_id.clone(),
+        password: cfg.password.clone(),
+        role,
+        auto_permission: cfg.auto_permission,
+        mode: cfg.mode.clone(),
+    };
+    ws.send(to_msg(&login)).await.map_err(|e| lost(&e))?;
+    let mut early = Vec::new();
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    // Login answer.
+    loop {
+        let m = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .map_err(|_| SdkError::from(ErrorCode::Timeout))?;
+        match m.and_then(|m| m.ok()).and_then(parse) {
+            Some(Ok(ServerMsg::LoginOk { .. })) => break,
+            Some(Ok(e @ ServerMsg::Error { req: Some(0), .. })) => return Err(server_error(e)),
+            Some(Ok(other)) => early.push(other),
+            Some(Err(())) => {}
+            None => {
+                return Err(SdkError::new(
+                    ErrorCode::Disconnected,
+                    "server closed the connection during login",
+                ))
+            }
+        }
+    }
+    let audio = AudioLines {
+        send: cfg.audio.sends(),
+        receive: cfg.audio.receives(),
+    };
+    let (mut peer, offer) =
+        Peer::new(local_ip, cfg.streams, role == Role::Field, cfg.h265, audio).await?;
+    ws.send(to_msg(&ClientMsg::Offer {
+        req: Some(1),
+        sdp: offer.sdp,
+        video_mids: offer.video_mids,
+        audio_mids: offer.audio_mids,
+        audio_send: audio.send,
+        audio_receive: audio.receive,
+    }))
+    .await
+    .map_err(|e| lost(&e))?;
+    let mut answered = false;
+    let mut buf = vec![0u8; 2048];
+    loop {
+        tokio::select! {
+            m = ws.next() => match m.and_then(|m| m.ok()).and_then(parse) {
+                Some(Ok(ServerMsg::Answer { sdp, .. })) => { peer.accept_answer(&sdp)?; answered = true; }
+                Some(Ok(e @ ServerMsg::Error { req: Some(1), .. })) => return Err(server_error(e)),
+                Some(Ok(other)) => early.push(other),
+                Some(Err(())) => {}
+                None => return Err(SdkError::new(ErrorCode::Disconnected, "server closed the connection")),
+            },
+            r = peer.socket.recv_from(&mut buf) => {
+                if let Ok((n, src)) = r { peer.handle_datagram(&buf[..n], src); }
+            }
+            _ = tokio::time::sleep_until(peer.next_timeout.into()) => peer.handle_timeout(),
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(SdkError::new(ErrorCode::MediaNotReady, "media connection not established in time"));
+            }
+        }
+        if answered {
+            for ev in peer.poll() {
+                match ev {
+                    PeerEvent::Ready => {
+                        if role == Role::Field && cfg.streams > 0 {
+                            let n = u64::from(cfg.streams);
+                            peer.set_bitrate_range(100_000 * n, 800_000 * n);
+                        }
+                        return Ok(Connection { ws, peer, early });
+                    }
+                    PeerEvent::Dead(why) => {
+                        return Err(SdkError::new(ErrorCode::MediaNotReady, why))
+                    }
+                    PeerEvent::Data(..)
+                    | PeerEvent::Audio { .. }
+                    | PeerEvent::Frame { .. }
+                    | PeerEvent::KeyframeRequest(_)
+                    | PeerEvent::Stats { .. }
+                    | PeerEvent::EgressStats { .. }
+                    | PeerEvent::Estimate(_) => {}
+                }
+            }
+        }
+    }
+}
