@@ -4,6 +4,7 @@
 
 pub mod annexb;
 pub mod fmp4;
+pub mod g711;
 pub mod ps;
 pub mod sei;
 

@@ -159,13 +159,34 @@ fn pes(stream_id: u8, pts: Option<u64>, payload: &[u8]) -> Vec<u8> {
 
 /// Muxes one video access unit (Annex-B) with its 90 kHz PTS.
 pub fn mux_video(au: &[u8], pts: u64, keyframe: bool, video_type: u8) -> Vec<u8> {
+    mux_video_with_audio(au, pts, keyframe, video_type, None)
+}
+
+/// [`mux_video`] for a stream that also carries audio of `audio_type` (e.g.
+/// [`stream_type::G711A`]): keyframes announce both in the system header and the map.
+pub fn mux_video_with_audio(
+    au: &[u8],
+    pts: u64,
+    keyframe: bool,
+    video_type: u8,
+    audio_type: Option<u8>,
+) -> Vec<u8> {
     let mut out = pack_header(pts);
     if keyframe {
-        out.extend(system_header(false));
-        out.extend(program_stream_map(video_type, None));
+        out.extend(system_header(audio_type.is_some()));
+        out.extend(program_stream_map(video_type, audio_type));
     }
     for (i, chunk) in au.chunks(MAX_PES_PAYLOAD).enumerate() {
         out.extend(pes(VIDEO_ID, (i == 0).then_some(pts), chunk));
+    }
+    out
+}
+
+/// Muxes one audio frame (e.g. 40 ms of G.711) in a pack of its own, with its 90 kHz PTS.
+pub fn mux_audio(frame: &[u8], pts: u64) -> Vec<u8> {
+    let mut out = pack_header(pts);
+    for (i, chunk) in frame.chunks(MAX_PES_PAYLOAD).enumerate() {
+        out.extend(pes(AUDIO_ID, (i == 0).then_some(pts), chunk));
     }
     out
 }

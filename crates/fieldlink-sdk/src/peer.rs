@@ -37,9 +37,10 @@ pub(crate) enum PeerEvent {
         /// False when packets before this frame were lost for good.
         contiguous: bool,
     },
-    /// Audio on line `line` (one heard party), Opus, 48 kHz RTP time.
+    /// Audio on line `line` (one heard party), 48 kHz RTP time.
     Audio {
         line: usize,
+        codec: crate::audio::AudioCodec,
         rtp_time: u64,
         data: Vec<u8>,
     },
@@ -133,6 +134,9 @@ impl Peer {
             .enable_h264(true)
             .enable_h265(send || h265)
             .enable_opus(audio.count() > 0, false)
+            // GB28181 cameras' audio reaches receivers as G.711.
+            .enable_pcma(audio.receive, false)
+            .enable_pcmu(audio.receive, false)
             // The jitter buffer reorders; str0m would hold packets back after a loss.
             .set_reordering_size_audio(0)
             .set_extension(EXT_ABS_CAPTURE_TIME, Extension::AbsoluteCaptureTime)
@@ -390,9 +394,17 @@ impl Peer {
                         }
                     }
                     Event::MediaData(d) if audio_mids.contains(&d.mid) => {
-                        if let Some(line) = audio_mids.iter().position(|m| *m == d.mid) {
+                        let codec = match d.params.spec().codec {
+                            Codec::Opus => Some(crate::audio::AudioCodec::Opus),
+                            Codec::PCMA => Some(crate::audio::AudioCodec::Pcma),
+                            Codec::PCMU => Some(crate::audio::AudioCodec::Pcmu),
+                            _ => None,
+                        };
+                        let line = audio_mids.iter().position(|m| *m == d.mid);
+                        if let (Some(line), Some(codec)) = (line, codec) {
                             events.push(PeerEvent::Audio {
                                 line,
+                                codec,
                                 rtp_time: d.time.rebase(Frequency::FORTY_EIGHT_KHZ).numer(),
                                 data: d.data.to_vec(),
                             });

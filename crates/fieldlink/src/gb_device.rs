@@ -48,6 +48,12 @@ pub struct Args {
     /// cannot play: 36 = H.265; the payload stays H.264).
     #[arg(long, default_value_t = 0x1B, hide = true)]
     stream_type: u8,
+    /// Also send audio: a G.711 tone of this many Hz on every channel (0 = no audio).
+    #[arg(long, default_value_t = 0.0)]
+    audio_tone: f64,
+    /// The G.711 law of --audio-tone: a (PCMA, PS stream type 0x90) or u (PCMU, 0x91).
+    #[arg(long, default_value = "a", value_parser = ["a", "u"])]
+    audio_law: String,
 }
 
 impl Args {
@@ -68,6 +74,8 @@ impl Args {
             expires: 3600,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             stream_type: 0x1B,
+            audio_tone: 0.0,
+            audio_law: "a".into(),
         }
     }
 }
@@ -397,7 +405,11 @@ impl Device {
         }));
         let ssrc_num = fieldlink_gb28181::ssrc::ssrc_value(&ssrc).unwrap_or(1);
         let stream_type = self.a.stream_type;
-        std::thread::spawn(move || stream(index, out, ssrc_num, stream_type, stop));
+        let audio = (self.a.audio_tone > 0.0).then(|| Audio {
+            tone: fieldlink_sdk::audio::tone::Tone::new(self.a.audio_tone, 8000, 10000.0),
+            alaw: self.a.audio_law == "a",
+        });
+        std::thread::spawn(move || stream(index, out, ssrc_num, stream_type, audio, stop));
         Ok(())
     }
 }
@@ -411,9 +423,47 @@ enum MediaOut {
     Accept(std::net::TcpListener),
 }
 
-/// Sends channel `index`'s test pattern as PS over RTP until `stop` (or the TCP peer
-/// goes away).
-fn stream(index: u32, out: MediaOut, ssrc: u32, stream_type: u8, stop: Arc<AtomicBool>) {
+/// A channel's microphone: a tone, G.711 at 8 kHz, 40 ms with each video frame.
+struct Audio {
+    tone: fieldlink_sdk::audio::tone::Tone,
+    alaw: bool,
+}
+
+impl Audio {
+    fn stream_type(&self) -> u8 {
+        use fieldlink_media::ps::stream_type::{G711A, G711U};
+        if self.alaw {
+            G711A
+        } else {
+            G711U
+        }
+    }
+
+    /// The next 40 ms, encoded.
+    fn next(&mut self) -> Vec<u8> {
+        use fieldlink_media::g711;
+        let enc = if self.alaw {
+            g711::alaw_encode
+        } else {
+            g711::ulaw_encode
+        };
+        (0..4)
+            .flat_map(|_| self.tone.next_frame())
+            .map(enc)
+            .collect()
+    }
+}
+
+/// Sends channel `index`'s test pattern (and audio, if any) as PS over RTP until `stop`
+/// (or the TCP peer goes away).
+fn stream(
+    index: u32,
+    out: MediaOut,
+    ssrc: u32,
+    stream_type: u8,
+    mut audio: Option<Audio>,
+    stop: Arc<AtomicBool>,
+) {
     use std::io::Write;
     let mut tcp = match &out {
         MediaOut::Udp(..) => None,
@@ -454,7 +504,16 @@ fn stream(index: u32, out: MediaOut, ssrc: u32, stream_type: u8, stop: Arc<Atomi
             continue;
         };
         let pts = n * 3600; // 90 kHz at 25 fps
-        let ps = fieldlink_media::ps::mux_video(&frame.data, pts, frame.keyframe, stream_type);
+        let mut ps = fieldlink_media::ps::mux_video_with_audio(
+            &frame.data,
+            pts,
+            frame.keyframe,
+            stream_type,
+            audio.as_ref().map(Audio::stream_type),
+        );
+        if let Some(a) = audio.as_mut() {
+            ps.extend(fieldlink_media::ps::mux_audio(&a.next(), pts));
+        }
         for p in fieldlink_gb28181::rtp::packetize(&ps, 96, ssrc, &mut seq, pts as u32, 1400) {
             match (&out, tcp.as_mut()) {
                 (MediaOut::Udp(socket, to), _) => {

@@ -397,3 +397,31 @@ fn an_always_on_device_is_pulled_without_viewers() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A camera channel's G.711 audio (A-law and µ-law, a 1 kHz tone in its PS) reaches the
+/// remote watching that channel: forwarded as PCMA/PCMU, decoded in the SDK into the
+/// mixed audio that `remote watch --audio-out` writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_channels_g711_audio_reaches_its_viewer() {
+    for law in ["a", "u"] {
+        let (s, sip) = gb_server("linger_secs = 1\n", &[]);
+        let _dev = gb_device(&sip, &["--audio-tone", "1000", "--audio-law", law]);
+        let (r2, _e2) = s.remote("p/r2", "rpw").await;
+        let gwid = id("p/34020000001320000001");
+        wait_listed(&r2, &gwid).await;
+        let out = s.dir.join("camera.wav");
+        let watch = fieldlink()
+            .args(["remote", "--server", &s.ws, "--device-id", "p/r1"])
+            .args(["--password", "rpw", "--json", "--max-streams", "1", "watch"])
+            .args(["--gwid", "p/34020000001320000001", "--streams", "0"])
+            .args(["--conn-fds", "0", "--duration", "7", "--audio-out"])
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(watch.success(), "{law}-law: remote watch failed");
+        let samples = common::audio::read_wav(&out);
+        // G.711 is 8-bit log PCM: about 38 dB for a tone at this level.
+        common::audio::assert_tone(&format!("G.711{law} camera"), &samples, 1000.0, 30.0);
+    }
+}

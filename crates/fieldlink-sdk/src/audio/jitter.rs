@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use super::decode::{AudioCodec, LineDecoder};
 use super::{FRAME, RATE};
 
 /// The smallest and largest playout delay aimed at.
@@ -53,7 +54,7 @@ pub struct JitterStats {
 
 pub struct JitterBuffer {
     channels: u16,
-    decoder: opus::Decoder,
+    decoder: LineDecoder,
     packets: BTreeMap<u64, Vec<u8>>,
     /// The RTP time decoded next, while playing.
     next: Option<u64>,
@@ -76,16 +77,12 @@ pub struct JitterBuffer {
 }
 
 impl JitterBuffer {
-    /// A buffer decoding to `channels` (1 or 2) at 48 kHz.
-    pub fn new(channels: u16) -> Result<Self, opus::Error> {
-        let ch = if channels == 2 {
-            opus::Channels::Stereo
-        } else {
-            opus::Channels::Mono
-        };
+    /// A buffer decoding `codec` to `channels` (1 or 2) at 48 kHz.
+    pub fn new(codec: AudioCodec, channels: u16) -> Result<Self, String> {
+        let channels = if channels == 2 { 2 } else { 1 };
         Ok(JitterBuffer {
-            channels: if channels == 2 { 2 } else { 1 },
-            decoder: opus::Decoder::new(RATE, ch)?,
+            channels,
+            decoder: LineDecoder::new(codec, channels)?,
             packets: BTreeMap::new(),
             next: None,
             start_at: None,
@@ -100,6 +97,10 @@ impl JitterBuffer {
         })
     }
 
+    pub fn codec(&self) -> AudioCodec {
+        self.decoder.codec()
+    }
+
     /// The playout delay aimed at now.
     pub fn target(&self) -> Duration {
         self.target
@@ -111,7 +112,7 @@ impl JitterBuffer {
         let rel = now.saturating_duration_since(t0).as_secs_f64() * 1000.0
             - (rtp_time as f64 - r0 as f64) / f64::from(RATE / 1000);
         self.arrivals.push_back((now, rel));
-        if let Ok(n) = opus::packet::get_nb_samples(&data, RATE) {
+        if let Some(n) = self.decoder.duration(&data) {
             self.packet = Duration::from_micros(n as u64 * 1_000_000 / u64::from(RATE));
         }
         while self
@@ -219,7 +220,7 @@ impl JitterBuffer {
             self.excess_pulls = 0;
             if let (Some(next), true) = (self.next, self.pcm.is_empty()) {
                 if let Some(data) = self.packets.remove(&next) {
-                    let n = opus::packet::get_nb_samples(&data, RATE).unwrap_or(FRAME);
+                    let n = self.decoder.duration(&data).unwrap_or(FRAME);
                     self.next = Some(next + n as u64);
                     self.stats.dropped += 1;
                     return;
@@ -245,20 +246,18 @@ impl JitterBuffer {
             self.packets.pop_first();
             self.stats.late += 1;
         }
-        let ch = usize::from(self.channels);
-        let mut buf = vec![0i16; 6 * FRAME * ch]; // 60 ms, the longest Opus packet
         if let Some(data) = self.packets.remove(&next) {
             self.concealed_run = 0;
-            match self.decoder.decode(&data, &mut buf, false) {
-                Ok(n) if n > 0 => {
-                    self.pcm.extend(&buf[..n * ch]);
-                    self.next = Some(next + n as u64);
+            let dur = self.decoder.duration(&data);
+            let mut out = Vec::new();
+            match (self.decoder.decode(&data, self.channels, &mut out), dur) {
+                (Some(n), Some(d)) if n > 0 => {
+                    self.pcm.extend(out);
+                    self.next = Some(next + d as u64);
                     return true;
                 }
-                _ => {
-                    self.stats.broken += 1;
-                    // Conceal its 10 ms below.
-                }
+                // Conceal its 10 ms below.
+                _ => self.stats.broken += 1,
             }
         }
         let following = self.packets.first_key_value().map(|(&t, _)| t);
@@ -273,23 +272,18 @@ impl JitterBuffer {
         if self.concealed_run > MAX_CONCEALED.as_millis() as u64 * u64::from(RATE / 1000) {
             return false;
         }
-        let out = &mut buf[..FRAME * ch];
         // The packet right after the missing 10 ms carries it as FEC.
-        let fec = following
+        let next_packet = following
             .filter(|&t| t == next + FRAME as u64)
             .and_then(|t| self.packets.get(&t))
-            .and_then(|d| self.decoder.decode(d, out, true).ok())
-            .filter(|&n| n == FRAME);
-        if fec.is_some() {
+            .map(Vec::as_slice);
+        let mut out = Vec::new();
+        if self.decoder.conceal(next_packet, self.channels, &mut out) {
             self.stats.fec += 1;
         } else {
-            let n = self.decoder.decode(&[], out, false).unwrap_or(0);
-            if n != FRAME {
-                out.fill(0);
-            }
             self.stats.concealed += 1;
         }
-        self.pcm.extend(&out[..]);
+        self.pcm.extend(out);
         self.next = Some(next + FRAME as u64);
         true
     }
@@ -332,7 +326,7 @@ mod tests {
     #[test]
     fn steady_packets_play_after_the_minimum_delay() {
         let pk = packets(50);
-        let mut jb = JitterBuffer::new(1).unwrap();
+        let mut jb = JitterBuffer::new(AudioCodec::Opus, 1).unwrap();
         let out = run(&mut jb, &pk, &[]);
         // Starts 20 ms (2 pulls) after the first packet, then plays every pull.
         assert_eq!(out.len(), (50 - 2) * FRAME);
@@ -343,7 +337,7 @@ mod tests {
     #[test]
     fn a_lost_packet_comes_back_from_fec_and_two_are_concealed() {
         let pk = packets(60);
-        let mut jb = JitterBuffer::new(1).unwrap();
+        let mut jb = JitterBuffer::new(AudioCodec::Opus, 1).unwrap();
         let out = run(&mut jb, &pk, &[20, 40, 41]);
         assert_eq!(out.len(), (60 - 2) * FRAME, "no gap in playout");
         assert!(jb.stats.fec >= 1, "{:?}", jb.stats);
@@ -353,7 +347,7 @@ mod tests {
     #[test]
     fn jittery_arrivals_raise_the_target_and_late_ones_are_counted() {
         let pk = packets(200);
-        let mut jb = JitterBuffer::new(1).unwrap();
+        let mut jb = JitterBuffer::new(AudioCodec::Opus, 1).unwrap();
         let t0 = Instant::now();
         for (k, (t, d)) in pk.iter().enumerate() {
             // Every 5th packet 60 ms late.
@@ -375,7 +369,7 @@ mod tests {
     #[test]
     fn a_pause_longer_than_the_concealment_starts_over() {
         let pk = packets(30);
-        let mut jb = JitterBuffer::new(1).unwrap();
+        let mut jb = JitterBuffer::new(AudioCodec::Opus, 1).unwrap();
         let t0 = Instant::now();
         let mut played = 0;
         for k in 0..100u64 {

@@ -3,8 +3,8 @@
 //! stream handed to the application.
 //!
 //! - `capture`: external PCM in (checked, resampled to 48 kHz, Opus-encoded per 10 ms);
-//! - `jitter`: per heard party, an adaptive jitter buffer with Opus loss concealment and
-//!   in-band FEC, pulled every 10 ms;
+//! - `jitter`: per heard party, an adaptive jitter buffer, pulled every 10 ms, over
+//! - `decode`: Opus (loss concealment, in-band FEC) or G.711 from GB28181 cameras;
 //! - `mix`: the parties' 10 ms frames summed into one.
 //!
 //! All three are pure (bytes and sample counts in and out, no clock of their own); the
@@ -13,6 +13,7 @@
 #[cfg(feature = "alsa")]
 pub(crate) mod alsa_dev;
 pub(crate) mod capture;
+pub(crate) mod decode;
 pub(crate) mod jitter;
 pub(crate) mod mix;
 pub mod tone;
@@ -182,6 +183,7 @@ pub struct MixedAudio {
     pub index: u64,
 }
 
+pub use decode::AudioCodec;
 pub use jitter::JitterStats;
 
 /// One audio line's playout figures ([`crate::Event::AudioStats`]).

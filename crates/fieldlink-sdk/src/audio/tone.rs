@@ -171,7 +171,9 @@ mod tests {
     #[test]
     fn opus_keeps_a_tone_above_30_db() {
         let mut cap = super::super::capture::Capture::new();
-        let mut jb = super::super::jitter::JitterBuffer::new(1).unwrap();
+        let mut jb =
+            super::super::jitter::JitterBuffer::new(super::super::decode::AudioCodec::Opus, 1)
+                .unwrap();
         let mut t = Tone::new(1000.0, 48000, 10000.0);
         let t0 = std::time::Instant::now();
         let mut out = Vec::new();

@@ -11,7 +11,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use crate::audio::capture::{Capture, Packet};
 use crate::audio::jitter::JitterBuffer;
 use crate::audio::{
-    mix::mix, AudioConfig, AudioDirection, Captured, LineStats, MixedAudio, AUDIO_LINES,
+    mix::mix, AudioCodec, AudioConfig, AudioDirection, Captured, LineStats, MixedAudio, AUDIO_LINES,
 };
 use crate::peer::Peer;
 use crate::{Event, Result, SdkError};
@@ -185,15 +185,19 @@ impl AudioIo {
         }
     }
 
-    pub fn on_packet(&mut self, line: usize, rtp_time: u64, data: Vec<u8>) {
+    pub fn on_packet(&mut self, line: usize, codec: AudioCodec, rtp_time: u64, data: Vec<u8>) {
         if self.tick.is_none() {
             return;
         }
         let Some(slot) = self.lines.get_mut(line) else {
             return;
         };
+        // Another party on this line (a camera after a field device): a new decoder.
+        if slot.as_ref().is_some_and(|jb| jb.codec() != codec) {
+            *slot = None;
+        }
         if slot.is_none() {
-            match JitterBuffer::new(self.channels) {
+            match JitterBuffer::new(codec, self.channels) {
                 Ok(jb) => *slot = Some(jb),
                 Err(e) => {
                     tracing::warn!("audio decoder: {e}");

@@ -491,9 +491,10 @@ impl Driver {
                     }
                     PeerEvent::Audio {
                         line,
+                        codec,
                         rtp_time,
                         data,
-                    } => self.audio.on_packet(line, rtp_time, data),
+                    } => self.audio.on_packet(line, codec, rtp_time, data),
                     PeerEvent::Dead(why) => return Stop::Lost(why),
                     PeerEvent::Ready => {}
                 }

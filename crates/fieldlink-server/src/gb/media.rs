@@ -1,5 +1,5 @@
 //! One channel's media: RTP in (UDP, or RFC 4571 framing over TCP), reordering, PS demux,
-//! and H.264 access units to the hub as an external source's frames. A codec the SFU
+//! and H.264 access units (and G.711 audio frames) to the hub as an external source's. A codec the SFU
 //! cannot forward fails the channel's receivers once, with the reason; silence for
 //! [`MEDIA_TIMEOUT`] tells the SIP task to hang up. Knows nothing of SIP.
 
@@ -51,6 +51,8 @@ struct Pipeline {
     frames: u64,
     /// The stream's codec was refused (reported once).
     refused: bool,
+    /// Its audio's codec is not forwarded (logged once).
+    audio_refused: bool,
 }
 
 impl Pipeline {
@@ -77,7 +79,13 @@ impl Pipeline {
                     continue;
                 }
             };
-            for f in frames.into_iter().filter(|f| f.video) {
+            for f in frames {
+                if !f.video {
+                    if !self.audio(f, ts).await {
+                        return false;
+                    }
+                    continue;
+                }
                 self.frames += 1;
                 if self.frames == 1 {
                     self.metrics
@@ -122,6 +130,34 @@ impl Pipeline {
         }
         true
     }
+
+    /// A camera's audio frame: G.711 goes to the hub as it is (its receivers negotiate
+    /// PCMA/PCMU); other codecs (AAC) are not forwarded, said once in the log.
+    async fn audio(&mut self, f: fieldlink_media::ps::EsFrame, ts: u64) -> bool {
+        use fieldlink_media::ps::stream_type::{G711A, G711U};
+        let alaw = match f.stream_type {
+            G711A => true,
+            G711U => false,
+            t => {
+                if !self.audio_refused {
+                    self.audio_refused = true;
+                    tracing::info!(
+                        stream = self.stream,
+                        "GB28181: audio of stream type 0x{t:02X} is not forwarded (G.711 only)"
+                    );
+                }
+                return true;
+            }
+        };
+        let cmd = Cmd::ExternalAudio {
+            conn: self.conn,
+            stream: self.stream,
+            alaw,
+            data: f.data,
+            rtp_time: f.pts.unwrap_or(ts),
+        };
+        self.hub.send(cmd).await.is_ok()
+    }
 }
 
 /// Receives one channel's RTP/PS (UDP, or RFC 4571 over TCP), demuxes H.264 access units
@@ -139,6 +175,7 @@ pub(super) async fn receive(media: MediaIn, to: Target, tx: mpsc::Sender<Event>,
         packets: 0,
         frames: 0,
         refused: false,
+        audio_refused: false,
     };
     let gone = |tx: mpsc::Sender<Event>, id: GbId| async move {
         let _ = tx.send(Event::MediaGone(id, stream)).await;

@@ -3,6 +3,9 @@
 //! session with that take audio. No remote hears another remote. Packets are forwarded
 //! as they come (no decoding here).
 //!
+//! A GB28181 camera's channel audio (G.711, from its PS) goes as PCMA/PCMU to the remotes
+//! whose receivers play that channel and that negotiated it.
+//!
 //! A receiving device offers a few audio lines; each carries one party at a time (its
 //! own RTP stream, so the device keeps one decoder per party and mixes). A party keeps its
 //! line while it talks; a line silent for [`LINE_IDLE`] may carry someone else. When
@@ -10,7 +13,8 @@
 
 use std::time::{Duration, Instant};
 
-use str0m::media::{MediaData, Mid};
+use str0m::format::Codec;
+use str0m::media::{Frequency, MediaData, MediaTime, Mid};
 
 use fieldlink_proto::{DeviceId, ErrorCode, Role};
 
@@ -30,8 +34,11 @@ pub(super) struct AudioLines {
     /// The device takes audio on its lines.
     pub(super) receive: bool,
     /// Per line: the party it carries and when it last did.
-    heard: Vec<Option<(DeviceId, Instant)>>,
+    heard: Vec<Option<(Party, Instant)>>,
 }
+
+/// Who is heard on a line: a device, or one channel of an external source (a camera).
+type Party = (DeviceId, Option<u32>);
 
 impl AudioLines {
     pub(super) fn from_offer(o: AudioOffer) -> Result<Option<AudioLines>, (ErrorCode, String)> {
@@ -53,7 +60,7 @@ impl AudioLines {
     }
 
     /// The line for `from`: the one it already has, else one that is free or idle.
-    fn line_for(&mut self, from: &DeviceId, now: Instant) -> Option<usize> {
+    fn line_for(&mut self, from: &Party, now: Instant) -> Option<usize> {
         let i = self
             .heard
             .iter()
@@ -104,7 +111,7 @@ impl Hub {
     pub(super) fn on_audio(&mut self, from: ConnId, d: Box<MediaData>) -> Vec<ConnId> {
         let Some(me) = self.clients.get(&from).and_then(|c| {
             let a = c.peer.as_ref()?.audio.as_ref()?;
-            (a.send && a.mids.first() == Some(&d.mid)).then(|| c.info.device.clone())
+            (a.send && a.mids.first() == Some(&d.mid)).then(|| (c.info.device.clone(), None))
         }) else {
             return Vec::new();
         };
@@ -138,6 +145,76 @@ impl Hub {
         }
         written
     }
+
+    /// A G.711 frame of an external source's channel (`rtp_time` 90 kHz): to every
+    /// remote whose receiver plays that channel and whose audio lines take the codec.
+    pub(super) fn on_external_audio(
+        &mut self,
+        conn: ConnId,
+        stream: u32,
+        alaw: bool,
+        data: Vec<u8>,
+        rtp_time: u64,
+    ) -> Vec<ConnId> {
+        let Some(field) = self
+            .clients
+            .get(&conn)
+            .filter(|c| c.external.as_ref().is_some_and(|(n, _)| stream < *n))
+            .map(|c| c.info.device.clone())
+        else {
+            return Vec::new();
+        };
+        let members: Vec<ConnId> = self
+            .fields
+            .get(&field)
+            .map(|fc| {
+                fc.members()
+                    .iter()
+                    .filter_map(|m| self.by_device.get(m).copied())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let want = Some((field.clone(), stream));
+        let party = (field, Some(stream));
+        let codec = if alaw { Codec::PCMA } else { Codec::PCMU };
+        let time = MediaTime::new(rtp_time * 8000 / 90_000, Frequency::EIGHT_KHZ);
+        let now = Instant::now();
+        let data: std::sync::Arc<[u8]> = data.into();
+        let mut written = Vec::new();
+        for conn in members {
+            let Some(c) = self.clients.get_mut(&conn) else {
+                continue;
+            };
+            if !c.receivers.iter().any(|r| r.want == want) {
+                continue;
+            }
+            let Some(peer) = c.peer.as_mut() else {
+                continue;
+            };
+            let Some(lines) = peer.audio.as_mut().filter(|a| a.receive) else {
+                continue;
+            };
+            let Some(i) = lines.line_for(&party, now) else {
+                self.metrics.audio_packets_unrouted.inc();
+                continue;
+            };
+            let Some(writer) = peer.rtc.writer(lines.mids[i]) else {
+                continue;
+            };
+            let Some(pt) = writer
+                .payload_params()
+                .find(|p| p.spec().codec == codec)
+                .map(|p| p.pt())
+            else {
+                continue; // this receiver did not negotiate G.711
+            };
+            if writer.write(pt, now, time, data.clone()).is_ok() {
+                self.metrics.audio_packets_forwarded.inc();
+                written.push(conn);
+            }
+        }
+        written
+    }
 }
 
 #[cfg(test)]
@@ -153,11 +230,8 @@ mod tests {
         })
         .unwrap()
         .unwrap();
-        let (x, y, z): (DeviceId, DeviceId, DeviceId) = (
-            "p/x".parse().unwrap(),
-            "p/y".parse().unwrap(),
-            "p/z".parse().unwrap(),
-        );
+        let party = |s: &str| (s.parse::<DeviceId>().unwrap(), None);
+        let (x, y, z) = (party("p/x"), party("p/y"), party("p/z"));
         let t = Instant::now();
         assert_eq!(l.line_for(&x, t), Some(0));
         assert_eq!(l.line_for(&y, t), Some(1));

@@ -114,6 +114,16 @@ pub enum Cmd {
         /// 90 kHz.
         rtp_time: u64,
     },
+    /// One G.711 audio frame of an external source's stream (a GB28181 camera's channel).
+    ExternalAudio {
+        conn: ConnId,
+        stream: u32,
+        /// A-law (PCMA), else µ-law (PCMU).
+        alaw: bool,
+        data: Vec<u8>,
+        /// 90 kHz.
+        rtp_time: u64,
+    },
     /// A field device's stream source failed, recovered, or says it cannot make
     /// keyframes on request (`ClientMsg::SourceState`).
     SourceState {

@@ -164,7 +164,10 @@ impl Hub {
                     Some(Cmd::Shutdown) | None => break,
                     Some(cmd) => {
                         // Frames never change demand; everything else may.
-                        let may_change_demand = !matches!(cmd, Cmd::ExternalFrame { .. });
+                        let may_change_demand = !matches!(
+                            cmd,
+                            Cmd::ExternalFrame { .. } | Cmd::ExternalAudio { .. }
+                        );
                         self.on_cmd(cmd);
                         if may_change_demand {
                             self.update_demand();
@@ -290,6 +293,19 @@ impl Hub {
                         if !self.dirty.contains(&c) {
                             self.dirty.push(c);
                         }
+                    }
+                }
+            }
+            Cmd::ExternalAudio {
+                conn,
+                stream,
+                alaw,
+                data,
+                rtp_time,
+            } => {
+                for c in self.on_external_audio(conn, stream, alaw, data, rtp_time) {
+                    if !self.dirty.contains(&c) {
+                        self.dirty.push(c);
                     }
                 }
             }

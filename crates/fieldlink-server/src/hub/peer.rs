@@ -96,6 +96,9 @@ impl Hub {
             // Opus with in-band FEC, forwarded as it comes: the receiving device's jitter
             // buffer reorders (str0m would hold packets back after a loss).
             .enable_opus(true, false)
+            // G.711 from GB28181 cameras, as they send it.
+            .enable_pcma(true, false)
+            .enable_pcmu(true, false)
             .set_reordering_size_audio(0)
             .set_extension(
                 fieldlink_rtc::EXT_ABS_CAPTURE_TIME,
