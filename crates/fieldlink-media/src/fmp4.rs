@@ -1,8 +1,11 @@
-//! Fragmented MP4 for H.264 recording (ISO/IEC 14496-12 and -15), no I/O.
+//! Fragmented MP4 for H.264 recording (ISO/IEC 14496-12 and -15), with an Opus audio
+//! track when there is audio ("Encapsulation of Opus in ISO Base Media File Format"),
+//! no I/O.
 //!
 //! A recording is cut into segments; every segment is a complete file on its own
-//! (`ftyp` + `moov`, then one `moof`/`mdat` per frame) that starts on a keyframe, so each
-//! plays by itself and a crash loses at most the frame being written.
+//! (`ftyp` + `moov`, then one `moof`/`mdat` per video frame, and one per ~100 ms of audio)
+//! that starts on a keyframe, so each plays by itself and a crash loses at most the frame
+//! being written.
 
 use h264_reader::nal::sps::SeqParameterSet;
 use h264_reader::rbsp::{decode_nal, BitReader};
@@ -55,8 +58,109 @@ pub fn sps_dimensions(sps: &[u8]) -> Result<(u32, u32), Mp4Error> {
         .map_err(|e| Mp4Error::BadSps(format!("{e:?}")))
 }
 
+/// Audio packets gathered into one fragment (10 ms each: 100 ms).
+const AUDIO_PER_FRAGMENT: usize = 10;
+/// The audio track's clock: Opus is always 48 kHz.
+pub const AUDIO_TIMESCALE: u32 = 48_000;
+/// Opus pre-skip declared (libopus's encoder look-ahead at 48 kHz).
+const OPUS_PRE_SKIP: u16 = 312;
+
 /// `ftyp` + `moov` for one H.264 track.
 pub fn init_segment(sps: &[u8], pps: &[u8]) -> Result<Vec<u8>, Mp4Error> {
+    init_segment_av(sps, pps, None)
+}
+
+/// The Opus audio track's `trak` (track 2), `channels` 1 or 2.
+fn opus_trak(channels: u16) -> Vec<u8> {
+    let zero4 = [0u8; 4];
+    let tkhd = full(
+        b"tkhd",
+        0,
+        3,
+        &[
+            &zero4,
+            &zero4,
+            &2u32.to_be_bytes(),
+            &zero4,
+            &zero4,
+            &[0u8; 8],
+            &[0u8; 4],
+            &[0x01, 0x00, 0, 0], // volume 1.0
+            &matrix(),
+            &zero4,
+            &zero4,
+        ],
+    );
+    let mdhd = full(
+        b"mdhd",
+        0,
+        0,
+        &[
+            &zero4,
+            &zero4,
+            &AUDIO_TIMESCALE.to_be_bytes(),
+            &zero4,
+            &0x55C4u16.to_be_bytes(),
+            &[0, 0],
+        ],
+    );
+    let hdlr = full(
+        b"hdlr",
+        0,
+        0,
+        &[&zero4, b"soun", &[0u8; 12], b"fieldlink audio\0"],
+    );
+    let smhd = full(b"smhd", 0, 0, &[&zero4]);
+    let dref = full(
+        b"dref",
+        0,
+        0,
+        &[&1u32.to_be_bytes(), &full(b"url ", 0, 1, &[])],
+    );
+    let dinf = bx(b"dinf", &[&dref]);
+    let mut dops_body = vec![0, channels as u8];
+    dops_body.extend_from_slice(&OPUS_PRE_SKIP.to_be_bytes());
+    dops_body.extend_from_slice(&AUDIO_TIMESCALE.to_be_bytes());
+    dops_body.extend_from_slice(&0i16.to_be_bytes());
+    dops_body.push(0); // channel mapping family 0: mono or stereo
+    let dops = bx(b"dOps", &[&dops_body]);
+    let opus = bx(
+        b"Opus",
+        &[
+            &[0u8; 6],
+            &1u16.to_be_bytes(),
+            &[0u8; 8],
+            &channels.to_be_bytes(),
+            &16u16.to_be_bytes(),
+            &[0u8; 4],
+            &(AUDIO_TIMESCALE << 16).to_be_bytes(),
+            &dops,
+        ],
+    );
+    let stsd = full(b"stsd", 0, 0, &[&1u32.to_be_bytes(), &opus]);
+    let empty = |t: &[u8; 4]| full(t, 0, 0, &[&zero4]);
+    let stsz = full(b"stsz", 0, 0, &[&zero4, &zero4]);
+    let stbl = bx(
+        b"stbl",
+        &[
+            &stsd,
+            &empty(b"stts"),
+            &empty(b"stsc"),
+            &stsz,
+            &empty(b"stco"),
+        ],
+    );
+    let minf = bx(b"minf", &[&smhd, &dinf, &stbl]);
+    let mdia = bx(b"mdia", &[&mdhd, &hdlr, &minf]);
+    bx(b"trak", &[&tkhd, &mdia])
+}
+
+/// `ftyp` + `moov` for an H.264 track and, with `audio_channels`, an Opus track.
+pub fn init_segment_av(
+    sps: &[u8],
+    pps: &[u8],
+    audio_channels: Option<u16>,
+) -> Result<Vec<u8>, Mp4Error> {
     let (w, h) = sps_dimensions(sps)?;
     if sps.len() < 4 {
         return Err(Mp4Error::BadSps("too short".into()));
@@ -87,7 +191,7 @@ pub fn init_segment(sps: &[u8], pps: &[u8]) -> Result<Vec<u8>, Mp4Error> {
             &[0u8; 10],
             &matrix(),
             &[0u8; 24],
-            &2u32.to_be_bytes(),
+            &(if audio_channels.is_some() { 3u32 } else { 2 }).to_be_bytes(),
         ],
     );
     let tkhd = full(
@@ -191,8 +295,25 @@ pub fn init_segment(sps: &[u8], pps: &[u8]) -> Result<Vec<u8>, Mp4Error> {
             &zero4,
         ],
     );
-    let mvex = bx(b"mvex", &[&trex]);
-    let moov = bx(b"moov", &[&mvhd, &trak, &mvex]);
+    let moov = match audio_channels {
+        None => bx(b"moov", &[&mvhd, &trak, &bx(b"mvex", &[&trex])]),
+        Some(ch) => {
+            let trex2 = full(
+                b"trex",
+                0,
+                0,
+                &[
+                    &2u32.to_be_bytes(),
+                    &1u32.to_be_bytes(),
+                    &zero4,
+                    &zero4,
+                    &zero4,
+                ],
+            );
+            let mvex = bx(b"mvex", &[&trex, &trex2]);
+            bx(b"moov", &[&mvhd, &trak, &opus_trak(ch), &mvex])
+        }
+    };
     let mut out = ftyp;
     out.extend(moov);
     Ok(out)
@@ -246,6 +367,33 @@ pub fn fragment(
     out
 }
 
+/// One `moof` + `mdat` holding audio packets of track 2: (duration in 48 kHz, data).
+pub fn audio_fragment(sequence: u32, decode_time: u64, packets: &[(u32, Vec<u8>)]) -> Vec<u8> {
+    let mfhd = full(b"mfhd", 0, 0, &[&sequence.to_be_bytes()]);
+    let tfhd = full(b"tfhd", 0, 0x02_0000, &[&2u32.to_be_bytes()]);
+    let tfdt = full(b"tfdt", 1, 0, &[&decode_time.to_be_bytes()]);
+    // trun: data offset, then duration and size per sample.
+    let mut body: Vec<u8> = Vec::with_capacity(8 + packets.len() * 8);
+    body.extend_from_slice(&(packets.len() as u32).to_be_bytes());
+    let trun_len = 12 + 4 + 4 + packets.len() * 8;
+    let moof_len = 8 + mfhd.len() + 8 + tfhd.len() + tfdt.len() + trun_len;
+    body.extend_from_slice(&((moof_len + 8) as u32).to_be_bytes());
+    for (d, p) in packets {
+        body.extend_from_slice(&d.to_be_bytes());
+        body.extend_from_slice(&(p.len() as u32).to_be_bytes());
+    }
+    let trun = full(b"trun", 0, 0x0301, &[&body]);
+    let traf = bx(b"traf", &[&tfhd, &tfdt, &trun]);
+    let mut out = bx(b"moof", &[&mfhd, &traf]);
+    debug_assert_eq!(out.len(), moof_len);
+    let data: Vec<u8> = packets
+        .iter()
+        .flat_map(|(_, p)| p.iter().copied())
+        .collect();
+    out.extend(bx(b"mdat", &[&data]));
+    out
+}
+
 /// What the recorder must do with its files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SegmentOut {
@@ -271,6 +419,12 @@ pub struct Segmenter {
     index: u32,
     sequence: u32,
     decode_time: u64,
+    /// Audio: its channels once a packet came; whether the open segment has the track;
+    /// packets waiting for their fragment; the open segment's audio time (48 kHz).
+    audio_channels: Option<u16>,
+    audio_in_segment: bool,
+    audio_pending: Vec<(u32, Vec<u8>)>,
+    audio_time: u64,
 }
 
 impl Segmenter {
@@ -285,7 +439,41 @@ impl Segmenter {
             index: 0,
             sequence: 0,
             decode_time: 0,
+            audio_channels: None,
+            audio_in_segment: false,
+            audio_pending: Vec::new(),
+            audio_time: 0,
         }
+    }
+
+    /// Feeds one Opus packet (`duration` in 48 kHz samples, `channels` from its TOC).
+    /// A segment has an audio track when audio had come before it opened.
+    pub fn push_audio(&mut self, packet: &[u8], duration: u32, channels: u16) -> Vec<SegmentOut> {
+        self.audio_channels.get_or_insert(channels.clamp(1, 2));
+        let mut out = Vec::new();
+        if self.open.is_some() && self.audio_in_segment {
+            self.audio_pending.push((duration, packet.to_vec()));
+            if self.audio_pending.len() >= AUDIO_PER_FRAGMENT {
+                self.flush_audio(&mut out);
+            }
+        }
+        out
+    }
+
+    fn flush_audio(&mut self, out: &mut Vec<SegmentOut>) {
+        if self.audio_pending.is_empty() || self.open.is_none() {
+            self.audio_pending.clear();
+            return;
+        }
+        self.sequence += 1;
+        let packets = std::mem::take(&mut self.audio_pending);
+        let d: u64 = packets.iter().map(|(d, _)| u64::from(*d)).sum();
+        out.push(SegmentOut::Append(audio_fragment(
+            self.sequence,
+            self.audio_time,
+            &packets,
+        )));
+        self.audio_time += d;
     }
 
     /// Feeds one Annex-B access unit with its 90 kHz time.
@@ -319,6 +507,7 @@ impl Segmenter {
         if let Some((prev, _, key)) = self.pending.take() {
             self.emit(&prev, DEFAULT_DURATION, key, &mut out);
         }
+        self.flush_audio(&mut out);
         if let Some((index, start)) = self.open.take() {
             out.push(SegmentOut::Close {
                 index,
@@ -334,6 +523,7 @@ impl Segmenter {
                 .open
                 .is_some_and(|(_, start)| self.decode_time - start >= self.target);
             if due {
+                self.flush_audio(out);
                 if let Some((index, start)) = self.open.take() {
                     out.push(SegmentOut::Close {
                         index,
@@ -345,9 +535,12 @@ impl Segmenter {
                 let (Some(sps), Some(pps)) = (&self.sps, &self.pps) else {
                     return;
                 };
-                let Ok(init) = init_segment(sps, pps) else {
+                let Ok(init) = init_segment_av(sps, pps, self.audio_channels) else {
                     return;
                 };
+                self.audio_in_segment = self.audio_channels.is_some();
+                self.audio_pending.clear();
+                self.audio_time = 0;
                 self.index += 1;
                 self.open = Some((self.index, self.decode_time));
                 out.push(SegmentOut::Open {

@@ -335,6 +335,14 @@ pub enum ServerMsg {
     /// (`fieldlink_proto::quality`), the figures it was scored from, and why it is not
     /// excellent.
     Quality(Box<crate::quality::Scored>),
+    /// Audio line `line` of this device now carries `gwid` (a device; with `stream_id`,
+    /// one channel of a camera). Sent when a line is given to a new party.
+    AudioLine {
+        line: u32,
+        gwid: DeviceId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stream_id: Option<u32>,
+    },
     /// To the remote that asked: the diagnosis of `gwid` (SPEC §6 `(gwid, type, json)`):
     /// `kind` 1 = success, < 0 = the error code; the report is there either way.
     DiagResult {

@@ -243,6 +243,12 @@ pub enum Event {
     MixedAudio(audio::MixedAudio),
     /// Once a second while audio is received: each audio line's jitter buffer figures.
     AudioStats(Vec<audio::LineStats>),
+    /// Audio line `line` now carries `gwid` (with `stream_id`: one channel of a camera).
+    AudioLine {
+        line: u32,
+        gwid: DeviceId,
+        stream_id: Option<u32>,
+    },
 }
 
 /// One received video access unit.

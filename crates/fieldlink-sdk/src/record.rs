@@ -144,6 +144,19 @@ impl Recorder {
         self.apply(outs)
     }
 
+    /// One Opus packet of the field device's audio, recorded next to the video.
+    pub fn push_audio(&mut self, packet: &[u8]) -> Result<(), SdkError> {
+        let (Ok(n), Ok(ch)) = (
+            opus::packet::get_nb_samples(packet, crate::audio::RATE),
+            opus::packet::get_nb_channels(packet),
+        ) else {
+            return Ok(()); // not a packet a player could decode either
+        };
+        let ch = if ch == opus::Channels::Stereo { 2 } else { 1 };
+        let outs = self.seg.push_audio(packet, n as u32, ch);
+        self.apply(outs)
+    }
+
     pub fn finish(&mut self) -> Result<(), SdkError> {
         let outs = self.seg.finish();
         self.apply(outs)

@@ -105,6 +105,13 @@ pub fn event_json(ev: &Event) -> Value {
         Event::MixedAudio(m) => json!({
             "event": "mixed_audio", "index": m.index, "channels": m.channels,
         }),
+        Event::AudioLine {
+            line,
+            gwid,
+            stream_id,
+        } => json!({
+            "event": "audio_line", "line": line, "gwid": gwid, "stream_id": stream_id,
+        }),
         Event::AudioStats(lines) => json!({
             "event": "audio_stats",
             "lines": lines.iter().map(|l| json!({

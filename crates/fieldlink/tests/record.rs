@@ -131,3 +131,107 @@ async fn record_config_writes_playable_segments() {
         }
     }
 }
+
+/// Recordings carry the field device's audio next to its video: ffprobe lists an H.264
+/// and an Opus stream in each complete segment, and ffmpeg decodes the Opus back to the
+/// field's 1 kHz tone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recordings_carry_the_field_devices_audio() {
+    if Command::new("ffprobe").arg("-version").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "CI must install ffmpeg");
+        eprintln!("ffmpeg missing: test skipped");
+        return;
+    }
+    let s = TestServer::start();
+    s.standard();
+    let mut fc = s.cfg("p/f", "fpw");
+    fc.streams = 1;
+    fc.audio.enable = true;
+    fc.audio.external = true;
+    let (field, _fe) = FieldDevice::connect(fc).await.unwrap();
+    let tp = TestPatternConfig {
+        width: 320,
+        height: 180,
+        fps: 25.0,
+        kbps: 300,
+        gop: 25,
+    };
+    field
+        .start_video(0, TestPattern::new(0, tp).unwrap())
+        .unwrap();
+    let input = field.audio_input();
+    let pusher = tokio::spawn(async move {
+        let mut tone = fieldlink_sdk::audio::tone::Tone::new(1000.0, 48000, 10000.0);
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        loop {
+            tick.tick().await;
+            let _ = input.push(48000, 1, &tone.next_frame());
+        }
+    });
+    let dir = s.dir.join("rec");
+    let mut rc = s.cfg("p/r1", "rpw");
+    rc.streams = 1;
+    rc.audio.receive = true;
+    rc.audio.play = Some(fieldlink_sdk::audio::Playback::Outside);
+    rc.record = Some(RecordSettings {
+        dir: dir.clone(),
+        segment_secs: 2,
+    });
+    let (r, mut re) = RemoteDevice::connect(rc).await.unwrap();
+    r.connect_streams(&id("p/f"), &[0], &[0]).await.unwrap();
+    drain(&mut re, Duration::from_millis(7000)).await;
+    r.close().await;
+    pusher.abort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "mp4"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    // The first segment may open before the first audio packet; the next ones have it.
+    for f in &files[1..files.len() - 1] {
+        let v = ffprobe(f).unwrap();
+        let codecs: Vec<&str> = v["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["codec_name"].as_str())
+            .collect();
+        assert_eq!(codecs, ["h264", "opus"], "{}: {v}", f.display());
+        let audio = &v["streams"][1];
+        let packets: u64 = audio["nb_read_frames"].as_str().unwrap().parse().unwrap();
+        assert!(packets >= 150, "{}: {packets} audio packets", f.display());
+        let pcm = Command::new("ffmpeg")
+            .args(["-v", "error", "-i"])
+            .arg(f)
+            .args([
+                "-map", "0:a", "-f", "s16le", "-ac", "1", "-ar", "48000", "-",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            pcm.status.success(),
+            "{}",
+            String::from_utf8_lossy(&pcm.stderr)
+        );
+        let samples: Vec<i16> = pcm
+            .stdout
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        assert!(samples.len() >= 48000 * 3 / 2, "{} samples", samples.len());
+        // A segment's decoder starts mid-stream: Opus's predictors settle in ~200 ms.
+        let fit = fieldlink_sdk::audio::tone::fit(&samples[24000..], 48000, 1000.0);
+        eprintln!(
+            "{}: {codecs:?}, {packets} audio packets, {fit:?}",
+            f.display()
+        );
+        assert!(
+            (fit.hz - 1000.0).abs() < 1.0 && fit.snr_db > 30.0,
+            "{fit:?}"
+        );
+    }
+}

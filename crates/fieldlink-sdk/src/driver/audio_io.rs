@@ -15,6 +15,7 @@ use crate::audio::{
 };
 use crate::peer::Peer;
 use crate::{Event, Result, SdkError};
+use fieldlink_proto::DeviceId;
 
 /// What woke the audio up.
 pub(super) enum Wake {
@@ -27,6 +28,8 @@ pub(super) struct AudioIo {
     capture: Option<Capture>,
     /// Per audio line, the buffer of the party it carries (made on its first packet).
     lines: Vec<Option<JitterBuffer>>,
+    /// Per audio line, who the server said it carries.
+    parties: Vec<Option<(DeviceId, Option<u32>)>>,
     channels: u16,
     /// The 10 ms playout clock, when the device receives.
     tick: Option<Interval>,
@@ -53,6 +56,7 @@ impl AudioIo {
             cfg: cfg.clone(),
             capture: cfg.sends().then(Capture::new),
             lines: (0..AUDIO_LINES).map(|_| None).collect(),
+            parties: vec![None; AUDIO_LINES],
             channels: cfg.play_channels.clamp(1, 2),
             tick,
             index: 0,
@@ -261,5 +265,21 @@ impl AudioIo {
     /// A new peer connection: the lines may carry other parties now.
     pub fn reset_lines(&mut self) {
         self.lines.iter_mut().for_each(|l| *l = None);
+        self.parties.iter_mut().for_each(|p| *p = None);
+    }
+
+    /// The server gave line `line` to a new party.
+    pub fn set_party(&mut self, line: usize, party: (DeviceId, Option<u32>)) {
+        if let Some(p) = self.parties.get_mut(line) {
+            *p = Some(party);
+        }
+    }
+
+    /// The field device (not a camera channel) line `line` carries, if known.
+    pub fn device_on(&self, line: usize) -> Option<&DeviceId> {
+        match self.parties.get(line)? {
+            Some((d, None)) => Some(d),
+            _ => None,
+        }
     }
 }

@@ -494,7 +494,14 @@ impl Driver {
                         codec,
                         rtp_time,
                         data,
-                    } => self.audio.on_packet(line, codec, rtp_time, data),
+                    } => {
+                        if codec == crate::audio::AudioCodec::Opus && !self.recorders.is_empty() {
+                            if let Some(gwid) = self.audio.device_on(line).cloned() {
+                                self.record_audio(&gwid, &data);
+                            }
+                        }
+                        self.audio.on_packet(line, codec, rtp_time, data);
+                    }
                     PeerEvent::Dead(why) => return Stop::Lost(why),
                     PeerEvent::Ready => {}
                 }
@@ -640,6 +647,19 @@ impl Driver {
                 self.meter.start(diag, &ids, window, Instant::now());
             }
             ServerMsg::Quality(q) => self.ev.emit(Event::Quality(*q)),
+            ServerMsg::AudioLine {
+                line,
+                gwid,
+                stream_id,
+            } => {
+                self.audio
+                    .set_party(line as usize, (gwid.clone(), stream_id));
+                self.ev.emit(Event::AudioLine {
+                    line,
+                    gwid,
+                    stream_id,
+                });
+            }
             ServerMsg::DiagResult { gwid, kind, report } => self.ev.emit(Event::Diagnosis {
                 gwid,
                 kind,

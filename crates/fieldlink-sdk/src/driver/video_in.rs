@@ -4,6 +4,7 @@
 
 use super::Driver;
 use crate::Event;
+use fieldlink_proto::DeviceId;
 
 impl Driver {
     /// Hands one frame to the application; returns whether to ask for a keyframe.
@@ -133,6 +134,26 @@ impl Driver {
                     message: e.message,
                 });
             }
+        }
+    }
+
+    /// The audio of field device `gwid` goes into every recording of its streams.
+    pub(super) fn record_audio(&mut self, gwid: &DeviceId, packet: &[u8]) {
+        let prefix = format!("{gwid}#");
+        let mut failed = Vec::new();
+        for (i, r) in self.recorders.iter_mut() {
+            if r.target.source.starts_with(&prefix) {
+                if let Err(e) = r.push_audio(packet) {
+                    failed.push((*i, e));
+                }
+            }
+        }
+        for (i, e) in failed {
+            self.recorders.remove(&i);
+            self.ev.emit(Event::Warning {
+                code: e.code,
+                message: e.message,
+            });
         }
     }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use str0m::format::Codec;
 use str0m::media::{Frequency, MediaData, MediaTime, Mid};
 
-use fieldlink_proto::{DeviceId, ErrorCode, Role};
+use fieldlink_proto::{DeviceId, ErrorCode, Role, ServerMsg};
 
 use super::{AudioOffer, ConnId, Hub};
 
@@ -59,20 +59,32 @@ impl AudioLines {
         }))
     }
 
-    /// The line for `from`: the one it already has, else one that is free or idle.
-    fn line_for(&mut self, from: &Party, now: Instant) -> Option<usize> {
-        let i = self
+    /// The line for `from`: the one it already has, else one that is free or idle; and
+    /// whether it was just given to `from`.
+    fn line_for(&mut self, from: &Party, now: Instant) -> Option<(usize, bool)> {
+        if let Some(i) = self
             .heard
             .iter()
             .position(|h| h.as_ref().is_some_and(|(d, _)| d == from))
-            .or_else(|| {
-                self.heard.iter().position(|h| {
-                    h.as_ref()
-                        .is_none_or(|(_, t)| now.saturating_duration_since(*t) >= LINE_IDLE)
-                })
-            })?;
+        {
+            self.heard[i] = Some((from.clone(), now));
+            return Some((i, false));
+        }
+        let i = self.heard.iter().position(|h| {
+            h.as_ref()
+                .is_none_or(|(_, t)| now.saturating_duration_since(*t) >= LINE_IDLE)
+        })?;
         self.heard[i] = Some((from.clone(), now));
-        Some(i)
+        Some((i, true))
+    }
+
+    /// Who line `i` carries, as told to the device.
+    fn told(i: usize, party: &Party) -> ServerMsg {
+        ServerMsg::AudioLine {
+            line: i as u32,
+            gwid: party.0.clone(),
+            stream_id: party.1,
+        }
     }
 }
 
@@ -117,6 +129,7 @@ impl Hub {
         };
         let now = Instant::now();
         let mut written = Vec::new();
+        let mut told = Vec::new();
         for conn in self.listeners(from) {
             let Some(peer) = self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) else {
                 continue;
@@ -124,10 +137,13 @@ impl Hub {
             let Some(lines) = peer.audio.as_mut().filter(|a| a.receive) else {
                 continue;
             };
-            let Some(i) = lines.line_for(&me, now) else {
+            let Some((i, new)) = lines.line_for(&me, now) else {
                 self.metrics.audio_packets_unrouted.inc();
                 continue;
             };
+            if new {
+                told.push((conn, AudioLines::told(i, &me)));
+            }
             let mid = lines.mids[i];
             let Some(writer) = peer.rtc.writer(mid) else {
                 continue;
@@ -142,6 +158,9 @@ impl Hub {
                 self.metrics.audio_packets_forwarded.inc();
                 written.push(conn);
             }
+        }
+        for (conn, m) in told {
+            self.send(conn, m);
         }
         written
     }
@@ -181,6 +200,7 @@ impl Hub {
         let now = Instant::now();
         let data: std::sync::Arc<[u8]> = data.into();
         let mut written = Vec::new();
+        let mut told = Vec::new();
         for conn in members {
             let Some(c) = self.clients.get_mut(&conn) else {
                 continue;
@@ -194,10 +214,13 @@ impl Hub {
             let Some(lines) = peer.audio.as_mut().filter(|a| a.receive) else {
                 continue;
             };
-            let Some(i) = lines.line_for(&party, now) else {
+            let Some((i, new)) = lines.line_for(&party, now) else {
                 self.metrics.audio_packets_unrouted.inc();
                 continue;
             };
+            if new {
+                told.push((conn, AudioLines::told(i, &party)));
+            }
             let Some(writer) = peer.rtc.writer(lines.mids[i]) else {
                 continue;
             };
@@ -212,6 +235,9 @@ impl Hub {
                 self.metrics.audio_packets_forwarded.inc();
                 written.push(conn);
             }
+        }
+        for (conn, m) in told {
+            self.send(conn, m);
         }
         written
     }
@@ -233,13 +259,16 @@ mod tests {
         let party = |s: &str| (s.parse::<DeviceId>().unwrap(), None);
         let (x, y, z) = (party("p/x"), party("p/y"), party("p/z"));
         let t = Instant::now();
-        assert_eq!(l.line_for(&x, t), Some(0));
-        assert_eq!(l.line_for(&y, t), Some(1));
-        assert_eq!(l.line_for(&x, t), Some(0));
+        assert_eq!(l.line_for(&x, t), Some((0, true)));
+        assert_eq!(l.line_for(&y, t), Some((1, true)));
+        assert_eq!(l.line_for(&x, t), Some((0, false)));
         // Both lines busy: z is not heard until one falls silent.
         assert_eq!(l.line_for(&z, t + Duration::from_millis(500)), None);
-        assert_eq!(l.line_for(&x, t + Duration::from_millis(900)), Some(0));
-        assert_eq!(l.line_for(&z, t + LINE_IDLE), Some(1));
+        assert_eq!(
+            l.line_for(&x, t + Duration::from_millis(900)),
+            Some((0, false))
+        );
+        assert_eq!(l.line_for(&z, t + LINE_IDLE), Some((1, true)));
     }
 
     #[test]
