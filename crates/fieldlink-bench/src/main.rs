@@ -1,3 +1,4 @@
+//! `fieldlink-bench audio`: voice mouth-to-ear latency and CPU per stream (audio.rs).
 //! `fieldlink-bench control`: control-data latency through a real `fieldlink server`
 //! process on loopback, and how many field+remote pairs at 100 Hz it sustains on one core
 //! with p99 under 5 ms. The server is pinned to CPU 0 (`taskset`), this process to CPU 1.
@@ -17,6 +18,7 @@ use fieldlink_sdk::{
 };
 use fieldlink_server::store::{Device, Project, Security, Store};
 
+mod audio;
 mod camera;
 mod gb;
 mod tap;
@@ -61,6 +63,18 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         max_pairs: usize,
         /// The fieldlink binary (default: next to this one).
+        #[arg(long)]
+        fieldlink: Option<PathBuf>,
+    },
+    /// Voice: mouth-to-ear latency (external PCM in at a field device -> mixed PCM out at
+    /// a remote), clean and at 10% loss, and CPU per audio stream.
+    Audio {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// Audio streams for the CPU measurement.
+        #[arg(long, default_value_t = 8)]
+        streams: usize,
         #[arg(long)]
         fieldlink: Option<PathBuf>,
     },
@@ -559,6 +573,11 @@ fn main() -> anyhow::Result<()> {
             fieldlink,
         } => rt.block_on(video(secs, switches, bin_of(fieldlink)?)),
         Cmd::Rtsp { secs, script } => rt.block_on(camera::rtsp(secs, &script)),
+        Cmd::Audio {
+            secs,
+            streams,
+            fieldlink,
+        } => rt.block_on(audio::audio(secs, streams, bin_of(fieldlink)?)),
         Cmd::Gb {
             devices,
             rate,

@@ -185,6 +185,7 @@ pub struct MixedAudio {
 
 pub use decode::AudioCodec;
 pub use jitter::JitterStats;
+pub use mix::mix;
 
 /// One audio line's playout figures ([`crate::Event::AudioStats`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
