@@ -374,6 +374,8 @@ async function voice() {
   }
   out.statsBefore = await page.evaluate(() => window.fieldlink.audioStats());
   out.meterIn = await page.$eval('#meter-in', (e) => e.style.width);
+  out.parties = await page.evaluate(() => window.fieldlink.audioParties());
+  out.partiesText = await page.textContent('#voice-parties');
   // Push to talk: hold the key. The test tone is sent as it is (noise suppression would
   // take a steady tone for noise).
   await page.uncheck('#voice-processing');

@@ -325,6 +325,32 @@ struct DeviceView {
     #[serde(flatten)]
     device: Device,
     online: bool,
+    /// While online: whether it sends and takes audio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audio: Option<AudioView>,
+}
+
+#[derive(Serialize)]
+struct AudioView {
+    send: bool,
+    receive: bool,
+}
+
+impl DeviceView {
+    fn new(
+        device: Device,
+        online: &std::collections::HashMap<String, crate::hub::Online>,
+    ) -> DeviceView {
+        let o = online.get(&device.device_id);
+        DeviceView {
+            online: o.is_some(),
+            audio: o.map(|o| AudioView {
+                send: o.audio_send,
+                receive: o.audio_receive,
+            }),
+            device,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -347,10 +373,7 @@ async fn list_devices(
     let list = st.store.devices(&p, q.kind).await?;
     Ok(Json(
         list.into_iter()
-            .map(|d| DeviceView {
-                online: online.contains_key(&d.device_id),
-                device: d,
-            })
+            .map(|d| DeviceView::new(d, &online))
             .collect(),
     ))
 }
@@ -419,10 +442,7 @@ async fn get_device(
         .online(&p)
         .await
         .map_err(|c| ApiError::new(c, "hub unavailable"))?;
-    Ok(Json(DeviceView {
-        online: online.contains_key(&d),
-        device,
-    }))
+    Ok(Json(DeviceView::new(device, &online)))
 }
 
 async fn delete_device(

@@ -311,7 +311,7 @@ impl Session {
                     .into_iter()
                     .filter_map(|d| {
                         let id = DeviceId::new(&d.project_id, &d.device_id).ok()?;
-                        let streams = online.get(&d.device_id).copied();
+                        let streams = online.get(&d.device_id).map(|o| o.streams);
                         Some(FieldInfo {
                             online: streams.is_some(),
                             streams: streams.unwrap_or(0),

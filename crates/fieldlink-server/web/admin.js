@@ -84,10 +84,17 @@ async function loadDevices() {
     el('td', {}, d.kind),
     el('td', {}, d.name),
     el('td', {}, d.key_password_only ? 'key-derived only' : 'own'),
+    el('td', { class: 'audio' }, audioText(d.audio)),
     el('td', {},
       el('button', { title: 'Set a new password', onclick: () => setPassword(d.device_id) }, 'Password…'),
       ' ',
       el('button', { class: 'danger', title: 'Delete the device', onclick: () => deleteDevice(d.device_id) }, 'Delete')))));
+}
+
+/// What an online device does with audio: "sends", "hears", both, or "off".
+function audioText(a) {
+  if (!a) return '';
+  return [a.send ? 'sends' : '', a.receive ? 'hears' : ''].filter(Boolean).join(' + ') || 'off';
 }
 
 async function setPassword(id) {

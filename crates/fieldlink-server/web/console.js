@@ -99,7 +99,7 @@ const hooks = {
 
 const voice = new Voice({
   talk: $('#talk'), mute: $('#mute'), volume: $('#volume'), processing: $('#voice-processing'),
-  meterIn: $('#meter-in'), meterOut: $('#meter-out'), note: $('#voice-note'),
+  meterIn: $('#meter-in'), meterOut: $('#meter-out'), note: $('#voice-note'), parties: $('#voice-parties'),
 }, (text) => showMessage(text, 'error'));
 $('#talk').addEventListener('pointerdown', () => voice.talk(true));
 for (const ev of ['pointerup', 'pointerleave']) $('#talk').addEventListener(ev, () => voice.talk(false));
@@ -109,6 +109,7 @@ $('#voice-processing').addEventListener('change', () => voice.reopenMic());
 /// Audio hooks: the levels heard and said now (0..1), push-to-talk, and the audio lines'
 /// WebRTC counters (inbound: packets, audio energy; outbound: packets sent).
 hooks.audioLevels = () => voice.levels();
+hooks.audioParties = () => voice.parties.slice();
 hooks.talk = (on) => voice.talk(on);
 hooks.audioStats = async () => {
   const out = { inbound: [], outbound: [] };
@@ -787,6 +788,7 @@ function onEvent(m) {
     case 'stream_state': onStreamState(m); break;
     case 'quality': onQuality(m); break;
     case 'diag_start': onDiagStart(m); break;
+    case 'audio_line': voice.heardOn(m.line, m.stream_id === undefined ? m.gwid : `${m.gwid} #${m.stream_id}`); break;
     case 'diag_result': onDiagnosis(m); break;
     case 'permission': onPermission(m); break;
     case 'presence': {

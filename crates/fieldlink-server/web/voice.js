@@ -19,7 +19,7 @@ function level(analyser, buf) {
 }
 
 export class Voice {
-  /// `ui`: {talk, mute, volume, processing, meterIn, meterOut, note} elements;
+  /// `ui`: {talk, mute, volume, processing, meterIn, meterOut, note, parties} elements;
   /// `onerror(text)`.
   constructor(ui, onerror) {
     this.ui = ui;
@@ -31,6 +31,14 @@ export class Voice {
     this.heard = []; // per line: the <audio> element and its source node
     this.timer = null;
     this.micDenied = null;
+    this.parties = []; // per line: who the server says it carries
+  }
+
+  /// The server gave line `line` to `who` (a field device, or a camera's channel).
+  heardOn(line, who) {
+    this.parties[line] = who;
+    const names = [...new Set(this.parties.filter(Boolean))];
+    this.ui.parties.textContent = names.length ? `hearing: ${names.join(', ')}` : '';
   }
 
   /// Starts the audio graph; call from a user gesture (autoplay rules).
@@ -143,6 +151,8 @@ export class Voice {
 
   close() {
     clearInterval(this.timer);
+    this.parties = [];
+    this.ui.parties.textContent = '';
     for (const h of this.heard) if (h) { h.src.disconnect(); h.el.srcObject = null; }
     this.heard = [];
     this.transceivers = [];

@@ -568,6 +568,16 @@ fn the_console_hears_the_field_device_and_talks_to_it() {
         json!({"device": "p/r1", "password": "rpw", "device2": "p/r2", "password2": "rpw",
                "gwid": "p/f", "fake_audio": mic, "talk_ms": 8000}),
     );
+    // The admin API says which parties have audio on.
+    let (st, list) = s.api("GET", "/api/v1/projects/p/devices", None);
+    assert_eq!(st, 200);
+    let f = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device_id"] == "f")
+        .unwrap();
+    assert_eq!(f["audio"], json!({"send": true, "receive": true}), "{f}");
     interrupt(field);
     let jitter = fo.try_iter().filter(|l| l["event"] == "audio_stats").last();
     eprintln!("field's audio lines: {jitter:?}");
@@ -586,6 +596,9 @@ fn the_console_hears_the_field_device_and_talks_to_it() {
         inbound.iter().any(|r| r["packets"].as_u64() > Some(100)),
         "{inbound:?}"
     );
+    // The console says whom it hears (the server names the party on each line).
+    assert_eq!(v["parties"][0], "p/f", "{}", v["parties"]);
+    assert!(v["partiesText"].as_str().unwrap_or("").contains("p/f"));
     assert_eq!(v["talking"], true);
     assert!(v["said"].as_f64() > Some(0.01), "{}", v["said"]);
     let outbound = v["statsAfter"]["outbound"].as_array().unwrap();

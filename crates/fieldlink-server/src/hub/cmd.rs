@@ -158,7 +158,7 @@ pub enum Cmd {
     /// count (0 for remotes and for fields whose media is not set up yet).
     Online {
         project: String,
-        reply: oneshot::Sender<HashMap<String, u32>>,
+        reply: oneshot::Sender<HashMap<String, Online>>,
     },
 }
 
@@ -189,7 +189,8 @@ impl HubHandle {
         rx.await.map_err(|_| ErrorCode::Internal)
     }
 
-    pub async fn online(&self, project: &str) -> Result<HashMap<String, u32>, ErrorCode> {
+    /// The project's logged-in devices by device id.
+    pub async fn online(&self, project: &str) -> Result<HashMap<String, Online>, ErrorCode> {
         let (reply, rx) = oneshot::channel();
         self.send(Cmd::Online {
             project: project.to_string(),
@@ -202,6 +203,16 @@ impl HubHandle {
 
 /// An audit record bound for the store.
 pub type AuditRecord = (String, AuditEntry);
+
+/// One logged-in device, as the API and field lists see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Online {
+    /// Its streams (a field device; 0 for a remote).
+    pub streams: u32,
+    /// It sends audio, and takes audio (what its media connection offered).
+    pub audio_send: bool,
+    pub audio_receive: bool,
+}
 
 /// The audio part of an offer: its lines' mids (the first also sends when `send`).
 #[derive(Debug, Clone, Default)]

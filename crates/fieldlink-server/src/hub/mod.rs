@@ -40,7 +40,7 @@ use fieldlink_proto::control::LateFilter;
 use fieldlink_proto::{DeviceId, ErrorCode, RateLimiter, ServerMsg};
 
 pub use cmd::{
-    AudioOffer, AuditRecord, ClientInfo, Cmd, ConnId, HubHandle, Outbound, CLIENT_QUEUE,
+    AudioOffer, AuditRecord, ClientInfo, Cmd, ConnId, HubHandle, Online, Outbound, CLIENT_QUEUE,
 };
 
 use crate::metrics::{HubSnapshot, Metrics};
@@ -345,7 +345,17 @@ impl Hub {
                     .filter(|d| d.project == project)
                     .map(|d| {
                         let n = self.stream_count(d).unwrap_or(0);
-                        (d.device.clone(), u32::try_from(n).unwrap_or(u32::MAX))
+                        let audio = self
+                            .by_device
+                            .get(d)
+                            .and_then(|c| self.clients.get(c))
+                            .and_then(|c| c.peer.as_ref()?.audio.as_ref());
+                        let o = Online {
+                            streams: u32::try_from(n).unwrap_or(u32::MAX),
+                            audio_send: audio.is_some_and(|a| a.send),
+                            audio_receive: audio.is_some_and(|a| a.receive),
+                        };
+                        (d.device.clone(), o)
                     })
                     .collect();
                 let _ = reply.send(online);
