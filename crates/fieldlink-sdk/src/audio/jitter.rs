@@ -204,7 +204,9 @@ impl JitterBuffer {
     fn level(&self) -> u64 {
         let queued = (self.pcm.len() / usize::from(self.channels)) as u64;
         match (self.next, self.packets.last_key_value()) {
-            (Some(next), Some((&last, _))) => queued + (last + FRAME as u64).saturating_sub(next),
+            (Some(next), Some((&last, _))) => {
+                queued + last.saturating_add(FRAME as u64).saturating_sub(next)
+            }
             _ => queued,
         }
     }
@@ -221,7 +223,7 @@ impl JitterBuffer {
             if let (Some(next), true) = (self.next, self.pcm.is_empty()) {
                 if let Some(data) = self.packets.remove(&next) {
                     let n = self.decoder.duration(&data).unwrap_or(FRAME);
-                    self.next = Some(next + n as u64);
+                    self.next = Some(next.saturating_add(n as u64));
                     self.stats.dropped += 1;
                     return;
                 }
@@ -253,7 +255,7 @@ impl JitterBuffer {
             match (self.decoder.decode(&data, self.channels, &mut out), dur) {
                 (Some(n), Some(d)) if n > 0 => {
                     self.pcm.extend(out);
-                    self.next = Some(next + d as u64);
+                    self.next = Some(next.saturating_add(d as u64));
                     return true;
                 }
                 // Conceal its 10 ms below.
@@ -262,7 +264,7 @@ impl JitterBuffer {
         }
         let following = self.packets.first_key_value().map(|(&t, _)| t);
         if let Some(t) = following {
-            if t - next >= RESYNC_SAMPLES {
+            if t.saturating_sub(next) >= RESYNC_SAMPLES {
                 // A new talk spurt: no concealment across the pause.
                 self.next = Some(t);
                 return true;
@@ -274,7 +276,7 @@ impl JitterBuffer {
         }
         // The packet right after the missing 10 ms carries it as FEC.
         let next_packet = following
-            .filter(|&t| t == next + FRAME as u64)
+            .filter(|&t| t == next.saturating_add(FRAME as u64))
             .and_then(|t| self.packets.get(&t))
             .map(Vec::as_slice);
         let mut out = Vec::new();
@@ -284,7 +286,7 @@ impl JitterBuffer {
             self.stats.concealed += 1;
         }
         self.pcm.extend(out);
-        self.next = Some(next + FRAME as u64);
+        self.next = Some(next.saturating_add(FRAME as u64));
         true
     }
 }
@@ -364,6 +366,34 @@ mod tests {
             jb.target()
         );
         assert!(jb.target() <= MAX_TARGET);
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives (any times, any bytes, in any order), pulling never panics,
+        /// always gives whole frames, and the buffer stays bounded.
+        #[test]
+        fn any_packets_are_survived(
+            packets in proptest::collection::vec(
+                (proptest::prelude::any::<u64>(), proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), 0u64..30),
+                0..200,
+            ),
+            stereo in proptest::prelude::any::<bool>(),
+        ) {
+            let ch = if stereo { 2 } else { 1 };
+            let mut jb = JitterBuffer::new(AudioCodec::Opus, ch).unwrap();
+            let t0 = Instant::now();
+            let mut ms = 0;
+            for (t, data, gap) in packets {
+                ms += gap;
+                let now = t0 + Duration::from_millis(ms);
+                jb.push(t % (1 << 48), data, now);
+                if let Some(f) = jb.pull(now) {
+                    proptest::prop_assert_eq!(f.len(), FRAME * usize::from(ch));
+                }
+                proptest::prop_assert!(jb.packets.len() <= MAX_PACKETS);
+                proptest::prop_assert!(jb.pcm.len() <= 8 * FRAME * usize::from(ch));
+            }
+        }
     }
 
     #[test]
