@@ -72,7 +72,25 @@ impl AudioIo {
                 problems.push(e);
             }
         }
+        io.keep_tick();
         (io, problems)
+    }
+
+    /// The playout clock runs only while the mix goes somewhere (the application, or a
+    /// playback device that opened): nothing is decoded for nobody.
+    fn keep_tick(&mut self) {
+        let outside = self.cfg.play == Some(crate::audio::Playback::Outside);
+        #[cfg(feature = "alsa")]
+        let plays = outside || self.speaker.is_some();
+        #[cfg(not(feature = "alsa"))]
+        let plays = outside;
+        if !plays {
+            self.tick = None;
+        } else if self.tick.is_none() && self.cfg.receive {
+            let mut t = tokio::time::interval(Duration::from_millis(10));
+            t.set_missed_tick_behavior(MissedTickBehavior::Burst);
+            self.tick = Some(t);
+        }
     }
 
     /// (Re)opens the configured device for `dir`, if the config uses one.
@@ -126,7 +144,9 @@ impl AudioIo {
                 self.cfg.play = Some(crate::audio::Playback::Device(name));
             }
         }
-        self.open(dir)
+        let r = self.open(dir);
+        self.keep_tick();
+        r
     }
 
     /// Encodes one frame (checked by the caller's handle, or from the capture device).
