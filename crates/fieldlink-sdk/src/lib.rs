@@ -369,7 +369,8 @@ pub(crate) struct Receiver {
 }
 
 /// Where external PCM goes (`audio_external`): a cheap clone of the device's audio
-/// input, for the thread or task that produces the audio.
+/// input, for the thread or task that produces the audio. While one is held, the device's
+/// connection task keeps running until the device is closed.
 #[derive(Clone)]
 pub struct AudioInput {
     tx: mpsc::Sender<Cmd>,
@@ -422,7 +423,8 @@ impl Handle {
         let (tx, rx) = mpsc::channel(256);
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
         let adapt = cfg.adapt_bitrate;
-        let audio_sends = cfg.audio.sends();
+        // External PCM only: a device capturing from ALSA sends what it captures.
+        let audio_sends = cfg.audio.enable && cfg.audio.external;
         let shared = Arc::new(Shared {
             permissions: Default::default(),
             keyframe_wanted: (0..cfg.streams).map(|_| Default::default()).collect(),

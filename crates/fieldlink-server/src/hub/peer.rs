@@ -79,6 +79,12 @@ impl Hub {
                 format!("at most {MAX_VIDEO_MLINES} video streams"),
             ));
         }
+        if audio.mids.iter().any(|m| video_mids.contains(m)) {
+            return Err((
+                ErrorCode::BadRequest,
+                "an m-line cannot be both a video and an audio line".to_string(),
+            ));
+        }
         let audio = super::audio::AudioLines::from_offer(audio)?;
         let client = self
             .clients
