@@ -327,6 +327,14 @@ async function gb() {
   const a = (await hooks(page)).frames[0];
   await page.waitForTimeout(2000);
   out.frames = (await hooks(page)).frames[0] - a;
+  // Its G.711 audio (gb-device --audio-tone) is heard, as PCMA, on one of the audio lines.
+  out.cameraParties = await page.evaluate(() => window.fieldlink.audioParties());
+  out.cameraAudio = await page.evaluate(() => window.fieldlink.audioStats());
+  out.cameraHeard = [];
+  for (let i = 0; i < 5; i++) {
+    out.cameraHeard.push(await page.evaluate(() => window.fieldlink.audioLevels().heard));
+    await page.waitForTimeout(100);
+  }
   // Playing now, as the admin page shows after a refresh.
   await admin.click('#refresh-gb');
   await admin.waitForSelector(`${row} li:has-text("playing")`, { timeout: T });

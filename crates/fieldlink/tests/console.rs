@@ -412,7 +412,10 @@ fn a_gb28181_camera_shows_in_admin_and_plays_in_the_console() {
     }
     let (s, sip) = common::gb::gb_server("", &[]);
     let gb_id = "34020000001320000007";
-    let mut cam = common::gb::gb_device(&sip, &["--id", gb_id, "--channels", "2"]);
+    let mut cam = common::gb::gb_device(
+        &sip,
+        &["--id", gb_id, "--channels", "2", "--audio-tone", "1000"],
+    );
     let cam_out = lines(&mut cam.0);
     wait_line(&cam_out, "gb-device registered", |v| {
         v["event"] == "registered"
@@ -431,6 +434,31 @@ fn a_gb28181_camera_shows_in_admin_and_plays_in_the_console() {
         v["frames"].as_f64().unwrap() >= 20.0,
         "a GB28181 channel decoded {} frames in 2 s",
         v["frames"]
+    );
+    // The channel's G.711 reaches the browser as PCMA and is heard.
+    let party = format!("p/{gb_id} #1");
+    assert!(
+        v["cameraParties"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == &json!(party)),
+        "{}",
+        v["cameraParties"]
+    );
+    assert!(
+        v["cameraAudio"]["inbound"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["packets"].as_u64() > Some(20)),
+        "{}",
+        v["cameraAudio"]
+    );
+    let heard = numbers(&v["cameraHeard"]);
+    assert!(
+        heard.iter().cloned().fold(0.0, f64::max) > 0.05,
+        "the camera's audio is not heard: {heard:?}"
     );
 }
 
