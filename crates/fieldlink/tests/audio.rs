@@ -332,3 +332,66 @@ async fn an_unknown_alsa_device_is_named_with_the_ones_there_are() {
     let (r, _re) = s.remote("p/r1", "rpw").await;
     r.open_session(&id("p/f")).await.unwrap();
 }
+
+/// No remote hears another remote: with two operators in session, what r1 says (600 Hz)
+/// reaches the field device, and r2 hears only the field device (1 kHz).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remotes_do_not_hear_each_other() {
+    use fieldlink_sdk::audio::{tone::Tone, Playback};
+    use fieldlink_sdk::Event;
+    let s = TestServer::start();
+    s.standard();
+    let talker = |cfg: &mut fieldlink_sdk::DeviceConfig| {
+        cfg.audio.enable = true;
+        cfg.audio.external = true;
+        cfg.audio.receive = true;
+        cfg.audio.play = Some(Playback::Outside);
+    };
+    let mut fc = s.cfg("p/f", "fpw");
+    talker(&mut fc);
+    let (field, mut fe) = fieldlink_sdk::FieldDevice::connect(fc).await.unwrap();
+    let mut c1 = s.cfg("p/r1", "rpw");
+    talker(&mut c1);
+    let (r1, _e1) = fieldlink_sdk::RemoteDevice::connect(c1).await.unwrap();
+    let mut c2 = s.cfg("p/r2", "rpw");
+    c2.audio.receive = true;
+    c2.audio.play = Some(Playback::Outside);
+    let (r2, mut e2) = fieldlink_sdk::RemoteDevice::connect(c2).await.unwrap();
+    r1.open_session(&id("p/f")).await.unwrap();
+    r2.open_session(&id("p/f")).await.unwrap();
+    let speak = |input: fieldlink_sdk::AudioInput, hz: f64| {
+        tokio::spawn(async move {
+            let mut tone = Tone::new(hz, 48000, 10000.0);
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            loop {
+                tick.tick().await;
+                let _ = input.push(48000, 1, &tone.next_frame());
+            }
+        })
+    };
+    let a = speak(field.audio_input(), 1000.0);
+    let b = speak(r1.audio_input(), 600.0);
+    let collect = |ev: &mut fieldlink_sdk::Events| {
+        let mut out = Vec::new();
+        while let Some(e) = ev.try_recv() {
+            if let Event::MixedAudio(m) = e {
+                out.extend(m.samples);
+            }
+        }
+        out
+    };
+    let _ = (collect(&mut fe), collect(&mut e2));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    a.abort();
+    b.abort();
+    let (at_field, at_r2) = (collect(&mut fe), collect(&mut e2));
+    let tail = |v: &[i16]| v[v.len().saturating_sub(3 * 48000)..].to_vec();
+    let f = fit(&tail(&at_field), 48000, 600.0);
+    let r = fit(&tail(&at_r2), 48000, 1000.0);
+    let leak = fit(&tail(&at_r2), 48000, 600.0);
+    eprintln!("field hears {f:?}; r2 hears {r:?}; r1's tone at r2 {leak:?}");
+    assert!(f.snr_db > 20.0 && (f.hz - 600.0).abs() < 5.0, "{f:?}");
+    assert!(r.snr_db > 20.0 && (r.hz - 1000.0).abs() < 5.0, "{r:?}");
+    assert!(leak.snr_db < 0.0, "r2 hears r1: {leak:?}");
+}
