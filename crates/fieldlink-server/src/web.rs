@@ -36,6 +36,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../web/control.js"),
     ),
     (
+        "diagnosis.js",
+        "text/javascript",
+        include_str!("../web/diagnosis.js"),
+    ),
+    (
         "voice.js",
         "text/javascript",
         include_str!("../web/voice.js"),

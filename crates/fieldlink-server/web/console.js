@@ -11,6 +11,7 @@ import { $, $$, el, explain, showMessage, clearMessage, ServerError, hex, printa
 import { Signal } from './signal.js';
 import { encodeFrame, decodeFrame, LateFilter, RateLimiter, InputState, ControlError } from './control.js';
 import { Voice, TALK_KEY } from './voice.js';
+import { renderReport } from './diagnosis.js';
 
 const MAX_WINDOWS = 9;
 const QOS_LABELS = ['fieldlink-ctl-qos0', 'fieldlink-ctl-qos1'];
@@ -708,58 +709,12 @@ async function diagnose() {
   }
 }
 
-/// A check's cell: "ok", or its cause in red.
-function check(v) {
-  return el('td', { class: v === 'ok' ? 'ok' : 'bad' }, v === 'ok' ? '✓ ok' : v);
-}
-
-/// A number's cell, with its unit and the cause when it is abnormal.
-function figure(v, unit, note) {
-  const text = v === null || v === undefined ? '—' : `${v}${unit}`;
-  return el('td', { class: note ? 'bad' : '', title: note || '' }, note ? `${text} (${note})` : text);
-}
-
 function onDiagnosis(m) {
   st.diagnosing = false;
   renderBanner();
   remember(hooks.diagnoses, m);
-  const r = m.report;
-  const box = $('#diagnosis');
-  box.replaceChildren();
-  box.hidden = false;
-  const ok = m.kind === 1;
-  $('#diag-state').textContent = ok ? `done, ${new Date().toLocaleTimeString()}` : 'failed';
-  const head = el('div', { class: ok ? 'ok' : 'bad' },
-    ok ? `${r.device_id}: measured for 10 s` : `${r.device_id}: diagnosis failed (${r.diag_error})`);
-  box.append(head);
-  const general = el('table', {},
-    el('tr', {}, el('th', {}, 'signalling'), check(r.remote_mqtt_connect)),
-    el('tr', {}, el('th', {}, 'mode'), check(r.remote_mode)));
-  if (ok && r.diag_error !== 'ok') general.append(el('tr', {}, el('th', {}, 'note'), el('td', {}, r.diag_error)));
-  box.append(general);
-  for (const s of r.result) {
-    box.append(el('h3', {}, `stream ${s.stream_id} → window of conn_fd ${s.conn_fd}`));
-    const t = el('table', {}, el('tr', {}, el('th', {}, ''), el('th', {}, 'field device'), el('th', {}, 'this console')));
-    const f = s.field || {};
-    const rm = s.remote || {};
-    const fn = f.notes || {};
-    const rn = rm.notes || {};
-    const none = el('td', { class: 'muted' }, 'not measured');
-    const row = (name, a, b) => t.append(el('tr', {}, el('th', {}, name), a || none.cloneNode(true), b || none.cloneNode(true)));
-    row('signalling', s.field && check(f.signal_connect), s.remote && check(rm.signal_connect));
-    row('media', s.field && check(f.media_connect), s.remote && check(rm.media_connect));
-    row('capture', s.field && check(f.video_capture), null);
-    row('encode', s.field && check(f.video_encode), null);
-    row('transfer', s.field && check(f.video_transfer), s.remote && check(rm.video_transfer));
-    row('decode', null, s.remote && check(rm.video_decode));
-    row('frame rate', s.field && figure(f.fps, ' fps', fn.fps), s.remote && figure(rm.fps, ' fps', rn.fps));
-    row('bitrate', s.field && figure(f.bps === undefined ? undefined : Math.round(f.bps / 1000), ' kbit/s', fn.bps),
-      s.remote && figure(rm.bps === undefined ? undefined : Math.round(rm.bps / 1000), ' kbit/s', rn.bps));
-    row('loss', s.field && figure(f.lost, ' %', fn.lost), s.remote && figure(rm.lost, ' %', rn.lost));
-    row('round trip', s.field && figure(f.rtt, ' ms', fn.rtt), s.remote && figure(rm.rtt, ' ms', rn.rtt));
-    row('latency', null, s.remote && figure(rm.latency, ' ms', rn.latency));
-    box.append(t);
-  }
+  $('#diag-state').textContent = m.kind === 1 ? `done, ${new Date().toLocaleTimeString()}` : 'failed';
+  renderReport($('#diagnosis'), m);
 }
 
 // ---------------------------------------------------------------- connection

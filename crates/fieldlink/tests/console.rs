@@ -545,6 +545,8 @@ fn pages_and_assets_are_served_from_the_binary() {
         ("console.js", "text/javascript"),
         ("signal.js", "text/javascript"),
         ("control.js", "text/javascript"),
+        ("voice.js", "text/javascript"),
+        ("diagnosis.js", "text/javascript"),
         ("common.js", "text/javascript"),
         ("admin.js", "text/javascript"),
         ("style.css", "text/css"),
