@@ -648,7 +648,9 @@ fn the_console_hears_the_field_device_and_talks_to_it() {
         .position(|s| s.unsigned_abs() > 3000)
         .expect("the console's tone reached the field device");
     let samples = &samples[start + 120_000..];
-    common::audio::assert_tone("console to field", samples, 600.0, 6.0);
+    // A stall in the browser's sending shows as a gap: one of 70 ms was seen in CI (this
+    // test alone on 2 cores, with Chromium, node, the server and the field CLI).
+    common::audio::assert_tone_gaps("console to field", samples, 600.0, 6.0, 150);
     let local = common::audio::median_snr_db(&samples[..4 * 48000], 600.0);
     eprintln!("console to field: median SNR of 100 ms windows {local:.1} dB");
     assert!(local >= 30.0, "{local}");
