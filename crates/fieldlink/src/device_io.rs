@@ -117,7 +117,8 @@ pub fn event_json(ev: &Event) -> Value {
             "lines": lines.iter().map(|l| json!({
                 "line": l.line, "playing": l.playing, "target_ms": l.target_ms,
                 "received": l.counts.received, "late": l.counts.late, "fec": l.counts.fec,
-                "concealed": l.counts.concealed, "dropped": l.counts.dropped,
+                "concealed": l.counts.concealed, "stretched": l.counts.stretched,
+                "dropped": l.counts.dropped,
             })).collect::<Vec<_>>(),
         }),
     }

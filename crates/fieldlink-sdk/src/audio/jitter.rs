@@ -5,6 +5,8 @@
 //! measured arrival jitter (95th percentile of the packets' relative delay over the last
 //! 2 s, plus a margin, within 20..200 ms, and at least one packet plus the margin). A packet not there when due is rebuilt from the
 //! next packet's in-band FEC when that one is already here, else concealed (Opus PLC);
+//! when nothing after it has come either, the packet is late rather than lost, and
+//! playout waits for it behind the concealment (the delay grows, nothing is dropped);
 //! after [`MAX_CONCEALED`] of concealment the party counts as silent and playout starts
 //! over on its next packet. A buffer that holds well over its target for a while drops
 //! 10 ms to catch up, so delay does not stay high after a burst.
@@ -46,6 +48,9 @@ pub struct JitterStats {
     pub fec: u64,
     /// 10 ms frames concealed (PLC).
     pub concealed: u64,
+    /// Of those, frames concealed while waiting for a late packet (playout delayed by
+    /// them instead of the packet dropped).
+    pub stretched: u64,
     /// 10 ms frames dropped to bring the delay down.
     pub dropped: u64,
     /// Packets the decoder refused.
@@ -286,7 +291,16 @@ impl JitterBuffer {
             self.stats.concealed += 1;
         }
         self.pcm.extend(out);
-        self.next = Some(next.saturating_add(FRAME as u64));
+        if following.is_some() {
+            // A hole with audio after it: that 10 ms is lost, playout goes past it.
+            self.next = Some(next.saturating_add(FRAME as u64));
+        } else {
+            // Nothing after it yet: the packet is late, not known lost (a stalled sender
+            // or network). Playout waits for it behind the concealment, so the delay
+            // grows by 10 ms instead of the packet being dropped when it comes;
+            // `catch_up` takes the delay back later.
+            self.stats.stretched += 1;
+        }
         true
     }
 }
