@@ -9,7 +9,7 @@ pub use keyed::{
     device_password, session_code, validate_project_key, verify_device_password,
     verify_session_code, KeyedError, USE_PROJECT_KEY_PWD,
 };
-pub use password::{hash_password, verify_password, NO_PASSWORD};
+pub use password::{hash_password, verify_password, verify_password_or_dummy, NO_PASSWORD};
 pub use throttle::Throttle;
 
 /// Constant-time equality of two strings (for tokens); lengths are not hidden.

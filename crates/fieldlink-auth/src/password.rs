@@ -32,8 +32,27 @@ pub fn hash_password(password: &str) -> String {
     )
 }
 
-/// Checks a password against a stored hash; a malformed hash never matches.
-pub fn verify_password(password: &str, stored: &str) -> bool {
+/// Like [`verify_password`], and as slow when there is no usable hash to check (no device,
+/// a device without a password of its own): then a hash of a password nobody knows is
+/// checked instead, so the time a login takes does not tell whether the device exists.
+pub fn verify_password_or_dummy(password: &str, stored: Option<&str>) -> bool {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    match stored {
+        Some(h) if parse(h).is_some() => verify_password(password, h),
+        _ => {
+            let dummy = DUMMY.get_or_init(|| {
+                let mut secret = [0u8; 16];
+                rand::rng().fill_bytes(&mut secret);
+                hash_password(&B64.encode(secret))
+            });
+            let _ = verify_password(password, dummy);
+            false
+        }
+    }
+}
+
+/// The iterations, salt and hash of a well-formed stored hash.
+fn parse(stored: &str) -> Option<(u32, Vec<u8>, Vec<u8>)> {
     let mut parts = stored.split('$');
     let (Some(SCHEME), Some(iter), Some(salt), Some(hash), None) = (
         parts.next(),
@@ -42,15 +61,22 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
         parts.next(),
         parts.next(),
     ) else {
-        return false;
+        return None;
     };
     let (Ok(iter), Ok(salt), Ok(hash)) = (iter.parse::<u32>(), B64.decode(salt), B64.decode(hash))
     else {
+        return None;
+    };
+    (1..=10_000_000)
+        .contains(&iter)
+        .then_some((iter, salt, hash))
+}
+
+/// Checks a password against a stored hash; a malformed hash never matches.
+pub fn verify_password(password: &str, stored: &str) -> bool {
+    let Some((iter, salt, hash)) = parse(stored) else {
         return false;
     };
-    if !(1..=10_000_000).contains(&iter) {
-        return false;
-    }
     derive(password, &salt, iter).ct_eq(hash.as_slice()).into()
 }
 
@@ -74,6 +100,10 @@ mod tests {
             "pbkdf2-sha256$0$AA$AA",
         ] {
             assert!(!verify_password("secret", bad));
+            assert!(!verify_password_or_dummy("secret", Some(bad)));
         }
+        assert!(verify_password_or_dummy("secret", Some(&h)));
+        assert!(!verify_password_or_dummy("Secret", Some(&h)));
+        assert!(!verify_password_or_dummy("secret", None));
     }
 }

@@ -92,6 +92,44 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, SipError> {
     Ok((buf.len() >= total).then_some(total))
 }
 
+/// The answer to a request over [`MAX_MESSAGE`] on TCP: `513 Message Too Large` naming the
+/// limit (RFC 3261 §21.5.11), built from its header section alone, since the body is never
+/// read. `None` when even the headers are over the limit or it is not a request.
+pub fn too_large_answer(buf: &[u8], source: SocketAddr) -> Option<Vec<u8>> {
+    let start = buf.iter().position(|b| !matches!(b, b'\r' | b'\n'))?;
+    let buf = &buf[start..];
+    let end = header_end(buf).filter(|&e| e <= MAX_MESSAGE)?;
+    let head = String::from_utf8_lossy(&buf[..end - 4]);
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let (method, uri) = (first.next()?, first.next()?);
+    if method.is_empty() || method.starts_with("SIP/") {
+        return None;
+    }
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let req = Message {
+        start: StartLine::Request {
+            method: method.to_string(),
+            uri: uri.to_string(),
+        },
+        headers,
+        body: Vec::new(),
+    };
+    let warning = format!("399 fieldlink \"a SIP message is at most {MAX_MESSAGE} bytes\"");
+    Some(response(
+        &req,
+        513,
+        "Message Too Large",
+        source,
+        &new_tag(),
+        &[("Warning", warning)],
+        None,
+    ))
+}
+
 impl Message {
     /// Parses one whole message (a UDP datagram, or a TCP frame from [`frame_len`]).
     pub fn parse(bytes: &[u8]) -> Result<Message, SipError> {

@@ -43,6 +43,7 @@ codes! {
     TooManyAttempts = -16, "TOO_MANY_ATTEMPTS", "too many failed logins; wait and retry";
     KeyModeOff = -17, "KEY_MODE_OFF", "project shared key is off";
     Replaced = -18, "REPLACED", "the same device logged in elsewhere";
+    LoginFailed = -19, "LOGIN_FAILED", "login failed: unknown project or device, wrong password or wrong role (the server's log says which)";
     FieldListDisabled = -20, "FIELD_LIST_DISABLED", "project does not let remote devices list field devices";
     NotWhitelisted = -21, "NOT_WHITELISTED", "remote device is not whitelisted for this field device";
     SessionCodeExpired = -22, "SESSION_CODE_EXPIRED", "session authorization code has expired";
@@ -64,6 +65,8 @@ codes! {
     AudioOff = -46, "AUDIO_OFF", "audio is off on this device (audio_enable / audio_external not set)";
     BadAudioFrame = -47, "BAD_AUDIO_FRAME", "a PCM frame must be exactly 10 ms of s16le at 8000/16000/24000/32000/44100/48000 Hz";
     AudioDevice = -48, "AUDIO_DEVICE", "no such audio device";
+    TlsFailed = -49, "TLS_FAILED", "TLS with the server failed (its certificate is not trusted or not valid for its name, or the PEM to verify it is unusable)";
+    TooLarge = -50, "TOO_LARGE", "a signalling message or admin API body is over its size limit (the message names it)";
 }
 
 impl ErrorCode {
@@ -74,6 +77,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::NotFound | ErrorCode::UnknownProject | ErrorCode::UnknownDevice => 404,
             ErrorCode::Conflict => 409,
+            ErrorCode::TooLarge => 413,
             ErrorCode::TooManyAttempts | ErrorCode::RateLimited => 429,
             _ => 400,
         }

@@ -4,6 +4,7 @@
 pub mod control;
 pub mod diag;
 pub mod error;
+pub mod field_config;
 pub mod ids;
 pub mod quality;
 pub mod signal;

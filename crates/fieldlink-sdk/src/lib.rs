@@ -19,6 +19,7 @@ mod peer;
 mod receive;
 pub mod record;
 mod remote;
+pub(crate) mod tls;
 pub mod transcode;
 pub mod video;
 
@@ -68,8 +69,12 @@ pub type Result<T> = std::result::Result<T, SdkError>;
 /// Where and who to log in as.
 #[derive(Debug, Clone)]
 pub struct DeviceConfig {
-    /// Server WebSocket URL, e.g. `ws://127.0.0.1:8080/ws`.
+    /// Server WebSocket URL, e.g. `ws://127.0.0.1:8080/ws`, or `wss://host/ws` for TLS.
     pub server: String,
+    /// `wss://` only: a PEM file of the certificate(s) the server's must chain to (a private
+    /// CA, or the server's own self-signed certificate); `None` = the system's roots. The
+    /// config.json key `certificate`. The server's name is always checked too.
+    pub server_ca: Option<std::path::PathBuf>,
     pub device_id: DeviceId,
     /// Own password, or a key-derived one (SPEC §8).
     pub password: String,
@@ -112,6 +117,7 @@ impl DeviceConfig {
     ) -> Self {
         DeviceConfig {
             server: server.into(),
+            server_ca: None,
             device_id,
             password: password.into(),
             auto_permission: true,

@@ -57,6 +57,9 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// Largest admin API request body; a larger one is refused (413) before it is read whole.
+pub const MAX_API_BODY: usize = 64 * 1024;
+
 /// JSON body whose rejections come out in our error format.
 pub struct Body<T>(T);
 
@@ -65,6 +68,10 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Body(v)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                ErrorCode::TooLarge,
+                format!("request body over the limit of {MAX_API_BODY} bytes"),
+            )),
             Err(e) => Err(ApiError::bad(e.body_text())),
         }
     }
@@ -148,6 +155,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/api/v1/gb28181/devices/{id}", put(gb_set_device))
         .route("/api/v1/gb28181/devices/{id}/ptz", post(gb_ptz))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_API_BODY))
 }
 
 async fn health() -> Json<serde_json::Value> {

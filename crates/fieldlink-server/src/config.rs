@@ -22,6 +22,17 @@ pub struct Config {
     pub webrtc: WebRtcConfig,
     pub login: LoginConfig,
     pub gb28181: Gb28181Config,
+    pub tls: TlsConfig,
+}
+
+/// HTTPS/WSS on `listen` (and `metrics_listen`): both files or neither.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    pub key: Option<PathBuf>,
 }
 
 /// The GB28181 platform (SPEC §10).
@@ -101,6 +112,7 @@ impl Default for Config {
             webrtc: WebRtcConfig::default(),
             login: LoginConfig::default(),
             gb28181: Gb28181Config::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -183,6 +195,8 @@ mod tests {
         assert_eq!(c.login.device_free_failures, 5);
         let e = Config::from_toml("lisen = \"x\"").unwrap_err().to_string();
         assert!(e.contains("lisen"), "{e}");
+        let c = Config::from_toml("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n").unwrap();
+        assert_eq!(c.tls.cert.as_deref(), Some(Path::new("c.pem")));
         assert!(Config::default()
             .database_url()
             .starts_with("sqlite://fieldlink-data/"));

@@ -13,6 +13,7 @@ pub mod login;
 pub mod metrics;
 pub mod permission;
 pub mod store;
+pub mod tls;
 pub mod web;
 pub mod ws;
 
@@ -52,11 +53,17 @@ pub enum ServerError {
     },
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("TLS needs both a certificate and a key ([tls] cert and key, or --tls-cert and --tls-key); only the {0} is set")]
+    TlsHalf(&'static str),
 }
 
 /// A server that is bound and running.
 pub struct Running {
     pub http_addr: SocketAddr,
+    /// Whether `http_addr` speaks HTTPS/WSS.
+    pub tls: bool,
     pub udp_addr: SocketAddr,
     /// The GB28181 SIP socket, when enabled.
     pub sip_addr: Option<SocketAddr>,
@@ -99,6 +106,13 @@ fn random_token() -> String {
 
 /// Binds everything and starts serving in the background.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
+    // Checked first: a bad certificate must not leave a half-started server behind.
+    let tls = match (&config.tls.cert, &config.tls.key) {
+        (Some(c), Some(k)) => Some(tls::server_config(c, k)?),
+        (None, None) => None,
+        (Some(_), None) => return Err(ServerError::TlsHalf("certificate")),
+        (None, Some(_)) => return Err(ServerError::TlsHalf("key")),
+    };
     let url = config.database_url();
     if url.starts_with("sqlite:") {
         std::fs::create_dir_all(&config.data_dir)
@@ -183,27 +197,45 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         admin_token: admin_token.clone(),
         metrics,
     });
-    let metrics_task = metrics_tcp.map(|l| {
-        let app = axum::Router::new()
-            .route("/metrics", axum::routing::get(api::open_metrics))
-            .with_state(state.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(l, app).await {
-                tracing::error!("metrics address: {e}");
-            }
-        })
-    });
+    for (what, addr) in [
+        ("listen", Some(http_addr)),
+        ("metrics_listen", metrics_addr),
+    ] {
+        match addr {
+            Some(a) if tls.is_none() && !a.ip().is_loopback() => tracing::warn!(
+                "{what} {a} is reachable from other hosts and speaks plain HTTP: passwords, \
+                 session codes and tokens cross the network in clear. Set [tls] cert and key \
+                 (--tls-cert/--tls-key), or put a TLS-terminating proxy in front \
+                 (docs/configuration.md#tls)"
+            ),
+            _ => {}
+        }
+    }
+    let metrics_task = match metrics_tcp {
+        Some(l) => {
+            let app = axum::Router::new()
+                .route("/metrics", axum::routing::get(api::open_metrics))
+                .with_state(state.clone());
+            let serving = serve(l, tls.clone(), app, std::future::pending())?;
+            Some(tokio::spawn(async move {
+                if let Err(e) = serving.await {
+                    tracing::error!("metrics address: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
     let app = api::router()
         .merge(web::router())
         .route("/ws", axum::routing::get(ws::handler))
         .with_state(state);
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+    let on_tls = tls.is_some();
+    let serving = serve(tcp, tls, app, async move {
+        let _ = stop.await;
+    })?;
     let task = tokio::spawn(async move {
-        let served = axum::serve(tcp, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = stop.await;
-            })
-            .await;
+        let served = serving.await;
         if let Some(t) = metrics_task {
             t.abort();
         }
@@ -216,9 +248,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         tracing::info!("server stopped");
         served.map_err(ServerError::Serve)
     });
-    tracing::info!(%http_addr, %udp_addr, %candidate, "fieldlink server listening");
+    tracing::info!(%http_addr, tls = on_tls, %udp_addr, %candidate, "fieldlink server listening");
     Ok(Running {
         http_addr,
+        tls: on_tls,
         udp_addr,
         sip_addr,
         metrics_addr,
@@ -227,6 +260,31 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         store: state_store,
         shutdown,
         task,
+    })
+}
+
+/// Serves `app` on `tcp`, over TLS when a config is given, until `stop` completes.
+fn serve(
+    tcp: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    app: axum::Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<futures_util::future::BoxFuture<'static, std::io::Result<()>>, ServerError> {
+    use futures_util::FutureExt;
+    use std::future::IntoFuture;
+    let make = app.into_make_service_with_connect_info::<tls::ClientAddr>();
+    Ok(match tls {
+        Some(config) => {
+            let l = tls::TlsListener::new(tcp, config).map_err(ServerError::Serve)?;
+            axum::serve(l, make)
+                .with_graceful_shutdown(stop)
+                .into_future()
+                .boxed()
+        }
+        None => axum::serve(tcp, make)
+            .with_graceful_shutdown(stop)
+            .into_future()
+            .boxed(),
     })
 }
 

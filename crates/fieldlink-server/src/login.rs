@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use fieldlink_auth::{
-    verify_device_password, verify_password, KeyedError, Throttle, USE_PROJECT_KEY_PWD,
+    verify_device_password, verify_password_or_dummy, KeyedError, Throttle, USE_PROJECT_KEY_PWD,
 };
 use fieldlink_proto::{DeviceId, ErrorCode, Role};
 
@@ -40,7 +40,8 @@ fn check_key(project: &Project, id: &DeviceId, pw: &str, now_unix: u64) -> Resul
     )
 }
 
-/// The login rules, with no I/O. `device` is the stored record of `id`, if any.
+/// The login rules, with no I/O. `device` is the stored record of `id`, if any. The error
+/// says exactly what was wrong, for the log; [`public_code`] is what the device is told.
 pub fn decide(
     project: Option<&Project>,
     device: Option<&Device>,
@@ -49,6 +50,12 @@ pub fn decide(
     password: &str,
     now_unix: u64,
 ) -> Result<Decision, ErrorCode> {
+    // Exactly one password hash is checked on every path (a dummy one where there is no
+    // usable hash), so the time taken does not tell an unknown device from a wrong password.
+    let own_hash = device
+        .filter(|d| d.kind == role && !d.key_password_only)
+        .map(|d| d.password.as_str());
+    let own_ok = verify_password_or_dummy(password, own_hash);
     let project = project.ok_or(ErrorCode::UnknownProject)?;
     match device {
         Some(d) if d.kind != role => Err(ErrorCode::WrongRole),
@@ -58,8 +65,8 @@ pub fn decide(
             }
             check_key(project, id, password, now_unix).map(|_| Decision::Accept)
         }
-        Some(d) => {
-            if verify_password(password, &d.password) {
+        Some(_) => {
+            if own_ok {
                 Ok(Decision::Accept)
             } else if project.security.key_on() && looks_key_derived(password) {
                 check_key(project, id, password, now_unix).map(|_| Decision::Accept)
@@ -76,10 +83,29 @@ pub fn decide(
     }
 }
 
+/// What a refused device is told: every reason that would say whether the project or the
+/// device exists, or which role it has, is the same `LOGIN_FAILED` (SPEC §11, no
+/// enumeration). An expired key-derived password keeps its code: saying so needs a valid
+/// signature, so it tells nothing to someone without the project key.
+pub fn public_code(code: ErrorCode) -> ErrorCode {
+    match code {
+        ErrorCode::UnknownProject
+        | ErrorCode::UnknownDevice
+        | ErrorCode::WrongPassword
+        | ErrorCode::WrongRole
+        | ErrorCode::KeyPasswordRequired
+        | ErrorCode::KeyModeOff => ErrorCode::LoginFailed,
+        other => other,
+    }
+}
+
 /// A refused login, with how long to wait where the throttle says so.
 #[derive(Debug, Clone)]
 pub struct Refusal {
+    /// What the device is told.
     pub code: ErrorCode,
+    /// What was really wrong (the log and the metrics say it; the device is not told).
+    pub reason: ErrorCode,
     pub message: String,
     pub retry_after: Option<Duration>,
 }
@@ -87,8 +113,9 @@ pub struct Refusal {
 impl From<ErrorCode> for Refusal {
     fn from(code: ErrorCode) -> Self {
         Refusal {
-            code,
-            message: code.describe().to_string(),
+            code: public_code(code),
+            reason: code,
+            message: public_code(code).describe().to_string(),
             retry_after: None,
         }
     }
@@ -143,6 +170,7 @@ pub async fn authenticate(
         {
             return Err(Refusal {
                 code: ErrorCode::TooManyAttempts,
+                reason: ErrorCode::TooManyAttempts,
                 message: format!("too many failed logins; retry in {} ms", wait.as_millis()),
                 retry_after: Some(wait),
             });
@@ -169,7 +197,7 @@ pub async fn authenticate(
         }
     }
     let decision = decision.map_err(|code| {
-        tracing::info!(device = %id, %addr, code = code.name(), "login refused");
+        tracing::info!(device = %id, %addr, code = code.name(), reason = code.describe(), "login refused");
         Refusal::from(code)
     })?;
     let project = project.ok_or(ErrorCode::Internal)?;
@@ -323,6 +351,31 @@ mod tests {
         assert_eq!(
             decide(Some(&project(1, 3)), None, &id, f, "pw", now),
             Err(ErrorCode::WrongPassword)
+        );
+    }
+
+    #[test]
+    fn refusals_do_not_tell_what_exists() {
+        use std::collections::HashSet;
+        let told: HashSet<ErrorCode> = [
+            ErrorCode::UnknownProject,
+            ErrorCode::UnknownDevice,
+            ErrorCode::WrongPassword,
+            ErrorCode::WrongRole,
+            ErrorCode::KeyPasswordRequired,
+            ErrorCode::KeyModeOff,
+        ]
+        .into_iter()
+        .map(public_code)
+        .collect();
+        assert_eq!(told, HashSet::from([ErrorCode::LoginFailed]));
+        assert_eq!(
+            public_code(ErrorCode::PasswordExpired),
+            ErrorCode::PasswordExpired
+        );
+        assert_eq!(
+            public_code(ErrorCode::TooManyAttempts),
+            ErrorCode::TooManyAttempts
         );
     }
 }

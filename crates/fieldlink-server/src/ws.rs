@@ -24,16 +24,20 @@ use crate::login::{authenticate, now_unix};
 use crate::AppState;
 
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages up to this size are read whole, so that one over [`MAX_SIGNAL_BYTES`] can be
+/// refused with an answer and a clean close; a larger one breaks the stream at once (its
+/// answer is then sent, but may be lost to the connection reset).
+const READ_LIMIT: usize = 4 * MAX_SIGNAL_BYTES;
 /// Most session codes one connection keeps (one per field device).
 const MAX_SESSION_CODES: usize = 256;
 
 pub async fn handler(
     ws: WebSocketUpgrade,
     State(state): State<Arc<AppState>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    ConnectInfo(crate::tls::ClientAddr(addr)): ConnectInfo<crate::tls::ClientAddr>,
 ) -> Response {
-    ws.max_message_size(MAX_SIGNAL_BYTES)
-        .max_frame_size(MAX_SIGNAL_BYTES)
+    ws.max_message_size(READ_LIMIT)
+        .max_frame_size(READ_LIMIT)
         .on_upgrade(move |socket| run(socket, state, addr))
 }
 
@@ -44,8 +48,54 @@ fn text(msg: &ServerMsg) -> Message {
     ))
 }
 
+fn payload_len(m: &Message) -> usize {
+    match m {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+        Message::Close(_) => 0,
+    }
+}
+
+/// Whether a receive failed because the message was over [`MAX_SIGNAL_BYTES`].
+fn too_large(e: &axum::Error) -> bool {
+    use std::error::Error;
+    e.source()
+        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
+}
+
+/// Tells the device that its message was over the limit, then closes (1009 "message too
+/// big"): the rest of an oversized message is not read, so the stream cannot go on.
+async fn refuse_too_large(socket: &mut WebSocket, addr: SocketAddr) {
+    tracing::info!(%addr, limit = MAX_SIGNAL_BYTES, "signalling message over the limit; closing");
+    let why = format!("a signalling message is at most {MAX_SIGNAL_BYTES} bytes; closing");
+    let _ = socket
+        .send(text(&ServerMsg::error(None, ErrorCode::TooLarge, why)))
+        .await;
+    let _ = socket
+        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+            code: 1009,
+            reason: Utf8Bytes::from_static("message too big"),
+        })))
+        .await;
+    // Wait (briefly) for the device's close: dropping a socket with its unread bytes
+    // resets the connection, and a reset can discard what was just said.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(m)) = socket.recv().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 async fn run(mut socket: WebSocket, state: Arc<AppState>, addr: SocketAddr) {
     let login = match tokio::time::timeout(LOGIN_TIMEOUT, socket.recv()).await {
+        Ok(Some(Ok(m))) if payload_len(&m) > MAX_SIGNAL_BYTES => {
+            return refuse_too_large(&mut socket, addr).await
+        }
+        Ok(Some(Err(e))) if too_large(&e) => return refuse_too_large(&mut socket, addr).await,
         Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<ClientMsg>(&t).ok(),
         _ => None,
     };
@@ -92,7 +142,7 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, addr: SocketAddr) {
     {
         Ok(p) => p,
         Err(r) => {
-            state.metrics.login_refused(r.code);
+            state.metrics.login_refused(r.reason);
             let msg = ServerMsg::Error {
                 req,
                 code: r.code,
@@ -124,6 +174,7 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, addr: SocketAddr) {
     };
     if socket.send(text(&ok)).await.is_ok() {
         let mut session = Session {
+            addr,
             state: state.clone(),
             conn,
             device: device_id,
@@ -136,6 +187,7 @@ async fn run(mut socket: WebSocket, state: Arc<AppState>, addr: SocketAddr) {
 }
 
 struct Session {
+    addr: SocketAddr,
     state: Arc<AppState>,
     conn: ConnId,
     device: DeviceId,
@@ -150,6 +202,9 @@ impl Session {
             tokio::select! {
                 incoming = socket.recv() => {
                     let t = match incoming {
+                        Some(Ok(m)) if payload_len(&m) > MAX_SIGNAL_BYTES => {
+                            return refuse_too_large(socket, self.addr).await;
+                        }
                         Some(Ok(Message::Text(t))) => t,
                         Some(Ok(Message::Binary(_))) => {
                             let e = ServerMsg::error(None, ErrorCode::BadRequest, "signalling is JSON text");
@@ -157,6 +212,7 @@ impl Session {
                             continue;
                         }
                         Some(Ok(_)) => continue,
+                        Some(Err(e)) if too_large(&e) => return refuse_too_large(socket, self.addr).await,
                         _ => return,
                     };
                     let reply = match serde_json::from_str::<ClientMsg>(&t) {

@@ -23,6 +23,7 @@ export function el(tag, attrs = {}, ...children) {
 
 /// What to do about each failure, shown under the server's own message.
 const HINTS = {
+  LOGIN_FAILED: 'Check the device id (project/device), the password and that the id is a remote device; the server does not say which was wrong, its log does. A key-derived password ends in _<expiry>.',
   WRONG_PASSWORD: 'Wrong password for this device. A key-derived password ends in _<expiry>; ask your administrator for a new one if unsure.',
   PASSWORD_EXPIRED: 'This key-derived password has expired: generate a new one (admin page, "Key-derived password").',
   KEY_PASSWORD_REQUIRED: 'This device logs in only with a password derived from the project key.',

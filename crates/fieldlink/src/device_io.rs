@@ -23,6 +23,27 @@ pub fn unhex(s: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
+/// A path from a config file, relative to that file's directory unless absolute.
+pub fn relative_to(config: &std::path::Path, p: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(p);
+    match config.parent() {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// Says so when a certificate is given for a plain-text server URL (it verifies nothing).
+pub fn warn_plain(cfg: &fieldlink_sdk::DeviceConfig) {
+    if let (Some(ca), true) = (&cfg.server_ca, cfg.server.starts_with("ws://")) {
+        eprintln!(
+            "warning: certificate {} is not used: {} is plain ws://, so the server is not \
+             verified and the password crosses the network in clear (use wss://)",
+            ca.display(),
+            cfg.server
+        );
+    }
+}
+
 /// One event as a JSON object (`{"event": ..., ...}`).
 pub fn event_json(ev: &Event) -> Value {
     match ev {

@@ -17,6 +17,10 @@ pub struct Args {
     /// Server WebSocket URL (overrides "server" in the config).
     #[arg(long, env = "FIELDLINK_SERVER")]
     server: Option<String>,
+    /// wss:// only: PEM of the CA (or the server's own certificate) to verify the server
+    /// against, instead of the system's roots (overrides "certificate" in the config).
+    #[arg(long, env = "FIELDLINK_CA")]
+    ca: Option<PathBuf>,
     /// Qos for plain-text stdin lines.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     qos: u8,
@@ -34,18 +38,19 @@ pub struct Args {
 /// The field device's config.json. Keys from the vendor format that later features use
 /// are accepted now so existing files load.
 #[derive(Debug, Deserialize)]
-#[allow(dead_code)] // stream and certificate keys are read once video sources exist
 #[serde(deny_unknown_fields)]
 pub struct FieldConfig {
     pub device_id: String,
     pub projectid: String,
     pub password: String,
     #[serde(default)]
+    #[allow(dead_code)] // accepted from vendor files; nothing shows it yet
     pub device_name: Option<String>,
     #[serde(default)]
     pub device_streams: Option<u32>,
     #[serde(default)]
     pub cloud_mode: Option<String>,
+    /// wss:// only: PEM the server's certificate must chain to (relative to this file).
     #[serde(default)]
     pub certificate: Option<String>,
     #[serde(default)]
@@ -232,13 +237,38 @@ pub fn load(path: &PathBuf) -> anyhow::Result<FieldConfig> {
     Ok(c)
 }
 
+/// What `--check` asks of the file system and the SDK.
+struct Checks<'a>(&'a std::path::Path);
+
+impl fieldlink_proto::field_config::Outside for Checks<'_> {
+    fn file(&self, path: &str) -> Option<String> {
+        let p = std::path::Path::new(path);
+        (!p.is_file()).then(|| format!("{path} is not a readable file"))
+    }
+
+    fn certificate(&self, path: &str) -> Option<String> {
+        let full = crate::device_io::relative_to(self.0, path);
+        (!full.is_file()).then(|| format!("{} is not a readable file", full.display()))
+    }
+
+    fn rtsp(&self, url: &str) -> Option<String> {
+        let cam = fieldlink_sdk::camera::RtspCameraConfig {
+            url: url.to_string(),
+            username: None,
+            password: None,
+            transport: Default::default(),
+        };
+        cam.validate().err().map(|e| e.message)
+    }
+}
+
 pub async fn run(a: Args) -> anyhow::Result<()> {
     if a.check {
         let text = std::fs::read_to_string(&a.config)
             .with_context(|| format!("reading {}", a.config.display()))?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: not JSON", a.config.display()))?;
-        let problems = crate::field_check::check(&v);
+        let problems = fieldlink_proto::field_config::check(&v, &Checks(&a.config));
         for p in &problems {
             println!("{p}");
         }
@@ -255,6 +285,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         .or(c.server.clone())
         .unwrap_or_else(|| "ws://127.0.0.1:8080/ws".into());
     let mut cfg = DeviceConfig::new(server, id.clone(), c.password.clone());
+    cfg.server_ca = a.ca.clone().or_else(|| {
+        c.certificate
+            .as_deref()
+            .map(|p| crate::device_io::relative_to(&a.config, p))
+    });
+    crate::device_io::warn_plain(&cfg);
     cfg.auto_permission = c.auto_permission.unwrap_or(1) == 1;
     if let Some(m) = &c.cloud_mode {
         cfg.mode = m.clone();

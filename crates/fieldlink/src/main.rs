@@ -4,7 +4,6 @@ mod audio_files;
 mod demo;
 mod device_io;
 mod field;
-mod field_check;
 mod gb_device;
 mod remote;
 mod server;

@@ -20,6 +20,10 @@ pub struct Args {
         default_value = "ws://127.0.0.1:8080/ws"
     )]
     server: String,
+    /// wss:// only: PEM of the CA (or the server's own certificate) to verify the server
+    /// against, instead of the system's roots.
+    #[arg(long, env = "FIELDLINK_CA")]
+    ca: Option<std::path::PathBuf>,
     /// This remote device's id, project_id/device_id.
     #[arg(long, env = "FIELDLINK_DEVICE_ID")]
     device_id: DeviceId,
@@ -162,6 +166,8 @@ fn audio_files(dev: &RemoteDevice, args: Option<&AudioArgs>) -> anyhow::Result<O
 
 async fn login(a: &Args) -> anyhow::Result<(RemoteDevice, fieldlink_sdk::Events)> {
     let mut cfg = DeviceConfig::new(a.server.clone(), a.device_id.clone(), a.password.clone());
+    cfg.server_ca = a.ca.clone();
+    crate::device_io::warn_plain(&cfg);
     cfg.auto_permission = !a.no_auto_permission;
     cfg.streams = a.max_streams;
     if let Cmd::Watch {

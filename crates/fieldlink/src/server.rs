@@ -42,6 +42,13 @@ pub struct Args {
     /// GB28181: log every SIP message sent and received, whole.
     #[arg(long, env = "FIELDLINK_LOG_SIP")]
     log_sip: bool,
+    /// PEM certificate chain (server certificate first): the API, the console and /ws are
+    /// then served over HTTPS/WSS only. Needs --tls-key.
+    #[arg(long, env = "FIELDLINK_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "FIELDLINK_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 pub fn config(a: &Args) -> anyhow::Result<Config> {
@@ -77,6 +84,10 @@ pub fn config(a: &Args) -> anyhow::Result<Config> {
         c.gb28181.keepalive_period_secs = v.max(1);
     }
     c.gb28181.log_sip |= a.log_sip;
+    if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
+        c.tls.cert = Some(cert.clone());
+        c.tls.key = Some(key.clone());
+    }
     Ok(c)
 }
 
@@ -86,13 +97,19 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let running = fieldlink_server::start(c)
         .await
         .context("starting the server")?;
+    let (http, ws) = if running.tls {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
     // One machine-readable line on stdout, for scripts and tests.
     println!(
         "{}",
         serde_json::json!({
             "event": "ready",
             "http": running.http_addr.to_string(),
-            "ws": format!("ws://{}/ws", running.http_addr),
+            "ws": format!("{ws}://{}/ws", running.http_addr),
+            "tls": running.tls,
             "udp": running.udp_addr.to_string(),
             "sip": running.sip_addr.map(|a| a.to_string()),
             "metrics": running.metrics_addr.map(|a| a.to_string()),
@@ -101,7 +118,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         })
     );
     eprintln!(
-        "fieldlink server on http://{} (WebSocket ws://{}/ws, WebRTC udp {})",
+        "fieldlink server on {http}://{} (WebSocket {ws}://{}/ws, WebRTC udp {})",
         running.http_addr, running.http_addr, running.udp_addr
     );
     if !token_given {

@@ -274,7 +274,7 @@ fn clear_errors_for_bad_logins_and_configs() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("WRONG_PASSWORD"), "{err}");
+    assert!(err.contains("LOGIN_FAILED"), "{err}");
     let cfg = s.dir.join("bad.json");
     std::fs::write(
         &cfg,

@@ -33,15 +33,15 @@ async fn login_matrix() {
     assert_eq!(field_login(&s, "p/f", "fpw").await, Ok(()));
     assert_eq!(
         field_login(&s, "p/f", "nope").await,
-        Err(ErrorCode::WrongPassword)
+        Err(ErrorCode::LoginFailed)
     );
     assert_eq!(
         remote_login(&s, "p/f", "fpw").await,
-        Err(ErrorCode::WrongRole)
+        Err(ErrorCode::LoginFailed)
     );
     assert_eq!(
         field_login(&s, "nosuch/f", "fpw").await,
-        Err(ErrorCode::UnknownProject)
+        Err(ErrorCode::LoginFailed)
     );
     // Key-derived: valid, expired, made for another device.
     assert_eq!(field_login(&s, "p/f", &kp("p/f", now + 60)).await, Ok(()));
@@ -51,16 +51,16 @@ async fn login_matrix() {
     );
     assert_eq!(
         field_login(&s, "p/f", &kp("p/other", now + 60)).await,
-        Err(ErrorCode::WrongPassword)
+        Err(ErrorCode::LoginFailed)
     );
     // USEPROJECTKEYPWD: own-style password refused, key-derived accepted.
     assert_eq!(
         field_login(&s, "p/keyonly", "USEPROJECTKEYPWD").await,
-        Err(ErrorCode::KeyPasswordRequired)
+        Err(ErrorCode::LoginFailed)
     );
     assert_eq!(
         field_login(&s, "p/keyonly", "whatever").await,
-        Err(ErrorCode::KeyPasswordRequired)
+        Err(ErrorCode::LoginFailed)
     );
     assert_eq!(
         field_login(&s, "p/keyonly", &kp("p/keyonly", now + 5)).await,
@@ -81,7 +81,7 @@ async fn login_matrix() {
             if ok {
                 Ok(())
             } else {
-                Err(ErrorCode::UnknownDevice)
+                Err(ErrorCode::LoginFailed)
             }
         };
         assert_eq!(
@@ -115,7 +115,7 @@ async fn login_matrix() {
     assert_eq!(st, 200);
     assert_eq!(
         field_login(&s, "p/keyonly", &kp("p/keyonly", now + 5)).await,
-        Err(ErrorCode::WrongPassword)
+        Err(ErrorCode::LoginFailed)
     );
     let rotated = device_password("abcdefghijklmnopqrstuvwxyz012345", "p/keyonly", now + 5);
     assert_eq!(field_login(&s, "p/keyonly", &rotated).await, Ok(()));
@@ -123,7 +123,7 @@ async fn login_matrix() {
     s.api("PUT", "/api/v1/projects/p", Some(json!({"Mode": 0})));
     assert_eq!(
         field_login(&s, "p/keyonly", &rotated).await,
-        Err(ErrorCode::KeyModeOff)
+        Err(ErrorCode::LoginFailed)
     );
 }
 
@@ -137,7 +137,7 @@ async fn repeated_failures_are_slowed_down() {
     for _ in 0..3 {
         assert_eq!(
             field_login(&s, "p/f", "bad").await,
-            Err(ErrorCode::WrongPassword)
+            Err(ErrorCode::LoginFailed)
         );
     }
     // Now even the right password must wait.
@@ -153,7 +153,7 @@ async fn repeated_failures_are_slowed_down() {
     // Success resets: three more failures before slowing again.
     assert_eq!(
         field_login(&s, "p/f", "bad").await,
-        Err(ErrorCode::WrongPassword)
+        Err(ErrorCode::LoginFailed)
     );
     assert_eq!(field_login(&s, "p/f", "fpw").await, Ok(()));
 }

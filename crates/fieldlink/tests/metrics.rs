@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::metrics::{scrape, scrape_until, value};
 use common::*;
 use fieldlink_sdk::video::TestPattern;
-use fieldlink_sdk::{DeviceConfig, Event, FieldDevice, Permission, Qos, RemoteDevice};
+use fieldlink_sdk::{DeviceConfig, ErrorCode, Event, FieldDevice, Permission, Qos, RemoteDevice};
 
 fn control(samples: &[prometheus_parse::Sample], qos: &str, outcome: &str) -> f64 {
     value(
@@ -41,9 +41,9 @@ async fn metrics_need_the_token_parse_and_follow_devices() {
         0.0
     );
 
-    // A refused login is counted by the code the device got.
+    // A refused login is counted by its real reason, which the device is not told.
     let bad = RemoteDevice::connect(DeviceConfig::new(s.ws.clone(), id("p/r1"), "nope")).await;
-    assert!(bad.is_err());
+    assert_eq!(bad.err().map(|e| e.code), Some(ErrorCode::LoginFailed));
     let m = scrape(&s);
     assert_eq!(
         value(

@@ -2,6 +2,7 @@
 //! data channels are open.
 
 use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::{Connector, MaybeTlsStream};
 
 use fieldlink_proto::{ClientMsg, ErrorCode, Role, ServerMsg, PROTOCOL_VERSION};
 
@@ -9,24 +10,63 @@ use super::{parse, server_error, to_msg, Connection};
 use crate::peer::{AudioLines, Peer, PeerEvent};
 use crate::{DeviceConfig, Result, SdkError, REQUEST_TIMEOUT};
 
+/// Opens the signalling WebSocket: `ws://` as is, `wss://` verified (see [`crate::tls`]).
+async fn open_websocket(cfg: &DeviceConfig) -> Result<super::Ws> {
+    let url = url::Url::parse(&cfg.server).map_err(|e| {
+        SdkError::new(
+            ErrorCode::BadRequest,
+            format!("server URL {:?}: {e}", cfg.server),
+        )
+    })?;
+    let host = url.host_str().unwrap_or_default().to_string();
+    let connector = match url.scheme() {
+        "wss" => Some(Connector::Rustls(crate::tls::client_config(
+            cfg.server_ca.as_deref(),
+        )?)),
+        "ws" => None,
+        other => {
+            return Err(SdkError::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "server URL {:?}: scheme {other}: is not ws:// or wss://",
+                    cfg.server
+                ),
+            ))
+        }
+    };
+    let opened = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        tokio_tungstenite::connect_async_tls_with_config(&cfg.server, None, true, connector),
+    )
+    .await
+    .map_err(|_| {
+        SdkError::new(
+            ErrorCode::Disconnected,
+            format!("{}: no answer in time", cfg.server),
+        )
+    })?;
+    match opened {
+        Ok((ws, _)) => Ok(ws),
+        Err(e) => Err(match crate::tls::explain(&host, &e) {
+            Some(why) => SdkError::new(ErrorCode::TlsFailed, format!("{}: {why}", cfg.server)),
+            None => SdkError::new(ErrorCode::Disconnected, format!("{}: {e}", cfg.server)),
+        }),
+    }
+}
+
 /// Logs in, offers, and waits until both data channels are open.
 pub(super) async fn establish(role: Role, cfg: &DeviceConfig) -> Result<Connection> {
     let lost = |e: &dyn std::fmt::Display| {
         SdkError::new(ErrorCode::Disconnected, format!("{}: {e}", cfg.server))
     };
-    let (mut ws, _) = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        tokio_tungstenite::connect_async_with_config(&cfg.server, None, true),
-    )
-    .await
+    let mut ws = open_websocket(cfg).await?;
+    let local_ip = match ws.get_ref() {
+        MaybeTlsStream::Plain(s) => s.local_addr(),
+        MaybeTlsStream::Rustls(s) => s.get_ref().0.local_addr(),
+        _ => Err(std::io::Error::other("unexpected stream kind")),
+    }
     .map_err(|e| lost(&e))?
-    .map_err(|e| lost(&e))?;
-    let local_ip = ws
-        .get_ref()
-        .get_ref()
-        .local_addr()
-        .map_err(|e| lost(&e))?
-        .ip();
+    .ip();
     let login = ClientMsg::Login {
         req: Some(0),
         version: PROTOCOL_VERSION,

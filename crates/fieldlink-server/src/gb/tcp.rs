@@ -40,11 +40,17 @@ pub(super) async fn serve_tcp(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut rd, mut wr) = stream.into_split();
     let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(64);
+    let last_words = wtx.clone();
     if tx.send(Event::TcpOpen(peer, wtx)).await.is_err() {
         return;
     }
-    let writer = tokio::spawn(async move {
+    // An empty buffer means: close after what came before it.
+    let mut writer = tokio::spawn(async move {
         while let Some(b) = wrx.recv().await {
+            if b.is_empty() {
+                let _ = wr.shutdown().await;
+                return;
+            }
             if wr.write_all(&b).await.is_err() {
                 return;
             }
@@ -76,6 +82,14 @@ pub(super) async fn serve_tcp(
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(%peer, "SIP over TCP: {e}; closing");
+                    if let Some(answer) = sip::too_large_answer(&buf, peer) {
+                        let _ = last_words.send(answer).await;
+                        let _ = last_words.send(Vec::new()).await;
+                        let wrote = std::time::Duration::from_secs(2);
+                        if tokio::time::timeout(wrote, &mut writer).await.is_ok() {
+                            return;
+                        }
+                    }
                     writer.abort();
                     return;
                 }

@@ -1,7 +1,19 @@
-//! `fieldlink field --config config.json --check`: every problem in a field device's
-//! config, each with its JSON path, instead of the first one serde meets.
+//! The field device's `config.json` (SPEC §7 shape) checked whole: every problem, each with
+//! its JSON path, instead of the first one serde meets (`fieldlink field --check`). What
+//! needs the file system or the media stack is asked of the caller ([`Outside`]), so this
+//! stays pure and can be fuzzed.
 
 use serde_json::Value;
+
+/// The checks this module cannot make itself; each answers a problem, or `None`.
+pub trait Outside {
+    /// The file of a `file://` source.
+    fn file(&self, path: &str) -> Option<String>;
+    /// The `certificate` PEM (a path relative to the config file's directory).
+    fn certificate(&self, path: &str) -> Option<String>;
+    /// An `rtsp://` camera URL.
+    fn rtsp(&self, url: &str) -> Option<String>;
+}
 
 const TOP: [&str; 15] = [
     "device_id",
@@ -63,13 +75,13 @@ fn string(v: Option<&Value>, path: &str, required: bool, out: &mut Vec<String>) 
     }
 }
 
-fn check_url(url: &str, path: &str, out: &mut Vec<String>) {
+fn check_url(url: &str, path: &str, outside: &dyn Outside, out: &mut Vec<String>) {
     if url == "test://pattern" {
         return;
     }
     if let Some(file) = url.strip_prefix("file://") {
-        if !std::path::Path::new(file).is_file() {
-            out.push(format!("{path}: {file} is not a readable file"));
+        if let Some(e) = outside.file(file) {
+            out.push(format!("{path}: {e}"));
         }
         return;
     }
@@ -80,14 +92,8 @@ fn check_url(url: &str, path: &str, out: &mut Vec<String>) {
         return;
     }
     if url.starts_with("rtsp://") {
-        let cam = fieldlink_sdk::camera::RtspCameraConfig {
-            url: url.to_string(),
-            username: None,
-            password: None,
-            transport: Default::default(),
-        };
-        if let Err(e) = cam.validate() {
-            out.push(format!("{path}: {}", e.message));
+        if let Some(e) = outside.rtsp(url) {
+            out.push(format!("{path}: {e}"));
         }
         return;
     }
@@ -97,7 +103,7 @@ fn check_url(url: &str, path: &str, out: &mut Vec<String>) {
 }
 
 /// Every problem found in `v`, as `$.path: what is wrong`.
-pub fn check(v: &Value) -> Vec<String> {
+pub fn check(v: &Value, outside: &dyn Outside) -> Vec<String> {
     let mut out = Vec::new();
     let Some(root) = v.as_object() else {
         return vec!["$: the config must be a JSON object".into()];
@@ -105,7 +111,7 @@ pub fn check(v: &Value) -> Vec<String> {
     unknown(root, &TOP, "$", &mut out);
     for (k, validate) in [("device_id", true), ("projectid", true)] {
         if let Some(s) = string(root.get(k), &format!("$.{k}"), validate, &mut out) {
-            if let Err(e) = fieldlink_proto::ids::validate_part(&s) {
+            if let Err(e) = crate::ids::validate_part(&s) {
                 out.push(format!("$.{k}: {e}"));
             }
         }
@@ -113,7 +119,11 @@ pub fn check(v: &Value) -> Vec<String> {
     string(root.get("password"), "$.password", true, &mut out);
     string(root.get("device_name"), "$.device_name", false, &mut out);
     string(root.get("cloud_mode"), "$.cloud_mode", false, &mut out);
-    string(root.get("certificate"), "$.certificate", false, &mut out);
+    if let Some(c) = string(root.get("certificate"), "$.certificate", false, &mut out) {
+        if let Some(e) = outside.certificate(&c) {
+            out.push(format!("$.certificate: {e}"));
+        }
+    }
     if let Some(s) = string(root.get("server"), "$.server", false, &mut out) {
         if !(s.starts_with("ws://") || s.starts_with("wss://")) {
             out.push(format!("$.server: {s:?} is not a ws:// or wss:// URL"));
@@ -241,7 +251,7 @@ pub fn check(v: &Value) -> Vec<String> {
                 string(cobj.get(key), &format!("{cp}.{key}"), false, &mut out);
             }
             if let Some(u) = string(cobj.get("url"), &format!("{cp}.url"), true, &mut out) {
-                check_url(&u, &format!("{cp}.url"), &mut out);
+                check_url(&u, &format!("{cp}.url"), outside, &mut out);
                 let passthrough = obj.get("protocol").and_then(Value::as_str) == Some("rtsp_enc");
                 if passthrough && !u.starts_with("rtsp://") {
                     out.push(format!(
@@ -259,13 +269,31 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Files: only `here.pem` exists; RTSP: a URL needs something after `rtsp://`.
+    struct Fake;
+    impl Outside for Fake {
+        fn file(&self, path: &str) -> Option<String> {
+            Some(format!("{path} is not a readable file"))
+        }
+        fn certificate(&self, path: &str) -> Option<String> {
+            (path != "here.pem").then(|| format!("{path} is not a readable file"))
+        }
+        fn rtsp(&self, url: &str) -> Option<String> {
+            (url == "rtsp://").then(|| "camera URL has no host".to_string())
+        }
+    }
+
+    fn check(v: &Value) -> Vec<String> {
+        super::check(v, &Fake)
+    }
+
     #[test]
     fn a_good_config_has_no_problems() {
         let v = json!({"device_id": "f", "projectid": "p", "password": "x", "device_streams": 1,
             "streams_config": [{"fps": 25, "bps": 800, "width": 640, "height": 360,
                 "cameras": [{"url": "test://pattern"}]}]});
         assert_eq!(check(&v), Vec::<String>::new());
-        let v = json!({"device_id": "f", "projectid": "p", "password": "x",
+        let v = json!({"device_id": "f", "projectid": "p", "password": "x", "certificate": "here.pem",
             "streams_config": [{"protocol": "rtsp_enc",
                 "cameras": [{"protocol": 1, "url": "rtsp://u:p@127.0.0.1:8554/cam", "username": "a"}]}]});
         assert_eq!(check(&v), Vec::<String>::new());
@@ -296,7 +324,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported_with_its_path() {
         let v = json!({"device_id": "f/x", "password": 3, "colour": "red", "device_streams": 2,
-            "server": "http://x",
+            "server": "http://x", "certificate": "gone.pem",
             "streams_config": [{"fps": 0, "protocol": "raw", "cameras": [{"url": "ftp://x", "zoom": 1}]}]});
         let p = check(&v);
         for want in [
@@ -305,6 +333,7 @@ mod tests {
             "$.projectid: missing",
             "$.password: 3 is not a string",
             "$.server:",
+            "$.certificate: gone.pem is not a readable file",
             "$.device_streams: 2, but $.streams_config has 1 entries",
             "$.streams_config[0].fps:",
             "$.streams_config[0].protocol:",
