@@ -10,6 +10,7 @@
 //   failures  {device, password, online, offline, expired_code, code}
 //   gb        {token, device, password, gb_id, gwid, screenshot}
 //   diagnose  {device, password, gwid, screenshot}
+//   https     {device, password, gwid}  (the console over HTTPS/WSS: watches stream 0)
 //   voice     {device, password, gwid, fake_audio, talk_ms}  (hears the field device, then
 //             talks with the ` key; a second page without microphone permission is refused)
 import { chromium } from 'playwright-core';
@@ -364,6 +365,21 @@ async function diagnose() {
   if (args.screenshot) await page.screenshot({ path: args.screenshot, fullPage: true });
 }
 
+async function https() {
+  // BASE is https://: Chromium trusts the test's CA through its NSS database ($HOME), so a
+  // certificate error fails the first page load.
+  const page = await newPage();
+  await login(page, args.device, args.password);
+  await loggedIn(page);
+  out.protocol = await page.evaluate(() => location.protocol);
+  const chip = `.chip[data-gwid="${args.gwid}"][data-stream="0"]`;
+  await page.waitForSelector(chip, { timeout: T });
+  await page.click(chip);
+  await playing(page, 0, 0);
+  await page.waitForTimeout(1000);
+  out.frames = (await hooks(page)).frames;
+}
+
 async function voice() {
   const page = await newPage();
   await page.context().grantPermissions(['microphone'], { origin: base });
@@ -405,7 +421,7 @@ async function voice() {
 }
 
 try {
-  await ({ grid, handover, admin, logins, failures, gb, diagnose, voice })[scenario]();
+  await ({ grid, handover, admin, logins, failures, gb, diagnose, https, voice })[scenario]();
   out.ok = true;
 } catch (e) {
   out.ok = false;

@@ -48,9 +48,10 @@ fn screenshot(name: &str) -> String {
 }
 
 fn scenario(name: &str, s: &TestServer, args: Value) -> Command {
+    let scheme = if s.ca.is_some() { "https" } else { "http" };
     let mut c = Command::new("node");
     c.arg(browser_dir().join("console.mjs"))
-        .args([name, &format!("http://{}", s.http), &args.to_string()])
+        .args([name, &format!("{scheme}://{}", s.http), &args.to_string()])
         .env("CHROMIUM", chromium())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -656,4 +657,74 @@ fn the_console_hears_the_field_device_and_talks_to_it() {
     assert!(local >= 30.0, "{local}");
     let note = v["deniedNote"].as_str().unwrap_or("");
     assert!(note.contains("blocked"), "{note:?}");
+}
+
+/// A HOME whose NSS database (what Chromium on Linux trusts besides its built-in roots)
+/// holds the test CA `ca`.
+fn home_trusting(dir: &std::path::Path, ca: &std::path::Path) -> PathBuf {
+    let db = dir.join("home/.pki/nssdb");
+    std::fs::create_dir_all(&db).unwrap();
+    let db_arg = format!("sql:{}", db.display());
+    let st = Command::new("certutil")
+        .args(["-d", &db_arg, "-N", "--empty-password"])
+        .status()
+        .expect("certutil (libnss3-tools, installed by .ci/run)");
+    assert!(st.success());
+    let st = Command::new("certutil")
+        .args([
+            "-d",
+            &db_arg,
+            "-A",
+            "-t",
+            "C,,",
+            "-n",
+            "fieldlink test CA",
+            "-i",
+        ])
+        .arg(ca)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    dir.join("home")
+}
+
+#[test]
+fn the_console_works_over_https_with_a_private_ca() {
+    if !browser_ready() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("fieldlink-console-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = common::tls::make_ca(&dir, "console", &["127.0.0.1"]);
+    let s = TestServer::start_tls(&ca, "");
+    s.standard();
+    // The field device verifies the server with the same CA (config.json "certificate").
+    std::fs::copy(&ca.ca, s.dir.join("ca.pem")).unwrap();
+    let mut config: Value = serde_json::from_str(&field_config(&s, 1, 15)).unwrap();
+    config["certificate"] = json!("ca.pem");
+    let (mut field, _out) = start_field(&s, &config.to_string());
+    let out = scenario(
+        "https",
+        &s,
+        json!({"device": "p/r1", "password": "rpw", "gwid": "p/f"}),
+    )
+    .env("HOME", home_trusting(&dir, &ca.ca))
+    .output()
+    .expect("run node");
+    // Without the CA in its trust store, Chromium refuses the page.
+    let empty_home = dir.join("untrusting");
+    std::fs::create_dir_all(&empty_home).unwrap();
+    let refused = scenario("https", &s, json!({"device": "p/r1", "password": "rpw"}))
+        .env("HOME", &empty_home)
+        .output()
+        .expect("run node");
+    let refused = String::from_utf8_lossy(&refused.stdout);
+    assert!(refused.contains("ERR_CERT_AUTHORITY_INVALID"), "{refused}");
+    let _ = field.kill();
+    let _ = field.wait();
+    let v = answer(out);
+    assert_eq!(v["protocol"], "https:", "{v:#}");
+    assert!(numbers(&v["frames"])[0] > 5.0, "{v:#}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
