@@ -61,8 +61,8 @@ fn declared(bytes: &[u8]) -> Option<&'static Encoding> {
     let decl = &head[..decl_end];
     let at = decl.find("encoding")?;
     let rest = decl[at + 8..].trim_start().strip_prefix('=')?.trim_start();
-    let quote = rest.chars().next()?;
-    let label = rest[1..].split(quote).next()?;
+    let quote = rest.chars().next().filter(|q| matches!(q, '"' | '\''))?;
+    let label = rest[quote.len_utf8()..].split(quote).next()?;
     Encoding::for_label(label.trim().as_bytes())
 }
 
@@ -320,6 +320,25 @@ pub fn response(cmd_type: &str, sn: u32, device_id: &str, fields: &[(&str, &str)
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Found by the `manscdp` fuzzer: a byte that is not UTF-8 where the declaration's
+    /// quote should be (its lossy decoding is 3 bytes long) made the label slice panic.
+    #[test]
+    fn a_broken_quote_in_the_declaration_does_not_panic() {
+        let body = b"<?xml version=\"1.0\" encoding=\xa2GB2312\"?>\r\n<Response>\r\n\
+            <CmdType>DeviceStatus</CmdType>\r\n<SN>3</SN>\r\n<DeviceID>34020000001320000001</DeviceID>\r\n\
+            </Response>\r\n";
+        assert!(declared(body).is_none());
+        let text = decode(body).unwrap();
+        assert!(text.contains("DeviceStatus"));
+        let _ = Manscdp::parse(body);
+        let reg = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fuzz/regressions/manscdp/broken-declaration-quote.xml"
+        ))
+        .unwrap();
+        let _ = Manscdp::parse(&reg);
+    }
 
     #[test]
     fn fields_in_attributes_as_some_devices_send_them() {
