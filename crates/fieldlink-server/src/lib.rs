@@ -201,14 +201,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         ("listen", Some(http_addr)),
         ("metrics_listen", metrics_addr),
     ] {
-        match addr {
-            Some(a) if tls.is_none() && !a.ip().is_loopback() => tracing::warn!(
-                "{what} {a} is reachable from other hosts and speaks plain HTTP: passwords, \
-                 session codes and tokens cross the network in clear. Set [tls] cert and key \
-                 (--tls-cert/--tls-key), or put a TLS-terminating proxy in front \
-                 (docs/configuration.md#tls)"
-            ),
-            _ => {}
+        if let Some(w) = addr.and_then(|a| plain_text_warning(what, a, tls.is_some())) {
+            tracing::warn!("{w}");
         }
     }
     let metrics_task = match metrics_tcp {
@@ -263,6 +257,18 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     })
 }
 
+/// What to say at start when an address other hosts can reach speaks plain HTTP.
+fn plain_text_warning(what: &str, addr: SocketAddr, tls: bool) -> Option<String> {
+    (!tls && !addr.ip().is_loopback()).then(|| {
+        format!(
+            "{what} {addr} is reachable from other hosts and speaks plain HTTP: passwords, \
+             session codes and tokens cross the network in clear. Set [tls] cert and key \
+             (--tls-cert/--tls-key), or put a TLS-terminating proxy in front \
+             (docs/configuration.md, TLS)"
+        )
+    })
+}
+
 /// Serves `app` on `tcp`, over TLS when a config is given, until `stop` completes.
 fn serve(
     tcp: TcpListener,
@@ -304,6 +310,21 @@ fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn plain_http_beyond_loopback_is_warned_about() {
+        let lan = "192.0.2.7:8080".parse().unwrap();
+        let w = super::plain_text_warning("listen", lan, false).expect("a warning");
+        assert!(
+            w.contains("192.0.2.7:8080") && w.contains("--tls-cert"),
+            "{w}"
+        );
+        assert!(super::plain_text_warning("listen", lan, true).is_none());
+        let local = "127.0.0.1:8080".parse().unwrap();
+        assert!(super::plain_text_warning("listen", local, false).is_none());
+        let any = "0.0.0.0:8080".parse().unwrap();
+        assert!(super::plain_text_warning("listen", any, false).is_some());
+    }
+
     #[test]
     fn redacts_password() {
         assert_eq!(
