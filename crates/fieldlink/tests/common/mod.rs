@@ -169,7 +169,7 @@ impl TestServer {
         match &self.ca {
             Some(ca) => {
                 let (status, text) = tls::https_text(&self.http, ca, method, path, &body, token);
-                (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+                (status, json_body(&text))
             }
             None => raw_http(&self.http, method, path, &body, token),
         }
@@ -249,9 +249,13 @@ pub fn raw_http(
     token: Option<&str>,
 ) -> (u16, Value) {
     let (status, payload) = raw_http_text(addr, method, path, body, token);
-    let payload = payload.as_str();
-    // Bodies come without chunking from axum for JSON; tolerate chunked just in case.
-    let json = serde_json::from_str(payload)
+    (status, json_body(&payload))
+}
+
+/// A JSON answer's body (Null if none). Bodies come without chunking from axum for JSON;
+/// chunked is tolerated just in case.
+pub fn json_body(payload: &str) -> Value {
+    serde_json::from_str(payload)
         .or_else(|_| {
             let inner = payload
                 .lines()
@@ -259,8 +263,7 @@ pub fn raw_http(
                 .collect::<String>();
             serde_json::from_str(&inner)
         })
-        .unwrap_or(Value::Null);
-    (status, json)
+        .unwrap_or(Value::Null)
 }
 
 /// One HTTP/1.1 request; returns the status and the body as it came.
