@@ -37,18 +37,16 @@ pub fn hash_password(password: &str) -> String {
 /// checked instead, so the time a login takes does not tell whether the device exists.
 pub fn verify_password_or_dummy(password: &str, stored: Option<&str>) -> bool {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    match stored {
-        Some(h) if parse(h).is_some() => verify_password(password, h),
-        _ => {
-            let dummy = DUMMY.get_or_init(|| {
-                let mut secret = [0u8; 16];
-                rand::rng().fill_bytes(&mut secret);
-                hash_password(&B64.encode(secret))
-            });
-            let _ = verify_password(password, dummy);
-            false
-        }
+    if let Some((iter, salt, hash)) = stored.and_then(parse) {
+        return derive(password, &salt, iter).ct_eq(hash.as_slice()).into();
     }
+    let dummy = DUMMY.get_or_init(|| {
+        let mut secret = [0u8; 16];
+        rand::rng().fill_bytes(&mut secret);
+        hash_password(&B64.encode(secret))
+    });
+    let _ = verify_password(password, dummy);
+    false
 }
 
 /// The iterations, salt and hash of a well-formed stored hash.

@@ -264,7 +264,7 @@ fn plain_text_warning(what: &str, addr: SocketAddr, tls: bool) -> Option<String>
             "{what} {addr} is reachable from other hosts and speaks plain HTTP: passwords, \
              session codes and tokens cross the network in clear. Set [tls] cert and key \
              (--tls-cert/--tls-key), or put a TLS-terminating proxy in front \
-             (docs/configuration.md, TLS)"
+             (docs/security.md)"
         )
     })
 }

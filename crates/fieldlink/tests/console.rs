@@ -698,9 +698,7 @@ fn the_console_works_over_https_with_a_private_ca() {
     if !browser_ready() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("fieldlink-console-tls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("console-tls");
     let ca = common::tls::make_ca(&dir, "console", &["127.0.0.1"]);
     let s = TestServer::start_tls(&ca, "");
     s.standard();

@@ -10,16 +10,9 @@ use fieldlink_media::FrameMeta;
 use fieldlink_sdk::video::TestPattern;
 use fieldlink_sdk::{ErrorCode, Event, FieldDevice, Qos, RemoteDevice};
 
-fn test_dir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("fieldlink-tls-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_session_runs_over_wss() {
-    let dir = test_dir("session");
+    let dir = temp_dir("tls-session");
     let ca = make_ca(&dir, "a", &["127.0.0.1", "localhost"]);
     let s = TestServer::start_tls(&ca, "");
     // The admin API answers over HTTPS only (these calls verify against the test CA) ...
@@ -112,7 +105,7 @@ async fn a_whole_session_runs_over_wss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verification_failures_say_why_and_name_the_host() {
-    let dir = test_dir("refused");
+    let dir = temp_dir("tls-refused");
     let good = make_ca(&dir, "good", &["127.0.0.1"]);
     let other = make_ca(&dir, "other", &["127.0.0.1"]);
     let misnamed = make_ca(&dir, "misnamed", &["fieldlink.example"]);
@@ -170,7 +163,7 @@ async fn verification_failures_say_why_and_name_the_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_keeps_verifying() {
-    let dir = test_dir("reconnect");
+    let dir = temp_dir("tls-reconnect");
     let first = make_ca(&dir, "first", &["127.0.0.1"]);
     let mut s = TestServer::start_tls(&first, "");
     s.standard();

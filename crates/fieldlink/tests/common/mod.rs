@@ -37,7 +37,8 @@ pub struct TestServer {
     extra: Vec<String>,
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
+/// A new empty directory under the system's temp dir, unique to this process and call.
+pub fn temp_dir(tag: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     let d = std::env::temp_dir().join(format!(
