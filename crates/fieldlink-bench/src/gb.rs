@@ -1,9 +1,12 @@
 //! `fieldlink-bench gb`: GB28181 registrations through a real `fieldlink server` process
 //! (pinned to CPU 0) driven by SIPp (pinned to CPU 1): `devices` distinct devices, each
-//! REGISTER → 401 → REGISTER with digest → 200, at `rate` calls per second over UDP.
-//! Prints registrations completed and failed, SIPp's retransmissions (an answer later
-//! than 500 ms), the challenge and digest response times (p50/p99) and the server's CPU
-//! time per registration.
+//! REGISTER → 401 → REGISTER with digest → 200, at `rate` calls per second over UDP; the
+//! platform's queries after each registration are answered 200 by SIPp's out-of-call
+//! scenario. The same load then goes to kamailio (a registrar with users in memory and
+//! `pv_www_authenticate`, `kamailio/registrar.cfg`), also on CPU 0. Prints registrations
+//! completed and failed, SIPp's retransmissions (an answer later than 500 ms), the
+//! challenge and digest response times (p50/p99), each server's CPU time per
+//! registration, and the ratio. `--keepalive N` then runs [`crate::gb_load`].
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,6 +19,11 @@ use crate::{cpu_secs, pct, start_server};
 /// The SIPp scenario (one registration per call, device id from the injection file).
 fn scenario() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sipp/register_storm.xml")
+}
+
+/// SIPp's out-of-call scenario: every request from the platform is answered 200.
+fn answers() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sipp/answer_queries.xml")
 }
 
 /// The file SIPp wrote into `dir` whose name ends with `suffix` (it names them after the
@@ -75,21 +83,62 @@ fn response_times(dir: &Path) -> anyhow::Result<[Vec<u64>; 2]> {
     Ok(out)
 }
 
-pub async fn gb(devices: u32, rate: u32, again: Option<u32>, bin: PathBuf) -> anyhow::Result<()> {
+/// A registrar under test: where it listens and how much CPU it has used.
+struct Peer {
+    name: &'static str,
+    sip: String,
+    /// Its main process; the CPU of its children counts too (kamailio forks workers).
+    pid: u32,
+}
+
+impl Peer {
+    fn cpu(&self) -> f64 {
+        cpu_secs(self.pid) + children(self.pid).into_iter().map(cpu_secs).sum::<f64>()
+    }
+}
+
+/// The processes whose parent is `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let after = s.rsplit(')').next()?.split_whitespace().nth(1)?.to_string();
+                    after.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// One storm's figures.
+#[derive(Clone, Copy)]
+struct Figures {
+    ok: u64,
+    failed: u64,
+    retrans: u64,
+    /// p99 of the challenge and of the digest answer, ms.
+    p99: [f64; 2],
+    cpu_ms_per_reg: f64,
+}
+
+/// Runs the storms against fieldlink and then kamailio (unless `no_kamailio`), and
+/// prints each and the comparison.
+pub async fn gb(
+    devices: u32,
+    rate: u32,
+    again: Option<u32>,
+    no_kamailio: bool,
+    bin: PathBuf,
+) -> anyhow::Result<()> {
     if Command::new("sipp").arg("-v").output().is_err() {
         bail!("sipp not found: install Debian's sip-tester (see .ci/run)");
     }
-    let server = start_server(
-        &bin,
-        0,
-        &["--sip-listen".to_string(), "127.0.0.1:0".to_string()],
-    )
-    .await?;
-    let sip = server
-        .sip
-        .clone()
-        .context("the server opened no SIP socket")?;
-    let pid = server.child.id();
     let dir = std::env::temp_dir().join(format!("fieldlink-bench-gb-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -102,41 +151,180 @@ pub async fn gb(devices: u32, rate: u32, again: Option<u32>, bin: PathBuf) -> an
         ));
     }
     std::fs::write(dir.join("devices.csv"), csv)?;
-    println!("fieldlink-bench gb: server pid {pid} (CPU 0), SIPp (CPU 1), over UDP");
-    let r = storm(&sip, pid, &dir, devices, rate, "new").await;
-    // The same devices again: known to the platform, online, re-registering.
-    let r = match (r, again) {
-        (Ok(()), Some(rate)) => storm(&sip, pid, &dir, devices, rate, "known").await,
-        (r, _) => r,
-    };
+    let r = compare(&dir, devices, rate, again, no_kamailio, &bin).await;
     let _ = std::fs::remove_dir_all(&dir);
     r
 }
 
-/// One SIPp run of `devices` registrations at `rate` per second; prints its figures.
+async fn compare(
+    dir: &Path,
+    devices: u32,
+    rate: u32,
+    again: Option<u32>,
+    no_kamailio: bool,
+    bin: &Path,
+) -> anyhow::Result<()> {
+    let server = start_server(
+        &bin.to_path_buf(),
+        0,
+        &["--sip-listen".to_string(), "127.0.0.1:0".to_string()],
+    )
+    .await?;
+    let ours = Peer {
+        name: "fieldlink",
+        sip: server
+            .sip
+            .clone()
+            .context("the server opened no SIP socket")?,
+        pid: server.child.id(),
+    };
+    println!(
+        "fieldlink-bench gb: fieldlink (pid {}, CPU 0), SIPp (CPU 1), over UDP",
+        ours.pid
+    );
+    let mut rows: Vec<(&str, u32, Figures, Option<Figures>)> = Vec::new();
+    let new = storm(&ours, dir, devices, rate, "new").await?;
+    let known = match again {
+        Some(r) => Some((r, storm(&ours, dir, devices, r, "known").await?)),
+        None => None,
+    };
+    drop(server);
+    let kam = if no_kamailio {
+        None
+    } else {
+        match Kamailio::start(dir).await {
+            Ok(k) => {
+                println!("kamailio (pid {}, CPU 0), the same load:", k.peer.pid);
+                let n = storm(&k.peer, dir, devices, rate, "new").await?;
+                let a = match again {
+                    Some(r) => Some(storm(&k.peer, dir, devices, r, "known").await?),
+                    None => None,
+                };
+                Some((n, a))
+            }
+            Err(e) => {
+                println!("kamailio not run: {e:#}");
+                None
+            }
+        }
+    };
+    rows.push(("new", rate, new, kam.map(|k| k.0)));
+    if let Some((r, f)) = known {
+        rows.push(("known", r, f, kam.and_then(|k| k.1)));
+    }
+    println!();
+    println!("| load | server | registered | retransmissions | 401 p99 | 200 p99 | CPU per registration | fieldlink ÷ kamailio |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (what, rate, f, k) in rows {
+        let load = format!("{devices} {what} devices at {rate} REG/s");
+        let line = |name: &str, f: &Figures, ratio: &str| {
+            println!(
+                "| {load} | {name} | {} of {devices} ({} failed) | {} | {:.0} ms | {:.0} ms | {:.3} ms | {ratio} |",
+                f.ok, f.failed, f.retrans, f.p99[0], f.p99[1], f.cpu_ms_per_reg
+            )
+        };
+        match k {
+            Some(k) => {
+                let ratio = format!("{:.2} ×", f.cpu_ms_per_reg / k.cpu_ms_per_reg.max(1e-9));
+                line("fieldlink", &f, &ratio);
+                line("kamailio", &k, "");
+            }
+            None => line("fieldlink", &f, "(no kamailio)"),
+        }
+    }
+    Ok(())
+}
+
+/// kamailio 5.6 from Debian (`apt-get install kamailio`) with `kamailio/registrar.cfg`,
+/// pinned to CPU 0, killed when dropped.
+struct Kamailio {
+    peer: Peer,
+    child: std::process::Child,
+}
+
+impl Kamailio {
+    async fn start(dir: &Path) -> anyhow::Result<Kamailio> {
+        let cfg = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kamailio/registrar.cfg");
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let listen = format!("udp:127.0.0.1:{port}");
+        let child = Command::new("taskset")
+            .args(["-c", "0", "kamailio", "-DD", "-E", "-f"])
+            .arg(&cfg)
+            .args(["-l", &listen, "-w"])
+            .arg(dir)
+            .args(["-Y", &dir.display().to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting kamailio (Debian package kamailio; see .ci/run)")?;
+        let k = Kamailio {
+            peer: Peer {
+                name: "kamailio",
+                sip: format!("127.0.0.1:{port}"),
+                pid: child.id(),
+            },
+            child,
+        };
+        // Ready when a REGISTER is challenged.
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        probe.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let me = probe.local_addr()?;
+        let register = format!(
+            "REGISTER sip:3402000000 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKprobe\r\nFrom: <sip:34020000001300000000@3402000000>;tag=p\r\nTo: <sip:34020000001300000000@3402000000>\r\nCall-ID: probe@{me}\r\nCSeq: 1 REGISTER\r\nContact: <sip:p@{me}>\r\nExpires: 60\r\nContent-Length: 0\r\n\r\n"
+        );
+        let mut buf = [0u8; 4096];
+        for _ in 0..50 {
+            probe.send_to(register.as_bytes(), &k.peer.sip)?;
+            if let Ok((n, _)) = probe.recv_from(&mut buf) {
+                if buf[..n].starts_with(b"SIP/2.0 401") {
+                    return Ok(k);
+                }
+            }
+        }
+        bail!("kamailio did not answer a REGISTER on {}", k.peer.sip)
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Its workers follow the main process; any left are ended too.
+        for p in children(self.peer.pid) {
+            let _ = Command::new("kill").arg(p.to_string()).status();
+        }
+    }
+}
+
+/// One SIPp run of `devices` registrations at `rate` per second against `peer`; prints
+/// and returns its figures.
 async fn storm(
-    sip: &str,
-    pid: u32,
+    peer: &Peer,
     dir: &Path,
     devices: u32,
     rate: u32,
     what: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Figures> {
     // The last run's SIPp files go: only the device list stays.
     for f in std::fs::read_dir(dir)?.flatten() {
-        if f.file_name() != "devices.csv" {
+        if f.file_name() != "devices.csv" && f.path().is_file() {
             let _ = std::fs::remove_file(f.path());
         }
     }
     let port = std::net::UdpSocket::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    println!("{devices} {what} devices at {rate} REG/s:");
-    let cpu0 = cpu_secs(pid);
+    println!("{} — {devices} {what} devices at {rate} REG/s:", peer.name);
+    // Children counted before and after: kamailio's workers live for the whole run.
+    let cpu0 = peer.cpu();
     let t0 = Instant::now();
     let out = Command::new("taskset")
-        .args(["-c", "1", "sipp", sip, "-sf"])
+        .args(["-c", "1", "sipp", &peer.sip, "-sf"])
         .arg(scenario())
+        .arg("-oocsf")
+        .arg(answers())
         .args(["-inf", "devices.csv", "-t", "u1", "-i", "127.0.0.1"])
         .args(["-p", &port.to_string()])
         .args(["-r", &rate.to_string(), "-rp", "1000"])
@@ -150,7 +338,7 @@ async fn storm(
     let wall = t0.elapsed();
     // Queries the platform sends after each registration keep it busy a little longer.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let cpu = cpu_secs(pid) - cpu0;
+    let cpu = peer.cpu() - cpu0;
     let stats = last_stats(dir);
     let rtt = response_times(dir)?;
     let stats = stats.with_context(|| {
@@ -173,11 +361,13 @@ async fn storm(
         "  registered {ok} of {devices}, failed {failed}, SIPp retransmissions {retrans}, SIPp ran {:.1} s",
         wall.as_secs_f64()
     );
+    let mut p99 = [0.0; 2];
     for (i, name) in ["REGISTER -> 401", "REGISTER with digest -> 200"]
         .iter()
         .enumerate()
     {
         let mut v = rtt[i].clone();
+        p99[i] = pct(&mut v, 0.99);
         println!(
             "  {name:<28} {:>6} answers  p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms (1 ms resolution)",
             v.len(),
@@ -186,9 +376,13 @@ async fn storm(
             pct(&mut v, 1.0)
         );
     }
-    println!(
-        "  server CPU {cpu:.2} s over the run + 2 s: {:.3} ms per registration",
-        cpu * 1000.0 / ok.max(1) as f64
-    );
-    Ok(())
+    let cpu_ms_per_reg = cpu * 1000.0 / ok.max(1) as f64;
+    println!("  server CPU {cpu:.2} s over the run + 2 s: {cpu_ms_per_reg:.3} ms per registration");
+    Ok(Figures {
+        ok,
+        failed,
+        retrans,
+        p99,
+        cpu_ms_per_reg,
+    })
 }

@@ -21,6 +21,7 @@ use fieldlink_server::store::{Device, Project, Security, Store};
 mod audio;
 mod camera;
 mod gb;
+mod gb_load;
 mod tap;
 
 #[derive(Parser)]
@@ -89,6 +90,17 @@ enum Cmd {
         /// Then register the same devices again (known, online) at this rate.
         #[arg(long)]
         again: Option<u32>,
+        /// Do not run the same load against kamailio (Debian package kamailio).
+        #[arg(long)]
+        no_kamailio: bool,
+        /// Instead of the storms: this many devices (our own load generator, many UDP
+        /// source ports, real digest) register, answer the platform's queries and keep
+        /// alive every 60 s; prints the server's RSS and CPU share while they keep alive.
+        #[arg(long)]
+        keepalive: Option<u32>,
+        /// How long to measure the keepalives, seconds (after every device registered).
+        #[arg(long, default_value_t = 120)]
+        keepalive_secs: u64,
         #[arg(long)]
         fieldlink: Option<PathBuf>,
     },
@@ -579,10 +591,31 @@ fn main() -> anyhow::Result<()> {
             fieldlink,
         } => rt.block_on(audio::audio(secs, streams, bin_of(fieldlink)?)),
         Cmd::Gb {
+            rate,
+            keepalive: Some(n),
+            keepalive_secs,
+            fieldlink,
+            ..
+        } => rt.block_on(gb_load::keepalive(
+            n,
+            rate,
+            keepalive_secs,
+            bin_of(fieldlink)?,
+        )),
+        Cmd::Gb {
             devices,
             rate,
             again,
+            no_kamailio,
+            keepalive: None,
             fieldlink,
-        } => rt.block_on(gb::gb(devices, rate, again, bin_of(fieldlink)?)),
+            ..
+        } => rt.block_on(gb::gb(
+            devices,
+            rate,
+            again,
+            no_kamailio,
+            bin_of(fieldlink)?,
+        )),
     }
 }

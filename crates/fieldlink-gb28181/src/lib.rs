@@ -3,7 +3,9 @@
 //! GB18030 / UTF-8, tolerant of what real devices send). The SIP transport, registrar and
 //! media receiver build on these.
 
+pub mod catalog;
 pub mod digest;
+pub mod guard;
 pub mod ids;
 pub mod manscdp;
 pub mod pacer;

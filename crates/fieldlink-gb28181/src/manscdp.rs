@@ -32,6 +32,9 @@ pub struct CatalogItem {
     pub model: String,
     pub status: String,
     pub parent_id: String,
+    /// In a Catalog `Notify`: what happened to it (`ADD`, `DEL`, `UPDATE`, `ON`, `OFF`,
+    /// `VLOST`, `DEFECT`); empty in a Catalog answer.
+    pub event: String,
 }
 
 /// A parsed MANSCDP message.
@@ -164,6 +167,7 @@ impl Manscdp {
                                 "DeviceID" => it.device_id = v,
                                 "Name" => it.name = v,
                                 "Status" => it.status = v,
+                                "Event" => it.event = v,
                                 _ => {}
                             }
                         }
@@ -216,6 +220,7 @@ impl Manscdp {
                             "Model" => it.model = v,
                             "Status" => it.status = v,
                             "ParentID" => it.parent_id = v,
+                            "Event" => it.event = v,
                             _ => {}
                         },
                         (None, 2, "CmdType") => m.cmd_type = v,
@@ -304,6 +309,23 @@ pub fn catalog_response(
     gb2312(&xml)
 }
 
+/// A device's Catalog `Notify` (a subscription's change report): each item with its
+/// `Event`, GB2312-encoded.
+pub fn catalog_notify(sn: u32, device_id: &str, items: &[CatalogItem]) -> Vec<u8> {
+    let mut xml = format!(
+        "<?xml version=\"1.0\" encoding=\"GB2312\"?>\r\n<Notify>\r\n<CmdType>Catalog</CmdType>\r\n<SN>{sn}</SN>\r\n<DeviceID>{device_id}</DeviceID>\r\n<SumNum>{n}</SumNum>\r\n<DeviceList Num=\"{n}\">\r\n",
+        n = items.len()
+    );
+    for i in items {
+        xml.push_str(&format!(
+            "<Item>\r\n<DeviceID>{}</DeviceID>\r\n<Event>{}</Event>\r\n<Name>{}</Name>\r\n<Manufacturer>{}</Manufacturer>\r\n<Model>{}</Model>\r\n<ParentID>{}</ParentID>\r\n<Status>{}</Status>\r\n</Item>\r\n",
+            esc(&i.device_id), esc(&i.event), esc(&i.name), esc(&i.manufacturer), esc(&i.model), esc(&i.parent_id), esc(&i.status)
+        ));
+    }
+    xml.push_str("</DeviceList>\r\n</Notify>\r\n");
+    gb2312(&xml)
+}
+
 /// A device's `Response` to DeviceInfo or DeviceStatus (`Result` OK, plus `fields`).
 pub fn response(cmd_type: &str, sn: u32, device_id: &str, fields: &[(&str, &str)]) -> Vec<u8> {
     let mut xml = format!(
@@ -376,6 +398,15 @@ mod tests {
             ("Catalog", 7, Some(2))
         );
         assert_eq!(m.items, items);
+        let mut changed = items.clone();
+        changed[0].event = "DEL".into();
+        changed[1].event = "ADD".into();
+        let m = Manscdp::parse(&catalog_notify(8, "34020000001320000001", &changed)).unwrap();
+        assert_eq!(
+            (m.root.as_str(), m.cmd_type.as_str()),
+            ("Notify", "Catalog")
+        );
+        assert_eq!(m.items, changed);
         let k = Manscdp::parse(&keepalive(3, "34020000001320000001")).unwrap();
         assert_eq!(
             (k.cmd_type.as_str(), k.status.as_deref()),

@@ -72,6 +72,11 @@ pub enum RegEvent {
         id: GbId,
         why: OfflineReason,
     },
+    /// A registered device registered again from the same address (a refresh, or a
+    /// restart the platform did not notice).
+    Refreshed {
+        id: GbId,
+    },
     /// A wrong password (or a banned device trying); for the log.
     Refused {
         user: String,
@@ -233,7 +238,7 @@ impl Registrar {
             last_seen: now,
         };
         let ev = match self.devices.insert(id.clone(), reg) {
-            Some(old) if old.addr == source => None,
+            Some(old) if old.addr == source => Some(RegEvent::Refreshed { id }),
             _ => Some(RegEvent::Online { id, addr: source }),
         };
         let mut extra = vec![date, ("Expires", expires.to_string())];
@@ -431,7 +436,7 @@ mod tests {
             })
         );
         assert!(r.device(&DEV.parse().unwrap()).is_some());
-        // A refresh from the same place is not news.
+        // A refresh from the same place is not a new device (its catalog is asked again).
         let (reply, ev) = send(
             &mut r,
             Some(3600),
@@ -439,7 +444,10 @@ mod tests {
             now,
             None,
         );
-        assert_eq!((code(&reply).0, ev), (200, None));
+        let refreshed = RegEvent::Refreshed {
+            id: DEV.parse().unwrap(),
+        };
+        assert_eq!((code(&reply).0, ev), (200, Some(refreshed)));
         let (reply, ev) = send(&mut r, Some(0), Some(auth(&nonce, "12345678")), now, None);
         assert_eq!(code(&reply).0, 200);
         assert_eq!(

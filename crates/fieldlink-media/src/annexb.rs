@@ -26,6 +26,62 @@ pub fn nal_units(data: &[u8]) -> Vec<&[u8]> {
     out
 }
 
+/// Splits an Annex-B elementary stream (a `.h264`/`.h265` file) into access units, each
+/// with its start codes. A new access unit begins at an access unit delimiter, a
+/// parameter set or prefix SEI, or a slice that is the first of its picture, once the
+/// current one holds picture data (ITU-T H.264 7.4.1.2.3, H.265 7.4.2.4.4).
+pub fn access_units(data: &[u8], h265: bool) -> Vec<&[u8]> {
+    // (start of the start code, first byte of the NAL unit) for every NAL unit.
+    let mut nals = Vec::new();
+    let mut i = 0;
+    while i + 3 <= data.len() {
+        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
+            let code = if i > 0 && data[i - 1] == 0 { i - 1 } else { i };
+            nals.push((code, i + 3));
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let mut out = Vec::new();
+    let mut au_start = None;
+    let mut has_picture = false;
+    for &(code, nal) in &nals {
+        let (vcl, first_slice, opens) = classify(&data[nal..], h265);
+        if has_picture && (opens || (vcl && first_slice)) {
+            if let Some(s) = au_start {
+                out.push(&data[s..code]);
+            }
+            au_start = Some(code);
+            has_picture = false;
+        }
+        au_start.get_or_insert(code);
+        has_picture |= vcl;
+    }
+    if let Some(s) = au_start.filter(|_| has_picture) {
+        out.push(&data[s..]);
+    }
+    out
+}
+
+/// (picture data, first slice of its picture, a non-picture unit that opens an access
+/// unit) for the NAL unit starting at `nal`.
+fn classify(nal: &[u8], h265: bool) -> (bool, bool, bool) {
+    if h265 {
+        let t = nal.first().map_or(63, |b| (b >> 1) & 0x3f);
+        // first_slice_segment_in_pic_flag: the first bit after the two-byte header.
+        let first = nal.get(2).is_some_and(|b| b & 0x80 != 0);
+        // VCL 0..=31; VPS, SPS, PPS, AUD 32..=35, prefix SEI 39, reserved 41..=44.
+        (t < 32, first, matches!(t, 32..=35 | 39 | 41..=44))
+    } else {
+        let t = nal.first().map_or(0, |b| b & 0x1f);
+        // first_mb_in_slice is ue(v): 0 is coded as a single 1 bit.
+        let first = nal.get(1).is_some_and(|b| b & 0x80 != 0);
+        // Slices 1..=5; SEI, SPS, PPS, AUD 6..=9, 14..=18 reserved/prefix.
+        ((1..=5).contains(&t), first, matches!(t, 6..=9 | 14..=18))
+    }
+}
+
 /// H.264 NAL unit type (low five bits of the first byte).
 pub fn h264_nal_type(nal: &[u8]) -> Option<u8> {
     nal.first().map(|b| b & 0x1f)
@@ -34,6 +90,14 @@ pub fn h264_nal_type(nal: &[u8]) -> Option<u8> {
 /// True if the access unit holds an IDR slice (H.264 NAL type 5).
 pub fn is_h264_keyframe(data: &[u8]) -> bool {
     nal_units(data).iter().any(|n| h264_nal_type(n) == Some(5))
+}
+
+/// True if the data holds an H.265 picture (a VCL NAL unit, types 0..=31), not only
+/// parameter sets or SEI.
+pub fn h265_has_picture(data: &[u8]) -> bool {
+    nal_units(data)
+        .iter()
+        .any(|n| n.first().is_some_and(|b| (b >> 1) & 0x3f < 32))
 }
 
 /// True if the access unit holds an IRAP picture (H.265 NAL types 16..=21).
@@ -105,6 +169,62 @@ mod tests {
         assert!(nal_units(&[]).is_empty());
         assert!(nal_units(&[0, 0, 1]).is_empty());
         assert!(is_h265_keyframe(&[0, 0, 1, 19 << 1, 1]));
+    }
+
+    #[test]
+    fn an_elementary_stream_splits_into_access_units() {
+        // H.264: SPS, PPS, IDR (first slice), second slice of it, then a P picture.
+        let es = [
+            0, 0, 0, 1, 0x67, 1, 0, 0, 1, 0x68, 2, 0, 0, 1, 0x65, 0x88, 0, 0, 1, 0x65, 0x40, 0, 0,
+            0, 1, 0x41, 0x9a, 5,
+        ];
+        let aus = access_units(&es, false);
+        assert_eq!(aus.len(), 2, "{aus:?}");
+        assert_eq!(aus[0], &es[..21]);
+        assert_eq!(aus[1], &es[21..]);
+        assert!(is_h264_keyframe(aus[0]) && !is_h264_keyframe(aus[1]));
+        // H.265: AUD, VPS, IDR_W_RADL (19) first slice; AUD, TRAIL_R (1).
+        let es = [
+            0,
+            0,
+            1,
+            35 << 1,
+            1,
+            0x50,
+            0,
+            0,
+            1,
+            32 << 1,
+            1,
+            9,
+            0,
+            0,
+            1,
+            19 << 1,
+            1,
+            0xaf,
+            7,
+            0,
+            0,
+            1,
+            35 << 1,
+            1,
+            0x50,
+            0,
+            0,
+            1,
+            1 << 1,
+            1,
+            0xd0,
+            4,
+        ];
+        let aus = access_units(&es, true);
+        assert_eq!(aus.len(), 2, "{aus:?}");
+        assert!(is_h265_keyframe(aus[0]) && !is_h265_keyframe(aus[1]));
+        assert_eq!(aus.concat(), es.to_vec(), "nothing lost between them");
+        // Nothing but parameter sets, or nothing at all: no access unit.
+        assert!(access_units(&[0, 0, 1, 0x67, 1], false).is_empty());
+        assert!(access_units(&[], true).is_empty());
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub mod g711;
 pub mod ps;
 pub mod sei;
 
-pub use annexb::{is_h264_keyframe, is_h265_keyframe, nal_units, ParamSets};
+pub use annexb::{access_units, is_h264_keyframe, is_h265_keyframe, nal_units, ParamSets};
 pub use sei::{FrameMeta, SeiError};
 
 /// Share of sent bytes that retransmissions may take before a sender drops queued resends.

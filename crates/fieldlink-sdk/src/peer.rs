@@ -79,6 +79,10 @@ pub(crate) struct Peer {
     sends_video: bool,
     /// Audio m-lines (Opus): the first also sends when the device does.
     audio_mids: Vec<Mid>,
+    /// Per receiver: H.265 parameter sets str0m handed over on their own (an aggregation
+    /// packet before the picture's fragments ends its "frame"), with their RTP time, to
+    /// go before the picture they belong to.
+    h265_head: Vec<Option<(u64, Vec<u8>)>>,
 }
 
 /// The audio m-lines a device offers: `send` on the first, `receive` on all of them.
@@ -210,6 +214,7 @@ impl Peer {
                 ready: false,
                 video_mids: video_mids.clone(),
                 sends_video: send,
+                h265_head: vec![None; video_mids.len()],
                 audio_mids: audio_mids.clone(),
             },
             Offer {
@@ -369,6 +374,7 @@ impl Peer {
             video_mids,
             audio_mids,
             next_timeout,
+            h265_head,
             ..
         } = self;
         let polled = fieldlink_rtc::drive(
@@ -416,11 +422,30 @@ impl Peer {
                                 Codec::H265 => VideoCodec::H265,
                                 _ => VideoCodec::H264,
                             };
+                            let rtp_time = d.time.rebase(Frequency::NINETY_KHZ).numer();
+                            let mut data = d.data.to_vec();
+                            if codec == VideoCodec::H265 {
+                                let Some(head) = h265_head.get_mut(index) else {
+                                    return ControlFlow::Continue(());
+                                };
+                                if !fieldlink_media::annexb::h265_has_picture(&data)
+                                    && data.len() <= 64 * 1024
+                                {
+                                    *head = Some((rtp_time, data));
+                                    return ControlFlow::Continue(());
+                                }
+                                if let Some((t, mut ps)) = head.take() {
+                                    if t == rtp_time {
+                                        ps.append(&mut data);
+                                        data = ps;
+                                    }
+                                }
+                            }
                             events.push(PeerEvent::Frame {
                                 index,
                                 codec,
-                                data: d.data.to_vec(),
-                                rtp_time: d.time.rebase(Frequency::NINETY_KHZ).numer(),
+                                data,
+                                rtp_time,
                                 capture: d.ext_vals.abs_capture_time.map(|a| a.capture_time),
                                 contiguous: d.contiguous,
                             });

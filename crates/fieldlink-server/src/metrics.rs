@@ -138,6 +138,8 @@ pub struct Metrics {
     /// GB28181 requests of ours answered, and given up unanswered.
     pub sip_answered: Counter,
     pub sip_given_up: Counter,
+    /// SIP messages dropped unread: their source sent too many malformed ones.
+    pub sip_ignored: Counter,
     logins_refused: Family<CodeLabel, Counter>,
 }
 
@@ -256,6 +258,11 @@ impl Metrics {
             invites: InviteOutcome::ALL.map(|o| outcome(&invites, o.label())),
             sip_answered: outcome(&requests, "answered"),
             sip_given_up: outcome(&requests, "given_up"),
+            sip_ignored: add(
+                &mut r,
+                "gb28181_sip_ignored",
+                "GB28181 SIP messages dropped unread because their source sent too many malformed ones",
+            ),
             logins_refused: add(
                 &mut r,
                 "logins_refused",

@@ -1,7 +1,7 @@
 //! `fieldlink gb-device`: a simulated GB28181 camera/NVR. It registers with digest auth,
 //! keeps alive, answers Catalog/DeviceInfo/DeviceStatus, and answers INVITEs by sending
 //! MPEG-PS over RTP (UDP, TCP active or passive as the INVITE offers) made from the
-//! test-pattern encoder, one pattern per channel.
+//! test-pattern encoder, one pattern per channel, or from an H.264/H.265 file (`--video`).
 //! Events are printed as JSON lines on stdout.
 
 use std::collections::HashMap;
@@ -44,10 +44,21 @@ pub struct Args {
     /// Local address for SIP and media.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// The stream type announced in the PS map (testing a platform's handling of codecs it
-    /// cannot play: 36 = H.265; the payload stays H.264).
-    #[arg(long, default_value_t = 0x1B, hide = true)]
-    stream_type: u8,
+    /// Send this H.264 or H.265 elementary stream (Annex B: a `.h264`, `.264`, `.h265` or
+    /// `.hevc` file, e.g. from `ffmpeg ... -f hevc`) on every channel, looped at 25 fps,
+    /// instead of the test pattern; the PS map names its codec.
+    #[arg(long)]
+    video: Option<std::path::PathBuf>,
+    /// The stream type announced in the PS map, whatever the payload (testing a
+    /// platform's handling of codecs it cannot play).
+    #[arg(long, hide = true)]
+    stream_type: Option<u8>,
+    /// Read commands from standard input, one per line: `del N`, `add N`, `off N`, `on N`
+    /// (channel N, from 0: the catalog changes and a Catalog NOTIFY goes to the platform
+    /// if it subscribed; with a trailing `quiet`, no NOTIFY), `register` (register again
+    /// now).
+    #[arg(long)]
+    commands: bool,
     /// Also send audio: a G.711 tone of this many Hz on every channel (0 = no audio).
     #[arg(long, default_value_t = 0.0)]
     audio_tone: f64,
@@ -73,7 +84,9 @@ impl Args {
             keepalive_secs: 60,
             expires: 3600,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            stream_type: 0x1B,
+            video: None,
+            stream_type: None,
+            commands: false,
             audio_tone: 0.0,
             audio_law: "a".into(),
         }
@@ -107,6 +120,43 @@ struct Device {
     sn: u32,
     /// Live calls by Call-ID: the channel's stop flag.
     calls: HashMap<String, Arc<AtomicBool>>,
+    /// `--video`'s access units and PS stream type.
+    video: Option<(Arc<Vec<Vec<u8>>>, u8)>,
+    /// Each channel's catalog status (`ON`, `OFF`), or None once deleted.
+    channels: Vec<Option<&'static str>>,
+    /// The platform's Catalog subscription: its dialog (ours as the notifier) and CSeq.
+    subscription: Option<(Dialog, SocketAddr, u32)>,
+}
+
+/// Reads `--video`: its access units and their PS stream type.
+fn read_video(path: &std::path::Path) -> anyhow::Result<(Arc<Vec<Vec<u8>>>, u8)> {
+    use fieldlink_media::ps::stream_type::{H264, H265};
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let (h265, stream_type) = match ext.as_deref() {
+        Some("h264" | "264") => (false, H264),
+        Some("h265" | "265" | "hevc") => (true, H265),
+        _ => bail!(
+            "--video {}: name it .h264/.264 (H.264) or .h265/.hevc (H.265), an Annex-B elementary stream",
+            path.display()
+        ),
+    };
+    let data =
+        std::fs::read(path).with_context(|| format!("reading --video {}", path.display()))?;
+    let aus: Vec<Vec<u8>> = fieldlink_media::access_units(&data, h265)
+        .into_iter()
+        .map(<[u8]>::to_vec)
+        .collect();
+    if aus.is_empty() {
+        bail!(
+            "--video {}: no {} pictures in it (is it an Annex-B elementary stream?)",
+            path.display(),
+            if h265 { "H.265" } else { "H.264" }
+        );
+    }
+    Ok((Arc::new(aus), stream_type))
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -114,6 +164,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", a.listen))?;
     let local = socket.local_addr()?;
+    let video = a.video.as_deref().map(read_video).transpose()?;
     let domain = a.platform_id.domain().to_string();
     let register = Dialog {
         remote_uri: format!("sip:{}@{domain}", a.platform_id),
@@ -133,7 +184,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         registered: false,
         sn: 0,
         calls: HashMap::new(),
+        video,
+        channels: Vec::new(),
+        subscription: None,
     };
+    d.channels = vec![Some("ON"); d.a.channels as usize];
     d.run().await
 }
 
@@ -186,6 +241,20 @@ impl Device {
 
     async fn run(&mut self) -> anyhow::Result<()> {
         self.send_register(None).await?;
+        let (cmd_tx, mut commands) = tokio::sync::mpsc::channel::<String>(16);
+        if self.a.commands {
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    if cmd_tx.send(l).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        } else {
+            drop(cmd_tx);
+        }
         let mut buf = vec![0u8; 65_536];
         let mut keepalive =
             tokio::time::interval(Duration::from_secs(self.a.keepalive_secs.max(1)));
@@ -204,6 +273,13 @@ impl Device {
                             }
                         }
                         Err(e) => print(json!({"event": "error", "message": format!("bad SIP from {from}: {e}")})),
+                    }
+                }
+                Some(line) = commands.recv() => {
+                    if line.trim() == "register" {
+                        self.send_register(None).await?;
+                    } else if let Err(e) = self.command(&line).await {
+                        print(json!({"event": "error", "message": format!("{line:?}: {e}")}));
                     }
                 }
                 _ = keepalive.tick(), if self.registered => {
@@ -235,6 +311,9 @@ impl Device {
     ) -> anyhow::Result<Option<tokio::time::Instant>> {
         match &m.start {
             StartLine::Response { code, reason } => {
+                if m.cseq().map(|(_, method)| method) == Some("NOTIFY") {
+                    print(json!({"event": "notify_answered", "code": code}));
+                }
                 if m.cseq().map(|(_, method)| method) != Some("REGISTER") {
                     return Ok(None);
                 }
@@ -281,6 +360,7 @@ impl Device {
                 match method.as_str() {
                     "MESSAGE" => self.on_query(&m, from).await?,
                     "INVITE" => self.on_invite(&m, from).await?,
+                    "SUBSCRIBE" => self.on_subscribe(&m, from).await?,
                     "BYE" => {
                         let call = m.header("call-id").unwrap_or_default().to_string();
                         if let Some(stop) = self.calls.remove(&call) {
@@ -318,14 +398,7 @@ impl Device {
         let body = match q.cmd_type.as_str() {
             "Catalog" => {
                 let items: Vec<CatalogItem> = (0..self.a.channels)
-                    .map(|i| CatalogItem {
-                        device_id: channel_id(&self.a.id, i),
-                        name: format!("通道{}", i + 1),
-                        manufacturer: "fieldlink".into(),
-                        model: "gb-device".into(),
-                        status: "ON".into(),
-                        parent_id: id.clone(),
-                    })
+                    .filter_map(|i| self.item(i, ""))
                     .collect();
                 manscdp::catalog_response(q.sn, &id, items.len(), &items)
             }
@@ -352,13 +425,120 @@ impl Device {
         self.send_message(body).await
     }
 
+    /// Channel `i`'s catalog item (with `event` for a NOTIFY), unless it was deleted.
+    fn item(&self, i: u32, event: &str) -> Option<CatalogItem> {
+        let status = (*self.channels.get(i as usize)?)?;
+        Some(CatalogItem {
+            device_id: channel_id(&self.a.id, i),
+            name: format!("通道{}", i + 1),
+            manufacturer: "fieldlink".into(),
+            model: "gb-device".into(),
+            status: status.into(),
+            parent_id: self.a.id.to_string(),
+            event: event.into(),
+        })
+    }
+
+    /// The platform subscribes to our catalog: accepted, and remembered for NOTIFYs.
+    async fn on_subscribe(&mut self, m: &Message, from: SocketAddr) -> anyhow::Result<()> {
+        let tag = sip::new_tag();
+        let expires = m.expires().unwrap_or(3600).to_string();
+        let r = sip::response(m, 200, "OK", from, &tag, &[("Expires", expires)], None);
+        self.socket.send_to(&r, from).await?;
+        let remote_uri = m
+            .header("contact")
+            .and_then(|c| {
+                let (a, b) = (c.find('<')?, c.find('>')?);
+                c.get(a + 1..b).map(str::to_string)
+            })
+            .unwrap_or_else(|| self.register.remote_uri.clone());
+        let dialog = Dialog {
+            remote_uri,
+            local_uri: self.register.local_uri.clone(),
+            local_tag: tag,
+            remote_tag: m.header("from").and_then(sip::tag).map(str::to_string),
+            call_id: m.header("call-id").unwrap_or_default().to_string(),
+            via: self.local,
+            transport: "UDP",
+        };
+        print(json!({"event": "subscribed", "call_id": dialog.call_id}));
+        self.subscription = Some((dialog, from, 1));
+        Ok(())
+    }
+
+    /// A `--commands` line that changes a channel: `del|add|on|off N [quiet]`.
+    async fn command(&mut self, line: &str) -> anyhow::Result<()> {
+        let mut words = line.split_whitespace();
+        let (Some(verb), Some(n)) = (words.next(), words.next()) else {
+            bail!("expected `del|add|on|off N [quiet]` or `register`");
+        };
+        let quiet = match words.next() {
+            None => false,
+            Some("quiet") => true,
+            Some(w) => bail!("unexpected {w:?} (only `quiet` may follow)"),
+        };
+        let i: u32 = n.parse().context("channel number")?;
+        let slot = self
+            .channels
+            .get_mut(i as usize)
+            .with_context(|| format!("there is no channel {i}"))?;
+        let event = match verb {
+            "del" => {
+                *slot = None;
+                "DEL"
+            }
+            "add" => {
+                *slot = Some("ON");
+                "ADD"
+            }
+            "on" | "off" => {
+                *slot = Some(if verb == "on" { "ON" } else { "OFF" });
+                if verb == "on" {
+                    "ON"
+                } else {
+                    "OFF"
+                }
+            }
+            _ => bail!("unknown command {verb:?}"),
+        };
+        let item = self.item(i, event).unwrap_or_else(|| CatalogItem {
+            device_id: channel_id(&self.a.id, i),
+            event: event.into(),
+            ..Default::default()
+        });
+        let Some((dialog, to, cseq)) = self.subscription.as_mut().filter(|_| !quiet) else {
+            print(json!({"event": "changed", "channel": i, "what": event, "notified": false}));
+            return Ok(());
+        };
+        *cseq += 1;
+        self.sn += 1;
+        let body = manscdp::catalog_notify(self.sn, self.a.id.as_str(), &[item]);
+        let r = sip::request(
+            "NOTIFY",
+            dialog,
+            *cseq,
+            &sip::branch(),
+            &[
+                ("Event", "Catalog".into()),
+                ("Subscription-State", "active".into()),
+            ],
+            Some(("Application/MANSCDP+xml", &body)),
+        );
+        let to = *to;
+        self.socket.send_to(&r, to).await?;
+        print(json!({"event": "changed", "channel": i, "what": event, "notified": true}));
+        Ok(())
+    }
+
     async fn on_invite(&mut self, m: &Message, from: SocketAddr) -> anyhow::Result<()> {
         let channel = m
             .header("to")
             .and_then(sip::uri_user)
             .unwrap_or_default()
             .to_string();
-        let index = (0..self.a.channels).find(|i| channel_id(&self.a.id, *i) == channel);
+        let index = (0..self.a.channels).find(|i| {
+            channel_id(&self.a.id, *i) == channel && self.channels[*i as usize].is_some()
+        });
         let offer = sdp::media(&String::from_utf8_lossy(&m.body));
         let (Some(index), Some(offer)) = (index, offer) else {
             let r = sip::response(m, 404, "Not Found", from, "dev", &[], None);
@@ -404,14 +584,29 @@ impl Device {
             "to": target.to_string(), "ssrc": ssrc, "call_id": call,
         }));
         let ssrc_num = fieldlink_gb28181::ssrc::ssrc_value(&ssrc).unwrap_or(1);
-        let stream_type = self.a.stream_type;
+        let video = match &self.video {
+            Some((aus, t)) => Video::File(aus.clone(), self.a.stream_type.unwrap_or(*t)),
+            None => Video::Pattern(
+                self.a
+                    .stream_type
+                    .unwrap_or(fieldlink_media::ps::stream_type::H264),
+            ),
+        };
         let audio = (self.a.audio_tone > 0.0).then(|| Audio {
             tone: fieldlink_sdk::audio::tone::Tone::new(self.a.audio_tone, 8000, 10000.0),
             alaw: self.a.audio_law == "a",
         });
-        std::thread::spawn(move || stream(index, out, ssrc_num, stream_type, audio, stop));
+        std::thread::spawn(move || stream(index, out, ssrc_num, video, audio, stop));
         Ok(())
     }
+}
+
+/// What a channel shows, with the stream type its PS map announces.
+enum Video {
+    /// The test pattern (H.264) with the channel's number.
+    Pattern(u8),
+    /// `--video`'s access units, looped.
+    File(Arc<Vec<Vec<u8>>>, u8),
 }
 
 /// Where a channel's RTP goes.
@@ -460,7 +655,7 @@ fn stream(
     index: u32,
     out: MediaOut,
     ssrc: u32,
-    stream_type: u8,
+    video: Video,
     mut audio: Option<Audio>,
     stop: Arc<AtomicBool>,
 ) {
@@ -491,23 +686,43 @@ fn stream(
         kbps: 300,
         gop: 25,
     };
-    let Ok(mut source) = TestPattern::new(index, cfg) else {
-        return;
+    let (mut pattern, stream_type) = match &video {
+        Video::Pattern(t) => match TestPattern::new(index, cfg) {
+            Ok(p) => (Some(p), *t),
+            Err(_) => return,
+        },
+        Video::File(_, t) => (None, *t),
     };
     let start = std::time::Instant::now();
     let mut seq: u16 = rand::random();
     let mut n: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
-        // A keyframe first, so a viewer starts at once.
-        let Ok(Some(frame)) = source.next_frame(n == 0) else {
-            n += 1;
-            continue;
+        let (data, keyframe) = match (&video, pattern.as_mut()) {
+            (Video::File(aus, _), _) => {
+                let au = &aus[n as usize % aus.len()];
+                let h265 = stream_type == fieldlink_media::ps::stream_type::H265;
+                let kf = if h265 {
+                    fieldlink_media::is_h265_keyframe(au)
+                } else {
+                    fieldlink_media::is_h264_keyframe(au)
+                };
+                (au.clone(), kf)
+            }
+            // A keyframe first, so a viewer starts at once.
+            (_, Some(p)) => match p.next_frame(n == 0) {
+                Ok(Some(f)) => (f.data, f.keyframe),
+                _ => {
+                    n += 1;
+                    continue;
+                }
+            },
+            _ => return,
         };
         let pts = n * 3600; // 90 kHz at 25 fps
         let mut ps = fieldlink_media::ps::mux_video_with_audio(
-            &frame.data,
+            &data,
             pts,
-            frame.keyframe,
+            keyframe,
             stream_type,
             audio.as_ref().map(Audio::stream_type),
         );

@@ -319,19 +319,60 @@ async fn a_sipp_camera_answers_invite_and_bye() {
     assert!(status.success(), "SIPp camera failed: {err}");
 }
 
-/// A channel the platform cannot play (the camera announces H.265): the receiver fails
-/// with a reason that names the codec, instead of waiting forever.
+/// SPEC §10 with H.265: a channel whose PS map says H.265 (a real x265 stream from
+/// `gb-device --video`) plays bit-exact on a receiver that negotiated H.265; one that did
+/// not fails with a reason that names the codec and the way out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_h265_channel_fails_with_a_clear_reason() {
+async fn an_h265_channel_plays_where_h265_was_negotiated_and_fails_elsewhere() {
+    use common::camera::{annexb, contiguous_in, reference, vcl_digests};
     let (s, sip) = gb_server("linger_secs = 1\n", &[]);
-    let _dev = gb_device(&sip, &["--stream-type", "36"]);
+    let file = annexb(true);
+    let _dev = gb_device(&sip, &["--video", file.to_str().unwrap()]);
+    let gwid = id("p/34020000001320000001");
+
     let mut rc = s.cfg("p/r1", "rpw");
     rc.streams = 1;
-    let (r, mut ev) = fieldlink_sdk::RemoteDevice::connect(rc).await.unwrap();
-    let gwid = id("p/34020000001320000001");
-    wait_listed(&r, &gwid).await;
-    r.connect_streams(&gwid, &[0], &[0]).await.unwrap();
-    let e = expect_event(&mut ev, "failed", |e| {
+    rc.h265 = true;
+    let (r1, mut e1) = fieldlink_sdk::RemoteDevice::connect(rc).await.unwrap();
+    wait_listed(&r1, &gwid).await;
+    r1.connect_streams(&gwid, &[0], &[0]).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 50 {
+        if let Event::Frame(f) =
+            expect_event(&mut e1, "an H.265 frame", |e| matches!(e, Event::Frame(_))).await
+        {
+            got.push(f);
+        }
+    }
+    assert!(got
+        .iter()
+        .all(|f| f.codec == fieldlink_sdk::VideoCodec::H265));
+    assert!(got[0].keyframe, "the first frame is a keyframe");
+    let digests: Vec<u64> = got
+        .iter()
+        .flat_map(|f| vcl_digests(&f.data, true))
+        .collect();
+    assert!(digests.len() >= got.len(), "frames without picture data");
+    assert!(
+        contiguous_in(&digests, &reference(true)),
+        "the {} frames are not the camera's, in order, without a gap",
+        got.len()
+    );
+
+    let mut rc = s.cfg("p/r2", "rpw");
+    rc.streams = 1;
+    let (r2, mut e2) = fieldlink_sdk::RemoteDevice::connect(rc).await.unwrap();
+    r2.connect_streams(&gwid, &[0], &[0]).await.unwrap();
+    let reason = failed_reason(&mut e2).await;
+    assert!(
+        reason.contains("H.265") && reason.contains("--h265"),
+        "{reason}"
+    );
+}
+
+/// The reason of the next `Failed` stream state.
+async fn failed_reason(ev: &mut fieldlink_sdk::Events) -> String {
+    let e = expect_event(ev, "failed", |e| {
         matches!(
             e,
             Event::StreamState {
@@ -344,10 +385,106 @@ async fn an_h265_channel_fails_with_a_clear_reason() {
     let Event::StreamState { reason, .. } = e else {
         unreachable!()
     };
+    reason.unwrap_or_default()
+}
+
+/// A channel in a codec the SFU does not carry (the map says MPEG-4 video, 0x10): the
+/// receiver fails with a reason that names it, instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_codec_the_platform_cannot_carry_fails_with_a_clear_reason() {
+    let (s, sip) = gb_server("linger_secs = 1\n", &[]);
+    let _dev = gb_device(&sip, &["--stream-type", "16"]);
+    let mut rc = s.cfg("p/r1", "rpw");
+    rc.streams = 1;
+    rc.h265 = true;
+    let (r, mut ev) = fieldlink_sdk::RemoteDevice::connect(rc).await.unwrap();
+    let gwid = id("p/34020000001320000001");
+    wait_listed(&r, &gwid).await;
+    r.connect_streams(&gwid, &[0], &[0]).await.unwrap();
+    let reason = failed_reason(&mut ev).await;
+    assert!(reason.contains("0x10"), "{reason}");
+}
+
+/// `n` frames on conn_fd `fd` (others are skipped).
+async fn frames_on(ev: &mut fieldlink_sdk::Events, fd: u32, n: usize) {
+    for _ in 0..n {
+        expect_event(
+            ev,
+            &format!("a frame on conn_fd {fd}"),
+            |e| matches!(e, Event::Frame(f) if f.conn_fd == fd),
+        )
+        .await;
+    }
+}
+
+/// The reason of the next `Failed` state of conn_fd `fd`.
+async fn failed_on(ev: &mut fieldlink_sdk::Events, fd: u32) -> String {
+    let e = expect_event(ev, &format!("conn_fd {fd} failed"), |e| {
+        matches!(e, Event::StreamState { conn_fd, state: StreamState::Failed, .. } if *conn_fd == fd)
+    })
+    .await;
+    let Event::StreamState { reason, .. } = e else {
+        unreachable!()
+    };
+    reason.unwrap_or_default()
+}
+
+/// SPEC §10 catalog changes: the platform subscribes to the device's catalog. A channel
+/// the device deletes ends its receiver with a reason and is hung up while the other
+/// plays on; one added back plays again; OFF shows in the admin view; and a change the
+/// platform was not told of is found by the device's next REGISTER.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_changes_reach_the_receivers() {
+    let (s, sip) = gb_server("linger_secs = 1\n", &[]);
+    let mut dev = gb_device(&sip, &["--channels", "2", "--commands"]);
+    let lines = DeviceLines::of(&mut dev);
+    let wait = |what: &[&str]| tokio::task::block_in_place(|| lines.wait(what));
+    let mut rc = s.cfg("p/r1", "rpw");
+    rc.streams = 2;
+    let (r, mut ev) = fieldlink_sdk::RemoteDevice::connect(rc).await.unwrap();
+    let gwid = id("p/34020000001320000001");
+    wait_listed(&r, &gwid).await;
+    wait(&[r#""event":"subscribed""#]);
+    r.connect_streams(&gwid, &[0, 1], &[0, 1]).await.unwrap();
+    frames_on(&mut ev, 0, 10).await;
+    frames_on(&mut ev, 1, 10).await;
+
+    // Deleted, and the device said so (NOTIFY).
+    command(&mut dev, "del 1");
+    wait(&[r#""event":"notify_answered""#, r#""code":200"#]);
+    let reason = failed_on(&mut ev, 1).await;
     assert!(
-        reason.as_deref().is_some_and(|r| r.contains("H.265")),
-        "{reason:?}"
+        reason.contains("34020000001310000002") && reason.contains("removed"),
+        "{reason}"
     );
+    wait(&[r#""event":"bye""#]);
+    frames_on(&mut ev, 0, 25).await; // the other channel plays on
+
+    // Back: it plays again.
+    command(&mut dev, "add 1");
+    wait(&[r#""event":"notify_answered""#, r#""code":200"#]);
+    r.connect_streams(&gwid, &[1], &[1]).await.unwrap();
+    frames_on(&mut ev, 1, 10).await;
+
+    // OFF is shown.
+    command(&mut dev, "off 0");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, list) = s.api("GET", "/api/v1/gb28181/devices", None);
+        let ch = &list[0]["channels"];
+        if ch[0]["status"] == "OFF" && ch[1]["status"] == "ON" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Deleted without a word: the next REGISTER refreshes the catalog.
+    command(&mut dev, "del 1 quiet");
+    command(&mut dev, "register");
+    let reason = failed_on(&mut ev, 1).await;
+    assert!(reason.contains("removed"), "{reason}");
+    frames_on(&mut ev, 0, 10).await;
 }
 
 /// SPEC §10 "always on": a device set so in the admin API has its channels pulled as soon

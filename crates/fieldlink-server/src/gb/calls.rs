@@ -42,10 +42,16 @@ impl Sip {
         let Some(d) = self.devices.get_mut(id) else {
             return;
         };
+        // A deleted channel is not called, whoever wants it.
+        let present = |ch: &u32| {
+            d.channels
+                .get(*ch as usize)
+                .is_some_and(fieldlink_gb28181::catalog::present)
+        };
         let wanted: Vec<u32> = if d.always_on {
-            (0..d.channels.len() as u32).collect()
+            (0..d.channels.len() as u32).filter(present).collect()
         } else {
-            d.wanted.clone()
+            d.wanted.iter().copied().filter(present).collect()
         };
         let wanted = &wanted[..];
         for (ch, call) in d.calls.iter_mut() {
@@ -148,6 +154,16 @@ impl Sip {
     pub(super) async fn on_response(&mut self, msg: &Message, code: u16, from: SocketAddr) {
         if self.transactions.answered(msg) {
             self.metrics.sip_answered.inc();
+        }
+        if msg.cseq().map(|(_, m)| m) == Some("SUBSCRIBE") && code >= 200 {
+            if let Some(call_id) = msg.header("call-id") {
+                if let Some((id, _)) = self.query_calls.get(call_id).cloned() {
+                    self.subscription_answered(&id, code, msg.expires());
+                }
+                self.query_ended(call_id);
+            }
+            self.send_queries().await;
+            return;
         }
         if msg.cseq().map(|(_, m)| m) == Some("MESSAGE") {
             if let Some(call_id) = msg.header("call-id") {

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use super::calls::Call;
 use super::sip::Sip;
 use super::{ChannelView, Event, GbDeviceView};
-use crate::hub::{ClientInfo, Cmd, ConnId, Outbound};
+use crate::hub::{ClientInfo, ConnId, Outbound};
 use crate::store::{self, now_ms};
 
 /// A Catalog answer that stops short of `SumNum` is taken as it is after this.
@@ -29,11 +29,14 @@ pub(super) const MAX_CHANNELS: usize = 256;
 #[derive(Default)]
 pub(super) struct GbDevice {
     pub(super) addr: Option<SocketAddr>,
-    /// The Catalog being gathered: its SN, items so far, and when to stop waiting.
-    pub(super) catalog: Option<(u32, Vec<CatalogItem>, Instant)>,
+    /// The Catalog answer being gathered.
+    pub(super) catalog: Option<super::catalog::Gathering>,
     /// When the Catalog was last asked for (an empty answer is asked again later).
     pub(super) catalog_asked: Option<Instant>,
+    /// Its channels by stream index (slots stay put; see `fieldlink_gb28181::catalog`).
     pub(super) channels: Vec<CatalogItem>,
+    /// Its Catalog subscription: until when it holds (renewed before), or refused.
+    pub(super) subscription: super::catalog::Subscription,
     /// As a field device in the hub.
     pub(super) conn: Option<ConnId>,
     /// DeviceInfo and DeviceStatus answers.
@@ -106,58 +109,6 @@ impl Sip {
                     }
                 });
             }
-        }
-    }
-
-    /// Catalogs that are complete (or went quiet) make their devices field devices.
-    pub(super) async fn finish_catalogs(&mut self) {
-        let now = Instant::now();
-        let done: Vec<GbId> = self
-            .devices
-            .iter()
-            .filter(|(_, d)| d.catalog.as_ref().is_some_and(|(_, _, t)| *t <= now))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in done {
-            let Some(d) = self.devices.get_mut(&id) else {
-                continue;
-            };
-            let Some((_, items, _)) = d.catalog.take() else {
-                continue;
-            };
-            d.channels = items;
-            let n = d.channels.len() as u32;
-            let name = d
-                .channels
-                .first()
-                .map(|c| format!("GB28181 {} ({})", id, c.name))
-                .unwrap_or_else(|| format!("GB28181 {id}"));
-            tracing::info!(device = %id, channels = n, "GB28181 catalog");
-            if d.conn.is_none() {
-                match self.as_field(&id, &name).await {
-                    Ok(conn) => {
-                        if let Some(d) = self.devices.get_mut(&id) {
-                            d.conn = Some(conn);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(device = %id, "GB28181 device cannot join the hub: {e}");
-                        continue;
-                    }
-                }
-            }
-            if let Some(conn) = self.devices.get(&id).and_then(|d| d.conn) {
-                let _ = self.hub.send(Cmd::External { conn, streams: n }).await;
-            }
-            let always_on = self.settings.get(id.as_str()).is_some_and(|s| s.always_on);
-            if let Some(d) = self.devices.get_mut(&id) {
-                d.always_on = always_on;
-            }
-            if always_on {
-                tracing::info!(device = %id, "GB28181 always on: pulling every channel");
-                self.apply_demand(&id).await;
-            }
-            self.publish(&id, true, false);
         }
     }
 

@@ -1,6 +1,7 @@
 //! One channel's media: RTP in (UDP, or RFC 4571 framing over TCP), reordering, PS demux,
-//! and H.264 access units (and G.711 audio frames) to the hub as an external source's. A codec the SFU
-//! cannot forward fails the channel's receivers once, with the reason; silence for
+//! and H.264 or H.265 access units (and G.711 audio frames) to the hub as an external
+//! source's. A codec the SFU cannot forward fails the channel's receivers once, with the
+//! reason (a receiver that did not negotiate H.265 is failed by the hub); silence for
 //! [`MEDIA_TIMEOUT`] tells the SIP task to hang up. Knows nothing of SIP.
 
 use std::net::SocketAddr;
@@ -38,7 +39,7 @@ pub(super) enum MediaIn {
     Dial(tokio::sync::oneshot::Receiver<SocketAddr>),
 }
 
-/// RTP packets -> reordered PS payloads -> H.264 access units -> the hub.
+/// RTP packets -> reordered PS payloads -> H.264 or H.265 access units -> the hub.
 struct Pipeline {
     hub: HubHandle,
     conn: ConnId,
@@ -93,17 +94,14 @@ impl Pipeline {
                         .observe(self.invited.elapsed().as_secs_f64());
                     tracing::debug!(stream_type = f.stream_type, len = f.data.len(), head = ?&f.data[..f.data.len().min(8)], "GB28181 media: first frame");
                 }
-                if f.stream_type != 0x1B && f.stream_type != 0 {
-                    // H.265 (0x24) and others: the SFU forwards H.264 only so far. Say so
-                    // once; the receivers fail and the call ends after the linger.
+                let Some(codec) = video_codec(f.stream_type) else {
+                    // A codec the SFU does not carry: say so once; the receivers fail and
+                    // the call ends after the linger.
                     if !self.refused {
                         self.refused = true;
-                        let codec = match f.stream_type {
-                            0x24 => "H.265".to_string(),
-                            t => format!("stream type 0x{t:02X}"),
-                        };
                         let reason = format!(
-                            "the camera sends {codec}; receivers get H.264 only (set the camera's channel to H.264)"
+                            "the camera sends stream type 0x{:02X}; receivers get H.264 or H.265 only (set the camera's channel to H.264)",
+                            f.stream_type
                         );
                         tracing::warn!(stream = self.stream, "GB28181: {reason}");
                         let cmd = Cmd::ExternalFailed {
@@ -116,10 +114,11 @@ impl Pipeline {
                         }
                     }
                     continue;
-                }
+                };
                 let cmd = Cmd::ExternalFrame {
                     conn: self.conn,
                     stream: self.stream,
+                    codec,
                     data: f.data,
                     rtp_time: f.pts.unwrap_or(ts),
                 };
@@ -160,7 +159,18 @@ impl Pipeline {
     }
 }
 
-/// Receives one channel's RTP/PS (UDP, or RFC 4571 over TCP), demuxes H.264 access units
+/// The codec of a PS video stream type the SFU carries (a stream with no map yet counts
+/// as H.264, the GB28181 default).
+fn video_codec(stream_type: u8) -> Option<fieldlink_media::VideoCodec> {
+    use fieldlink_media::VideoCodec;
+    match stream_type {
+        0 | 0x1B => Some(VideoCodec::H264),
+        0x24 => Some(VideoCodec::H265),
+        _ => None,
+    }
+}
+
+/// Receives one channel's RTP/PS (UDP, or RFC 4571 over TCP), demuxes H.264 or H.265 access units
 /// and hands them to the hub as `to` says.
 pub(super) async fn receive(media: MediaIn, to: Target, tx: mpsc::Sender<Event>, id: GbId) {
     let stream = to.stream;

@@ -7,19 +7,20 @@
 //!   the device becomes a field device of the configured project: its channels are its
 //!   streams.
 //! - When receivers want a channel (hub demand), the platform sends an INVITE and
-//!   receives PS over RTP. The demuxed H.264 frames feed the hub like any field stream.
+//!   receives PS over RTP. The demuxed H.264/H.265 frames feed the hub like any field stream.
 //!   When the last receiver has been gone for `linger`, it sends BYE.
 //!
 //! SIP over UDP (answers go to the source address and port, RFC 3581) and TCP on the same
 //! port; media over UDP, TCP passive or TCP active (`media_mode`).
 //!
 //! The modules: `sip` (the one SIP task: its state, message dispatch, queries and
-//! keepalives), `devices` (device presence, the admin view, the field-device bridge into
-//! the hub, PTZ), `calls` (live-video dialogs: INVITE, ACK, BYE, demand and linger),
+//! keepalives), `catalog` (catalog answers, subscriptions and changes), `devices` (device
+//! presence, the admin view, the field-device bridge into the hub, PTZ), `calls` (live-video dialogs: INVITE, ACK, BYE, demand and linger),
 //! `media` (RTP in, PS demux, frames to the hub), `tcp` (SIP over TCP: accept and framing).
 //! This file: the admin API's handle and view types, the task's events, and `start`.
 
 mod calls;
+mod catalog;
 mod devices;
 mod media;
 mod sip;
@@ -255,6 +256,7 @@ pub async fn start(
     let mut rc = RegistrarConfig::new(platform.domain(), &cfg.password);
     rc.keepalive_period = Duration::from_secs(cfg.keepalive_period_secs.max(1));
     rc.keepalive_misses = cfg.keepalive_misses.max(1);
+    let (rc_keepalive, rc_misses) = (rc.keepalive_period, rc.keepalive_misses);
     let media_ip = cfg.media_ip.unwrap_or(if local.ip().is_unspecified() {
         IpAddr::from([127, 0, 0, 1])
     } else {
@@ -326,8 +328,11 @@ pub async fn start(
             sip::QUERY_SLOT,
         ),
         query_calls: HashMap::new(),
+        guard: fieldlink_gb28181::guard::Guard::new(Default::default()),
     };
-    tokio::spawn(accept_tcp(tcp, sip.tx.clone()));
+    // Silent past the keepalive timeout: the device is offline anyway.
+    let idle = rc_keepalive * (rc_misses + 1);
+    tokio::spawn(accept_tcp(tcp, sip.tx.clone(), idle));
     tokio::spawn(sip.run(rx));
     tracing::info!(%local, "GB28181 SIP listening (UDP and TCP)");
     Ok((local, handle))

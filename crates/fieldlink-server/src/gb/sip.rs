@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
-use fieldlink_gb28181::manscdp::{self, Manscdp};
+use fieldlink_gb28181::manscdp::{self, CatalogItem, Manscdp};
 use fieldlink_gb28181::registrar::{RegEvent, Registrar};
 use fieldlink_gb28181::sdp::MediaMode;
 use fieldlink_gb28181::sip::{self, response, Dialog, Message, StartLine};
@@ -16,7 +16,8 @@ use fieldlink_gb28181::GbId;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::devices::{GbDevice, CATALOG_QUIET, MAX_CHANNELS};
+use super::catalog::Gathering;
+use super::devices::{GbDevice, CATALOG_QUIET};
 use super::{Event, Status};
 use crate::hub::{Cmd, HubHandle};
 use crate::metrics::{InviteOutcome, Metrics};
@@ -62,6 +63,8 @@ pub(super) struct Sip {
     /// The queries in flight by Call-ID, to tell the pacer when each ends, with when
     /// they were sent (over TCP nothing gives up on them: they are dropped after 64·T1).
     pub(super) query_calls: HashMap<String, (GbId, Instant)>,
+    /// Sources of malformed messages, ignored for a while.
+    pub(super) guard: fieldlink_gb28181::guard::Guard,
 }
 
 /// Queries in flight at once, over all devices (one per device).
@@ -167,11 +170,18 @@ impl Sip {
         if data.iter().all(|b| b.is_ascii_whitespace()) {
             return; // CRLF keepalive ping
         }
+        if self.guard.ignored(from.ip(), Instant::now()) {
+            self.metrics.sip_ignored.inc();
+            return; // a source of garbage, for a while
+        }
         let msg = match Message::parse(data) {
             Ok(m) => m,
             Err(e) => {
                 // Without parseable headers there is nothing to answer to.
                 tracing::debug!(%from, "bad SIP message: {e}");
+                if self.guard.bad(from.ip(), Instant::now()) {
+                    tracing::warn!(source = %from.ip(), "GB28181: too many malformed SIP messages; ignoring this source for a while");
+                }
                 return;
             }
         };
@@ -201,7 +211,16 @@ impl Sip {
                 }
                 return;
             }
-            "MESSAGE" => self.on_message(&msg, from, now),
+            "MESSAGE" => {
+                let (reply, notified) = self.on_message(&msg, from, now);
+                self.send(&reply, from).await;
+                if let Some((id, items)) = notified {
+                    self.on_catalog_notify(&id, &items).await;
+                }
+                self.finish_catalogs().await;
+                return;
+            }
+            "NOTIFY" => self.on_notify(&msg, from).await,
             "BYE" => {
                 self.on_bye(&msg);
                 response(&msg, 200, "OK", from, "fl", &[], None)
@@ -240,6 +259,18 @@ impl Sip {
                         let _ = self.hub.send(Cmd::Unregister { conn }).await;
                     }
                 }
+            }
+            RegEvent::Refreshed { id } => {
+                // It may have restarted with other channels: asked again (paced; a query
+                // already waiting is not queued twice).
+                if self.devices.get(&id).is_some_and(|d| d.conn.is_some()) {
+                    self.ask(&id, "Catalog");
+                    self.send_queries().await;
+                }
+            }
+            // A banned source's every try would flood the log: those are debug only.
+            RegEvent::Refused { user, addr, why } if why.starts_with("banned") => {
+                tracing::debug!(user, %addr, why, "GB28181 registration refused")
             }
             RegEvent::Refused { user, addr, why } => {
                 tracing::warn!(user, %addr, why, "GB28181 registration refused")
@@ -285,11 +316,19 @@ impl Sip {
 
     /// Sends query `cmd` now; returns its Call-ID.
     pub(super) async fn query(&mut self, id: &GbId, cmd: &str, addr: SocketAddr) -> String {
+        if cmd == "Subscribe" {
+            return self.subscribe(id, addr).await;
+        }
         self.sn = self.sn.wrapping_add(1);
         let sn = self.sn;
         if cmd == "Catalog" {
             if let Some(d) = self.devices.get_mut(id) {
-                d.catalog = Some((sn, Vec::new(), Instant::now() + CATALOG_QUIET));
+                d.catalog = Some(Gathering {
+                    sn,
+                    items: Vec::new(),
+                    until: Instant::now() + CATALOG_QUIET,
+                    answered: false,
+                });
                 d.catalog_asked = Some(Instant::now());
             }
         }
@@ -309,19 +348,18 @@ impl Sip {
 
     /// MANSCDP from a device: keepalives refresh presence (a device that is not registered
     /// gets 403, which makes real devices register again); Catalog answers are gathered.
-    pub(super) fn on_message(&mut self, msg: &Message, from: SocketAddr, now: Instant) -> Vec<u8> {
+    /// Returns the answer, and a Catalog change report's items (to apply).
+    pub(super) fn on_message(
+        &mut self,
+        msg: &Message,
+        from: SocketAddr,
+        now: Instant,
+    ) -> (Vec<u8>, Option<(GbId, Vec<CatalogItem>)>) {
         let body = match Manscdp::parse(&msg.body) {
             Ok(b) => b,
             Err(e) => {
-                return response(
-                    msg,
-                    400,
-                    &format!("Bad Request ({e})"),
-                    from,
-                    "fl",
-                    &[],
-                    None,
-                )
+                let reason = format!("Bad Request ({e})");
+                return (response(msg, 400, &reason, from, "fl", &[], None), None);
             }
         };
         let id: Option<GbId> = msg
@@ -332,7 +370,7 @@ impl Sip {
             .as_ref()
             .is_some_and(|id| self.registrar.seen(id, from.ip(), now));
         let Some(id) = id.filter(|_| known) else {
-            return response(
+            let reply = response(
                 msg,
                 403,
                 "Forbidden (not registered)",
@@ -341,6 +379,7 @@ impl Sip {
                 &[],
                 None,
             );
+            return (reply, None);
         };
         if body.root == "Response"
             && matches!(body.cmd_type.as_str(), "DeviceInfo" | "DeviceStatus")
@@ -353,28 +392,15 @@ impl Sip {
                 }
             }
         }
-        if body.root == "Response" && body.cmd_type == "Catalog" {
-            if let Some(d) = self.devices.get_mut(&id) {
-                if let Some((sn, items, deadline)) = d.catalog.as_mut() {
-                    if *sn == body.sn {
-                        for it in body.items {
-                            if items.len() < MAX_CHANNELS
-                                && !items.iter().any(|i| i.device_id == it.device_id)
-                            {
-                                items.push(it);
-                            }
-                        }
-                        let sum = body.sum_num.map_or(items.len(), |s| s as usize);
-                        if items.len() >= sum.min(MAX_CHANNELS) {
-                            *deadline = now; // complete
-                        } else {
-                            *deadline = now + CATALOG_QUIET;
-                        }
-                    }
-                }
+        let ok = response(msg, 200, "OK", from, "fl", &[], None);
+        match (body.root.as_str(), body.cmd_type.as_str()) {
+            ("Response", "Catalog") => {
+                self.gather_catalog(&id, body, now);
+                (ok, None)
             }
+            ("Notify", "Catalog") => (ok, Some((id, body.items))),
+            _ => (ok, None),
         }
-        response(msg, 200, "OK", from, "fl", &[], None)
     }
 
     pub(super) async fn on_tick(&mut self) {
@@ -401,6 +427,11 @@ impl Sip {
         for key in dead {
             tracing::warn!(call_id = %key.call_id, method = %key.method, "GB28181 request not answered; given up");
             self.metrics.sip_given_up.inc();
+            if key.method == "SUBSCRIBE" {
+                if let Some((id, _)) = self.query_calls.get(&key.call_id).cloned() {
+                    self.subscription_answered(&id, 0, None);
+                }
+            }
             self.query_ended(&key.call_id);
             if key.method == "INVITE" {
                 self.metrics.invite(InviteOutcome::Unanswered);
@@ -411,6 +442,7 @@ impl Sip {
         let given_up = fieldlink_gb28181::transaction::T1 * 64;
         self.query_calls
             .retain(|_, (_, sent)| now.duration_since(*sent) < given_up);
+        self.renew_subscriptions();
         self.send_queries().await;
         self.finish_catalogs().await;
         let ids: Vec<GbId> = self.devices.keys().cloned().collect();

@@ -95,21 +95,23 @@ pub enum Cmd {
     },
     /// A registered field client whose video comes from outside WebRTC (a GB28181
     /// device's channels): `streams` of them. Demand reaches it as `Outbound::Wanted`.
+    /// Sent again when the count grows (receivers of the other streams play on).
     External {
         conn: ConnId,
         streams: u32,
     },
-    /// An external source's stream cannot be played (e.g. H.265 from a camera): its
-    /// receivers fail with `reason`.
+    /// An external source's stream cannot be played (a codec the SFU does not carry):
+    /// its receivers fail with `reason`.
     ExternalFailed {
         conn: ConnId,
         stream: u32,
         reason: String,
     },
-    /// One H.264 access unit of an external source's stream.
+    /// One access unit (Annex B) of an external source's stream.
     ExternalFrame {
         conn: ConnId,
         stream: u32,
+        codec: fieldlink_media::VideoCodec,
         data: Vec<u8>,
         /// 90 kHz.
         rtp_time: u64,

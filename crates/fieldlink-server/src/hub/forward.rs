@@ -40,8 +40,16 @@ pub(super) fn codec_of(p: &PayloadParams) -> VideoCodec {
 const PASSTHROUGH_NOTE: &str =
     "camera passthrough: keyframes come only at the camera's own interval (no keyframe on request)";
 
-/// Why a receiver cannot play a stream in `codec`, and what to do about it.
-pub(super) fn codec_refused(codec: VideoCodec) -> String {
+/// Why a receiver cannot play a stream in `codec`, and what to do about it; `external`:
+/// the stream is a GB28181 camera's channel, else a field device's camera in passthrough.
+pub(super) fn codec_refused(codec: VideoCodec, external: bool) -> String {
+    if external {
+        return format!(
+            "the camera sends {} and this receiver did not negotiate it: receive with \
+             H.265 enabled (SDK h265, CLI --h265), or set the camera's channel to H.264",
+            codec.name()
+        );
+    }
     format!(
         "the stream is {} (a camera in passthrough, protocol \"rtsp_enc\") and this \
          receiver did not negotiate it: set the stream's protocol to \"normal\" to \
@@ -61,6 +69,16 @@ pub(super) fn takes(peer: &mut Peer, fd: usize, params: PayloadParams) -> bool {
         .is_none_or(|w| receiver_pt(&w, params).is_some())
 }
 
+/// [`takes`] for frames of an external source (no payload parameters, just a codec).
+fn takes_external(peer: &mut Peer, fd: usize, codec: VideoCodec) -> bool {
+    let Some(mid) = peer.video_mids.get(fd).copied() else {
+        return true;
+    };
+    peer.rtc
+        .writer(mid)
+        .is_none_or(|w| external_pt(&w, codec).is_some())
+}
+
 /// The receiver's payload type for frames with the source's `params`. str0m's
 /// `match_params` looks at the server's codec list, not at what this m-line negotiated:
 /// a remote that offered no H.265 must not be sent H.265.
@@ -74,12 +92,15 @@ pub(super) fn receiver_pt(
 
 /// Writes one frame to receiver `fd` of `peer` at `out_t` (90 kHz); false if it could
 /// not (no such m-line, media not set up, or not a codec the receiver negotiated).
+/// `source`: a WebRTC source's parameters; without them the frame is an external
+/// source's in `codec`.
 pub(super) fn write_frame(
     peer: &mut Peer,
     fd: usize,
     data: &std::sync::Arc<[u8]>,
     out_t: u64,
     source: Option<&(PayloadParams, Instant, Option<AbsCaptureTime>)>,
+    codec: VideoCodec,
 ) -> bool {
     let Some(mid) = peer.video_mids.get(fd).copied() else {
         return false;
@@ -89,7 +110,7 @@ pub(super) fn write_frame(
     };
     let pt = match source {
         Some((params, _, _)) => receiver_pt(&writer, *params),
-        None => h264_pt(&writer),
+        None => external_pt(&writer, codec),
     };
     let Some(pt) = pt else {
         return false;
@@ -107,17 +128,20 @@ pub(super) fn write_frame(
         .is_ok()
 }
 
-/// The receiver's own H.264 payload type (packetization mode 1 preferred), for frames
-/// from sources that are not WebRTC peers.
-pub(super) fn h264_pt(writer: &str0m::media::Writer) -> Option<str0m::media::Pt> {
-    let h264 = || {
-        writer
-            .payload_params()
-            .filter(|p| p.spec().codec == str0m::format::Codec::H264)
+/// The receiver's own payload type for `codec` (H.264: packetization mode 1 preferred),
+/// for frames from sources that are not WebRTC peers.
+pub(super) fn external_pt(
+    writer: &str0m::media::Writer,
+    codec: VideoCodec,
+) -> Option<str0m::media::Pt> {
+    let codec = match codec {
+        VideoCodec::H264 => str0m::format::Codec::H264,
+        VideoCodec::H265 => str0m::format::Codec::H265,
     };
-    h264()
+    let of_codec = || writer.payload_params().filter(|p| p.spec().codec == codec);
+    of_codec()
         .find(|p| p.spec().format.packetization_mode == Some(1))
-        .or_else(|| h264().next())
+        .or_else(|| of_codec().next())
         .map(|p| p.pt())
 }
 
@@ -219,13 +243,14 @@ impl Hub {
             }
         }
         let source = Some((d.params, d.network_time, d.ext_vals.abs_capture_time));
-        self.forward(&field, stream, &d.data, in_t, source)
+        let codec = codec_of(&d.params);
+        self.forward(&field, stream, &d.data, in_t, source, codec)
     }
 
     /// Forwards one frame of a field device's stream to every receiver that wants it. A
     /// receiver starts on a keyframe; its timestamps continue from what it played before.
     /// `source`: the WebRTC source's payload parameters, arrival time and capture time
-    /// (external sources have none: the receiver's own H.264 payload type is used).
+    /// (external sources have none: the receiver's own payload type for `codec` is used).
     pub(super) fn forward(
         &mut self,
         field: &DeviceId,
@@ -233,6 +258,7 @@ impl Hub {
         data: &std::sync::Arc<[u8]>,
         in_t: u64,
         source: Option<(PayloadParams, Instant, Option<AbsCaptureTime>)>,
+        codec: VideoCodec,
     ) -> Vec<ConnId> {
         let members: Vec<ConnId> = self
             .fields
@@ -244,9 +270,6 @@ impl Hub {
                     .collect()
             })
             .unwrap_or_default();
-        let codec = source
-            .as_ref()
-            .map_or(VideoCodec::H264, |(p, _, _)| codec_of(p));
         let keyframe = codec.is_keyframe(data);
         let want = Some((field.clone(), stream));
         let passthrough = self
@@ -284,24 +307,27 @@ impl Hub {
                 if r.want != want {
                     continue;
                 }
-                if let Some((params, _, _)) = &source {
-                    if !takes(peer, fd, *params) {
-                        // The receiver did not negotiate the stream's codec: it fails
-                        // once, with what to do about it.
-                        r.want = None;
-                        r.live = false;
-                        r.backlog.clear();
-                        let why = codec_refused(codec);
-                        let m = stream_state(
-                            fd as u32,
-                            field.clone(),
-                            stream,
-                            StreamState::Failed,
-                            Some(&why),
-                        );
-                        msgs.push((conn, m));
-                        continue;
-                    }
+                // Every receiver takes H.264; an external source's H.265 is checked.
+                let negotiated = match &source {
+                    Some((params, _, _)) => takes(peer, fd, *params),
+                    None => codec == VideoCodec::H264 || takes_external(peer, fd, codec),
+                };
+                if !negotiated {
+                    // The receiver did not negotiate the stream's codec: it fails once,
+                    // with what to do about it.
+                    r.want = None;
+                    r.live = false;
+                    r.backlog.clear();
+                    let why = codec_refused(codec, source.is_none());
+                    let m = stream_state(
+                        fd as u32,
+                        field.clone(),
+                        stream,
+                        StreamState::Failed,
+                        Some(&why),
+                    );
+                    msgs.push((conn, m));
+                    continue;
                 }
                 if !r.live {
                     if !keyframe {
@@ -337,7 +363,7 @@ impl Hub {
                     }
                     continue;
                 }
-                if write_frame(peer, fd, data, out_t, source.as_ref()) {
+                if write_frame(peer, fd, data, out_t, source.as_ref(), codec) {
                     r.sent += 1;
                     self.metrics.frames_forwarded.inc();
                     self.metrics.bytes_forwarded.inc_by(data.len() as u64);
@@ -426,7 +452,15 @@ impl Hub {
                         break;
                     };
                     budget = budget.saturating_sub(f.data.len());
-                    if write_frame(peer, fd, &f.data, out_t, Some(&(f.params, now, None))) {
+                    let codec = codec_of(&f.params);
+                    if write_frame(
+                        peer,
+                        fd,
+                        &f.data,
+                        out_t,
+                        Some(&(f.params, now, None)),
+                        codec,
+                    ) {
                         r.sent += 1;
                         self.metrics.frames_forwarded.inc();
                         self.metrics.bytes_forwarded.inc_by(f.data.len() as u64);

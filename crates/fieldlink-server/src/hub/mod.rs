@@ -259,10 +259,21 @@ impl Hub {
                 self.reply(conn, req, r);
             }
             Cmd::External { conn, streams } => {
-                let device = self.clients.get_mut(&conn).map(|c| {
-                    c.external = Some((streams, Vec::new()));
-                    c.info.device.clone()
-                });
+                // Again for a source already known (its catalog grew): only the count
+                // changes, so nobody's picture restarts.
+                let device = self
+                    .clients
+                    .get_mut(&conn)
+                    .and_then(|c| match &mut c.external {
+                        Some((n, _)) => {
+                            *n = streams;
+                            None
+                        }
+                        None => {
+                            c.external = Some((streams, Vec::new()));
+                            Some(c.info.device.clone())
+                        }
+                    });
                 if let Some(d) = device {
                     self.field_video_ready(&d);
                 }
@@ -279,6 +290,7 @@ impl Hub {
             Cmd::ExternalFrame {
                 conn,
                 stream,
+                codec,
                 data,
                 rtp_time,
             } => {
@@ -288,7 +300,7 @@ impl Hub {
                     .filter(|c| c.external.as_ref().is_some_and(|(n, _)| stream < *n))
                     .map(|c| c.info.device.clone());
                 if let Some(field) = field {
-                    let written = self.forward(&field, stream, &data.into(), rtp_time, None);
+                    let written = self.forward(&field, stream, &data.into(), rtp_time, None, codec);
                     for c in written {
                         if !self.dirty.contains(&c) {
                             self.dirty.push(c);

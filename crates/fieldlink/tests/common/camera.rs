@@ -200,13 +200,18 @@ pub fn vcl_digests(au: &[u8], h265: bool) -> Vec<u64> {
         .collect()
 }
 
-/// The VCL NAL digests of a reference file, in order (ffmpeg's Annex-B copy of it).
-pub fn reference(h265: bool) -> Vec<u64> {
-    let (file, bsf, fmt) = if h265 {
-        ("h265.mp4", "hevc_mp4toannexb", "hevc")
+/// An Annex-B elementary stream copy of the reference file (ffmpeg's, made once, kept
+/// beside it): `.h265` or `.h264`.
+pub fn annexb(h265: bool) -> PathBuf {
+    let (file, bsf, fmt, name) = if h265 {
+        ("h265.mp4", "hevc_mp4toannexb", "hevc", "annexb.h265")
     } else {
-        ("h264.mp4", "h264_mp4toannexb", "h264")
+        ("h264.mp4", "h264_mp4toannexb", "h264", "annexb.h264")
     };
+    let path = media().join(name);
+    if path.is_file() {
+        return path;
+    }
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-i"])
         .arg(media().join(file))
@@ -214,7 +219,16 @@ pub fn reference(h265: bool) -> Vec<u64> {
         .output()
         .expect("ffmpeg");
     assert!(out.status.success());
-    vcl_digests(&out.stdout, h265)
+    // Written whole under another name first: another test may be reading it.
+    let tmp = media().join(format!("{name}.{}", std::process::id()));
+    std::fs::write(&tmp, &out.stdout).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+/// The VCL NAL digests of a reference file, in order (ffmpeg's Annex-B copy of it).
+pub fn reference(h265: bool) -> Vec<u64> {
+    vcl_digests(&std::fs::read(annexb(h265)).unwrap(), h265)
 }
 
 /// True if `got` occurs in `reference` as one contiguous run.
