@@ -96,18 +96,13 @@ impl Sip {
                 m.insert(id.to_string(), view.clone());
             }
         }
-        // Stored in the background, only when something changed (ticks republish often).
+        // Stored in batches by another task, only when something changed (ticks
+        // republish often); until then the newest view per device waits here.
         if let Ok(json) = serde_json::to_string(&view) {
-            if self.saved.get(id.as_str()) != Some(&json) {
-                if self.saved.len() < 100_000 {
-                    self.saved.insert(id.to_string(), json.clone());
-                }
-                let (store, key) = (self.store.clone(), id.to_string());
-                tokio::spawn(async move {
-                    if let Err(e) = store.save_gb_status(&key, &json).await {
-                        tracing::warn!(device = %key, "storing GB28181 state: {e}");
-                    }
-                });
+            let changed = self.saved.get(id.as_str()) != Some(&json);
+            if changed && (self.saved.len() < 100_000 || self.saved.contains_key(id.as_str())) {
+                self.saved.insert(id.to_string(), json.clone());
+                self.unsaved.insert(id.to_string(), json);
             }
         }
     }

@@ -169,6 +169,23 @@ const RECORDS_QUEUE: usize = 65_536;
 /// Most device records stored in one transaction.
 const RECORDS_BATCH: usize = 1_000;
 
+/// Stores the admin views of GB28181 devices, a batch (one transaction) at a time; a
+/// failing store is retried with the same batch (the SIP task coalesces newer views
+/// meanwhile and never waits).
+async fn write_statuses(store: Store, mut rx: mpsc::Receiver<Vec<(String, String)>>) {
+    while let Some(batch) = rx.recv().await {
+        let mut delay = Duration::from_millis(200);
+        while let Err(e) = store.save_gb_statuses(&batch).await {
+            tracing::warn!(
+                "storing {} GB28181 device states: {e}; retrying",
+                batch.len()
+            );
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+}
+
 /// Creates the project GB28181 devices join, unless it exists; false if the store failed.
 async fn ensure_project(store: &Store, project: &str) -> bool {
     match store.project(project).await {
@@ -279,6 +296,8 @@ pub async fn start(
         .into_iter()
         .collect();
     let (records, records_rx) = mpsc::channel(RECORDS_QUEUE);
+    let (statuses, statuses_rx) = mpsc::channel(1);
+    tokio::spawn(write_statuses(store.clone(), statuses_rx));
     tokio::spawn(write_records(
         store.clone(),
         cfg.project.clone(),
@@ -311,7 +330,6 @@ pub async fn start(
         mode,
         hub,
         metrics,
-        store,
         tx,
         devices: HashMap::new(),
         sn: 0,
@@ -319,6 +337,8 @@ pub async fn start(
         tcp: HashMap::new(),
         transactions: Default::default(),
         saved: HashMap::new(),
+        unsaved: HashMap::new(),
+        statuses,
         settings,
         records,
         recorded: Default::default(),

@@ -21,7 +21,6 @@ use super::devices::{GbDevice, CATALOG_QUIET};
 use super::{Event, Status};
 use crate::hub::{Cmd, HubHandle};
 use crate::metrics::{InviteOutcome, Metrics};
-use crate::store::Store;
 use fieldlink_gb28181::pacer::Pacer;
 
 /// An empty catalog is asked for again after this.
@@ -40,7 +39,6 @@ pub(super) struct Sip {
     pub(super) mode: MediaMode,
     pub(super) hub: HubHandle,
     pub(super) metrics: std::sync::Arc<Metrics>,
-    pub(super) store: Store,
     pub(super) tx: mpsc::Sender<Event>,
     pub(super) devices: HashMap<GbId, GbDevice>,
     pub(super) sn: u32,
@@ -49,8 +47,12 @@ pub(super) struct Sip {
     pub(super) tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     /// Our requests over UDP, until answered (retransmissions).
     pub(super) transactions: fieldlink_gb28181::transaction::Transactions,
-    /// What was last stored per device (JSON), to store only changes.
+    /// What was last handed for storing per device (JSON), to store only changes.
     pub(super) saved: HashMap<String, String>,
+    /// Views changed since they were last handed to the status writer (newest per device).
+    pub(super) unsaved: HashMap<String, String>,
+    /// The status writer: one batch at a time; while it is busy, `unsaved` coalesces.
+    pub(super) statuses: mpsc::Sender<Vec<(String, String)>>,
     /// Every device's own settings (password HA1, media mode, always on), kept here so
     /// no SIP answer waits on the store; the admin API tells changes (`Event::Settings`).
     pub(super) settings: HashMap<String, crate::store::GbSettings>,
@@ -450,5 +452,20 @@ impl Sip {
             self.publish(id, true, false);
         }
         self.hang_up_lingering().await;
+        self.hand_over_statuses();
+    }
+
+    /// Gives the changed views to the status writer, unless it is still busy with the
+    /// last batch (a slow store): then they wait, the newest per device.
+    fn hand_over_statuses(&mut self) {
+        if self.unsaved.is_empty() {
+            return;
+        }
+        let batch: Vec<(String, String)> = self.unsaved.drain().collect();
+        if let Err(mpsc::error::TrySendError::Full(batch)) = self.statuses.try_send(batch) {
+            for (k, v) in batch {
+                self.unsaved.entry(k).or_insert(v);
+            }
+        }
     }
 }

@@ -58,15 +58,26 @@ impl Store {
 
     /// Saves a GB28181 device's last known state (JSON, an upsert).
     pub async fn save_gb_status(&self, device_id: &str, view: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO gb_status (device_id, view, updated_ms) VALUES ($1, $2, $3)
-             ON CONFLICT (device_id) DO UPDATE SET view = $2, updated_ms = $3",
-        )
-        .bind(device_id)
-        .bind(view)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        self.save_gb_statuses(&[(device_id.to_string(), view.to_string())])
+            .await
+    }
+
+    /// Stores several devices' states (device id, JSON) in one transaction.
+    pub async fn save_gb_statuses(&self, views: &[(String, String)]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        for (device_id, view) in views {
+            sqlx::query(
+                "INSERT INTO gb_status (device_id, view, updated_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (device_id) DO UPDATE SET view = $2, updated_ms = $3",
+            )
+            .bind(device_id)
+            .bind(view)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

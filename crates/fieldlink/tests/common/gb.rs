@@ -1,7 +1,11 @@
 //! The GB28181 platform in tests: a server with it on, `fieldlink gb-device` cameras.
 
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use fieldlink_gb28181::digest::expected_response;
+use fieldlink_gb28181::sip::{self, Dialog, Message, StartLine};
 
 use super::TestServer;
 
@@ -110,4 +114,115 @@ pub async fn wait_listed(r: &fieldlink_sdk::RemoteDevice, gwid: &fieldlink_sdk::
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+const REALM: &str = "3402000000";
+
+pub fn local(n: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, n])
+}
+
+/// One REGISTER of device `id` from `socket` to `server` (with `auth`, if given).
+fn register(
+    socket: &UdpSocket,
+    server: SocketAddr,
+    dialog: &Dialog,
+    cseq: u32,
+    auth: Option<String>,
+) {
+    let mut extra = vec![
+        ("Contact", format!("<{}>", dialog.local_uri)),
+        ("Expires", "3600".to_string()),
+    ];
+    if let Some(a) = auth {
+        extra.push(("Authorization", a));
+    }
+    let r = sip::request("REGISTER", dialog, cseq, &sip::branch(), &extra, None);
+    socket.send_to(&r, server).unwrap();
+}
+
+/// The next answer on `socket` to a REGISTER (other messages, e.g. the platform's
+/// queries, are skipped), or None after `wait`.
+fn answer(socket: &UdpSocket, wait: Duration) -> Option<Message> {
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 8192];
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        socket
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .ok()?;
+        let (n, _) = socket.recv_from(&mut buf).ok()?;
+        let Ok(m) = Message::parse(&buf[..n]) else {
+            continue;
+        };
+        if matches!(m.start, StartLine::Response { .. })
+            && m.cseq().map(|(_, method)| method) == Some("REGISTER")
+        {
+            return Some(m);
+        }
+    }
+}
+
+fn code(m: &Message) -> u16 {
+    match m.start {
+        StartLine::Response { code, .. } => code,
+        _ => 0,
+    }
+}
+
+/// What one registration attempt got.
+pub struct Tried {
+    pub code: u16,
+    /// The longest wait for an answer.
+    pub took: Duration,
+    /// The first REGISTER was challenged (401) rather than refused at once.
+    pub challenged: bool,
+}
+
+/// REGISTER → 401 → REGISTER with digest; None if an answer took longer than 500 ms
+/// (SIPp would have retransmitted).
+pub fn register_with_digest(
+    server: SocketAddr,
+    from: IpAddr,
+    id: &str,
+    password: &str,
+) -> Option<Tried> {
+    let socket = UdpSocket::bind(SocketAddr::new(from, 0)).unwrap();
+    let me = socket.local_addr().unwrap();
+    let dialog = Dialog {
+        remote_uri: format!("sip:34020000002000000001@{REALM}"),
+        local_uri: format!("sip:{id}@{REALM}"),
+        local_tag: sip::new_tag(),
+        remote_tag: None,
+        call_id: sip::new_call_id(from),
+        via: me,
+        transport: "UDP",
+    };
+    let limit = Duration::from_millis(500);
+    let t = Instant::now();
+    register(&socket, server, &dialog, 1, None);
+    let challenge = answer(&socket, limit)?;
+    let first = t.elapsed();
+    if code(&challenge) != 401 {
+        return Some(Tried {
+            code: code(&challenge),
+            took: first,
+            challenged: false,
+        });
+    }
+    let h = challenge.header("www-authenticate").unwrap_or_default();
+    let nonce = sip::challenge_param(h, "nonce").unwrap_or_default();
+    let uri = &dialog.remote_uri;
+    let resp = expected_response(id, REALM, password, "REGISTER", uri, nonce, None);
+    let auth = format!(
+        "Digest username=\"{id}\",realm=\"{REALM}\",nonce=\"{nonce}\",uri=\"{uri}\",response=\"{resp}\",algorithm=MD5"
+    );
+    let t = Instant::now();
+    register(&socket, server, &dialog, 2, Some(auth));
+    let done = answer(&socket, limit)?;
+    Some(Tried {
+        code: code(&done),
+        took: first.max(t.elapsed()),
+        challenged: true,
+    })
 }

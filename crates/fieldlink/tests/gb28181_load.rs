@@ -1,131 +1,20 @@
-//! Bad input under load (issue 17): while one source floods the SIP port with garbage,
-//! another keeps registering with wrong passwords and 1 000 TCP connections sit idle,
-//! good devices still register at once. The garbage source ends up ignored unread, the
-//! guessing source banned, the idle connections closed, and a source over the
-//! per-address connection limit refused. Every source is a 127.0.0.0/8 address.
+//! The GB28181 platform under load it must shrug off (issue 17): bad input — while one
+//! source floods the SIP port with garbage, another keeps registering with wrong
+//! passwords and 1 000 TCP connections sit idle, good devices still register at once (the
+//! garbage source ends up ignored unread, the guessing source banned, the idle
+//! connections closed, a source over the per-address connection limit refused) — and a
+//! store that hangs, which delays no SIP answer. Every source is a 127.0.0.0/8 address.
 
 mod common;
 
 use std::io::Read;
-use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::gb::*;
-use fieldlink_gb28181::digest::expected_response;
-use fieldlink_gb28181::sip::{self, Dialog, Message, StartLine};
-
-const REALM: &str = "3402000000";
-
-fn local(n: u8) -> IpAddr {
-    IpAddr::from([127, 0, 0, n])
-}
-
-/// One REGISTER of device `id` from `socket` to `server` (with `auth`, if given).
-fn register(
-    socket: &UdpSocket,
-    server: SocketAddr,
-    dialog: &Dialog,
-    cseq: u32,
-    auth: Option<String>,
-) {
-    let mut extra = vec![
-        ("Contact", format!("<{}>", dialog.local_uri)),
-        ("Expires", "3600".to_string()),
-    ];
-    if let Some(a) = auth {
-        extra.push(("Authorization", a));
-    }
-    let r = sip::request("REGISTER", dialog, cseq, &sip::branch(), &extra, None);
-    socket.send_to(&r, server).unwrap();
-}
-
-/// The next answer on `socket` to a REGISTER (other messages, e.g. the platform's
-/// queries, are skipped), or None after `wait`.
-fn answer(socket: &UdpSocket, wait: Duration) -> Option<Message> {
-    let deadline = Instant::now() + wait;
-    let mut buf = [0u8; 8192];
-    loop {
-        let left = deadline.checked_duration_since(Instant::now())?;
-        socket
-            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .ok()?;
-        let (n, _) = socket.recv_from(&mut buf).ok()?;
-        let Ok(m) = Message::parse(&buf[..n]) else {
-            continue;
-        };
-        if matches!(m.start, StartLine::Response { .. })
-            && m.cseq().map(|(_, method)| method) == Some("REGISTER")
-        {
-            return Some(m);
-        }
-    }
-}
-
-fn code(m: &Message) -> u16 {
-    match m.start {
-        StartLine::Response { code, .. } => code,
-        _ => 0,
-    }
-}
-
-/// What one registration attempt got.
-struct Tried {
-    code: u16,
-    /// The longest wait for an answer.
-    took: Duration,
-    /// The first REGISTER was challenged (401) rather than refused at once.
-    challenged: bool,
-}
-
-/// REGISTER → 401 → REGISTER with digest; None if an answer took longer than 500 ms
-/// (SIPp would have retransmitted).
-fn register_with_digest(
-    server: SocketAddr,
-    from: IpAddr,
-    id: &str,
-    password: &str,
-) -> Option<Tried> {
-    let socket = UdpSocket::bind(SocketAddr::new(from, 0)).unwrap();
-    let me = socket.local_addr().unwrap();
-    let dialog = Dialog {
-        remote_uri: format!("sip:34020000002000000001@{REALM}"),
-        local_uri: format!("sip:{id}@{REALM}"),
-        local_tag: sip::new_tag(),
-        remote_tag: None,
-        call_id: sip::new_call_id(from),
-        via: me,
-        transport: "UDP",
-    };
-    let limit = Duration::from_millis(500);
-    let t = Instant::now();
-    register(&socket, server, &dialog, 1, None);
-    let challenge = answer(&socket, limit)?;
-    let first = t.elapsed();
-    if code(&challenge) != 401 {
-        return Some(Tried {
-            code: code(&challenge),
-            took: first,
-            challenged: false,
-        });
-    }
-    let h = challenge.header("www-authenticate").unwrap_or_default();
-    let nonce = sip::challenge_param(h, "nonce").unwrap_or_default();
-    let uri = &dialog.remote_uri;
-    let resp = expected_response(id, REALM, password, "REGISTER", uri, nonce, None);
-    let auth = format!(
-        "Digest username=\"{id}\",realm=\"{REALM}\",nonce=\"{nonce}\",uri=\"{uri}\",response=\"{resp}\",algorithm=MD5"
-    );
-    let t = Instant::now();
-    register(&socket, server, &dialog, 2, Some(auth));
-    let done = answer(&socket, limit)?;
-    Some(Tried {
-        code: code(&done),
-        took: first.max(t.elapsed()),
-        challenged: true,
-    })
-}
+use common::*;
 
 #[test]
 fn good_devices_register_through_garbage_guessing_and_idle_connections() {
@@ -248,4 +137,87 @@ fn good_devices_register_through_garbage_guessing_and_idle_connections() {
     );
     eprintln!("garbage sent {sent}, ignored unread {ignored}");
     assert!(ignored > sent as f64 / 2.0, "{ignored} of {sent} ignored");
+}
+
+/// The SIP path never waits on the store: with the server's database held locked by
+/// another connection (every write waits, then fails), 200 new devices register and then
+/// register again with every answer within 500 ms, and three cameras come online and
+/// join the hub; once the lock goes, the cameras' records are stored. (WebSocket logins
+/// do wait for the store: they read the device's record.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_store_delays_no_sip_answer() {
+    use sqlx::Connection;
+    let (s, sip) = gb_server("", &[]);
+    let server: SocketAddr = sip.parse().unwrap();
+    sqlx::any::install_default_drivers();
+    let url = format!("sqlite://{}", s.dir.join("data/fieldlink.db").display());
+    let mut lock = sqlx::AnyConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let locked = Instant::now();
+
+    let cameras: Vec<KillOnDrop> = (1..=3)
+        .map(|n| gb_device(&sip, &["--id", &format!("3402000000132000010{n}")]))
+        .collect();
+    let slowest = tokio::task::spawn_blocking(move || {
+        let mut slowest = Duration::ZERO;
+        for pass in 0..2 {
+            for i in 0..200 {
+                let id = format!("340200000013200{i:05}");
+                let t =
+                    register_with_digest(server, local(1), &id, "12345678").unwrap_or_else(|| {
+                        panic!("pass {pass}, device {i}: an answer took over 500 ms")
+                    });
+                assert_eq!(t.code, 200, "pass {pass}, device {i}");
+                slowest = slowest.max(t.took);
+            }
+        }
+        slowest
+    })
+    .await
+    .unwrap();
+    eprintln!("400 registrations with the store locked; slowest answer {slowest:?}");
+    // The cameras are online, their catalogs in and they are field devices in the hub
+    // (the admin view of GB28181 devices reads no store).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, list) = s.api("GET", "/api/v1/gb28181/devices", None);
+        let joined = list.as_array().map_or(0, |l| {
+            l.iter()
+                .filter(|d| d["online"] == true && d["field_id"].is_string())
+                .count()
+        });
+        if joined == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cameras not in the hub: {list}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Held past one busy timeout (5 s), so the store's writes failed at least once.
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(locked.elapsed())).await;
+    sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
+    drop(lock);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, list) = s.api("GET", "/api/v1/projects/p/devices", None);
+        let stored = (1..=3)
+            .filter(|n| {
+                let want = format!("3402000000132000010{n}");
+                list.as_array()
+                    .is_some_and(|l| l.iter().any(|d| d["device_id"] == want.as_str()))
+            })
+            .count();
+        if stored == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "camera records not stored: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(cameras);
 }
