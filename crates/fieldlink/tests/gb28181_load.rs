@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::gb::*;
-use common::*;
 
 #[test]
 fn good_devices_register_through_garbage_guessing_and_idle_connections() {
