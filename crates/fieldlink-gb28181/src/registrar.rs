@@ -98,6 +98,9 @@ pub struct Registrar {
     devices: HashMap<GbId, Registration>,
     /// By device id and by source IP (a device that changes its id is still caught).
     failures: HashMap<String, Failures>,
+    /// When [`Registrar::poll`] next scans the devices (not at every message: with
+    /// 100 000 devices a scan per message would be most of the platform's work).
+    next_scan: Option<Instant>,
 }
 
 impl Registrar {
@@ -107,7 +110,14 @@ impl Registrar {
             cfg,
             devices: HashMap::new(),
             failures: HashMap::new(),
+            next_scan: None,
         }
+    }
+
+    /// How often [`Registrar::poll`] scans: a second, or half a keepalive period if
+    /// shorter, so a silent device goes offline at most that late.
+    fn scan_every(&self) -> Duration {
+        (self.cfg.keepalive_period / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 
     pub fn config(&self) -> &RegistrarConfig {
@@ -286,8 +296,13 @@ impl Registrar {
         }
     }
 
-    /// Devices whose registration expired or that missed too many keepalives go offline.
+    /// Devices whose registration expired or that missed too many keepalives go offline
+    /// (found by a scan at most every [`Registrar::scan_every`]).
     pub fn poll(&mut self, now: Instant) -> Vec<RegEvent> {
+        if self.next_scan.is_some_and(|t| now < t) {
+            return Vec::new();
+        }
+        self.next_scan = Some(now + self.scan_every());
         let silence = self.cfg.keepalive_period * self.cfg.keepalive_misses.max(1);
         let mut out = Vec::new();
         self.devices.retain(|id, r| {
@@ -307,13 +322,13 @@ impl Registrar {
         out
     }
 
-    /// When [`Registrar::poll`] next has something to do.
+    /// When [`Registrar::poll`] should next be called: its next scan, while any device
+    /// is registered.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let silence = self.cfg.keepalive_period * self.cfg.keepalive_misses.max(1);
-        self.devices
-            .values()
-            .map(|r| r.expires_at.min(r.last_seen + silence))
-            .min()
+        if self.devices.is_empty() {
+            return None;
+        }
+        Some(self.next_scan.unwrap_or_else(Instant::now))
     }
 }
 
@@ -519,8 +534,14 @@ mod tests {
             None,
         );
         let id: GbId = DEV.parse().unwrap();
-        assert_eq!(r.next_deadline(), Some(now + Duration::from_secs(180)));
+        assert!(
+            r.next_deadline().is_some(),
+            "a device is registered: scans are due"
+        );
         assert!(r.poll(now + Duration::from_secs(179)).is_empty());
+        // The next scan is at most a second away, not at every message.
+        assert_eq!(r.next_deadline(), Some(now + Duration::from_secs(180)));
+        assert!(r.poll(now + Duration::from_millis(179_500)).is_empty());
         assert!(r.seen(&id, src().ip(), now + Duration::from_secs(179)));
         assert!(r.poll(now + Duration::from_secs(300)).is_empty());
         assert_eq!(
@@ -536,7 +557,7 @@ mod tests {
         let nonce = nonce_of(&code(&reply).1);
         send(&mut r, Some(10), Some(auth(&nonce, "12345678")), now, None);
         assert_eq!(
-            r.poll(now + Duration::from_secs(10)),
+            r.poll(now + Duration::from_secs(400)),
             vec![RegEvent::Offline {
                 id,
                 why: OfflineReason::Expired

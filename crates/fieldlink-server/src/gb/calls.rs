@@ -190,6 +190,7 @@ impl Sip {
                 self.metrics.invite(InviteOutcome::Accepted); // not its retransmissions
             }
             call.dialog.remote_tag = msg.header("to").and_then(sip::tag).map(str::to_string);
+            self.dirty.insert(id.clone());
             if let Some(dial) = call.dial.take() {
                 let answer = sdp::media(&String::from_utf8_lossy(&msg.body));
                 if let Some(a) = answer {
@@ -214,11 +215,12 @@ impl Sip {
     /// Drops the call with this Call-ID, if any, and stops receiving its media (it ended
     /// without us: the device hung up, or never answered).
     pub(super) fn forget_call(&mut self, call_id: &str) {
-        for d in self.devices.values_mut() {
+        for (id, d) in self.devices.iter_mut() {
             d.calls.retain(|_, c| {
                 let gone = c.dialog.call_id == call_id;
                 if gone {
                     c.receiver.abort();
+                    self.dirty.insert(id.clone());
                 }
                 !gone
             });
@@ -233,6 +235,7 @@ impl Sip {
         let Some(mut call) = d.calls.remove(&ch) else {
             return;
         };
+        self.dirty.insert(id.clone());
         call.receiver.abort();
         call.cseq += 1;
         let addr = d.addr;

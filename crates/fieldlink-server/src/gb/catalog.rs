@@ -72,8 +72,8 @@ impl Sip {
         };
     }
 
-    /// Catalogs that are complete (or went quiet): a device's first makes it a field
-    /// device; a later one replaces its channel list (changes applied).
+    /// Catalogs that are complete (or went quiet): a device's first answer makes it a
+    /// field device; a later one replaces its channel list (changes applied).
     pub(super) async fn finish_catalogs(&mut self) {
         let now = Instant::now();
         let done: Vec<GbId> = self
@@ -89,11 +89,14 @@ impl Sip {
             let Some(g) = d.catalog.take() else {
                 continue;
             };
+            // Unanswered: nothing changes (a device with no catalog yet is asked again
+            // after a while, see `Sip::on_tick`, and is no field device until it answers).
+            if !g.answered {
+                continue;
+            }
             if d.conn.is_some() {
-                if g.answered {
-                    let changes = catalog::refresh(&mut d.channels, &g.items, MAX_CHANNELS);
-                    self.apply_changes(&id, changes).await;
-                }
+                let changes = catalog::refresh(&mut d.channels, &g.items, MAX_CHANNELS);
+                self.apply_changes(&id, changes).await;
                 continue;
             }
             d.channels = g.items;

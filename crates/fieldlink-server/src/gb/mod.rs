@@ -349,6 +349,7 @@ pub async fn start(
         ),
         query_calls: HashMap::new(),
         guard: fieldlink_gb28181::guard::Guard::new(Default::default()),
+        dirty: Default::default(),
     };
     // Silent past the keepalive timeout: the device is offline anyway.
     let idle = rc_keepalive * (rc_misses + 1);

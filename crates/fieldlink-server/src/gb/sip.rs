@@ -65,6 +65,8 @@ pub(super) struct Sip {
     /// The queries in flight by Call-ID, to tell the pacer when each ends, with when
     /// they were sent (over TCP nothing gives up on them: they are dropped after 64·T1).
     pub(super) query_calls: HashMap<String, (GbId, Instant)>,
+    /// Devices whose admin view is out of date (published at the next tick).
+    pub(super) dirty: std::collections::HashSet<GbId>,
     /// Sources of malformed messages, ignored for a while.
     pub(super) guard: fieldlink_gb28181::guard::Guard,
 }
@@ -386,6 +388,7 @@ impl Sip {
         if body.root == "Response"
             && matches!(body.cmd_type.as_str(), "DeviceInfo" | "DeviceStatus")
         {
+            self.dirty.insert(id.clone());
             if let Some(d) = self.devices.get_mut(&id) {
                 for (k, v) in body.fields.iter().take(64) {
                     if d.info.len() < 64 || d.info.contains_key(k) {
@@ -447,9 +450,13 @@ impl Sip {
         self.renew_subscriptions();
         self.send_queries().await;
         self.finish_catalogs().await;
-        let ids: Vec<GbId> = self.devices.keys().cloned().collect();
-        for id in &ids {
-            self.publish(id, true, false);
+        // Views of devices whose calls or answers changed (not every device each tick:
+        // at 100 000 devices that would be most of the work).
+        let dirty: Vec<GbId> = self.dirty.drain().collect();
+        for id in &dirty {
+            if self.devices.contains_key(id) {
+                self.publish(id, true, false);
+            }
         }
         self.hang_up_lingering().await;
         self.hand_over_statuses();

@@ -65,11 +65,12 @@ impl Hub {
 
     /// Releases paced reliable messages whose turn has come.
     pub(super) fn drive_paced(&mut self, now: Instant) -> Vec<ConnId> {
+        // Only peers have data channels, so only they have paced control data.
         let senders: Vec<ConnId> = self
-            .clients
+            .peers
             .iter()
-            .filter(|(_, c)| !c.paced.is_empty())
-            .map(|(id, _)| *id)
+            .filter(|id| self.clients.get(id).is_some_and(|c| !c.paced.is_empty()))
+            .copied()
             .collect();
         let mut touched = Vec::new();
         for from in senders {

@@ -154,8 +154,9 @@ impl Hub {
             return;
         }
         let mut waiting: Vec<(DeviceId, u32)> = self
-            .clients
-            .values()
+            .remotes
+            .iter()
+            .filter_map(|c| self.clients.get(c))
             .flat_map(|c| c.receivers.iter())
             .filter(|r| !r.live)
             .filter_map(|r| r.want.clone())

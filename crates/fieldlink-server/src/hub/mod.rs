@@ -72,6 +72,9 @@ pub fn spawn(
         diags: Vec::new(),
         next_diag: 0,
         quality_due: Instant::now() + quality::EVERY,
+        peers: Default::default(),
+        remotes: Default::default(),
+        demand: HashMap::new(),
     };
     let task = tokio::spawn(hub.run(rx));
     (HubHandle { tx }, task)
@@ -131,6 +134,15 @@ struct Hub {
     next_diag: u64,
     /// When the receivers are scored next.
     quality_due: Instant,
+    /// The clients with a WebRTC peer: the only ones with timeouts, paced control data
+    /// and receivers, so the loop's scans visit these, not the (maybe 100 000) GB28181
+    /// cameras among the clients.
+    peers: std::collections::BTreeSet<ConnId>,
+    /// The remote clients: the only ones with receivers and the ones told presence.
+    remotes: std::collections::BTreeSet<ConnId>,
+    /// The demand last computed per field device (non-empty only), to tell external
+    /// sources only what changed.
+    demand: HashMap<DeviceId, Vec<u32>>,
 }
 
 impl Hub {
@@ -138,13 +150,11 @@ impl Hub {
         let mut buf = vec![0u8; 2048];
         loop {
             let now = Instant::now();
-            let next = self
-                .clients
-                .values()
+            let with_peers = || self.peers.iter().filter_map(|c| self.clients.get(c));
+            let next = with_peers()
                 .filter_map(|c| c.peer.as_ref().map(|p| p.next_timeout))
                 .chain(
-                    self.clients
-                        .values()
+                    with_peers()
                         .filter(|c| !c.paced.is_empty())
                         .map(|c| c.limiter.next_free(now)),
                 )

@@ -132,6 +132,7 @@ impl Hub {
                 tx.set_rtx_cache(packets, age, Some(fieldlink_media::RTX_RATIO_CAP));
             }
         }
+        self.peers.insert(conn);
         client.peer = Some(Peer {
             rtc,
             egress: vec![None; mids.len()],
@@ -212,10 +213,15 @@ impl Hub {
             self.poll(conn);
         }
         let due: Vec<ConnId> = self
-            .clients
+            .peers
             .iter()
-            .filter(|(_, c)| c.peer.as_ref().is_some_and(|p| p.next_timeout <= now))
-            .map(|(id, _)| *id)
+            .filter(|id| {
+                self.clients
+                    .get(id)
+                    .and_then(|c| c.peer.as_ref())
+                    .is_some_and(|p| p.next_timeout <= now)
+            })
+            .copied()
             .collect();
         for conn in due {
             if let Some(peer) = self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) {
@@ -313,6 +319,7 @@ impl Hub {
                             tracing::info!(device = %c.info.device, why, "media connection closed");
                             c.peer = None;
                         }
+                        self.peers.remove(&conn);
                         self.by_addr.retain(|_, c| *c != conn);
                         self.warn(
                             conn,

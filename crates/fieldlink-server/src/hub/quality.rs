@@ -49,7 +49,7 @@ impl Hub {
                 .unwrap_or(0)
         };
         let mut out = Vec::new();
-        let conns: Vec<_> = self.clients.keys().copied().collect();
+        let conns: Vec<_> = self.peers.iter().copied().collect();
         for conn in conns {
             let wants: Vec<Option<(DeviceId, u32)>> = match self.clients.get(&conn) {
                 Some(c) if c.peer.is_some() => c.receivers.iter().map(|r| r.want.clone()).collect(),

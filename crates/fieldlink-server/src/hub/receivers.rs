@@ -155,7 +155,12 @@ impl Hub {
     pub(super) fn fail_stream(&mut self, field: &DeviceId, stream: u32, why: &str) {
         let want = Some((field.clone(), stream));
         let mut out = Vec::new();
-        for (conn, c) in self.clients.iter_mut() {
+        // Receivers belong to remote clients only.
+        let remotes: Vec<ConnId> = self.remotes.iter().copied().collect();
+        for conn in &remotes {
+            let Some(c) = self.clients.get_mut(conn) else {
+                continue;
+            };
             for (fd, r) in c.receivers.iter_mut().enumerate() {
                 if r.want == want {
                     r.want = None;
@@ -189,7 +194,12 @@ impl Hub {
         why: Option<&str>,
     ) {
         let mut out = Vec::new();
-        for (conn, c) in self.clients.iter_mut() {
+        // Receivers belong to remote clients only.
+        let remotes: Vec<ConnId> = self.remotes.iter().copied().collect();
+        for conn in &remotes {
+            let Some(c) = self.clients.get_mut(conn) else {
+                continue;
+            };
             for (fd, r) in c.receivers.iter_mut().enumerate() {
                 if let Some((f, s)) = &r.want {
                     if f == field && stream.is_none_or(|x| x == *s) {
@@ -223,7 +233,12 @@ impl Hub {
     pub(super) fn field_video_ready(&mut self, field: &DeviceId) {
         let n = self.stream_count(field).unwrap_or(0);
         let mut out = Vec::new();
-        for (conn, c) in self.clients.iter_mut() {
+        // Receivers belong to remote clients only.
+        let remotes: Vec<ConnId> = self.remotes.iter().copied().collect();
+        for conn in &remotes {
+            let Some(c) = self.clients.get_mut(conn) else {
+                continue;
+            };
             for (fd, r) in c.receivers.iter_mut().enumerate() {
                 let Some((f, s)) = r.want.clone() else {
                     continue;
@@ -301,24 +316,34 @@ impl Hub {
 
     /// Tells each external source which of its streams receivers want, when that changed.
     pub(super) fn update_demand(&mut self) {
+        // Receivers belong to remotes; only field devices wanted now or before are visited.
         let mut wanted: HashMap<DeviceId, Vec<u32>> = HashMap::new();
-        for c in self.clients.values() {
+        for c in self.remotes.iter().filter_map(|c| self.clients.get(c)) {
             for (f, s) in c.receivers.iter().filter_map(|r| r.want.as_ref()) {
                 wanted.entry(f.clone()).or_default().push(*s);
             }
         }
-        for c in self.clients.values_mut() {
+        for v in wanted.values_mut() {
+            v.sort_unstable();
+            v.dedup();
+        }
+        let before = std::mem::take(&mut self.demand);
+        let fields: std::collections::HashSet<&DeviceId> =
+            wanted.keys().chain(before.keys()).collect();
+        for f in fields {
+            let Some(c) = self.by_device.get(f).and_then(|c| self.clients.get_mut(c)) else {
+                continue;
+            };
             let Some((_, told)) = c.external.as_mut() else {
                 continue;
             };
-            let mut now = wanted.remove(&c.info.device).unwrap_or_default();
-            now.sort_unstable();
-            now.dedup();
+            let now = wanted.get(f).cloned().unwrap_or_default();
             if *told != now {
                 *told = now.clone();
                 let _ = c.out.try_send(Outbound::Wanted(now));
             }
         }
+        self.demand = wanted;
     }
 }
 

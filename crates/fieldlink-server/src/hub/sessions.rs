@@ -50,6 +50,9 @@ impl Hub {
             },
         );
         self.by_device.insert(device.clone(), conn);
+        if role == Role::Remote {
+            self.remotes.insert(conn);
+        }
         tracing::info!(device = %device, role = role.as_str(), conn, "device online");
         if role == Role::Field {
             let members = self
@@ -85,6 +88,8 @@ impl Hub {
         let Some(client) = self.clients.remove(&conn) else {
             return;
         };
+        self.peers.remove(&conn);
+        self.remotes.remove(&conn);
         self.by_addr.retain(|_, c| *c != conn);
         let device = client.info.device.clone();
         if self.by_device.get(&device) == Some(&conn) {
@@ -294,14 +299,15 @@ impl Hub {
             .map(|fc| fc.members().iter().cloned().collect())
             .unwrap_or_default();
         let targets: Vec<ConnId> = self
-            .clients
+            .remotes
             .iter()
-            .filter(|(_, c)| {
-                c.info.role == Role::Remote
-                    && c.info.device.project == field.project
-                    && (c.info.sees_all_fields || members.contains(&c.info.device))
+            .filter(|id| {
+                self.clients.get(id).is_some_and(|c| {
+                    c.info.device.project == field.project
+                        && (c.info.sees_all_fields || members.contains(&c.info.device))
+                })
             })
-            .map(|(id, _)| *id)
+            .copied()
             .collect();
         for t in targets {
             self.send(
