@@ -48,6 +48,9 @@ pub struct Gb28181Config {
     pub keepalive_period_secs: u64,
     /// Keepalive periods a device may miss before it is offline.
     pub keepalive_misses: u32,
+    /// Devices registered at once, at most (beyond: 503). Known devices' views are kept
+    /// for twice as many.
+    pub max_devices: usize,
     /// Log every SIP message sent and received, whole (direction, peer, time).
     pub log_sip: bool,
     /// Project whose field devices the GB28181 devices become (created if missing).
@@ -70,6 +73,7 @@ impl Default for Gb28181Config {
             password: "12345678".into(),
             keepalive_period_secs: 60,
             keepalive_misses: 3,
+            max_devices: 100_000,
             log_sip: false,
             project: "gb".into(),
             linger_secs: 10,

@@ -227,7 +227,7 @@ impl Session {
                     Some(Outbound::Msg(m)) => {
                         if socket.send(text(&m)).await.is_err() { return; }
                     }
-                    Some(Outbound::Wanted(_) | Outbound::Control { .. }) => {} // external sources only
+                    Some(Outbound::Wanted(_) | Outbound::Control(_)) => {} // external sources only
                     Some(Outbound::Close(code, why)) => {
                         let _ = socket.send(text(&ServerMsg::error(None, code, why))).await;
                         let _ = socket.send(Message::Close(None)).await;

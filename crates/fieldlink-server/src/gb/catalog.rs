@@ -76,11 +76,21 @@ impl Sip {
     /// field device; a later one replaces its channel list (changes applied).
     pub(super) async fn finish_catalogs(&mut self) {
         let now = Instant::now();
+        // Only the devices gathering an answer (called after every MESSAGE: with 100 000
+        // devices, a scan of them all each time would be most of the platform's work).
+        let devices = &self.devices;
+        self.gathering
+            .retain(|id| devices.get(id).is_some_and(|d| d.catalog.is_some()));
         let done: Vec<GbId> = self
-            .devices
+            .gathering
             .iter()
-            .filter(|(_, d)| d.catalog.as_ref().is_some_and(|g| g.until <= now))
-            .map(|(id, _)| id.clone())
+            .filter(|id| {
+                devices
+                    .get(*id)
+                    .and_then(|d| d.catalog.as_ref())
+                    .is_some_and(|g| g.until <= now)
+            })
+            .cloned()
             .collect();
         for id in done {
             let Some(d) = self.devices.get_mut(&id) else {
@@ -116,7 +126,10 @@ impl Sip {
             };
             if let Some(d) = self.devices.get_mut(&id) {
                 d.conn = Some(conn);
+                // Subscribed at once (renewals come from the periodic scan).
+                d.subscription = Subscription::Asked;
             }
+            self.ask(&id, "Subscribe");
             let _ = self.hub.send(Cmd::External { conn, streams: n }).await;
             let always_on = self.settings.get(id.as_str()).is_some_and(|s| s.always_on);
             if let Some(d) = self.devices.get_mut(&id) {

@@ -92,7 +92,7 @@ impl Sip {
             if let (false, Some(t)) = (changed, keep) {
                 view.changed_ms = t;
             }
-            if m.len() < 100_000 || m.contains_key(id.as_str()) {
+            if m.len() < self.max_known || m.contains_key(id.as_str()) {
                 m.insert(id.to_string(), view.clone());
             }
         }
@@ -100,7 +100,8 @@ impl Sip {
         // republish often); until then the newest view per device waits here.
         if let Ok(json) = serde_json::to_string(&view) {
             let changed = self.saved.get(id.as_str()) != Some(&json);
-            if changed && (self.saved.len() < 100_000 || self.saved.contains_key(id.as_str())) {
+            let room = self.saved.len() < self.max_known || self.saved.contains_key(id.as_str());
+            if changed && room {
                 self.saved.insert(id.to_string(), json.clone());
                 self.unsaved.insert(id.to_string(), json);
             }
@@ -156,14 +157,14 @@ impl Sip {
                             return;
                         }
                     }
-                    Outbound::Control { from, payload } => match ptz_of(&payload) {
+                    Outbound::Control(c) => match ptz_of(&c.1) {
                         Some((ch, ptz)) => {
                             if tx.send(Event::Ptz(gb.clone(), ch, ptz)).await.is_err() {
                                 return;
                             }
                         }
                         None => {
-                            tracing::debug!(%from, "control data for a GB28181 camera is not a PTZ command")
+                            tracing::debug!(from = %c.0, "control data for a GB28181 camera is not a PTZ command")
                         }
                     },
                     Outbound::Close(..) => return,

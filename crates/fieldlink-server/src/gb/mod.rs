@@ -273,7 +273,9 @@ pub async fn start(
     let mut rc = RegistrarConfig::new(platform.domain(), &cfg.password);
     rc.keepalive_period = Duration::from_secs(cfg.keepalive_period_secs.max(1));
     rc.keepalive_misses = cfg.keepalive_misses.max(1);
+    rc.max_devices = cfg.max_devices.max(1);
     let (rc_keepalive, rc_misses) = (rc.keepalive_period, rc.keepalive_misses);
+    let max_known = rc.max_devices.saturating_mul(2);
     let media_ip = cfg.media_ip.unwrap_or(if local.ip().is_unspecified() {
         IpAddr::from([127, 0, 0, 1])
     } else {
@@ -305,7 +307,8 @@ pub async fn start(
     ));
     // Devices known from before: listed offline until they register again.
     let mut known = std::collections::BTreeMap::new();
-    for json in store.gb_statuses(100_000).await.unwrap_or_default() {
+    let limit = i64::try_from(max_known).unwrap_or(i64::MAX);
+    for json in store.gb_statuses(limit).await.unwrap_or_default() {
         if let Ok(mut v) = serde_json::from_str::<GbDeviceView>(&json) {
             v.online = false;
             v.channels.iter_mut().for_each(|c| c.playing = false);
@@ -350,6 +353,9 @@ pub async fn start(
         query_calls: HashMap::new(),
         guard: fieldlink_gb28181::guard::Guard::new(Default::default()),
         dirty: Default::default(),
+        gathering: Default::default(),
+        next_device_scan: std::time::Instant::now(),
+        max_known,
     };
     // Silent past the keepalive timeout: the device is offline anyway.
     let idle = rc_keepalive * (rc_misses + 1);

@@ -25,6 +25,8 @@ use fieldlink_gb28181::pacer::Pacer;
 
 /// An empty catalog is asked for again after this.
 const CATALOG_RETRY: Duration = Duration::from_secs(30);
+/// How often every device is looked at for catalog retries and subscription renewals.
+const DEVICE_SCAN: Duration = Duration::from_secs(5);
 
 pub(super) struct Sip {
     pub(super) status: Status,
@@ -65,6 +67,12 @@ pub(super) struct Sip {
     /// The queries in flight by Call-ID, to tell the pacer when each ends, with when
     /// they were sent (over TCP nothing gives up on them: they are dropped after 64·T1).
     pub(super) query_calls: HashMap<String, (GbId, Instant)>,
+    /// Known devices (online or not) whose views are kept, at most.
+    pub(super) max_known: usize,
+    /// When every device is next looked at (see [`DEVICE_SCAN`]).
+    pub(super) next_device_scan: Instant,
+    /// Devices whose Catalog answer is being gathered (see `Sip::finish_catalogs`).
+    pub(super) gathering: std::collections::HashSet<GbId>,
     /// Devices whose admin view is out of date (published at the next tick).
     pub(super) dirty: std::collections::HashSet<GbId>,
     /// Sources of malformed messages, ignored for a while.
@@ -327,6 +335,7 @@ impl Sip {
         let sn = self.sn;
         if cmd == "Catalog" {
             if let Some(d) = self.devices.get_mut(id) {
+                self.gathering.insert(id.clone());
                 d.catalog = Some(Gathering {
                     sn,
                     items: Vec::new(),
@@ -409,21 +418,28 @@ impl Sip {
     }
 
     pub(super) async fn on_tick(&mut self) {
-        // A device whose catalog came back empty (or never came) is asked again.
         let now = Instant::now();
-        let again: Vec<(GbId, SocketAddr)> = self
-            .devices
-            .iter()
-            .filter(|(_, d)| {
-                d.channels.is_empty()
-                    && d.catalog.is_none()
-                    && d.catalog_asked
-                        .is_none_or(|t| now.duration_since(t) >= CATALOG_RETRY)
-            })
-            .filter_map(|(id, d)| Some((id.clone(), d.addr?)))
-            .collect();
-        for (id, _) in again {
-            self.ask(&id, "Catalog");
+        // Scans of every device (retries, subscriptions) run every few seconds, not at
+        // every tick: they are the keepalive-time cost of a site with 100 000 devices.
+        if self.next_device_scan <= now {
+            self.next_device_scan = now + DEVICE_SCAN;
+            // A device whose catalog came back empty (or never came) is asked again.
+            let again: Vec<GbId> = self
+                .devices
+                .iter()
+                .filter(|(_, d)| {
+                    d.channels.is_empty()
+                        && d.catalog.is_none()
+                        && d.addr.is_some()
+                        && d.catalog_asked
+                            .is_none_or(|t| now.duration_since(t) >= CATALOG_RETRY)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in again {
+                self.ask(&id, "Catalog");
+            }
+            self.renew_subscriptions();
         }
         let (again, dead) = self.transactions.poll(Instant::now());
         for (bytes, to) in again {
@@ -447,7 +463,6 @@ impl Sip {
         let given_up = fieldlink_gb28181::transaction::T1 * 64;
         self.query_calls
             .retain(|_, (_, sent)| now.duration_since(*sent) < given_up);
-        self.renew_subscriptions();
         self.send_queries().await;
         self.finish_catalogs().await;
         // Views of devices whose calls or answers changed (not every device each tick:

@@ -28,17 +28,16 @@ pub struct ClientInfo {
 }
 
 #[derive(Debug)]
+/// Big variants are boxed: every client's channel holds a block of 32 of these from the
+/// start, and a big GB28181 site has 100 000 clients.
 pub enum Outbound {
-    Msg(ServerMsg),
+    Msg(Box<ServerMsg>),
     /// Send this error and close the connection.
     Close(ErrorCode, String),
     /// To an external source (a GB28181 device): the streams receivers want now.
     Wanted(Vec<u32>),
-    /// To an external source: control data from its master remote.
-    Control {
-        from: DeviceId,
-        payload: Vec<u8>,
-    },
+    /// To an external source: control data from its master remote (who, what).
+    Control(Box<(DeviceId, Vec<u8>)>),
 }
 
 #[derive(Debug)]

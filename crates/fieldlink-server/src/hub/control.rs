@@ -167,10 +167,10 @@ impl Hub {
             }
             if target.external.is_some() {
                 // Not a WebRTC peer: the source's own task interprets it (GB28181 PTZ).
-                let _ = target.out.try_send(Outbound::Control {
-                    from: me.clone(),
-                    payload: frame.payload.to_vec(),
-                });
+                let _ = target.out.try_send(Outbound::Control(Box::new((
+                    me.clone(),
+                    frame.payload.to_vec(),
+                ))));
                 self.metrics.control(qos, ControlOutcome::Forwarded);
                 continue;
             }
@@ -195,10 +195,12 @@ impl Hub {
                 Qos::Reliable => {
                     if peer.pending_reliable.len() >= MAX_PENDING_RELIABLE {
                         tracing::warn!(device = %target.info.device, "reliable control queue full: receiver too slow, message dropped");
-                        let _ = target.out.try_send(Outbound::Msg(ServerMsg::warning(
-                            ErrorCode::Congested,
-                            "reliable control data dropped: receiver queue full",
-                        )));
+                        let _ = target
+                            .out
+                            .try_send(Outbound::Msg(Box::new(ServerMsg::warning(
+                                ErrorCode::Congested,
+                                "reliable control data dropped: receiver queue full",
+                            ))));
                         self.metrics.control(qos, ControlOutcome::Congested);
                         continue;
                     }

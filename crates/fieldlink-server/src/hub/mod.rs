@@ -85,7 +85,9 @@ pub fn spawn(
 struct Client {
     info: ClientInfo,
     out: mpsc::Sender<Outbound>,
-    peer: Option<Peer>,
+    /// Boxed: a peer is ~10 KB, and most clients of a big GB28181 site (cameras) have
+    /// none.
+    peer: Option<Box<Peer>>,
     limiter: RateLimiter,
     /// Reliable control frames over the rate limit, waiting their turn.
     paced: VecDeque<Vec<u8>>,
@@ -422,7 +424,7 @@ impl Hub {
         let Some(c) = self.clients.get(&conn) else {
             return;
         };
-        if c.out.try_send(Outbound::Msg(msg)).is_err() {
+        if c.out.try_send(Outbound::Msg(Box::new(msg))).is_err() {
             tracing::warn!(device = %c.info.device, "signalling queue full or closed: disconnecting");
             let _ = c.out.try_send(Outbound::Close(
                 ErrorCode::Congested,
@@ -446,6 +448,6 @@ impl Hub {
         c.last_warning = Some((code, now));
         let _ = c
             .out
-            .try_send(Outbound::Msg(ServerMsg::warning(code, message)));
+            .try_send(Outbound::Msg(Box::new(ServerMsg::warning(code, message))));
     }
 }

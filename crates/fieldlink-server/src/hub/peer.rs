@@ -133,7 +133,7 @@ impl Hub {
             }
         }
         self.peers.insert(conn);
-        client.peer = Some(Peer {
+        client.peer = Some(Box::new(Peer {
             rtc,
             egress: vec![None; mids.len()],
             audio,
@@ -143,7 +143,7 @@ impl Hub {
             channels: [None, None],
             pending_reliable: VecDeque::new(),
             next_timeout: now,
-        });
+        }));
         self.by_addr.retain(|_, c| *c != conn);
         let n = video_mids.len();
         match client.info.role {
