@@ -104,6 +104,7 @@ impl Sip {
             if !g.answered {
                 continue;
             }
+            d.catalog_misses = 0;
             if d.conn.is_some() {
                 let changes = catalog::refresh(&mut d.channels, &g.items, MAX_CHANNELS);
                 self.apply_changes(&id, changes).await;

@@ -33,6 +33,8 @@ pub(super) struct GbDevice {
     pub(super) catalog: Option<super::catalog::Gathering>,
     /// When the Catalog was last asked for (an empty answer is asked again later).
     pub(super) catalog_asked: Option<Instant>,
+    /// Catalog queries in a row that got no answer (each retry waits twice as long).
+    pub(super) catalog_misses: u32,
     /// Its channels by stream index (slots stay put; see `fieldlink_gb28181::catalog`).
     pub(super) channels: Vec<CatalogItem>,
     /// Its Catalog subscription: until when it holds (renewed before), or refused.

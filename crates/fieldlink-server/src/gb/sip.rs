@@ -424,19 +424,24 @@ impl Sip {
         if self.next_device_scan <= now {
             self.next_device_scan = now + DEVICE_SCAN;
             // A device whose catalog came back empty (or never came) is asked again.
+            // Unanswered ones back off: 30 s, 1, 2, 4, 8 min.
             let again: Vec<GbId> = self
                 .devices
                 .iter()
                 .filter(|(_, d)| {
+                    let wait = CATALOG_RETRY * 2u32.pow(d.catalog_misses.min(4));
                     d.channels.is_empty()
                         && d.catalog.is_none()
                         && d.addr.is_some()
                         && d.catalog_asked
-                            .is_none_or(|t| now.duration_since(t) >= CATALOG_RETRY)
+                            .is_none_or(|t| now.duration_since(t) >= wait)
                 })
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in again {
+                if let Some(d) = self.devices.get_mut(&id) {
+                    d.catalog_misses += 1;
+                }
                 self.ask(&id, "Catalog");
             }
             self.renew_subscriptions();
