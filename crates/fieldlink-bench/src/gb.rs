@@ -289,11 +289,18 @@ impl Kamailio {
 
 impl Drop for Kamailio {
     fn drop(&mut self) {
+        // SIGTERM lets kamailio stop its workers; any still there after 2 s are killed
+        // (they are found before the main process goes: then they would be init's).
+        let workers = children(self.peer.pid);
+        let _ = Command::new("kill").arg(self.peer.pid.to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // Its workers follow the main process; any left are ended too.
-        for p in children(self.peer.pid) {
-            let _ = Command::new("kill").arg(p.to_string()).status();
+        for p in workers {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
         }
     }
 }

@@ -255,7 +255,8 @@ fn a_device_password_from_the_admin_api() {
 }
 
 /// A SIPp camera: registers (UAC), then from the same port answers the platform's Catalog
-/// query, its INVITE when a remote watches the channel, and its BYE when the remote leaves.
+/// query, refuses its catalog SUBSCRIBE (489, as many cameras do: the platform plays on),
+/// answers its INVITE when a remote watches the channel, and its BYE when the remote leaves.
 /// The Catalog query reaches the SIPp server side only by the platform's retransmission
 /// (the UAC had already exited when it was first sent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +275,7 @@ async fn a_sipp_camera_answers_invite_and_bye() {
     );
     let uas = KillOnDrop(
         sipp_cmd(&sip, "camera_uas.xml", dev, "12345678", false, port)
-            .args(["-m", "4"])
+            .args(["-m", "5"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -297,8 +298,9 @@ async fn a_sipp_camera_answers_invite_and_bye() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     r.disconnect_all().await.unwrap();
-    // SIPp ends successfully only after 4 calls went through its scenario: the Catalog,
-    // DeviceInfo and DeviceStatus queries, and the INVITE whose BYE it answered.
+    // SIPp ends successfully only after 5 calls went through its scenario: the Catalog,
+    // DeviceInfo and DeviceStatus queries, the catalog SUBSCRIBE it refused, and the
+    // INVITE whose BYE it answered.
     let mut uas = uas;
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let status = loop {
