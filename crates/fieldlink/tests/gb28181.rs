@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -365,29 +364,11 @@ async fn an_h265_channel_plays_where_h265_was_negotiated_and_fails_elsewhere() {
     rc.streams = 1;
     let (r2, mut e2) = fieldlink_sdk::RemoteDevice::connect(rc).await.unwrap();
     r2.connect_streams(&gwid, &[0], &[0]).await.unwrap();
-    let reason = failed_reason(&mut e2).await;
+    let reason = failed_on(&mut e2, 0).await;
     assert!(
         reason.contains("H.265") && reason.contains("--h265"),
         "{reason}"
     );
-}
-
-/// The reason of the next `Failed` stream state.
-async fn failed_reason(ev: &mut fieldlink_sdk::Events) -> String {
-    let e = expect_event(ev, "failed", |e| {
-        matches!(
-            e,
-            Event::StreamState {
-                state: StreamState::Failed,
-                ..
-            }
-        )
-    })
-    .await;
-    let Event::StreamState { reason, .. } = e else {
-        unreachable!()
-    };
-    reason.unwrap_or_default()
 }
 
 /// A channel in a codec the SFU does not carry (the map says MPEG-4 video, 0x10): the
@@ -403,7 +384,7 @@ async fn a_codec_the_platform_cannot_carry_fails_with_a_clear_reason() {
     let gwid = id("p/34020000001320000001");
     wait_listed(&r, &gwid).await;
     r.connect_streams(&gwid, &[0], &[0]).await.unwrap();
-    let reason = failed_reason(&mut ev).await;
+    let reason = failed_on(&mut ev, 0).await;
     assert!(reason.contains("0x10"), "{reason}");
 }
 
@@ -505,22 +486,10 @@ fn an_always_on_device_is_pulled_without_viewers() {
         "{body}"
     );
     let mut dev = gb_device(&sip, &["--channels", "2"]);
-    let stdout = dev.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(l);
-        }
-    });
-    let mut invites = 0;
-    while invites < 2 {
-        let l = rx
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|_| panic!("only {invites} channels pulled"));
-        invites += usize::from(l.contains(r#""event":"invite""#));
+    let lines = DeviceLines::of(&mut dev);
+    // Both channels pulled, with no viewer.
+    for channel in ["34020000001310000001", "34020000001310000002"] {
+        lines.wait(&[r#""event":"invite""#, channel]);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {

@@ -200,28 +200,9 @@ impl Sip {
     /// A NOTIFY from a device: a Catalog change report is applied; answered 200 (403 for
     /// a device that is not registered, 400 for a body that is not MANSCDP).
     pub(super) async fn on_notify(&mut self, msg: &Message, from: SocketAddr) -> Vec<u8> {
-        let body = match Manscdp::parse(&msg.body) {
-            Ok(b) => b,
-            Err(e) => {
-                let reason = format!("Bad Request ({e})");
-                return response(msg, 400, &reason, from, "fl", &[], None);
-            }
-        };
-        let id: Option<GbId> = msg
-            .from_user()
-            .and_then(|u| u.parse().ok())
-            .or_else(|| body.device_id.parse().ok());
-        let now = Instant::now();
-        let Some(id) = id.filter(|id| self.registrar.seen(id, from.ip(), now)) else {
-            return response(
-                msg,
-                403,
-                "Forbidden (not registered)",
-                from,
-                "fl",
-                &[],
-                None,
-            );
+        let (id, body) = match self.registered_body(msg, from, Instant::now()) {
+            Ok(v) => v,
+            Err(reply) => return reply,
         };
         if msg
             .header("subscription-state")

@@ -359,6 +359,37 @@ impl Sip {
         dialog.call_id
     }
 
+    /// The MANSCDP body of a request and the registered device it comes from (which is
+    /// thereby seen alive); or the answer to send instead: 400 for a body that is not
+    /// MANSCDP, 403 for a device that is not registered (real devices then register again).
+    pub(super) fn registered_body(
+        &mut self,
+        msg: &Message,
+        from: SocketAddr,
+        now: Instant,
+    ) -> Result<(GbId, Manscdp), Vec<u8>> {
+        let body = Manscdp::parse(&msg.body).map_err(|e| {
+            let reason = format!("Bad Request ({e})");
+            response(msg, 400, &reason, from, "fl", &[], None)
+        })?;
+        let id: Option<GbId> = msg
+            .from_user()
+            .and_then(|u| u.parse().ok())
+            .or_else(|| body.device_id.parse().ok());
+        match id.filter(|id| self.registrar.seen(id, from.ip(), now)) {
+            Some(id) => Ok((id, body)),
+            None => Err(response(
+                msg,
+                403,
+                "Forbidden (not registered)",
+                from,
+                "fl",
+                &[],
+                None,
+            )),
+        }
+    }
+
     /// MANSCDP from a device: keepalives refresh presence (a device that is not registered
     /// gets 403, which makes real devices register again); Catalog answers are gathered.
     /// Returns the answer, and a Catalog change report's items (to apply).
@@ -368,31 +399,9 @@ impl Sip {
         from: SocketAddr,
         now: Instant,
     ) -> (Vec<u8>, Option<(GbId, Vec<CatalogItem>)>) {
-        let body = match Manscdp::parse(&msg.body) {
-            Ok(b) => b,
-            Err(e) => {
-                let reason = format!("Bad Request ({e})");
-                return (response(msg, 400, &reason, from, "fl", &[], None), None);
-            }
-        };
-        let id: Option<GbId> = msg
-            .from_user()
-            .and_then(|u| u.parse().ok())
-            .or_else(|| body.device_id.parse().ok());
-        let known = id
-            .as_ref()
-            .is_some_and(|id| self.registrar.seen(id, from.ip(), now));
-        let Some(id) = id.filter(|_| known) else {
-            let reply = response(
-                msg,
-                403,
-                "Forbidden (not registered)",
-                from,
-                "fl",
-                &[],
-                None,
-            );
-            return (reply, None);
+        let (id, body) = match self.registered_body(msg, from, now) {
+            Ok(v) => v,
+            Err(reply) => return (reply, None),
         };
         if body.root == "Response"
             && matches!(body.cmd_type.as_str(), "DeviceInfo" | "DeviceStatus")
