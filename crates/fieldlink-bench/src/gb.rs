@@ -134,6 +134,7 @@ pub async fn gb(
     rate: u32,
     again: Option<u32>,
     no_kamailio: bool,
+    bad_input: bool,
     bin: PathBuf,
 ) -> anyhow::Result<()> {
     if Command::new("sipp").arg("-v").output().is_err() {
@@ -151,7 +152,7 @@ pub async fn gb(
         ));
     }
     std::fs::write(dir.join("devices.csv"), csv)?;
-    let r = compare(&dir, devices, rate, again, no_kamailio, &bin).await;
+    let r = compare(&dir, devices, rate, again, no_kamailio, bad_input, &bin).await;
     let _ = std::fs::remove_dir_all(&dir);
     r
 }
@@ -162,8 +163,13 @@ async fn compare(
     rate: u32,
     again: Option<u32>,
     no_kamailio: bool,
+    bad_input: bool,
     bin: &Path,
 ) -> anyhow::Result<()> {
+    // This process (the bad input's senders) shares CPU 1 with SIPp; CPU 0 is the server's.
+    let _ = Command::new("taskset")
+        .args(["-a", "-p", "-c", "1", &std::process::id().to_string()])
+        .output();
     let server = start_server(
         &bin.to_path_buf(),
         0,
@@ -187,6 +193,16 @@ async fn compare(
     let known = match again {
         Some(r) => Some((r, storm(&ours, dir, devices, r, "known").await?)),
         None => None,
+    };
+    // The devices are known now: they register again while bad input floods the server.
+    let bad = if bad_input {
+        let r = again.unwrap_or(rate);
+        let attack = crate::gb_bad::BadInput::start(ours.sip.parse()?).await?;
+        let f = storm(&ours, dir, devices, r, "known").await;
+        println!("  {}", attack.stop().await);
+        Some((r, f?))
+    } else {
+        None
     };
     drop(server);
     let kam = if no_kamailio {
@@ -231,6 +247,22 @@ async fn compare(
             }
             None => line("fieldlink", &f, "(no kamailio)"),
         }
+    }
+    if let Some((r, f)) = bad {
+        println!(
+            "| {devices} known devices at {r} REG/s + bad input | fieldlink | {} of {devices} ({} failed) | {} | {:.0} ms | {:.0} ms | {:.3} ms | (its CPU includes the bad input's) |",
+            f.ok, f.failed, f.retrans, f.p99[0], f.p99[1], f.cpu_ms_per_reg
+        );
+        // The same storm without the bad input, to compare p99 with.
+        let clean = known
+            .filter(|(k, _)| *k == r)
+            .map(|(_, k)| k)
+            .unwrap_or(new);
+        println!();
+        println!(
+            "with bad input, digest answer p99 {:.0} ms against {:.0} ms without ({:.0} ms challenge against {:.0} ms)",
+            f.p99[1], clean.p99[1], f.p99[0], clean.p99[0]
+        );
     }
     Ok(())
 }
@@ -300,7 +332,12 @@ impl Drop for Kamailio {
         let _ = self.child.kill();
         let _ = self.child.wait();
         for p in workers {
-            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+            if Path::new(&format!("/proc/{p}")).exists() {
+                let _ = Command::new("kill")
+                    .args(["-9", &p.to_string()])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
         }
     }
 }

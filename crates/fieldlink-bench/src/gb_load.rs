@@ -243,7 +243,7 @@ pub async fn keepalive(devices: u32, rate: u32, secs: u64, bin: PathBuf) -> anyh
     let pid = server.child.id();
     // The load generator on the other core.
     let _ = std::process::Command::new("taskset")
-        .args(["-p", "-c", "1", &std::process::id().to_string()])
+        .args(["-a", "-p", "-c", "1", &std::process::id().to_string()])
         .output();
     let ports = devices.clamp(1, 1000);
     println!(

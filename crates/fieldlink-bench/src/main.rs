@@ -21,6 +21,7 @@ use fieldlink_server::store::{Device, Project, Security, Store};
 mod audio;
 mod camera;
 mod gb;
+mod gb_bad;
 mod gb_load;
 mod tap;
 
@@ -93,6 +94,11 @@ enum Cmd {
         /// Do not run the same load against kamailio (Debian package kamailio).
         #[arg(long)]
         no_kamailio: bool,
+        /// Then the same devices register once more (at `again`'s rate) while bad input
+        /// floods fieldlink: garbage datagrams, wrong-password registrations, 1 000 idle
+        /// TCP connections; prints the answer p99 beside the run without it.
+        #[arg(long)]
+        bad_input: bool,
         /// Instead of the storms: this many devices (our own load generator, many UDP
         /// source ports, real digest) register, answer the platform's queries and keep
         /// alive every 60 s; prints the server's RSS and CPU share while they keep alive.
@@ -607,6 +613,7 @@ fn main() -> anyhow::Result<()> {
             rate,
             again,
             no_kamailio,
+            bad_input,
             keepalive: None,
             fieldlink,
             ..
@@ -615,6 +622,7 @@ fn main() -> anyhow::Result<()> {
             rate,
             again,
             no_kamailio,
+            bad_input,
             bin_of(fieldlink)?,
         )),
     }

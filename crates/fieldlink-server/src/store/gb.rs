@@ -16,6 +16,10 @@ pub struct GbSettings {
     pub always_on: bool,
 }
 
+/// Rows per upsert statement (3 parameters each: well under SQLite's and PostgreSQL's
+/// limits).
+const STATUS_ROWS_PER_STATEMENT: usize = 200;
+
 impl Store {
     /// Every GB28181 device's own settings, by device id (at most `limit`).
     pub async fn gb_devices(&self, limit: i64) -> Result<Vec<(String, GbSettings)>> {
@@ -62,20 +66,32 @@ impl Store {
             .await
     }
 
-    /// Stores several devices' states (device id, JSON) in one transaction.
+    /// Stores several devices' states (device id, JSON) in one transaction, many rows per
+    /// statement: a storm re-stores thousands of views, and each statement is a round trip
+    /// to the database (SQLite's worker thread or PostgreSQL). A device named twice keeps
+    /// its last view (one statement may not update a row twice).
     pub async fn save_gb_statuses(&self, views: &[(String, String)]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut last: std::collections::HashMap<&str, &str> = Default::default();
+        for (id, view) in views {
+            last.insert(id, view);
+        }
+        let rows: Vec<(&str, &str)> = last.into_iter().collect();
         let now = now_ms();
-        for (device_id, view) in views {
-            sqlx::query(
-                "INSERT INTO gb_status (device_id, view, updated_ms) VALUES ($1, $2, $3)
-                 ON CONFLICT (device_id) DO UPDATE SET view = $2, updated_ms = $3",
-            )
-            .bind(device_id)
-            .bind(view)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = self.pool.begin().await?;
+        for chunk in rows.chunks(STATUS_ROWS_PER_STATEMENT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+                .collect();
+            let sql = format!(
+                "INSERT INTO gb_status (device_id, view, updated_ms) VALUES {}
+                 ON CONFLICT (device_id) DO UPDATE SET view = excluded.view, updated_ms = excluded.updated_ms",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for (id, view) in chunk {
+                q = q.bind(*id).bind(*view).bind(now);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
