@@ -23,6 +23,9 @@ mod camera;
 mod gb;
 mod gb_bad;
 mod gb_load;
+mod janus;
+mod netns;
+mod sfu;
 mod tap;
 
 #[derive(Parser)]
@@ -42,6 +45,26 @@ enum Cmd {
         /// Switches to time.
         #[arg(long, default_value_t = 100)]
         switches: u32,
+        #[arg(long)]
+        fieldlink: Option<PathBuf>,
+    },
+    /// SFU forwarding: one publisher (1280x720 H.264 at `kbps`, 25 fps) and N subscribers
+    /// over WebRTC on loopback, through fieldlink and then through Janus's streaming
+    /// plugin (Debian package janus); server CPU per forwarded Mbit, forwarding delay per
+    /// packet, frames lost, and the CPU ratio per N.
+    Sfu {
+        /// Subscriber counts to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,50,100,200")]
+        subscribers: Vec<usize>,
+        /// Seconds measured per run.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// The publisher's bitrate, kbit/s (the encoder's target for the clip).
+        #[arg(long, default_value_t = 2000)]
+        kbps: u32,
+        /// Only fieldlink.
+        #[arg(long)]
+        no_janus: bool,
         #[arg(long)]
         fieldlink: Option<PathBuf>,
     },
@@ -146,6 +169,17 @@ impl Drop for Server {
 }
 
 async fn start_server(bin: &PathBuf, pairs: usize, extra: &[String]) -> anyhow::Result<Server> {
+    start_server_in(bin, pairs, extra, None).await
+}
+
+/// [`start_server`] inside a test host's namespace (listening on its address), or on
+/// loopback when `net` is `None`.
+async fn start_server_in(
+    bin: &PathBuf,
+    pairs: usize,
+    extra: &[String],
+    net: Option<&netns::TestNet>,
+) -> anyhow::Result<Server> {
     let dir = std::env::temp_dir().join(format!("fieldlink-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -181,19 +215,23 @@ async fn start_server(bin: &PathBuf, pairs: usize, extra: &[String]) -> anyhow::
     }
     store.close().await;
     let pinned = Command::new("taskset").arg("--version").output().is_ok();
-    let mut cmd = if pinned {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).arg(bin);
-        c
-    } else {
-        Command::new(bin)
-    };
+    let mut argv: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(n) = net {
+        argv.extend(n.exec_prefix().into_iter().map(Into::into));
+    }
+    if pinned {
+        argv.extend(["taskset".into(), "-c".into(), "0".into()]);
+    }
+    argv.push(bin.into());
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    let ip = net.map_or("127.0.0.1", |n| n.ns_ip);
     cmd.args([
         "server",
         "--listen",
-        "127.0.0.1:0",
+        &format!("{ip}:0"),
         "--udp-listen",
-        "127.0.0.1:0",
+        &format!("{ip}:0"),
         "--admin-token",
         "bench",
     ])
@@ -590,6 +628,19 @@ fn main() -> anyhow::Result<()> {
             switches,
             fieldlink,
         } => rt.block_on(video(secs, switches, bin_of(fieldlink)?)),
+        Cmd::Sfu {
+            subscribers,
+            secs,
+            kbps,
+            no_janus,
+            fieldlink,
+        } => rt.block_on(sfu::sfu(
+            subscribers,
+            secs,
+            kbps,
+            no_janus,
+            bin_of(fieldlink)?,
+        )),
         Cmd::Rtsp { secs, script } => rt.block_on(camera::rtsp(secs, &script)),
         Cmd::Audio {
             secs,

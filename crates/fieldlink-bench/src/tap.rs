@@ -29,7 +29,7 @@ pub struct Log {
 
 /// Media packets only: RTP (RFC 7983 first byte 128..=191), not RTCP (payload types
 /// 192..=223 in the second byte), not padding-only probes (P bit).
-fn video_rtp(d: &[u8], at: Instant) -> Option<Seen> {
+pub fn video_rtp(d: &[u8], at: Instant) -> Option<Seen> {
     if d.len() < 12 || !(128..=191).contains(&d[0]) || (192..=223).contains(&d[1]) {
         return None;
     }

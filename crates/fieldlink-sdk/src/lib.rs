@@ -107,6 +107,31 @@ pub struct DeviceConfig {
     /// Voice (SPEC §3). Off unless set: [`audio::AudioConfig::spec_default`] gives the
     /// SPEC's defaults (uplink only), which the CLI applies.
     pub audio: audio::AudioConfig,
+    /// Sees every datagram of the media connection as it is sent or received (SRTP: the
+    /// RTP header is readable, the payload is not). For measuring tools, e.g.
+    /// `fieldlink-bench sfu`, which times packets through the server. `None` by default.
+    pub packet_observer: Option<PacketObserver>,
+}
+
+/// Which way a datagram went, for a [`PacketObserver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketDirection {
+    Sent,
+    Received,
+}
+
+/// A callback called with each datagram of a device's media connection, on the
+/// connection's task: keep it short.
+#[derive(Clone)]
+pub struct PacketObserver(pub std::sync::Arc<ObserveFn>);
+
+/// What a [`PacketObserver`] calls.
+pub type ObserveFn = dyn Fn(PacketDirection, &[u8]) + Send + Sync;
+
+impl std::fmt::Debug for PacketObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PacketObserver")
+    }
 }
 
 impl DeviceConfig {
@@ -129,6 +154,7 @@ impl DeviceConfig {
             h265: false,
             mode: "public".into(),
             audio: audio::AudioConfig::off(),
+            packet_observer: None,
         }
     }
 }

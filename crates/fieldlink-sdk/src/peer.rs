@@ -83,6 +83,8 @@ pub(crate) struct Peer {
     /// packet before the picture's fragments ends its "frame"), with their RTP time, to
     /// go before the picture they belong to.
     h265_head: Vec<Option<(u64, Vec<u8>)>>,
+    /// Sees every datagram (`DeviceConfig::packet_observer`).
+    pub observer: Option<crate::PacketObserver>,
 }
 
 /// The audio m-lines a device offers: `send` on the first, `receive` on all of them.
@@ -215,6 +217,7 @@ impl Peer {
                 video_mids: video_mids.clone(),
                 sends_video: send,
                 h265_head: vec![None; video_mids.len()],
+                observer: None,
                 audio_mids: audio_mids.clone(),
             },
             Offer {
@@ -257,6 +260,9 @@ impl Peer {
     }
 
     pub fn handle_datagram(&mut self, data: &[u8], source: SocketAddr) {
+        if let Some(o) = &self.observer {
+            (o.0)(crate::PacketDirection::Received, data);
+        }
         if let Some(input) = fieldlink_rtc::udp_input(Instant::now(), data, source, self.local) {
             fieldlink_rtc::handle_input(&mut self.rtc, input);
         }
@@ -375,11 +381,15 @@ impl Peer {
             audio_mids,
             next_timeout,
             h265_head,
+            observer,
             ..
         } = self;
         let polled = fieldlink_rtc::drive(
             rtc,
             |t| {
+                if let Some(o) = observer {
+                    (o.0)(crate::PacketDirection::Sent, &t.contents);
+                }
                 let _ = socket.try_send_to(&t.contents, t.destination);
             },
             |rtc, e| {

@@ -103,6 +103,7 @@ pub(super) async fn establish(role: Role, cfg: &DeviceConfig) -> Result<Connecti
     };
     let (mut peer, offer) =
         Peer::new(local_ip, cfg.streams, role == Role::Field, cfg.h265, audio).await?;
+    peer.observer = cfg.packet_observer.clone();
     ws.send(to_msg(&ClientMsg::Offer {
         req: Some(1),
         sdp: offer.sdp,
