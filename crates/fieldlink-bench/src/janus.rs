@@ -26,7 +26,7 @@ use fieldlink_media::annexb::{h264_nal_type, nal_units};
 use fieldlink_rtc::Polled;
 
 use crate::netns::TestNet;
-use crate::sfu::{measure, Clip, Counts, Figures, Load, PacketLog, FPS};
+use crate::sfu::{measure, Clip, Counts, Figures, Load, PacketLog, ProbeThread, FPS};
 
 /// RTP payload size of the publisher's packets (what str0m uses for the SDK's, near).
 const RTP_PAYLOAD: usize = 1100;
@@ -426,10 +426,11 @@ pub async fn run(
         stop.clone(),
     ));
     let gate = Arc::new(tokio::sync::Semaphore::new(super::sfu::JOINING));
+    let probe_rt = ProbeThread::start()?;
     let mut subs = Vec::new();
     for (i, c) in load.counts.iter().enumerate() {
         let permit = gate.clone().acquire_owned().await?;
-        let task = tokio::spawn(subscribe(
+        let task = probe_rt.for_subscriber(i).spawn(subscribe(
             from,
             janus.ws.clone(),
             c.clone(),
@@ -454,6 +455,7 @@ pub async fn run(
         }
     }
     let _ = pubtask.await;
+    drop(probe_rt);
     if figures.joined == 0 {
         let log = std::fs::read_to_string(janus.dir.join("janus.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();

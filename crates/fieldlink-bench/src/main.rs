@@ -613,7 +613,7 @@ fn main() -> anyhow::Result<()> {
         }
         // This process on CPU 1, away from the server.
         let _ = Command::new("taskset")
-            .args(["-pc", "1", &std::process::id().to_string()])
+            .args(["-a", "-pc", "1", &std::process::id().to_string()])
             .output();
         Ok(bin)
     };

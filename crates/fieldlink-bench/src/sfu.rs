@@ -160,6 +160,57 @@ impl Load {
     }
 }
 
+/// A thread of its own for the probe subscribers: among hundreds of subscribers on one
+/// task queue, a probe would read its socket late and the wait would count as
+/// forwarding delay. Its tasks end when it is dropped.
+pub struct ProbeThread {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProbeThread {
+    pub fn start() -> anyhow::Result<ProbeThread> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("probes".into())
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(ProbeThread {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Where subscriber `i`'s tasks run: the probes here, the others on the caller's.
+    pub fn for_subscriber(&self, i: usize) -> tokio::runtime::Handle {
+        if i < PROBES {
+            self.handle.clone()
+        } else {
+            tokio::runtime::Handle::current()
+        }
+    }
+}
+
+impl Drop for ProbeThread {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// One server's figures at one N.
 pub struct Figures {
     pub n: usize,
@@ -245,6 +296,22 @@ pub async fn measure(pid: u32, secs: u64, load: &Load) -> Figures {
     for p in probes {
         let mut outbound = p.take();
         align(&inbound, &mut outbound);
+        if std::env::var_os("FIELDLINK_BENCH_DEBUG").is_some() {
+            let frames = |v: &[Seen]| {
+                let mut m: std::collections::HashMap<u32, usize> = Default::default();
+                for x in v {
+                    *m.entry(x.rtp_time).or_default() += 1;
+                }
+                m
+            };
+            let (fi, fo) = (frames(&inbound), frames(&outbound));
+            let same = fo.iter().filter(|(t, n)| fi.get(t) == Some(n)).count();
+            let common = fo.keys().filter(|t| fi.contains_key(t)).count();
+            eprintln!(
+                "  probe: {} packets in ({} frames), {} out ({} frames), {common} frames in both, {same} with as many packets",
+                inbound.len(), fi.len(), outbound.len(), fo.len()
+            );
+        }
         let (pp, _) = tap::server_delays(&tap::Log {
             inbound: inbound.clone(),
             outbound,
@@ -337,6 +404,7 @@ pub async fn fieldlink(
         },
     )?;
     let gate = Arc::new(tokio::sync::Semaphore::new(JOINING));
+    let probe_rt = ProbeThread::start()?;
     let mut joining = Vec::new();
     for (i, c) in load.counts.iter().enumerate() {
         let mut rc = DeviceConfig::new(server.ws.as_str(), format!("bench/r{i}").parse()?, "pw");
@@ -350,7 +418,7 @@ pub async fn fieldlink(
             })));
         }
         let (c, gate, gwid) = (c.clone(), gate.clone(), gwid.clone());
-        joining.push(tokio::spawn(async move {
+        joining.push(probe_rt.for_subscriber(i).spawn(async move {
             let permit = gate.acquire_owned().await;
             let (remote, mut ev) = RemoteDevice::connect(rc).await?;
             remote.connect_streams(&gwid, &[0], &[0]).await?;
@@ -379,6 +447,7 @@ pub async fn fieldlink(
         count.abort();
         drop(remote);
     }
+    drop(probe_rt);
     drop(field);
     drop(server);
     Ok(figures)

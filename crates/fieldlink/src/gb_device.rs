@@ -56,7 +56,8 @@ pub struct Args {
     /// Read commands from standard input, one per line: `del N`, `add N`, `off N`, `on N`
     /// (channel N, from 0: the catalog changes and a Catalog NOTIFY goes to the platform
     /// if it subscribed; with a trailing `quiet`, no NOTIFY), `register` (register again
-    /// now).
+    /// now), `unsubscribe` (end the platform's catalog subscription: a NOTIFY with
+    /// `Subscription-State: terminated` and no body).
     #[arg(long)]
     commands: bool,
     /// Also send audio: a G.711 tone of this many Hz on every channel (0 = no audio).
@@ -466,8 +467,33 @@ impl Device {
         Ok(())
     }
 
+    /// Ends the platform's subscription with a bodiless NOTIFY (RFC 6665 allows one).
+    async fn end_subscription(&mut self) -> anyhow::Result<()> {
+        let Some((dialog, to, mut cseq)) = self.subscription.take() else {
+            bail!("the platform has not subscribed");
+        };
+        cseq += 1;
+        let r = sip::request(
+            "NOTIFY",
+            &dialog,
+            cseq,
+            &sip::branch(),
+            &[
+                ("Event", "Catalog".into()),
+                ("Subscription-State", "terminated;reason=noresource".into()),
+            ],
+            None,
+        );
+        self.socket.send_to(&r, to).await?;
+        print(json!({"event": "unsubscribed"}));
+        Ok(())
+    }
+
     /// A `--commands` line that changes a channel: `del|add|on|off N [quiet]`.
     async fn command(&mut self, line: &str) -> anyhow::Result<()> {
+        if line.trim() == "unsubscribe" {
+            return self.end_subscription().await;
+        }
         let mut words = line.split_whitespace();
         let (Some(verb), Some(n)) = (words.next(), words.next()) else {
             bail!("expected `del|add|on|off N [quiet]` or `register`");

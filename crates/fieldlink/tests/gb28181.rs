@@ -415,7 +415,8 @@ async fn failed_on(ev: &mut fieldlink_sdk::Events, fd: u32) -> String {
 /// SPEC §10 catalog changes: the platform subscribes to the device's catalog. A channel
 /// the device deletes ends its receiver with a reason and is hung up while the other
 /// plays on; one added back plays again; OFF shows in the admin view; and a change the
-/// platform was not told of is found by the device's next REGISTER.
+/// platform was not told of is found by the device's next REGISTER; a subscription the
+/// device ends is asked for again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_changes_reach_the_receivers() {
     let (s, sip) = gb_server("linger_secs = 1\n", &[]);
@@ -451,6 +452,7 @@ async fn catalog_changes_reach_the_receivers() {
 
     // OFF is shown.
     command(&mut dev, "off 0");
+    wait(&[r#""event":"notify_answered""#, r#""code":200"#]);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let (_, list) = s.api("GET", "/api/v1/gb28181/devices", None);
@@ -468,6 +470,13 @@ async fn catalog_changes_reach_the_receivers() {
     let reason = failed_on(&mut ev, 1).await;
     assert!(reason.contains("removed"), "{reason}");
     frames_on(&mut ev, 0, 10).await;
+
+    // The device ends the subscription with a NOTIFY without a body (RFC 6665): answered
+    // 200, and the platform subscribes again.
+    command(&mut dev, "unsubscribe");
+    wait(&[r#""event":"unsubscribed""#]);
+    wait(&[r#""event":"notify_answered""#, r#""code":200"#]);
+    wait(&[r#""event":"subscribed""#]);
 }
 
 /// SPEC §10 "always on": a device set so in the admin API has its channels pulled as soon

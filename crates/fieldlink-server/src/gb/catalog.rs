@@ -198,24 +198,51 @@ impl Sip {
     }
 
     /// A NOTIFY from a device: a Catalog change report is applied; answered 200 (403 for
-    /// a device that is not registered, 400 for a body that is not MANSCDP).
+    /// a device that is not registered, 400 for a body that is not MANSCDP). A NOTIFY
+    /// without a body (RFC 6665 allows one, e.g. only ending the subscription) is
+    /// answered 200 once its sender is known to be registered.
     pub(super) async fn on_notify(&mut self, msg: &Message, from: SocketAddr) -> Vec<u8> {
+        if msg.body.iter().all(u8::is_ascii_whitespace) {
+            let id = msg
+                .from_user()
+                .and_then(|u| u.parse::<GbId>().ok())
+                .filter(|id| self.registrar.seen(id, from.ip(), Instant::now()));
+            let Some(id) = id else {
+                return response(
+                    msg,
+                    403,
+                    "Forbidden (not registered)",
+                    from,
+                    "fl",
+                    &[],
+                    None,
+                );
+            };
+            self.subscription_state(msg, &id);
+            return response(msg, 200, "OK", from, "fl", &[], None);
+        }
         let (id, body) = match self.registered_body(msg, from, Instant::now()) {
             Ok(v) => v,
             Err(reply) => return reply,
         };
-        if msg
-            .header("subscription-state")
-            .is_some_and(|s| s.trim().to_ascii_lowercase().starts_with("terminated"))
-        {
-            if let Some(d) = self.devices.get_mut(&id) {
-                d.subscription = Subscription::None; // asked for again
-            }
-        }
+        self.subscription_state(msg, &id);
         if body.cmd_type == "Catalog" {
             self.on_catalog_notify(&id, &body.items).await;
         }
         response(msg, 200, "OK", from, "fl", &[], None)
+    }
+
+    /// A NOTIFY saying the subscription is over: it is asked for again.
+    fn subscription_state(&mut self, msg: &Message, id: &GbId) {
+        if msg
+            .header("subscription-state")
+            .is_some_and(|s| s.trim().to_ascii_lowercase().starts_with("terminated"))
+        {
+            if let Some(d) = self.devices.get_mut(id) {
+                tracing::debug!(device = %id, "catalog subscription ended by the device");
+                d.subscription = Subscription::None;
+            }
+        }
     }
 
     /// Sends a Catalog SUBSCRIBE to device `id`; returns its Call-ID.
