@@ -122,10 +122,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .await
         .map_err(|e| ServerError::Store(redact(&url), e))?;
     let udp = bind_media_socket(config.webrtc.udp_listen).map_err(|source| ServerError::Bind {
-            what: "WebRTC UDP",
-            addr: config.webrtc.udp_listen,
-            source,
-        })?;
+        what: "WebRTC UDP",
+        addr: config.webrtc.udp_listen,
+        source,
+    })?;
     let udp_addr = udp.local_addr().map_err(ServerError::Serve)?;
     let candidate = config.webrtc.public_addr.unwrap_or(udp_addr);
     let tcp = TcpListener::bind(config.listen)
@@ -306,33 +306,6 @@ fn redact(url: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn plain_http_beyond_loopback_is_warned_about() {
-        let lan = "192.0.2.7:8080".parse().unwrap();
-        let w = super::plain_text_warning("listen", lan, false).expect("a warning");
-        assert!(
-            w.contains("192.0.2.7:8080") && w.contains("--tls-cert"),
-            "{w}"
-        );
-        assert!(super::plain_text_warning("listen", lan, true).is_none());
-        let local = "127.0.0.1:8080".parse().unwrap();
-        assert!(super::plain_text_warning("listen", local, false).is_none());
-        let any = "0.0.0.0:8080".parse().unwrap();
-        assert!(super::plain_text_warning("listen", any, false).is_some());
-    }
-
-    #[test]
-    fn redacts_password() {
-        assert_eq!(
-            super::redact("postgres://u:secret@h/db"),
-            "postgres://u:***@h/db"
-        );
-        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
-    }
-}
-
 /// Socket buffers asked for the WebRTC socket (the kernel caps them at
 /// `net.core.rmem_max` / `wmem_max`). The hub forwards a keyframe to every receiver before
 /// it reads the socket again: with hundreds of receivers that takes tens of ms, and the
@@ -364,4 +337,31 @@ fn bind_media_socket(addr: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     UdpSocket::from_std(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plain_http_beyond_loopback_is_warned_about() {
+        let lan = "192.0.2.7:8080".parse().unwrap();
+        let w = super::plain_text_warning("listen", lan, false).expect("a warning");
+        assert!(
+            w.contains("192.0.2.7:8080") && w.contains("--tls-cert"),
+            "{w}"
+        );
+        assert!(super::plain_text_warning("listen", lan, true).is_none());
+        let local = "127.0.0.1:8080".parse().unwrap();
+        assert!(super::plain_text_warning("listen", local, false).is_none());
+        let any = "0.0.0.0:8080".parse().unwrap();
+        assert!(super::plain_text_warning("listen", any, false).is_some());
+    }
+
+    #[test]
+    fn redacts_password() {
+        assert_eq!(
+            super::redact("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
+    }
 }
