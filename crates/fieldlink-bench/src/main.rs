@@ -65,6 +65,11 @@ enum Cmd {
         /// Only fieldlink.
         #[arg(long)]
         no_janus: bool,
+        /// fieldlink's media threads to run with, comma-separated: 1 runs the server on
+        /// CPU 0 alone; more let it use CPUs 0 and 1 (shared with the subscribers on a
+        /// 2-core machine).
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        media_threads: Vec<usize>,
         #[arg(long)]
         fieldlink: Option<PathBuf>,
     },
@@ -169,7 +174,7 @@ impl Drop for Server {
 }
 
 async fn start_server(bin: &PathBuf, pairs: usize, extra: &[String]) -> anyhow::Result<Server> {
-    start_server_in(bin, pairs, extra, None).await
+    start_server_in(bin, pairs, extra, None, "0").await
 }
 
 /// [`start_server`] inside a test host's namespace (listening on its address), or on
@@ -179,6 +184,7 @@ async fn start_server_in(
     pairs: usize,
     extra: &[String],
     net: Option<&netns::TestNet>,
+    cpus: &str,
 ) -> anyhow::Result<Server> {
     let dir = std::env::temp_dir().join(format!("fieldlink-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -220,7 +226,7 @@ async fn start_server_in(
         argv.extend(n.exec_prefix().into_iter().map(Into::into));
     }
     if pinned {
-        argv.extend(["taskset".into(), "-c".into(), "0".into()]);
+        argv.extend(["taskset".into(), "-c".into(), cpus.into()]);
     }
     argv.push(bin.into());
     let mut cmd = Command::new(&argv[0]);
@@ -633,12 +639,14 @@ fn main() -> anyhow::Result<()> {
             secs,
             kbps,
             no_janus,
+            media_threads,
             fieldlink,
         } => rt.block_on(sfu::sfu(
             subscribers,
             secs,
             kbps,
             no_janus,
+            media_threads,
             bin_of(fieldlink)?,
         )),
         Cmd::Rtsp { secs, script } => rt.block_on(camera::rtsp(secs, &script)),

@@ -379,8 +379,11 @@ pub async fn fieldlink(
     clip: &Clip,
     bin: &PathBuf,
     net: Option<&TestNet>,
+    threads: usize,
 ) -> anyhow::Result<Figures> {
-    let server = start_server_in(bin, n.max(1), &[], net).await?;
+    let cpus = if threads > 1 { "0,1" } else { "0" };
+    let extra = ["--media-threads".to_string(), threads.to_string()];
+    let server = start_server_in(bin, n.max(1), &extra, net, cpus).await?;
     let pid = server.child.id();
     let load = Load::new(n);
     let gwid: DeviceId = "bench/f0".parse()?;
@@ -459,8 +462,12 @@ pub async fn sfu(
     secs: u64,
     kbps: u32,
     no_janus: bool,
+    media_threads: Vec<usize>,
     bin: PathBuf,
 ) -> anyhow::Result<()> {
+    if media_threads.is_empty() || media_threads.iter().any(|t| *t == 0 || *t > 64) {
+        bail!("--media-threads: 1..=64 each");
+    }
     if counts.is_empty() || counts.iter().any(|n| *n == 0 || *n > 1000) {
         bail!("--subscribers: 1..=1000 each");
     }
@@ -500,9 +507,13 @@ pub async fn sfu(
     );
     let mut rows = Vec::new();
     for &n in &counts {
-        println!("fieldlink, {n} subscribers ...");
-        let f = fieldlink(n, secs, &clip, &bin, net.as_ref()).await?;
-        print_run("fieldlink", &f);
+        let mut fs = Vec::new();
+        for &t in &media_threads {
+            println!("fieldlink ({t} media threads), {n} subscribers ...");
+            let f = fieldlink(n, secs, &clip, &bin, net.as_ref(), t).await?;
+            print_run("fieldlink", &f);
+            fs.push((t, f));
+        }
         let j = match &janus {
             Some(j) => {
                 println!("Janus, {n} subscribers ...");
@@ -513,17 +524,23 @@ pub async fn sfu(
             }
             None => None,
         };
-        rows.push((f, j));
+        rows.push((fs, j));
     }
     println!();
     println!("| subscribers | server | joined | forwarded | CPU per forwarded Mbit | forwarding p50 / p99 | frames lost | fieldlink ÷ Janus CPU |");
     println!("|---|---|---|---|---|---|---|---|");
-    for (f, j) in &mut rows {
-        let ratio = j
-            .as_ref()
-            .map(|j| format!("{:.2} ×", f.cpu_ms_per_mbit() / j.cpu_ms_per_mbit()))
-            .unwrap_or_else(|| "(no Janus)".into());
-        row("fieldlink", f, &ratio);
+    for (fs, j) in &mut rows {
+        for (t, f) in fs {
+            let ratio = j
+                .as_ref()
+                .map(|j| format!("{:.2} ×", f.cpu_ms_per_mbit() / j.cpu_ms_per_mbit()))
+                .unwrap_or_else(|| "(no Janus)".into());
+            let name = format!(
+                "fieldlink, {t} media thread{}",
+                if *t > 1 { "s" } else { "" }
+            );
+            row(&name, f, &ratio);
+        }
         if let Some(j) = j {
             row("Janus", j, "");
         }

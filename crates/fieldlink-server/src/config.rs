@@ -91,6 +91,25 @@ pub struct WebRtcConfig {
     /// Address put in the ICE candidate, when clients reach the server through NAT or a
     /// relay; default: the bound address.
     pub public_addr: Option<SocketAddr>,
+    /// Threads that write media to many peers at once (a frame's fan-out to its receivers,
+    /// encryption included); 0 = one per core, at most [`MAX_MEDIA_THREADS`]; 1 = all on
+    /// the hub's own task.
+    pub media_threads: usize,
+}
+
+/// Most media threads the automatic setting picks.
+pub const MAX_MEDIA_THREADS: usize = 8;
+
+impl WebRtcConfig {
+    /// [`WebRtcConfig::media_threads`] with 0 resolved to the cores of this machine.
+    pub fn media_threads(&self) -> usize {
+        match self.media_threads {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_MEDIA_THREADS),
+            n => n,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,6 +145,7 @@ impl Default for WebRtcConfig {
         WebRtcConfig {
             udp_listen: SocketAddr::from(([127, 0, 0, 1], 3478)),
             public_addr: None,
+            media_threads: 0,
         }
     }
 }

@@ -163,7 +163,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         }
     });
     let metrics = Arc::new(metrics::Metrics::new());
-    let (hub, hub_task) = hub::spawn(udp, candidate, audit_tx, metrics.clone());
+    let (hub, hub_task) = hub::spawn(
+        udp,
+        candidate,
+        config.webrtc.media_threads(),
+        audit_tx,
+        metrics.clone(),
+    );
     let hub_stop = hub.clone();
     let gb_hub = hub.clone();
     let gb_store = store.clone();

@@ -50,7 +50,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         admin_token: ADMIN_TOKEN.into(),
         webrtc: fieldlink_server::config::WebRtcConfig {
             udp_listen: a.udp_listen,
-            public_addr: None,
+            ..Default::default()
         },
         gb28181: fieldlink_server::config::Gb28181Config {
             sip_listen: Some(a.sip_listen),

@@ -21,6 +21,10 @@ pub struct Args {
     /// Address to advertise in ICE candidates (behind NAT or a relay).
     #[arg(long, env = "FIELDLINK_PUBLIC_ADDR")]
     public_addr: Option<SocketAddr>,
+    /// Threads that write a frame to its receivers in parallel (0 = one per core, at most
+    /// 8; 1 = all on the hub's task).
+    #[arg(long, env = "FIELDLINK_MEDIA_THREADS")]
+    media_threads: Option<usize>,
     /// Directory of the embedded SQLite database.
     #[arg(long, env = "FIELDLINK_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -64,6 +68,9 @@ pub fn config(a: &Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = a.public_addr {
         c.webrtc.public_addr = Some(v);
+    }
+    if let Some(v) = a.media_threads {
+        c.webrtc.media_threads = v;
     }
     if let Some(v) = &a.data_dir {
         c.data_dir = v.clone();

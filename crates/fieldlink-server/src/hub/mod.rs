@@ -52,11 +52,23 @@ use receivers::Receiver;
 pub fn spawn(
     socket: UdpSocket,
     candidate_addr: SocketAddr,
+    media_threads: usize,
     audit: mpsc::Sender<AuditRecord>,
     metrics: Arc<Metrics>,
 ) -> (HubHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(1024);
+    let pool = (media_threads > 1)
+        .then(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(media_threads)
+                .thread_name(|i| format!("fieldlink-media-{i}"))
+                .build()
+                .map_err(|e| tracing::warn!("media threads: {e}; forwarding on the hub's task"))
+                .ok()
+        })
+        .flatten();
     let hub = Hub {
+        pool,
         socket,
         candidate_addr,
         next_conn: 1,
@@ -117,6 +129,9 @@ struct Arrived {
 /// The task's state: every table the modules of the hub work on.
 struct Hub {
     socket: UdpSocket,
+    /// The media threads (`[webrtc] media_threads` > 1): batches of peers are polled on
+    /// them at once ([`Hub::poll_all`]); `None` = on this task.
+    pool: Option<rayon::ThreadPool>,
     candidate_addr: SocketAddr,
     next_conn: ConnId,
     clients: HashMap<ConnId, Client>,
@@ -193,9 +208,8 @@ impl Hub {
             self.drain_backlogs();
             self.diags_due(Instant::now());
             self.score_receivers(Instant::now());
-            for conn in std::mem::take(&mut self.dirty) {
-                self.poll(conn);
-            }
+            let dirty = std::mem::take(&mut self.dirty);
+            self.poll_all(dirty);
         }
         for c in self.clients.values() {
             let _ = c.out.try_send(Outbound::Close(

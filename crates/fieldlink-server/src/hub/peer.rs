@@ -24,6 +24,9 @@ use super::gop::SourceInfo;
 use super::receivers::Receiver;
 use super::{ConnId, Hub};
 
+/// Batches of at least this many peers are polled on the media threads.
+const PARALLEL_FROM: usize = 2;
+
 /// Most video m-lines (streams or receivers) of one peer connection.
 const MAX_VIDEO_MLINES: usize = 64;
 
@@ -209,9 +212,8 @@ impl Hub {
 
     pub(super) fn drive_timeouts(&mut self) {
         let now = Instant::now();
-        for conn in self.drive_paced(now) {
-            self.poll(conn);
-        }
+        let paced = self.drive_paced(now);
+        self.poll_all(paced);
         let due: Vec<ConnId> = self
             .peers
             .iter()
@@ -223,170 +225,228 @@ impl Hub {
             })
             .copied()
             .collect();
-        for conn in due {
-            if let Some(peer) = self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) {
+        for conn in &due {
+            if let Some(peer) = self.clients.get_mut(conn).and_then(|c| c.peer.as_mut()) {
                 fieldlink_rtc::handle_input(&mut peer.rtc, Input::Timeout(now));
             }
-            self.poll(conn);
         }
+        self.poll_all(due);
     }
 
     /// Drains one peer's output: sends datagrams, then handles its events (which may write
     /// to other peers, which are then polled in turn).
     pub(super) fn poll(&mut self, first: ConnId) {
-        let mut todo = vec![first];
-        let mut rounds = 0;
-        while let Some(conn) = todo.pop() {
-            rounds += 1;
-            if rounds > 10_000 {
+        self.poll_all(vec![first]);
+    }
+
+    /// Drains the output of several peers, then handles their events in order; the peers
+    /// these write to (a frame's receivers) are the next batch. A batch of two or more is
+    /// polled on the media threads at once: polling (packetizing, encrypting, sending) is
+    /// the costly part of forwarding and touches nothing but its own peer, while every
+    /// event is still handled here, one after another, so the hub's state keeps one owner
+    /// and one order.
+    pub(super) fn poll_all(&mut self, mut batch: Vec<ConnId>) {
+        let mut polls = 0;
+        while !batch.is_empty() {
+            polls += batch.len();
+            if polls > 10_000 {
                 tracing::error!("poll loop did not settle");
                 break;
             }
-            let events = self.poll_one(conn);
-            for ev in events {
-                match ev {
-                    PeerEvent::Open(cid, label) => {
-                        if let Some(peer) =
-                            self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut())
-                        {
-                            if let Some(q) = Qos::from_label(&label) {
-                                peer.channels[q as usize] = Some(cid);
-                            }
-                        }
-                    }
-                    PeerEvent::Data(cid, data) => {
-                        let qos = self
-                            .clients
-                            .get(&conn)
-                            .and_then(|c| c.peer.as_ref())
-                            .and_then(|p| p.channels.iter().position(|c| *c == Some(cid)));
-                        let Some(qos) =
-                            qos.map(|i| if i == 0 { Qos::Lossy } else { Qos::Reliable })
-                        else {
-                            continue;
-                        };
-                        for target in self.on_control(conn, qos, data) {
-                            if !todo.contains(&target) {
-                                todo.push(target);
-                            }
-                        }
-                    }
-                    PeerEvent::Media(d) => {
-                        let targets = if self.is_audio(conn, d.mid) {
-                            self.on_audio(conn, d)
-                        } else {
-                            self.on_media(conn, d)
-                        };
-                        for target in targets {
-                            if !todo.contains(&target) {
-                                todo.push(target);
-                            }
-                        }
-                    }
-                    PeerEvent::Egress(mid, rtcp) => {
-                        if let Some(p) = self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) {
-                            if let Some(i) = p.video_mids.iter().position(|m| *m == mid) {
-                                // A second without a receiver report keeps the last figures.
-                                let last = p.egress[i].unwrap_or_default();
-                                p.egress[i] = Some(super::quality::Rtcp {
-                                    loss_pct: rtcp.loss_pct.or(last.loss_pct),
-                                    rtt_ms: rtcp.rtt_ms.or(last.rtt_ms),
-                                    jitter_ms: rtcp.jitter_ms.or(last.jitter_ms),
-                                    ..rtcp
-                                });
-                                // The stream's counters only grow (a new stream starts
-                                // a new peer, whose first figures are all new).
-                                self.metrics
-                                    .packets_forwarded
-                                    .inc_by(rtcp.packets.saturating_sub(last.packets));
-                                self.metrics
-                                    .nacks_received
-                                    .inc_by(rtcp.nacks.saturating_sub(last.nacks));
-                            }
-                        }
-                    }
-                    PeerEvent::Keyframe(mid) => {
-                        let want = self.clients.get(&conn).and_then(|c| {
-                            let fd = c.peer.as_ref()?.video_mids.iter().position(|m| *m == mid)?;
-                            c.receivers.get(fd)?.want.clone()
-                        });
-                        if let Some((f, s)) = want {
-                            self.ask_keyframe(&f, s);
-                        }
-                    }
-                    PeerEvent::Dead(why) => {
-                        if let Some(c) = self.clients.get_mut(&conn) {
-                            tracing::info!(device = %c.info.device, why, "media connection closed");
-                            c.peer = None;
-                        }
-                        self.peers.remove(&conn);
-                        self.by_addr.retain(|_, c| *c != conn);
-                        self.warn(
-                            conn,
-                            ErrorCode::MediaNotReady,
-                            format!("media connection closed: {why}"),
-                        );
+            let mut next = Vec::new();
+            for (conn, events) in self.poll_batch(&batch) {
+                for ev in events {
+                    self.on_peer_event(conn, ev, &mut next);
+                }
+            }
+            batch = next;
+        }
+    }
+
+    /// Polls each peer of `batch` (on the media threads when there are several), returning
+    /// their events in the batch's order.
+    fn poll_batch(&mut self, batch: &[ConnId]) -> Vec<(ConnId, Vec<PeerEvent>)> {
+        let parallel = batch.len() >= PARALLEL_FROM && self.pool.is_some();
+        if !parallel {
+            return batch.iter().map(|c| (*c, self.poll_one(*c))).collect();
+        }
+        // The peers leave their clients for the fork-join and are back before any other
+        // hub code runs.
+        let mut taken: Vec<(ConnId, Box<Peer>)> = batch
+            .iter()
+            .filter_map(|c| Some((*c, self.clients.get_mut(c)?.peer.take()?)))
+            .collect();
+        let socket = &self.socket;
+        let events: Vec<Vec<PeerEvent>> = match &self.pool {
+            Some(pool) => pool.install(|| {
+                use rayon::prelude::*;
+                taken
+                    .par_iter_mut()
+                    .map(|(_, p)| poll_peer(p, socket))
+                    .collect()
+            }),
+            None => taken
+                .iter_mut()
+                .map(|(_, p)| poll_peer(p, socket))
+                .collect(),
+        };
+        taken
+            .into_iter()
+            .zip(events)
+            .map(|((conn, peer), events)| {
+                if let Some(c) = self.clients.get_mut(&conn) {
+                    c.peer = Some(peer);
+                }
+                (conn, events)
+            })
+            .collect()
+    }
+
+    /// Acts on one event of peer `conn`; peers it writes to are added to `next`.
+    fn on_peer_event(&mut self, conn: ConnId, ev: PeerEvent, next: &mut Vec<ConnId>) {
+        match ev {
+            PeerEvent::Open(cid, label) => {
+                if let Some(peer) = self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) {
+                    if let Some(q) = Qos::from_label(&label) {
+                        peer.channels[q as usize] = Some(cid);
                     }
                 }
+            }
+            PeerEvent::Data(cid, data) => {
+                let qos = self
+                    .clients
+                    .get(&conn)
+                    .and_then(|c| c.peer.as_ref())
+                    .and_then(|p| p.channels.iter().position(|c| *c == Some(cid)));
+                let Some(qos) = qos.map(|i| if i == 0 { Qos::Lossy } else { Qos::Reliable }) else {
+                    return;
+                };
+                for target in self.on_control(conn, qos, data) {
+                    if !next.contains(&target) {
+                        next.push(target);
+                    }
+                }
+            }
+            PeerEvent::Media(d) => {
+                let targets = if self.is_audio(conn, d.mid) {
+                    self.on_audio(conn, d)
+                } else {
+                    self.on_media(conn, d)
+                };
+                for target in targets {
+                    if !next.contains(&target) {
+                        next.push(target);
+                    }
+                }
+            }
+            PeerEvent::Egress(mid, rtcp) => {
+                if let Some(p) = self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) {
+                    if let Some(i) = p.video_mids.iter().position(|m| *m == mid) {
+                        // A second without a receiver report keeps the last figures.
+                        let last = p.egress[i].unwrap_or_default();
+                        p.egress[i] = Some(super::quality::Rtcp {
+                            loss_pct: rtcp.loss_pct.or(last.loss_pct),
+                            rtt_ms: rtcp.rtt_ms.or(last.rtt_ms),
+                            jitter_ms: rtcp.jitter_ms.or(last.jitter_ms),
+                            ..rtcp
+                        });
+                        // The stream's counters only grow (a new stream starts
+                        // a new peer, whose first figures are all new).
+                        self.metrics
+                            .packets_forwarded
+                            .inc_by(rtcp.packets.saturating_sub(last.packets));
+                        self.metrics
+                            .nacks_received
+                            .inc_by(rtcp.nacks.saturating_sub(last.nacks));
+                    }
+                }
+            }
+            PeerEvent::Keyframe(mid) => {
+                let want = self.clients.get(&conn).and_then(|c| {
+                    let fd = c.peer.as_ref()?.video_mids.iter().position(|m| *m == mid)?;
+                    c.receivers.get(fd)?.want.clone()
+                });
+                if let Some((f, s)) = want {
+                    self.ask_keyframe(&f, s);
+                }
+            }
+            PeerEvent::Dead(why) => {
+                if let Some(c) = self.clients.get_mut(&conn) {
+                    tracing::info!(device = %c.info.device, why, "media connection closed");
+                    c.peer = None;
+                }
+                self.peers.remove(&conn);
+                self.by_addr.retain(|_, c| *c != conn);
+                self.warn(
+                    conn,
+                    ErrorCode::MediaNotReady,
+                    format!("media connection closed: {why}"),
+                );
             }
         }
     }
 
-    /// Runs the shared driving loop on one peer: datagrams out on the hub's socket, the
-    /// events this hub acts on collected for [`Hub::poll`].
+    /// Runs the shared driving loop on one peer ([`poll_peer`]).
     pub(super) fn poll_one(&mut self, conn: ConnId) -> Vec<PeerEvent> {
-        let mut events = Vec::new();
         let socket = &self.socket;
-        let Some(peer) = self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) else {
-            return events;
-        };
-        peer.flush_reliable();
-        let reliable = peer.channels[Qos::Reliable as usize];
-        let pending = &mut peer.pending_reliable;
-        let polled = fieldlink_rtc::drive(
-            &mut peer.rtc,
-            // UDP: a full socket buffer means loss, which WebRTC repairs or tolerates.
-            |t| {
-                let _ = socket.try_send_to(&t.contents, t.destination);
-            },
-            |rtc, e| {
-                match e {
-                    Event::ChannelOpen(cid, label) => {
-                        if let Some(mut ch) = rtc.channel(cid) {
-                            ch.set_buffered_amount_low_threshold(LOSSY_BUFFER_LIMIT / 2);
-                        }
-                        events.push(PeerEvent::Open(cid, label));
-                    }
-                    Event::ChannelData(d) => events.push(PeerEvent::Data(d.id, d.data)),
-                    Event::MediaData(d) => events.push(PeerEvent::Media(Box::new(d))),
-                    Event::KeyframeRequest(r) => events.push(PeerEvent::Keyframe(r.mid)),
-                    Event::MediaEgressStats(s) => {
-                        let rtcp = super::quality::Rtcp {
-                            loss_pct: s.loss.map(|l| f64::from(l) * 100.0),
-                            rtt_ms: s.rtt.map(|d| d.as_secs_f64() * 1000.0),
-                            // RFC 3550 jitter, in the 90 kHz video clock.
-                            jitter_ms: s.remote.map(|r| f64::from(r.jitter) / 90.0),
-                            packets: s.packets,
-                            nacks: s.nacks,
-                        };
-                        events.push(PeerEvent::Egress(s.mid, rtcp));
-                    }
-                    Event::ChannelBufferedAmountLow(_) => flush_reliable(rtc, reliable, pending),
-                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                        rtc.disconnect();
-                    }
-                    _ => {}
-                }
-                ControlFlow::Continue(())
-            },
-        );
-        match polled {
-            Polled::Timeout(t) => peer.next_timeout = t,
-            Polled::Stopped => {}
-            Polled::Ended(Ended::Closed) => events.push(PeerEvent::Dead("peer connection ended")),
-            Polled::Ended(Ended::Error(_)) => events.push(PeerEvent::Dead("WebRTC error")),
-            Polled::Ended(Ended::Panic) => events.push(PeerEvent::Dead("WebRTC panic")),
+        match self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) {
+            Some(peer) => poll_peer(peer, socket),
+            None => Vec::new(),
         }
-        events
     }
+}
+
+/// Runs the shared driving loop on one peer: datagrams out on the hub's socket, the
+/// events the hub acts on collected for [`Hub::poll_all`]. Touches nothing but the peer
+/// (and the socket, which any thread may send on), so peers can be polled in parallel.
+fn poll_peer(peer: &mut Peer, socket: &tokio::net::UdpSocket) -> Vec<PeerEvent> {
+    let mut events = Vec::new();
+    peer.flush_reliable();
+    let reliable = peer.channels[Qos::Reliable as usize];
+    let pending = &mut peer.pending_reliable;
+    let polled = fieldlink_rtc::drive(
+        &mut peer.rtc,
+        // UDP: a full socket buffer means loss, which WebRTC repairs or tolerates.
+        |t| {
+            let _ = socket.try_send_to(&t.contents, t.destination);
+        },
+        |rtc, e| {
+            match e {
+                Event::ChannelOpen(cid, label) => {
+                    if let Some(mut ch) = rtc.channel(cid) {
+                        ch.set_buffered_amount_low_threshold(LOSSY_BUFFER_LIMIT / 2);
+                    }
+                    events.push(PeerEvent::Open(cid, label));
+                }
+                Event::ChannelData(d) => events.push(PeerEvent::Data(d.id, d.data)),
+                Event::MediaData(d) => events.push(PeerEvent::Media(Box::new(d))),
+                Event::KeyframeRequest(r) => events.push(PeerEvent::Keyframe(r.mid)),
+                Event::MediaEgressStats(s) => {
+                    let rtcp = super::quality::Rtcp {
+                        loss_pct: s.loss.map(|l| f64::from(l) * 100.0),
+                        rtt_ms: s.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                        // RFC 3550 jitter, in the 90 kHz video clock.
+                        jitter_ms: s.remote.map(|r| f64::from(r.jitter) / 90.0),
+                        packets: s.packets,
+                        nacks: s.nacks,
+                    };
+                    events.push(PeerEvent::Egress(s.mid, rtcp));
+                }
+                Event::ChannelBufferedAmountLow(_) => flush_reliable(rtc, reliable, pending),
+                Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                    rtc.disconnect();
+                }
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        },
+    );
+    match polled {
+        Polled::Timeout(t) => peer.next_timeout = t,
+        Polled::Stopped => {}
+        Polled::Ended(Ended::Closed) => events.push(PeerEvent::Dead("peer connection ended")),
+        Polled::Ended(Ended::Error(_)) => events.push(PeerEvent::Dead("WebRTC error")),
+        Polled::Ended(Ended::Panic) => events.push(PeerEvent::Dead("WebRTC panic")),
+    }
+    events
 }
