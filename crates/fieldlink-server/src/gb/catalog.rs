@@ -203,20 +203,9 @@ impl Sip {
     /// answered 200 once its sender is known to be registered.
     pub(super) async fn on_notify(&mut self, msg: &Message, from: SocketAddr) -> Vec<u8> {
         if msg.body.iter().all(u8::is_ascii_whitespace) {
-            let id = msg
-                .from_user()
-                .and_then(|u| u.parse::<GbId>().ok())
-                .filter(|id| self.registrar.seen(id, from.ip(), Instant::now()));
-            let Some(id) = id else {
-                return response(
-                    msg,
-                    403,
-                    "Forbidden (not registered)",
-                    from,
-                    "fl",
-                    &[],
-                    None,
-                );
+            let id = match self.registered_sender(msg, from, None, Instant::now()) {
+                Ok(id) => id,
+                Err(reply) => return reply,
             };
             self.subscription_state(msg, &id);
             return response(msg, 200, "OK", from, "fl", &[], None);

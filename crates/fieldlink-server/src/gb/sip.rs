@@ -372,22 +372,35 @@ impl Sip {
             let reason = format!("Bad Request ({e})");
             response(msg, 400, &reason, from, "fl", &[], None)
         })?;
+        let id = self.registered_sender(msg, from, Some(&body.device_id), now)?;
+        Ok((id, body))
+    }
+
+    /// The registered device that sent `msg` (its From user, else `fallback`, e.g. the
+    /// body's DeviceID), or the 403 to answer.
+    pub(super) fn registered_sender(
+        &mut self,
+        msg: &Message,
+        from: SocketAddr,
+        fallback: Option<&str>,
+        now: Instant,
+    ) -> Result<GbId, Vec<u8>> {
         let id: Option<GbId> = msg
             .from_user()
             .and_then(|u| u.parse().ok())
-            .or_else(|| body.device_id.parse().ok());
-        match id.filter(|id| self.registrar.seen(id, from.ip(), now)) {
-            Some(id) => Ok((id, body)),
-            None => Err(response(
-                msg,
-                403,
-                "Forbidden (not registered)",
-                from,
-                "fl",
-                &[],
-                None,
-            )),
-        }
+            .or_else(|| fallback.and_then(|d| d.parse().ok()));
+        id.filter(|id| self.registrar.seen(id, from.ip(), now))
+            .ok_or_else(|| {
+                response(
+                    msg,
+                    403,
+                    "Forbidden (not registered)",
+                    from,
+                    "fl",
+                    &[],
+                    None,
+                )
+            })
     }
 
     /// MANSCDP from a device: keepalives refresh presence (a device that is not registered
