@@ -392,3 +392,50 @@ async fn annexb_file_source_loops() {
     assert!(AnnexBFile::open(&s.dir.join("empty.h264"), 25.0).is_err());
     assert!(AnnexBFile::open(&s.dir.join("missing.h264"), 25.0).is_err());
 }
+
+/// The hub's media threads (`--media-threads`): a frame's receivers are polled on several
+/// threads at once and handed back to the hub. Eight receivers on four remotes, two
+/// streams: each receiver gets its own stream's frames, every one, in order — with four
+/// media threads and with the single-task hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_threads_deliver_every_frame_to_every_receiver() {
+    for threads in ["4", "1"] {
+        let s = TestServer::start_with("", &["--media-threads", threads]);
+        s.standard();
+        s.device("p", "r3", "remote", "rpw");
+        s.device("p", "r4", "remote", "rpw");
+        let (_f, _fe) = field_with_streams(&s, "p/f", 2).await;
+        let f = id("p/f");
+        let mut remotes = Vec::new();
+        for r in ["p/r1", "p/r2", "p/r3", "p/r4"] {
+            let (r, re) = remote_with_receivers(&s, r, 2).await;
+            r.connect_streams(&f, &[0, 1], &[0, 1]).await.unwrap();
+            remotes.push((r, re));
+        }
+        for (_, re) in &mut remotes {
+            // Per receiver: (stream id, frame counter) of the next frames, after its first.
+            let mut got: [Vec<(u32, u64)>; 2] = [Vec::new(), Vec::new()];
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while got.iter().any(|g| g.len() < 26) {
+                match tokio::time::timeout_at(deadline, re.recv()).await {
+                    Ok(Some(Event::Frame(fr))) => {
+                        let m = FrameMeta::find(&fr.data).expect("test pattern metadata");
+                        got[fr.conn_fd as usize].push((m.stream_id, m.frame));
+                    }
+                    Ok(Some(_)) => {}
+                    _ => panic!("{threads} media threads: frames so far {got:?}"),
+                }
+            }
+            for (fd, g) in got.iter().enumerate() {
+                assert!(g.iter().all(|(s, _)| *s == fd as u32), "{threads}: {g:?}");
+                for w in g.windows(2) {
+                    assert_eq!(
+                        w[1].1,
+                        w[0].1 + 1,
+                        "{threads} media threads, fd {fd}: {g:?}"
+                    );
+                }
+            }
+        }
+    }
+}
