@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fieldlink_gb28181::digest::expected_response;
+use fieldlink_gb28181::digest::register_authorization;
 use fieldlink_gb28181::sip::{self, Dialog, Message, StartLine};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
@@ -147,35 +147,21 @@ async fn guess(u: UdpSocket, server: SocketAddr, stop: Arc<AtomicBool>, c: Arc<C
             via: me,
             transport: "UDP",
         };
-        let contact = ("Contact", format!("<sip:{id}@{me}>"));
-        let expires = ("Expires", "3600".to_string());
+        let register = |cseq: u32, auth: Option<String>| {
+            let mut headers = vec![
+                ("Contact", format!("<sip:{id}@{me}>")),
+                ("Expires", "3600".to_string()),
+            ];
+            headers.extend(auth.map(|a| ("Authorization", a)));
+            sip::request("REGISTER", &d, cseq, &sip::branch(), &headers, None)
+        };
         cseq += 1;
-        let r = sip::request(
-            "REGISTER",
-            &d,
-            cseq,
-            &sip::branch(),
-            &[contact.clone(), expires.clone()],
-            None,
-        );
-        let _ = u.send_to(&r, server).await;
+        let _ = u.send_to(&register(cseq, None), server).await;
         let mut code = answer(&u, &mut buf).await;
         if let Some((401, Some(nonce))) = &code {
-            let uri = d.remote_uri.clone();
-            let resp = expected_response(id, REALM, "guess", "REGISTER", &uri, nonce, None);
-            let auth = format!(
-                "Digest username=\"{id}\",realm=\"{REALM}\",nonce=\"{nonce}\",uri=\"{uri}\",response=\"{resp}\",algorithm=MD5"
-            );
+            let auth = register_authorization(id, REALM, "guess", &d.remote_uri, nonce);
             cseq += 1;
-            let r = sip::request(
-                "REGISTER",
-                &d,
-                cseq,
-                &sip::branch(),
-                &[contact, expires, ("Authorization", auth)],
-                None,
-            );
-            let _ = u.send_to(&r, server).await;
+            let _ = u.send_to(&register(cseq, Some(auth)), server).await;
             code = answer(&u, &mut buf).await;
         }
         match code {

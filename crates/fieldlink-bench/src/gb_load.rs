@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use fieldlink_gb28181::digest::expected_response;
+use fieldlink_gb28181::digest::register_authorization;
 use fieldlink_gb28181::manscdp::{self, CatalogItem, Manscdp};
 use fieldlink_gb28181::sip::{self, Dialog, Message, StartLine};
 use tokio::net::UdpSocket;
@@ -106,11 +106,7 @@ async fn port(
                                 let h = m.header("www-authenticate").unwrap_or_default();
                                 let nonce = sip::challenge_param(h, "nonce").unwrap_or_default().to_string();
                                 let uri = d.register.remote_uri.clone();
-                                let resp = expected_response(&d.id, REALM, PASSWORD, "REGISTER", &uri, &nonce, None);
-                                let auth = format!(
-                                    "Digest username=\"{}\",realm=\"{REALM}\",nonce=\"{nonce}\",uri=\"{uri}\",response=\"{resp}\",algorithm=MD5",
-                                    d.id
-                                );
+                                let auth = register_authorization(&d.id, REALM, PASSWORD, &uri, &nonce);
                                 send_register(&socket, server, d, Some(auth)).await;
                             }
                             200 if !d.registered => {

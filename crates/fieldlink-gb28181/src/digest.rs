@@ -74,6 +74,21 @@ pub fn expected_response(
     response_from_ha1(&ha1(username, realm, password), method, uri, nonce, qop)
 }
 
+/// The `Authorization` header value a device sends for a REGISTER challenged with
+/// `nonce` (MD5, no qop), as GB28181 devices write it.
+pub fn register_authorization(
+    username: &str,
+    realm: &str,
+    password: &str,
+    uri: &str,
+    nonce: &str,
+) -> String {
+    let resp = expected_response(username, realm, password, "REGISTER", uri, nonce, None);
+    format!(
+        "Digest username=\"{username}\",realm=\"{realm}\",nonce=\"{nonce}\",uri=\"{uri}\",response=\"{resp}\",algorithm=MD5"
+    )
+}
+
 /// Splits `k=v, k="v, with comma"` parameters, tolerating spaces and missing quotes.
 fn params(s: &str) -> Result<HashMap<String, String>, DigestError> {
     let mut out = HashMap::new();
@@ -237,6 +252,24 @@ mod tests {
         assert!(r.verify("12345678", "REGISTER"));
         assert!(!r.verify("12345679", "REGISTER"));
         assert!(!r.verify("12345678", "INVITE"));
+    }
+
+    #[test]
+    fn register_authorization_carries_the_spec_response() {
+        let h = register_authorization(
+            "34020000001110000002",
+            "3402000000",
+            "12345678",
+            "sip:34020000002000000001@3402000000",
+            "29eb6d344c29a70a0997d173e937e693",
+        );
+        assert!(
+            h.contains(r#"response="42b636f290984b1d796907c882e4d5a8""#),
+            "{h}"
+        );
+        assert!(DigestResponse::parse(&h)
+            .unwrap()
+            .verify("12345678", "REGISTER"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use fieldlink_gb28181::digest::expected_response;
+use fieldlink_gb28181::digest::register_authorization;
 use fieldlink_gb28181::manscdp::{self, CatalogItem, Manscdp};
 use fieldlink_gb28181::sdp::{self, MediaMode};
 use fieldlink_gb28181::sip::{self, Dialog, Message, StartLine};
@@ -324,18 +324,12 @@ impl Device {
                         let realm = sip::challenge_param(h, "realm").unwrap_or_default();
                         let nonce = sip::challenge_param(h, "nonce").unwrap_or_default();
                         let uri = &self.register.remote_uri;
-                        let resp = expected_response(
+                        let auth = register_authorization(
                             self.a.id.as_str(),
                             realm,
                             &self.a.password,
-                            "REGISTER",
                             uri,
                             nonce,
-                            None,
-                        );
-                        let auth = format!(
-                            "Digest username=\"{}\",realm=\"{realm}\",nonce=\"{nonce}\",uri=\"{uri}\",response=\"{resp}\",algorithm=MD5",
-                            self.a.id
                         );
                         self.send_register(Some(auth)).await?;
                         Ok(Some(tokio::time::Instant::now() + Duration::from_secs(2)))

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use fieldlink_gb28181::digest::expected_response;
+use fieldlink_gb28181::digest::register_authorization;
 use fieldlink_gb28181::sip::{self, Dialog, Message, StartLine};
 
 use super::TestServer;
@@ -213,10 +213,7 @@ pub fn register_with_digest(
     let h = challenge.header("www-authenticate").unwrap_or_default();
     let nonce = sip::challenge_param(h, "nonce").unwrap_or_default();
     let uri = &dialog.remote_uri;
-    let resp = expected_response(id, REALM, password, "REGISTER", uri, nonce, None);
-    let auth = format!(
-        "Digest username=\"{id}\",realm=\"{REALM}\",nonce=\"{nonce}\",uri=\"{uri}\",response=\"{resp}\",algorithm=MD5"
-    );
+    let auth = register_authorization(id, REALM, password, uri, nonce);
     let t = Instant::now();
     register(&socket, server, &dialog, 2, Some(auth));
     let done = answer(&socket, limit)?;
