@@ -266,10 +266,9 @@ impl Hub {
     /// Polls each peer of `batch` (on the media threads when there are several), returning
     /// their events in the batch's order.
     fn poll_batch(&mut self, batch: &[ConnId]) -> Vec<(ConnId, Vec<PeerEvent>)> {
-        let parallel = batch.len() >= PARALLEL_FROM && self.pool.is_some();
-        if !parallel {
+        let Some(pool) = self.pool.as_ref().filter(|_| batch.len() >= PARALLEL_FROM) else {
             return batch.iter().map(|c| (*c, self.poll_one(*c))).collect();
-        }
+        };
         // The peers leave their clients for the fork-join and are back before any other
         // hub code runs.
         let mut taken: Vec<(ConnId, Box<Peer>)> = batch
@@ -277,19 +276,13 @@ impl Hub {
             .filter_map(|c| Some((*c, self.clients.get_mut(c)?.peer.take()?)))
             .collect();
         let socket = &self.socket;
-        let events: Vec<Vec<PeerEvent>> = match &self.pool {
-            Some(pool) => pool.install(|| {
-                use rayon::prelude::*;
-                taken
-                    .par_iter_mut()
-                    .map(|(_, p)| poll_peer(p, socket))
-                    .collect()
-            }),
-            None => taken
-                .iter_mut()
+        let events: Vec<Vec<PeerEvent>> = pool.install(|| {
+            use rayon::prelude::*;
+            taken
+                .par_iter_mut()
                 .map(|(_, p)| poll_peer(p, socket))
-                .collect(),
-        };
+                .collect()
+        });
         taken
             .into_iter()
             .zip(events)

@@ -704,57 +704,7 @@ mod tests {
         assert_eq!(store.project("p1").await.unwrap(), None);
         assert!(store.audit("p1", None, 10).await.unwrap().is_empty());
 
-        // GB28181 device settings: insert, then the upsert replaces them.
-        let id = "34020000001320000001";
-        let _ = sqlx::query("DELETE FROM gb_devices WHERE device_id = $1")
-            .bind(id)
-            .execute(&store.pool)
-            .await;
-        assert_eq!(store.gb_device(id).await.unwrap(), None);
-        let mut g = GbSettings {
-            ha1: "00ff".into(),
-            media_mode: "tcp-active".into(),
-            always_on: false,
-        };
-        store.set_gb_device(id, &g).await.unwrap();
-        assert_eq!(store.gb_device(id).await.unwrap().as_ref(), Some(&g));
-        g.always_on = true;
-        g.media_mode.clear();
-        store.set_gb_device(id, &g).await.unwrap();
-        assert_eq!(store.gb_device(id).await.unwrap(), Some(g.clone()));
-        let all = store.gb_devices(100).await.unwrap();
-        assert!(all.contains(&(id.to_string(), g)), "{all:?}");
-        let _ = sqlx::query("DELETE FROM gb_status")
-            .execute(&store.pool)
-            .await;
-        store.save_gb_status(id, r#"{"a":1}"#).await.unwrap();
-        store.save_gb_status(id, r#"{"a":2}"#).await.unwrap();
-        assert!(store
-            .gb_statuses(100)
-            .await
-            .unwrap()
-            .contains(&r#"{"a":2}"#.to_string()));
-        // A batch over several statements, one device named twice (its last view wins),
-        // then the same batch again (every row an update).
-        let mut batch: Vec<(String, String)> = (0..450)
-            .map(|i| (format!("3402000000132{i:07}"), format!(r#"{{"n":{i}}}"#)))
-            .collect();
-        batch.push(("34020000001320000007".into(), r#"{"n":"last"}"#.into()));
-        store.save_gb_statuses(&batch).await.unwrap();
-        batch[3].1 = r#"{"n":"again"}"#.into();
-        store.save_gb_statuses(&batch).await.unwrap();
-        let all = store.gb_statuses(1000).await.unwrap();
-        for want in [
-            r#"{"n":0}"#,
-            r#"{"n":449}"#,
-            r#"{"n":"last"}"#,
-            r#"{"n":"again"}"#,
-        ] {
-            assert!(all.contains(&want.to_string()), "{want} not stored");
-        }
-        assert!(!all.contains(&r#"{"n":7}"#.to_string()));
-        assert!(!all.contains(&r#"{"n":3}"#.to_string()));
-        assert_eq!(all.len(), 450, "the device above is one of the batch's");
+        gb::tests::exercise(store).await;
     }
 
     #[tokio::test]
