@@ -104,6 +104,9 @@ pub enum ClientMsg {
         /// The device takes audio (SPEC §3 `audio_receive`, with somewhere to play it).
         #[serde(default)]
         audio_receive: bool,
+        /// The device speaks fieldlink's datagram FEC (fieldlink_rtc::fec); browsers do not.
+        #[serde(default)]
+        fec: bool,
     },
     /// Remote only: list the project's field devices (needs `FieldListEnable` = 1).
     ListFields {
@@ -257,6 +260,9 @@ pub enum ServerMsg {
     Answer {
         req: Option<u64>,
         sdp: String,
+        /// Both sides wrap their datagrams in FEC (the offer asked and the server agrees).
+        #[serde(default)]
+        fec: bool,
     },
     Ok {
         req: Option<u64>,

@@ -11,6 +11,8 @@
 //!   most [`MAX_DUE_PER_POLL`] times: a timer wakes at millisecond granularity, and a burst
 //!   of queued packets (a keyframe) would otherwise leave one packet per wake-up.
 
+pub mod fec;
+
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -123,6 +125,87 @@ pub fn drive(
                 }
             }
         }
+    }
+}
+
+/// A peer connection's datagrams on their way to and from the socket: as str0m writes
+/// them, or wrapped in [`fec`] when both sides speak it.
+#[derive(Debug, Default)]
+pub struct Wire {
+    fec: Option<fec::Fec>,
+    /// Where FEC's own datagrams (parity, reports) go: str0m's last destination.
+    dest: Option<SocketAddr>,
+}
+
+impl Wire {
+    /// FEC on or off (off: datagrams byte for byte as str0m writes them).
+    pub fn new(fec: bool) -> Wire {
+        Wire {
+            fec: fec.then(fec::Fec::new),
+            dest: None,
+        }
+    }
+
+    pub fn fec_stats(&self) -> Option<fec::FecStats> {
+        self.fec.as_ref().map(fec::Fec::stats)
+    }
+
+    /// Feeds one datagram from the socket to `rtc`, unwrapping FEC (which may complete
+    /// datagrams lost before). An inner datagram str0m would refuse is dropped, so a
+    /// forged one cannot end the connection.
+    pub fn receive(
+        &mut self,
+        rtc: &mut Rtc,
+        now: Instant,
+        data: &[u8],
+        source: SocketAddr,
+        local: SocketAddr,
+    ) {
+        let mut feed = |d: &[u8]| {
+            if let Some(input) = udp_input(now, d, source, local) {
+                if rtc.accepts(&input) {
+                    handle_input(rtc, input);
+                }
+            }
+        };
+        let taken = match &mut self.fec {
+            Some(f) => f.receive(now, data, &mut feed),
+            None => false,
+        };
+        if !taken {
+            feed(data);
+        }
+    }
+}
+
+/// [`drive`], with the datagrams going through `wire` to `send`: FEC wraps them, closes
+/// the round's block (its parity goes out) and sends its report when due.
+pub fn drive_wire(
+    rtc: &mut Rtc,
+    wire: &mut Wire,
+    mut send: impl FnMut(&[u8], SocketAddr),
+    on_event: impl FnMut(&mut Rtc, Event) -> ControlFlow<()>,
+) -> Polled {
+    let Wire { fec, dest } = wire;
+    let polled = drive(
+        rtc,
+        |t| match fec {
+            Some(f) => {
+                *dest = Some(t.destination);
+                f.send(&t.contents, &mut |d| send(d, t.destination));
+            }
+            None => send(&t.contents, t.destination),
+        },
+        on_event,
+    );
+    let (Some(f), Some(dest)) = (fec, *dest) else {
+        return polled;
+    };
+    f.flush(&mut |d| send(d, dest));
+    f.handle_timeout(Instant::now(), &mut |d| send(d, dest));
+    match (polled, f.poll_timeout()) {
+        (Polled::Timeout(t), Some(report)) => Polled::Timeout(t.min(report)),
+        (polled, _) => polled,
     }
 }
 

@@ -11,6 +11,7 @@ use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::format::Codec;
 
+use fieldlink_rtc::Wire;
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::media::{Direction, Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid};
 use str0m::rtp::{AbsCaptureTime, Extension};
@@ -72,6 +73,8 @@ pub(crate) struct Peer {
     channels: [Option<ChannelId>; 2],
     pending: Option<SdpPendingOffer>,
     pub next_timeout: Instant,
+    /// Datagrams to and from the socket (FEC when the server agreed).
+    wire: Wire,
     ready: bool,
     /// Video m-lines: a field device's streams (sendonly) or a remote's receivers (recvonly).
     video_mids: Vec<Mid>,
@@ -213,6 +216,7 @@ impl Peer {
                 channels: [None, None],
                 pending: Some(pending),
                 next_timeout: now,
+                wire: Wire::new(false),
                 ready: false,
                 video_mids: video_mids.clone(),
                 sends_video: send,
@@ -228,7 +232,9 @@ impl Peer {
         ))
     }
 
-    pub fn accept_answer(&mut self, sdp: &str) -> Result<()> {
+    /// Takes the server's answer; `fec`: the server agreed to wrap datagrams in FEC.
+    pub fn accept_answer(&mut self, sdp: &str, fec: bool) -> Result<()> {
+        self.wire = Wire::new(fec);
         let answer = SdpAnswer::from_sdp_string(sdp)
             .map_err(|e| SdkError::new(ErrorCode::BadRequest, format!("bad SDP answer: {e}")))?;
         let pending = self
@@ -261,11 +267,12 @@ impl Peer {
 
     pub fn handle_datagram(&mut self, data: &[u8], source: SocketAddr) {
         if let Some(o) = &self.observer {
-            (o.0)(crate::PacketDirection::Received, data);
+            if let Some(d) = fieldlink_rtc::fec::carried(data) {
+                (o.0)(crate::PacketDirection::Received, d);
+            }
         }
-        if let Some(input) = fieldlink_rtc::udp_input(Instant::now(), data, source, self.local) {
-            fieldlink_rtc::handle_input(&mut self.rtc, input);
-        }
+        self.wire
+            .receive(&mut self.rtc, Instant::now(), data, source, self.local);
     }
 
     pub fn handle_timeout(&mut self) {
@@ -382,15 +389,19 @@ impl Peer {
             next_timeout,
             h265_head,
             observer,
+            wire,
             ..
         } = self;
-        let polled = fieldlink_rtc::drive(
+        let polled = fieldlink_rtc::drive_wire(
             rtc,
-            |t| {
+            wire,
+            |data, dest| {
                 if let Some(o) = observer {
-                    (o.0)(crate::PacketDirection::Sent, &t.contents);
+                    if let Some(d) = fieldlink_rtc::fec::carried(data) {
+                        (o.0)(crate::PacketDirection::Sent, d);
+                    }
                 }
-                let _ = socket.try_send_to(&t.contents, t.destination);
+                let _ = socket.try_send_to(data, dest);
             },
             |rtc, e| {
                 match e {

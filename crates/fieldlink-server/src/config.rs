@@ -95,6 +95,10 @@ pub struct WebRtcConfig {
     /// encryption included); 0 = one per core, at most [`MAX_MEDIA_THREADS`]; 1 = all on
     /// the hub's own task.
     pub media_threads: usize,
+    /// Forward error correction under DTLS/SRTP for peers that offer it (fieldlink's SDK;
+    /// not browsers): parity datagrams follow the loss each side reports, none without
+    /// loss (docs/architecture.md).
+    pub fec: bool,
 }
 
 /// Most media threads the automatic setting picks.
@@ -146,6 +150,7 @@ impl Default for WebRtcConfig {
             udp_listen: SocketAddr::from(([127, 0, 0, 1], 3478)),
             public_addr: None,
             media_threads: 0,
+            fec: true,
         }
     }
 }

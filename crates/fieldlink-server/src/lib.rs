@@ -167,6 +167,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         udp,
         candidate,
         config.webrtc.media_threads(),
+        config.webrtc.fec,
         audit_tx,
         metrics.clone(),
     );

@@ -302,11 +302,13 @@ impl Session {
                 audio_mids,
                 audio_send,
                 audio_receive,
+                fec,
             } => Ok(Cmd::Offer {
                 conn,
                 req,
                 sdp,
                 video_mids,
+                fec,
                 audio: AudioOffer {
                     mids: audio_mids,
                     send: audio_send,

@@ -25,6 +25,9 @@ pub struct Args {
     /// 8; 1 = all on the hub's task).
     #[arg(long, env = "FIELDLINK_MEDIA_THREADS")]
     media_threads: Option<usize>,
+    /// Forward error correction for SDK peers that offer it (true/false; default true).
+    #[arg(long, env = "FIELDLINK_FEC", value_name = "BOOL")]
+    fec: Option<bool>,
     /// Directory of the embedded SQLite database.
     #[arg(long, env = "FIELDLINK_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -71,6 +74,9 @@ pub fn config(a: &Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = a.media_threads {
         c.webrtc.media_threads = v;
+    }
+    if let Some(v) = a.fec {
+        c.webrtc.fec = v;
     }
     if let Some(v) = &a.data_dir {
         c.data_dir = v.clone();

@@ -111,6 +111,7 @@ pub(super) async fn establish(role: Role, cfg: &DeviceConfig) -> Result<Connecti
         audio_mids: offer.audio_mids,
         audio_send: audio.send,
         audio_receive: audio.receive,
+        fec: true,
     }))
     .await
     .map_err(|e| lost(&e))?;
@@ -119,7 +120,7 @@ pub(super) async fn establish(role: Role, cfg: &DeviceConfig) -> Result<Connecti
     loop {
         tokio::select! {
             m = ws.next() => match m.and_then(|m| m.ok()).and_then(parse) {
-                Some(Ok(ServerMsg::Answer { sdp, .. })) => { peer.accept_answer(&sdp)?; answered = true; }
+                Some(Ok(ServerMsg::Answer { sdp, fec, .. })) => { peer.accept_answer(&sdp, fec)?; answered = true; }
                 Some(Ok(e @ ServerMsg::Error { req: Some(1), .. })) => return Err(server_error(e)),
                 Some(Ok(other)) => early.push(other),
                 Some(Err(())) => {}

@@ -56,6 +56,8 @@ pub enum Cmd {
         sdp: String,
         video_mids: Vec<String>,
         audio: AudioOffer,
+        /// The device offered FEC.
+        fec: bool,
     },
     Watch {
         conn: ConnId,

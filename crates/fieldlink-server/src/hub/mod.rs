@@ -53,6 +53,7 @@ pub fn spawn(
     socket: UdpSocket,
     candidate_addr: SocketAddr,
     media_threads: usize,
+    fec: bool,
     audit: mpsc::Sender<AuditRecord>,
     metrics: Arc<Metrics>,
 ) -> (HubHandle, tokio::task::JoinHandle<()>) {
@@ -69,6 +70,7 @@ pub fn spawn(
         .flatten();
     let hub = Hub {
         pool,
+        fec,
         socket,
         candidate_addr,
         next_conn: 1,
@@ -132,6 +134,8 @@ struct Hub {
     /// The media threads (`[webrtc] media_threads` > 1): batches of peers are polled on
     /// them at once ([`Hub::poll_all`]); `None` = on this task.
     pool: Option<rayon::ThreadPool>,
+    /// `[webrtc] fec`: peers that offer FEC get it.
+    fec: bool,
     candidate_addr: SocketAddr,
     next_conn: ConnId,
     clients: HashMap<ConnId, Client>,
@@ -251,9 +255,11 @@ impl Hub {
                 sdp,
                 video_mids,
                 audio,
+                fec,
             } => {
-                let msg = match self.accept_offer(conn, &sdp, &video_mids, audio) {
-                    Ok(sdp) => ServerMsg::Answer { req, sdp },
+                let fec = fec && self.fec;
+                let msg = match self.accept_offer(conn, &sdp, &video_mids, audio, fec) {
+                    Ok(sdp) => ServerMsg::Answer { req, sdp, fec },
                     Err((code, why)) => ServerMsg::error(req, code, why),
                 };
                 self.send(conn, msg);

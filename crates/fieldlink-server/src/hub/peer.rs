@@ -17,7 +17,7 @@ use str0m::rtp::Extension;
 use str0m::{Candidate, Event, IceConnectionState, Input, Rtc};
 
 use fieldlink_proto::{DeviceId, ErrorCode, Qos, Role};
-use fieldlink_rtc::{Ended, Polled};
+use fieldlink_rtc::{fec, Ended, Polled, Wire};
 
 use super::control::{flush_reliable, LOSSY_BUFFER_LIMIT};
 use super::gop::SourceInfo;
@@ -46,6 +46,9 @@ pub(super) struct Peer {
     pub(super) egress: Vec<Option<super::quality::Rtcp>>,
     /// The audio lines, if the device offered any.
     pub(super) audio: Option<super::audio::AudioLines>,
+    /// Its datagrams to and from the socket (FEC under DTLS/SRTP when both sides speak
+    /// it).
+    pub(super) wire: Wire,
 }
 
 /// What polling one peer hands back to the hub, to act on once the peer is released.
@@ -75,6 +78,7 @@ impl Hub {
         sdp: &str,
         video_mids: &[String],
         audio: super::AudioOffer,
+        fec: bool,
     ) -> Result<String, (ErrorCode, String)> {
         if video_mids.len() > MAX_VIDEO_MLINES {
             return Err((
@@ -146,6 +150,7 @@ impl Hub {
             channels: [None, None],
             pending_reliable: VecDeque::new(),
             next_timeout: now,
+            wire: Wire::new(fec),
         }));
         self.by_addr.retain(|_, c| *c != conn);
         let n = video_mids.len();
@@ -175,6 +180,9 @@ impl Hub {
     }
 
     pub(super) fn on_udp(&mut self, data: &[u8], source: SocketAddr) {
+        if data.first() == Some(&fec::MAGIC) {
+            return self.on_fec_udp(data, source);
+        }
         let Some(input) =
             fieldlink_rtc::udp_input(Instant::now(), data, source, self.candidate_addr)
         else {
@@ -200,6 +208,20 @@ impl Hub {
         if let Some(peer) = self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) {
             fieldlink_rtc::handle_input(&mut peer.rtc, input);
         }
+        self.poll(conn);
+    }
+
+    /// An FEC datagram: from a peer whose address ICE (never wrapped) already told.
+    fn on_fec_udp(&mut self, data: &[u8], source: SocketAddr) {
+        let Some(conn) = self.by_addr.get(&source).copied() else {
+            return;
+        };
+        let Some(peer) = self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) else {
+            return;
+        };
+        let now = Instant::now();
+        peer.wire
+            .receive(&mut peer.rtc, now, data, source, self.candidate_addr);
         self.poll(conn);
     }
 
@@ -397,11 +419,12 @@ fn poll_peer(peer: &mut Peer, socket: &tokio::net::UdpSocket) -> Vec<PeerEvent> 
     peer.flush_reliable();
     let reliable = peer.channels[Qos::Reliable as usize];
     let pending = &mut peer.pending_reliable;
-    let polled = fieldlink_rtc::drive(
+    let polled = fieldlink_rtc::drive_wire(
         &mut peer.rtc,
+        &mut peer.wire,
         // UDP: a full socket buffer means loss, which WebRTC repairs or tolerates.
-        |t| {
-            let _ = socket.try_send_to(&t.contents, t.destination);
+        |data, dest| {
+            let _ = socket.try_send_to(data, dest);
         },
         |rtc, e| {
             match e {
