@@ -757,6 +757,7 @@ async fn frames_on_time(leg: Leg, rtt_ms: u32, losses: &[u32], secs: u64) -> Vec
         // Per receiver: frame counter -> delay from capture to arrival complete.
         let mut delays: HashMap<u32, std::collections::BTreeMap<u64, Duration>> = HashMap::new();
         let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let mut late_shown = 0;
         while let Ok(Some(e)) = tokio::time::timeout_at(end, re.recv()).await {
             let Event::Frame(f) = e else { continue };
             let (Some(m), Some(cap)) = (fieldlink_media::FrameMeta::find(&f.data), f.capture)
@@ -764,6 +765,13 @@ async fn frames_on_time(leg: Leg, rtt_ms: u32, losses: &[u32], secs: u64) -> Vec
                 continue;
             };
             let delay = f.received.duration_since(cap).unwrap_or_default();
+            if delay > Duration::from_millis(150) && late_shown < 20 {
+                late_shown += 1;
+                eprintln!(
+                    "late: receiver {} frame {} (keyframe {}) after {delay:?}",
+                    f.conn_fd, m.frame, f.keyframe
+                );
+            }
             delays.entry(f.conn_fd).or_default().insert(m.frame, delay);
         }
         // From each receiver's first frame to its last but the final 300 ms (those may
