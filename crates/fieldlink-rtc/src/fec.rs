@@ -85,7 +85,7 @@ pub fn carried(wire: &[u8]) -> Option<&[u8]> {
 /// Small blocks cost the most: at 30 % loss a lone datagram goes out eight times, a
 /// 5-datagram frame with 13 parity, a 40-datagram keyframe with 45; at 10 % loss 3, 5, 16.
 pub fn parity_for(k: usize, loss: f64) -> usize {
-    if k == 0 || !(loss >= MIN_LOSS) {
+    if k == 0 || loss.is_nan() || loss < MIN_LOSS {
         return 0;
     }
     // The estimate is a sample: aim a little above it.
@@ -237,7 +237,7 @@ impl Fec {
                 let fits = (1..=MAX_K).contains(&k)
                     && (1..=MAX_M).contains(&m)
                     && j < m
-                    && shard.len() % 2 == 0
+                    && shard.len().is_multiple_of(2)
                     && (2..=MAX_DATAGRAM + 2).contains(&shard.len());
                 if fits {
                     self.rx.parity(now, base, k, m, j, shard, deliver);
