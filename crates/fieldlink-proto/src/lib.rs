@@ -4,6 +4,7 @@
 pub mod control;
 pub mod diag;
 pub mod error;
+pub mod fec;
 pub mod field_config;
 pub mod ids;
 pub mod quality;

@@ -11,7 +11,7 @@
 //!   most [`MAX_DUE_PER_POLL`] times: a timer wakes at millisecond granularity, and a burst
 //!   of queued packets (a keyframe) would otherwise leave one packet per wake-up.
 
-pub mod fec;
+pub use fieldlink_proto::fec;
 
 use std::net::SocketAddr;
 use std::ops::ControlFlow;

@@ -412,15 +412,8 @@ impl Receiving {
         {
             if let Some(b) = self.blocks.pop_front() {
                 self.kept = self.kept.saturating_sub(b.bytes());
-                if let (false, Some((k, m, _))) = (b.done, b.shape) {
+                if !b.done && b.shape.is_some() {
                     self.unrecovered += 1;
-                    tracing::debug!(
-                        k,
-                        m,
-                        data = b.data.iter().flatten().count(),
-                        parity = b.parity.len(),
-                        "FEC block not recovered"
-                    );
                 }
             }
         }
