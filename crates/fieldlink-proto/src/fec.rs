@@ -20,7 +20,9 @@
 //! - data:   `F7 0P seq:u16 idx:u8` + datagram (`P` = 0x80: parity will follow)
 //! - parity: `F7 01 seq:u16 base:u16 k:u8 m:u8 j:u8` + shard (`len:u16` + datagram,
 //!   zero-padded to an even size shared by the block)
-//! - report: `F7 02 received:u32 expected:u32` (counts since the first datagram, wrapping)
+//! - report: `F7 02 received:u32 expected:u32 stamp:u32 echo:u32 held:u32` (datagrams
+//!   received and expected since the first, wrapping; this side's clock in ms; the other
+//!   side's last stamp and the ms since it came, for the round trip)
 //!
 //! `seq` numbers every FEC datagram; a block's data hold `base .. base+k`. STUN is never
 //! wrapped: the server finds a peer by its ICE traffic.
@@ -54,6 +56,7 @@ const KIND_REPORT: u8 = 0x02;
 const PROTECTED: u8 = 0x80;
 const DATA_HEADER: usize = 5;
 const PARITY_HEADER: usize = 9;
+const REPORT_LEN: usize = 22;
 
 /// What one side's FEC has done, for statistics.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -120,6 +123,11 @@ pub struct Fec {
     block: Vec<Vec<u8>>,
     buf: Vec<u8>,
     estimate: Estimate,
+    rtt: Rtt,
+    /// Time base of the reports' timestamps (the first instant seen).
+    epoch: Option<Instant>,
+    /// The other side's last report timestamp, and when it came.
+    echo: Option<(u32, Instant)>,
     rx: Receiving,
     parity_sent: u64,
 }
@@ -140,6 +148,9 @@ impl Fec {
             block: Vec::new(),
             buf: Vec::with_capacity(MAX_DATAGRAM + PARITY_HEADER + 2),
             estimate: Estimate::default(),
+            rtt: Rtt::default(),
+            epoch: None,
+            echo: None,
             rx: Receiving::default(),
             parity_sent: 0,
         }
@@ -177,13 +188,13 @@ impl Fec {
     pub fn flush(&mut self, out: &mut dyn FnMut(&[u8])) {
         let k = self.count;
         self.count = 0;
-        if !self.protect || k == 0 {
+        if !self.protect || k == 0 || self.rtt.congested() {
             self.block.clear();
             return;
         }
-        let m = parity_for(k, self.estimate.loss).max(1);
         let longest = self.block.iter().map(Vec::len).max().unwrap_or(0);
         let shard_bytes = (2 + longest).next_multiple_of(2);
+        let m = parity_for(k, self.estimate.loss).max(1);
         let shards = self.block.drain(..).map(|d| shard(&d, shard_bytes));
         let Ok(parity) = reed_solomon_simd::encode(k, m, shards) else {
             return;
@@ -243,10 +254,21 @@ impl Fec {
                     self.rx.parity(now, base, k, m, j, shard, deliver);
                 }
             }
-            KIND_REPORT if wire.len() >= 10 && kind == KIND_REPORT => {
-                let received = u32::from_be_bytes([wire[2], wire[3], wire[4], wire[5]]);
-                let expected = u32::from_be_bytes([wire[6], wire[7], wire[8], wire[9]]);
+            KIND_REPORT if wire.len() >= REPORT_LEN && kind == KIND_REPORT => {
+                let word =
+                    |i: usize| u32::from_be_bytes([wire[i], wire[i + 1], wire[i + 2], wire[i + 3]]);
+                let (received, expected) = (word(2), word(6));
+                let (stamp, echo, held) = (word(10), word(14), word(18));
                 self.estimate.report(now, received, expected);
+                let at = self.millis(now);
+                self.echo = Some((stamp, now));
+                // 0: nothing echoed yet (a stamp of 0 is sent as 1).
+                if echo != 0 {
+                    let rtt = at.wrapping_sub(echo).wrapping_sub(held);
+                    if rtt < 60_000 {
+                        self.rtt.sample(now, rtt);
+                    }
+                }
             }
             _ => {}
         }
@@ -262,13 +284,25 @@ impl Fec {
     pub fn handle_timeout(&mut self, now: Instant, out: &mut dyn FnMut(&[u8])) {
         if self.rx.report_due().is_some_and(|at| at <= now) {
             let (received, expected) = self.rx.reported(now);
-            let mut r = [0u8; 10];
+            let (echo, held) = match self.echo {
+                Some((stamp, at)) => (stamp, now.saturating_duration_since(at).as_millis() as u32),
+                None => (0, 0),
+            };
+            let stamp = self.millis(now).max(1);
+            let mut r = [0u8; REPORT_LEN];
             r[0] = MAGIC;
             r[1] = KIND_REPORT;
-            r[2..6].copy_from_slice(&received.to_be_bytes());
-            r[6..10].copy_from_slice(&expected.to_be_bytes());
+            for (i, v) in [received, expected, stamp, echo, held].iter().enumerate() {
+                r[2 + 4 * i..6 + 4 * i].copy_from_slice(&v.to_be_bytes());
+            }
             out(&r);
         }
+    }
+
+    /// Milliseconds since this side's first instant (wrapping), the reports' clock.
+    fn millis(&mut self, now: Instant) -> u32 {
+        let epoch = *self.epoch.get_or_insert(now);
+        now.saturating_duration_since(epoch).as_millis() as u32
     }
 
     pub fn stats(&self) -> FecStats {
@@ -279,6 +313,46 @@ impl Fec {
             unrecovered: self.rx.unrecovered,
             loss_received: self.rx.loss(),
         }
+    }
+}
+
+/// The round trip, measured by the reports (each carries a timestamp and echoes the
+/// other side's last): while it stands [`QUEUE_LIMIT`] above its minimum of the last
+/// [`RTT_WINDOW`], a queue is building on the path, so the loss is congestion and parity
+/// would add to it: none is sent. Random loss leaves the round trip alone.
+#[derive(Debug, Default)]
+struct Rtt {
+    /// Smoothed round trip, ms.
+    srtt: Option<f64>,
+    samples: VecDeque<(Instant, u32)>,
+}
+
+/// Queueing delay beyond which the path counts as congested.
+pub const QUEUE_LIMIT: Duration = Duration::from_millis(25);
+const RTT_WINDOW: Duration = Duration::from_secs(10);
+
+impl Rtt {
+    fn sample(&mut self, now: Instant, ms: u32) {
+        let s = self
+            .srtt
+            .map_or(f64::from(ms), |s| s * 0.75 + f64::from(ms) * 0.25);
+        self.srtt = Some(s);
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > RTT_WINDOW)
+            || self.samples.len() >= 128
+        {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((now, ms));
+    }
+
+    fn congested(&self) -> bool {
+        let (Some(s), Some(min)) = (self.srtt, self.samples.iter().map(|(_, r)| *r).min()) else {
+            return false;
+        };
+        s - f64::from(min) > QUEUE_LIMIT.as_millis() as f64
     }
 }
 
@@ -691,5 +765,52 @@ mod tests {
             f.receive(now, &w, &mut |d| assert!(d.len() <= MAX_DATAGRAM));
         }
         assert!(f.rx.blocks.len() <= MAX_BLOCKS);
+    }
+
+    /// Two sides over a path whose one-way delay `delay(step)` may grow: every 100 ms
+    /// each sends a block of four datagrams (one in five of `a`'s lost) and its report;
+    /// returns the parity `a` sent per step.
+    fn parity_per_step(steps: usize, delay: impl Fn(usize) -> Duration) -> Vec<usize> {
+        let (mut a, mut b) = (Fec::new(), Fec::new());
+        let t0 = Instant::now();
+        let mut n = 0;
+        let mut per_step = Vec::new();
+        for step in 0..steps {
+            let (t, d) = (t0 + Duration::from_millis(100 * step as u64), delay(step));
+            let mut from_a = Vec::new();
+            for i in 0..4 {
+                a.send(&datagram(step * 4 + i), &mut |w| from_a.push(w.to_vec()));
+            }
+            a.flush(&mut |w| from_a.push(w.to_vec()));
+            per_step.push(from_a.iter().filter(|w| w[1] == KIND_PARITY).count());
+            a.handle_timeout(t, &mut |w| from_a.push(w.to_vec()));
+            for w in from_a {
+                n += 1;
+                if n % 5 != 0 || w[1] == KIND_REPORT {
+                    b.receive(t + d, &w, &mut |_| {});
+                }
+            }
+            let mut from_b = wire_of(&mut b, &datagram(step));
+            b.handle_timeout(t + d, &mut |w| from_b.push(w.to_vec()));
+            for w in from_b {
+                a.receive(t + d + d, &w, &mut |_| {});
+            }
+        }
+        per_step
+    }
+
+    #[test]
+    fn parity_stops_while_a_queue_builds_and_resumes_after() {
+        // A steady 20 ms path: parity for the reported ~20 % loss.
+        let steady = parity_per_step(40, |_| Duration::from_millis(20));
+        assert!(steady[10..].iter().all(|m| *m > 0), "{steady:?}");
+        // From step 20 the delay grows 10 ms per step (a queue filling): parity stops
+        // once the round trip is 25 ms over its minimum, and comes back when it drains.
+        let queued = parity_per_step(60, |s| {
+            Duration::from_millis(20 + 10 * (s.clamp(20, 30) as u64 - 20) * u64::from(s < 40))
+        });
+        assert!(queued[10..20].iter().all(|m| *m > 0), "{queued:?}");
+        assert!(queued[25..40].iter().all(|m| *m == 0), "{queued:?}");
+        assert!(queued[50..].iter().all(|m| *m > 0), "{queued:?}");
     }
 }

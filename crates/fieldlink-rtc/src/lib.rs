@@ -201,8 +201,9 @@ pub fn drive_wire(
     let (Some(f), Some(dest)) = (fec, *dest) else {
         return polled;
     };
+    let now = Instant::now();
     f.flush(&mut |d| send(d, dest));
-    f.handle_timeout(Instant::now(), &mut |d| send(d, dest));
+    f.handle_timeout(now, &mut |d| send(d, dest));
     match (polled, f.poll_timeout()) {
         (Polled::Timeout(t), Some(report)) => Polled::Timeout(t.min(report)),
         (polled, _) => polled,
