@@ -157,7 +157,7 @@ impl Fec {
     }
 
     /// Sends one datagram str0m wrote: `out` gets what goes on the wire (STUN as it is).
-    pub fn send(&mut self, datagram: &[u8], out: &mut dyn FnMut(&[u8])) {
+    pub fn send(&mut self, now: Instant, datagram: &[u8], out: &mut dyn FnMut(&[u8])) {
         let stun = datagram.first().is_some_and(|b| *b < 4);
         if stun || datagram.is_empty() || datagram.len() > MAX_DATAGRAM {
             out(datagram);
@@ -180,15 +180,15 @@ impl Fec {
             self.block.push(datagram.to_vec());
         }
         if self.count == MAX_K {
-            self.flush(out);
+            self.flush(now, out);
         }
     }
 
     /// Closes the open block: its parity goes out. Call after each driving round.
-    pub fn flush(&mut self, out: &mut dyn FnMut(&[u8])) {
+    pub fn flush(&mut self, now: Instant, out: &mut dyn FnMut(&[u8])) {
         let k = self.count;
         self.count = 0;
-        if !self.protect || k == 0 || self.rtt.congested() {
+        if !self.protect || k == 0 || self.rtt.congested(now) {
             self.block.clear();
             return;
         }
@@ -317,19 +317,27 @@ impl Fec {
 }
 
 /// The round trip, measured by the reports (each carries a timestamp and echoes the
-/// other side's last): while it stands [`QUEUE_LIMIT`] above its minimum of the last
-/// [`RTT_WINDOW`], a queue is building on the path, so the loss is congestion and parity
-/// would add to it: none is sent. Random loss leaves the round trip alone.
+/// other side's last): while it stands [`QUEUE_LIMIT`] above its minimum of the last two
+/// minutes, a queue is building on the path, so the loss is congestion and parity would
+/// add to it: none is sent. Nor while no report has come for [`REPORTS_STALE`] (a full
+/// queue drops them too). Random loss leaves the round trip alone. The minimum must
+/// outlive a standing queue: over a 10 s window a persistently overloaded 400 kbit/s link
+/// became the new normal and FEC multiplied its drops by ten.
 #[derive(Debug, Default)]
 struct Rtt {
     /// Smoothed round trip, ms.
     srtt: Option<f64>,
-    samples: VecDeque<(Instant, u32)>,
+    last: Option<Instant>,
+    /// Per 10 s bucket: its start and the least round trip in it.
+    buckets: VecDeque<(Instant, u32)>,
 }
 
 /// Queueing delay beyond which the path counts as congested.
 pub const QUEUE_LIMIT: Duration = Duration::from_millis(25);
-const RTT_WINDOW: Duration = Duration::from_secs(10);
+/// No report for this long counts as congested.
+pub const REPORTS_STALE: Duration = Duration::from_secs(1);
+const RTT_BUCKET: Duration = Duration::from_secs(10);
+const RTT_BUCKETS: usize = 12;
 
 impl Rtt {
     fn sample(&mut self, now: Instant, ms: u32) {
@@ -337,21 +345,26 @@ impl Rtt {
             .srtt
             .map_or(f64::from(ms), |s| s * 0.75 + f64::from(ms) * 0.25);
         self.srtt = Some(s);
-        while self
-            .samples
-            .front()
-            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > RTT_WINDOW)
-            || self.samples.len() >= 128
-        {
-            self.samples.pop_front();
+        self.last = Some(now);
+        match self.buckets.back_mut() {
+            Some((start, min)) if now.saturating_duration_since(*start) < RTT_BUCKET => {
+                *min = (*min).min(ms);
+            }
+            _ => self.buckets.push_back((now, ms)),
         }
-        self.samples.push_back((now, ms));
+        while self.buckets.len() > RTT_BUCKETS {
+            self.buckets.pop_front();
+        }
     }
 
-    fn congested(&self) -> bool {
-        let (Some(s), Some(min)) = (self.srtt, self.samples.iter().map(|(_, r)| *r).min()) else {
+    fn congested(&self, now: Instant) -> bool {
+        let (Some(s), Some(last)) = (self.srtt, self.last) else {
             return false;
         };
+        if now.saturating_duration_since(last) > REPORTS_STALE {
+            return true;
+        }
+        let min = self.buckets.iter().map(|(_, m)| *m).min().unwrap_or(0);
         s - f64::from(min) > QUEUE_LIMIT.as_millis() as f64
     }
 }
@@ -650,7 +663,7 @@ mod tests {
 
     fn wire_of(f: &mut Fec, d: &[u8]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        f.send(d, &mut |w| out.push(w.to_vec()));
+        f.send(Instant::now(), d, &mut |w| out.push(w.to_vec()));
         out
     }
 
@@ -671,7 +684,7 @@ mod tests {
                 all.push(d.clone());
                 wire.extend(wire_of(&mut tx, &d));
             }
-            tx.flush(&mut |w| wire.push(w.to_vec()));
+            tx.flush(now, &mut |w| wire.push(w.to_vec()));
             let mut got = Vec::new();
             for w in wire {
                 if rng.below(100) >= loss_pct {
@@ -779,9 +792,9 @@ mod tests {
             let (t, d) = (t0 + Duration::from_millis(100 * step as u64), delay(step));
             let mut from_a = Vec::new();
             for i in 0..4 {
-                a.send(&datagram(step * 4 + i), &mut |w| from_a.push(w.to_vec()));
+                a.send(t, &datagram(step * 4 + i), &mut |w| from_a.push(w.to_vec()));
             }
-            a.flush(&mut |w| from_a.push(w.to_vec()));
+            a.flush(t, &mut |w| from_a.push(w.to_vec()));
             per_step.push(from_a.iter().filter(|w| w[1] == KIND_PARITY).count());
             a.handle_timeout(t, &mut |w| from_a.push(w.to_vec()));
             for w in from_a {
@@ -790,7 +803,8 @@ mod tests {
                     b.receive(t + d, &w, &mut |_| {});
                 }
             }
-            let mut from_b = wire_of(&mut b, &datagram(step));
+            let mut from_b = Vec::new();
+            b.send(t + d, &datagram(step), &mut |w| from_b.push(w.to_vec()));
             b.handle_timeout(t + d, &mut |w| from_b.push(w.to_vec()));
             for w in from_b {
                 a.receive(t + d + d, &w, &mut |_| {});
@@ -804,13 +818,46 @@ mod tests {
         // A steady 20 ms path: parity for the reported ~20 % loss.
         let steady = parity_per_step(40, |_| Duration::from_millis(20));
         assert!(steady[10..].iter().all(|m| *m > 0), "{steady:?}");
-        // From step 20 the delay grows 10 ms per step (a queue filling): parity stops
-        // once the round trip is 25 ms over its minimum, and comes back when it drains.
-        let queued = parity_per_step(60, |s| {
-            Duration::from_millis(20 + 10 * (s.clamp(20, 30) as u64 - 20) * u64::from(s < 40))
+        // From step 20 the delay grows 10 ms per step to 120 ms and stands there for 17 s
+        // (an overloaded link's full queue), then drains at step 200: parity stops once
+        // the round trip is 25 ms over its minimum, stays off while the queue stands, and
+        // comes back when it drains.
+        let queued = parity_per_step(260, |s| {
+            let ms = match s {
+                0..20 | 200.. => 20,
+                20..30 => 20 + 10 * (s as u64 - 20),
+                _ => 120,
+            };
+            Duration::from_millis(ms)
         });
         assert!(queued[10..20].iter().all(|m| *m > 0), "{queued:?}");
-        assert!(queued[25..40].iter().all(|m| *m == 0), "{queued:?}");
-        assert!(queued[50..].iter().all(|m| *m > 0), "{queued:?}");
+        assert!(queued[25..200].iter().all(|m| *m == 0), "{queued:?}");
+        assert!(queued[215..].iter().all(|m| *m > 0), "{queued:?}");
+    }
+
+    #[test]
+    fn parity_stops_when_reports_stop_coming() {
+        let mut a = Fec::new();
+        let t0 = Instant::now();
+        let report = |a: &mut Fec, at: Instant, n: u32, echo: u32| {
+            let mut r = vec![MAGIC, KIND_REPORT];
+            // 80 % of 100 n received; stamp 1; echoing `echo`, held 0.
+            for v in [80 * n, 100 * n, 1, echo, 0] {
+                r.extend_from_slice(&v.to_be_bytes());
+            }
+            a.receive(at, &r, &mut |_| {});
+        };
+        let parity_at = |a: &mut Fec, at: Instant| {
+            let mut n = 0;
+            a.send(at, &[0x80, 1, 2, 3], &mut |_| {});
+            a.flush(at, &mut |w| n += usize::from(w[1] == KIND_PARITY));
+            n
+        };
+        // a's report clock starts at the first report (t0); the second echoes a stamp of
+        // 1 ms 20 ms later.
+        report(&mut a, t0, 1, 0);
+        report(&mut a, t0 + Duration::from_millis(20), 2, 1);
+        assert!(parity_at(&mut a, t0 + Duration::from_millis(30)) > 0);
+        assert_eq!(parity_at(&mut a, t0 + Duration::from_millis(1100)), 0);
     }
 }

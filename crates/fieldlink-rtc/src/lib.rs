@@ -192,7 +192,7 @@ pub fn drive_wire(
         |t| match fec {
             Some(f) => {
                 *dest = Some(t.destination);
-                f.send(&t.contents, &mut |d| send(d, t.destination));
+                f.send(Instant::now(), &t.contents, &mut |d| send(d, t.destination));
             }
             None => send(&t.contents, t.destination),
         },
@@ -202,7 +202,7 @@ pub fn drive_wire(
         return polled;
     };
     let now = Instant::now();
-    f.flush(&mut |d| send(d, dest));
+    f.flush(now, &mut |d| send(d, dest));
     f.handle_timeout(now, &mut |d| send(d, dest));
     match (polled, f.poll_timeout()) {
         (Polled::Timeout(t), Some(report)) => Polled::Timeout(t.min(report)),
