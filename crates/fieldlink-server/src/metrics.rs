@@ -126,6 +126,11 @@ pub struct Metrics {
     /// NACKs (repair requests) receivers sent.
     pub packets_forwarded: Counter,
     pub nacks_received: Counter,
+    /// FEC: parity datagrams sent to devices, datagrams from devices rebuilt from parity,
+    /// and blocks from devices given up with datagrams missing.
+    pub fec_parity_sent: Counter,
+    pub fec_recovered: Counter,
+    pub fec_unrecovered: Counter,
     /// Audio packets written to receivers, and those no audio line was free for.
     pub audio_packets_forwarded: Counter,
     pub audio_packets_unrouted: Counter,
@@ -219,6 +224,21 @@ impl Metrics {
                 &mut r,
                 "nacks_received",
                 "NACK repair requests from receivers",
+            ),
+            fec_parity_sent: add(
+                &mut r,
+                "fec_parity_sent",
+                "FEC parity datagrams sent to devices",
+            ),
+            fec_recovered: add(
+                &mut r,
+                "fec_recovered",
+                "Datagrams from devices rebuilt from FEC parity",
+            ),
+            fec_unrecovered: add(
+                &mut r,
+                "fec_blocks_unrecovered",
+                "FEC blocks from devices given up with datagrams missing (NACK repairs them)",
             ),
             audio_packets_forwarded: add(
                 &mut r,
@@ -347,6 +367,9 @@ mod tests {
             "fieldlink_video_frames_forwarded_total 0",
             "fieldlink_video_packets_forwarded_total 0",
             "fieldlink_nacks_received_total 0",
+            "fieldlink_fec_parity_sent_total 0",
+            "fieldlink_fec_recovered_total 0",
+            "fieldlink_fec_blocks_unrecovered_total 0",
             "fieldlink_audio_packets_forwarded_total 0",
             "fieldlink_gb28181_invite_first_frame_seconds_count 1",
         ] {

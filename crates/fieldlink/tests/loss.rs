@@ -812,6 +812,19 @@ async fn frames_on_time(leg: Leg, rtt_ms: u32, losses: &[u32], secs: u64) -> Vec
         );
         results.push((on_time, sent));
     }
+    // The server's FEC at work, as its metrics tell: rebuilding what the field device
+    // sent, or sending parity to the remote.
+    let samples = common::metrics::scrape(&s);
+    let count = |name| common::metrics::value(&samples, name, &[]);
+    let (parity, rebuilt) = (
+        count("fieldlink_fec_parity_sent_total"),
+        count("fieldlink_fec_recovered_total"),
+    );
+    eprintln!("server FEC: {parity} parity datagrams sent, {rebuilt} datagrams rebuilt");
+    match leg {
+        Leg::FieldToServer => assert!(rebuilt > 0.0, "nothing rebuilt at the server"),
+        Leg::ServerToRemote => assert!(parity > 0.0, "no parity from the server"),
+    }
     results
 }
 

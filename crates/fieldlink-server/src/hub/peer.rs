@@ -17,7 +17,8 @@ use str0m::rtp::Extension;
 use str0m::{Candidate, Event, IceConnectionState, Input, Rtc};
 
 use fieldlink_proto::{DeviceId, ErrorCode, Qos, Role};
-use fieldlink_rtc::{fec, Ended, Polled, Wire};
+use fieldlink_rtc::fec::{self, FecStats};
+use fieldlink_rtc::{Ended, Polled, Wire};
 
 use super::control::{flush_reliable, LOSSY_BUFFER_LIMIT};
 use super::gop::SourceInfo;
@@ -49,6 +50,8 @@ pub(super) struct Peer {
     /// Its datagrams to and from the socket (FEC under DTLS/SRTP when both sides speak
     /// it).
     pub(super) wire: Wire,
+    /// The FEC figures already added to the metrics.
+    pub(super) fec_counted: FecStats,
 }
 
 /// What polling one peer hands back to the hub, to act on once the peer is released.
@@ -151,6 +154,7 @@ impl Hub {
             pending_reliable: VecDeque::new(),
             next_timeout: now,
             wire: Wire::new(fec),
+            fec_counted: FecStats::default(),
         }));
         self.by_addr.retain(|_, c| *c != conn);
         let n = video_mids.len();
@@ -223,6 +227,26 @@ impl Hub {
         peer.wire
             .receive(&mut peer.rtc, now, data, source, self.candidate_addr);
         self.poll(conn);
+    }
+
+    /// Adds what each peer's FEC did since the last call to the metrics.
+    pub(super) fn count_fec(&mut self) {
+        for c in self.clients.values_mut() {
+            let Some(peer) = c.peer.as_mut() else {
+                continue;
+            };
+            let Some(now) = peer.wire.fec_stats() else {
+                continue;
+            };
+            let was = std::mem::replace(&mut peer.fec_counted, now);
+            let m = &self.metrics;
+            m.fec_parity_sent
+                .inc_by(now.parity_sent.saturating_sub(was.parity_sent));
+            m.fec_recovered
+                .inc_by(now.recovered.saturating_sub(was.recovered));
+            m.fec_unrecovered
+                .inc_by(now.unrecovered.saturating_sub(was.unrecovered));
+        }
     }
 
     pub(super) fn peer_accepts(&self, conn: ConnId, input: &Input) -> bool {

@@ -41,6 +41,7 @@ impl Hub {
             return;
         }
         self.quality_due = now + EVERY;
+        self.count_fec();
         let source_frames = |hub: &Hub, field: &DeviceId, stream: u32| -> u64 {
             hub.by_device
                 .get(field)
