@@ -66,6 +66,9 @@ pub(crate) enum PeerEvent {
     Dead(String),
 }
 
+/// Receive buffer the peer's UDP socket asks for.
+const RECV_BUFFER: usize = 2 << 20;
+
 pub(crate) struct Peer {
     rtc: Rtc,
     pub socket: UdpSocket,
@@ -129,6 +132,12 @@ impl Peer {
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await.map_err(|e| {
             SdkError::new(ErrorCode::MediaNotReady, format!("bind UDP on {ip}: {e}"))
         })?;
+        // Two keyframes with their parity at 30 % loss arrive as a burst of 200+ datagrams:
+        // more than the default ~200 KiB receive buffer holds if the task is late to read
+        // (the kernel caps this at twice net.core.rmem_max).
+        if let Err(e) = socket2::SockRef::from(&socket).set_recv_buffer_size(RECV_BUFFER) {
+            tracing::debug!("UDP receive buffer: {e}");
+        }
         let local = socket
             .local_addr()
             .map_err(|e| SdkError::new(ErrorCode::MediaNotReady, e.to_string()))?;

@@ -76,7 +76,9 @@ impl LossyRelay {
                     if upstreams.len() >= 16 {
                         continue;
                     }
-                    let up = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                    let up = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                    big_buffers(&up);
+                    let up = Arc::new(up);
                     up.connect(server).await.unwrap();
                     let down = Pipe::spawn(front.clone(), Some(client));
                     let (l, d, p) = (loss.clone(), dropped.clone(), passed.clone());
@@ -121,6 +123,13 @@ impl LossyRelay {
     }
 }
 
+/// The relay's sockets hold bursts (two keyframes with FEC parity) as a router would.
+fn big_buffers(s: &UdpSocket) {
+    let s = socket2::SockRef::from(s);
+    s.set_recv_buffer_size(4 << 20).unwrap();
+    s.set_send_buffer_size(4 << 20).unwrap();
+}
+
 /// A server whose WebRTC traffic all crosses a fresh relay, with the standard devices.
 async fn through_relay() -> (TestServer, LossyRelay) {
     through_relay_with(&[]).await
@@ -129,6 +138,7 @@ async fn through_relay() -> (TestServer, LossyRelay) {
 /// [`through_relay`], with more server flags.
 async fn through_relay_with(flags: &[&str]) -> (TestServer, LossyRelay) {
     let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    big_buffers(&front);
     let front_addr = front.local_addr().unwrap().to_string();
     let mut args = vec!["--public-addr", &front_addr];
     args.extend_from_slice(flags);
