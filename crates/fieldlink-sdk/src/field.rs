@@ -86,16 +86,28 @@ impl FieldDevice {
                 let force =
                     flags.keyframe_wanted[idx].swap(false, std::sync::atomic::Ordering::Relaxed);
                 // Each stream gets an equal share of the bandwidth estimate.
+                let streams = flags.keyframe_wanted.len().max(1) as u64;
                 let est = if flags.adapt_bitrate {
-                    flags
+                    // Before the first estimate: where the estimator starts, not the
+                    // configured (highest) rate, which would flood a narrow link at once.
+                    match flags
                         .estimate_bps
                         .load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        0 => crate::peer::INITIAL_BPS * streams,
+                        e => e,
+                    }
                 } else {
                     0
                 };
                 // Leave headroom: encoders overshoot (keyframes), and a full link means loss.
+                let queue = match flags.queue_ms.load(std::sync::atomic::Ordering::Relaxed) {
+                    u64::MAX => None,
+                    ms => Some(std::time::Duration::from_millis(ms)),
+                };
                 let share_kbps = follower.follow(
-                    (est * 85 / 100 / 1000 / flags.keyframe_wanted.len().max(1) as u64) as u32,
+                    (est * 85 / 100 / 1000 / streams) as u32,
+                    queue,
                     std::time::Instant::now(),
                 );
                 // Encoding (or waiting for a camera) blocks: keep it off the async workers.

@@ -7,24 +7,69 @@
 //! the losses then cost frames (seen behind a 1 Mbit/s shaper). Raising by at most
 //! [`RAISE_PER_S`] lets the queue delay grow slowly enough to be seen first; a falling
 //! estimate is followed at once.
-use std::time::Instant;
+//!
+//! Except at the start: for [`START`] after the first estimate, the estimate comes from
+//! the estimator's initial probes (bursts at 3× and 6× its starting point, measured as
+//! they arrive), not from growth in application-limited time, so it is followed as it
+//! is; at 5 %/s a source starting at 300 kbit/s would need 25 s to fill a 1 Mbit/s link.
+use std::time::{Duration, Instant};
+
+/// How long after the first estimate a source follows it up without a limit.
+pub const START: Duration = Duration::from_secs(3);
 
 /// The largest relative raise of a source's target per second (GoogCC's own
 /// multiplicative increase is about 8% per second).
-pub const RAISE_PER_S: f64 = 0.05;
+pub const RAISE_PER_S: f64 = 0.15;
+
+/// A queue on the path this long stops raises, and this long cuts the target by
+/// [`QUEUE_CUT_TO`] (at most every [`QUEUE_CUT_EVERY`]). The estimate swings ~20 % above
+/// a narrow link's rate for seconds before its own detector reacts (seen behind a
+/// 400 kbit/s `tc tbf`), and a source that followed built a backlog that made every
+/// frame late for 1–3 s. The queue is measured by the FEC reports' round trip against
+/// its two-minute minimum (`fieldlink_proto::fec`), every 100 ms.
+pub const QUEUE_HOLD: Duration = Duration::from_millis(20);
+pub const QUEUE_CUT: Duration = Duration::from_millis(50);
+pub const QUEUE_CUT_TO: f64 = 0.85;
+pub const QUEUE_CUT_EVERY: Duration = Duration::from_millis(500);
 
 /// One source's target, kbit/s.
 #[derive(Debug, Default)]
 pub struct Follower {
     kbps: f64,
     at: Option<Instant>,
+    /// When the first estimate came.
+    first: Option<Instant>,
+    /// When the queue last cut the target.
+    cut: Option<Instant>,
 }
 
 impl Follower {
-    /// The target for a share of `share_kbps` at `now` (0 = no estimate yet: 0).
-    pub fn follow(&mut self, share_kbps: u32, now: Instant) -> u32 {
+    /// The target for a share of `share_kbps` at `now` (0 = no estimate yet: 0), with
+    /// `queue` on the path (`None`: not measured).
+    pub fn follow(&mut self, share_kbps: u32, queue: Option<Duration>, now: Instant) -> u32 {
         let share = f64::from(share_kbps);
-        let Some(at) = self.at.filter(|_| share > self.kbps && self.kbps > 0.0) else {
+        let queue = queue.unwrap_or_default();
+        if queue >= QUEUE_CUT
+            && self.kbps > 0.0
+            && self
+                .cut
+                .is_none_or(|t| now.saturating_duration_since(t) >= QUEUE_CUT_EVERY)
+        {
+            self.cut = Some(now);
+            self.kbps = share.min(self.kbps * QUEUE_CUT_TO);
+            self.at = Some(now);
+            return self.kbps as u32;
+        }
+        if queue >= QUEUE_HOLD && share > self.kbps && self.kbps > 0.0 {
+            self.at = Some(now);
+            return self.kbps as u32;
+        }
+        let first = *self.first.get_or_insert(now);
+        let starting = now.saturating_duration_since(first) < START;
+        let Some(at) = self
+            .at
+            .filter(|_| share > self.kbps && self.kbps > 0.0 && !starting)
+        else {
             self.kbps = share;
             self.at = Some(now);
             return share_kbps;
@@ -39,21 +84,54 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    impl Follower {
+        fn follow_free(&mut self, share: u32, now: Instant) -> u32 {
+            self.follow(share, None, now)
+        }
+    }
+
+    #[test]
+    fn a_queue_holds_raises_and_cuts() {
+        let t0 = Instant::now();
+        let mut f = Follower::default();
+        f.follow(1000, None, t0);
+        let t = t0 + START;
+        assert_eq!(f.follow(800, None, t), 800);
+        // A short queue: no raise.
+        assert_eq!(
+            f.follow(
+                2000,
+                Some(Duration::from_millis(30)),
+                t + Duration::from_secs(1)
+            ),
+            800
+        );
+        // A long one: cut, not again within 500 ms, then again.
+        let q = Some(Duration::from_millis(80));
+        assert_eq!(f.follow(2000, q, t + Duration::from_secs(2)), 680);
+        assert_eq!(f.follow(2000, q, t + Duration::from_millis(2200)), 680);
+        assert_eq!(f.follow(2000, q, t + Duration::from_millis(2500)), 578);
+        // Gone: raises again.
+        assert!(f.follow(2000, None, t + Duration::from_secs(4)) > 578);
+    }
 
     #[test]
     fn falls_at_once_and_rises_slowly() {
         let t0 = Instant::now();
         let mut f = Follower::default();
-        assert_eq!(f.follow(0, t0), 0);
-        assert_eq!(f.follow(1000, t0), 1000);
-        assert_eq!(f.follow(600, t0 + Duration::from_millis(10)), 600);
+        assert_eq!(f.follow_free(0, t0), 0);
+        // At the start (the initial probes' results) the estimate is followed at once.
+        assert_eq!(f.follow_free(300, t0), 300);
+        assert_eq!(f.follow_free(1000, t0 + Duration::from_secs(1)), 1000);
+        let t0 = t0 + START;
+        assert_eq!(f.follow_free(600, t0 + Duration::from_millis(10)), 600);
         // 25 calls a second for two seconds towards 2000: about 600 × 1.05².
         let mut k = 0;
         for i in 1..=50 {
-            k = f.follow(2000, t0 + Duration::from_millis(10 + 40 * i));
+            k = f.follow_free(2000, t0 + Duration::from_millis(10 + 40 * i));
         }
         assert!((655..=670).contains(&k), "{k}");
-        assert_eq!(f.follow(500, t0 + Duration::from_secs(3)), 500);
+        assert_eq!(f.follow_free(500, t0 + Duration::from_secs(7)), 500);
     }
 }

@@ -391,6 +391,8 @@ pub(crate) struct Shared {
     pub keyframe_notify: Vec<tokio::sync::Notify>,
     /// Field: the current send-side bandwidth estimate, bits per second (0 = none yet).
     pub estimate_bps: std::sync::atomic::AtomicU64,
+    /// Field: the queue on the path to the server, ms (`u64::MAX`: not measured).
+    pub queue_ms: std::sync::atomic::AtomicU64,
     /// Field: sources follow the estimate (`DeviceConfig::adapt_bitrate`).
     pub adapt_bitrate: bool,
     /// Remote: per receiver, its stream and window.
@@ -467,6 +469,7 @@ impl Handle {
             keyframe_wanted: (0..cfg.streams).map(|_| Default::default()).collect(),
             keyframe_notify: (0..cfg.streams).map(|_| Default::default()).collect(),
             estimate_bps: Default::default(),
+            queue_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
             adapt_bitrate: adapt,
             receivers: Mutex::new(vec![Receiver::default(); cfg.streams as usize]),
         });

@@ -69,6 +69,19 @@ pub(crate) enum PeerEvent {
 /// Receive buffer the peer's UDP socket asks for.
 const RECV_BUFFER: usize = 2 << 20;
 
+/// Field: where the bandwidth estimate starts, per video stream (bit/s). libWebRTC's
+/// default: the estimator's first probes (3× and 6× it) find a faster link within a
+/// second, while a narrow one is not flooded at the start. (800 kbit/s with its probes
+/// overflowed a 400 kbit/s uplink so that the first keyframe never got through.)
+pub(crate) const INITIAL_BPS: u64 = 300_000;
+/// Field: the rate the estimator probes towards, per video stream (bit/s).
+pub(crate) const DESIRED_BPS: u64 = 800_000;
+/// Field: video is paced while the estimate is under this many times the desired rate,
+/// and leaves at once again above [`UNPACE_ABOVE`] times it (the gap keeps it from
+/// flapping).
+const PACE_BELOW: u64 = 2;
+const UNPACE_ABOVE: u64 = 3;
+
 pub(crate) struct Peer {
     rtc: Rtc,
     pub socket: UdpSocket,
@@ -91,6 +104,11 @@ pub(crate) struct Peer {
     h265_head: Vec<Option<(u64, Vec<u8>)>>,
     /// Sees every datagram (`DeviceConfig::packet_observer`).
     pub observer: Option<crate::PacketObserver>,
+    /// Field: the estimator's starting point and the rate it probes towards (bit/s).
+    initial_bps: u64,
+    desired_bps: u64,
+    /// Field: whether video goes through str0m's pacer now ([`Peer::pace_for`]).
+    paced: Option<bool>,
 }
 
 /// The audio m-lines a device offers: `send` on the first, `receive` on all of them.
@@ -162,7 +180,7 @@ impl Peer {
         if send && videos > 0 {
             // Congestion control for what this device sends: TWCC feedback from the server
             // drives the estimate that the sources follow.
-            rtc = rtc.enable_bwe(Some(Bitrate::kbps(u64::from(videos) * 800)));
+            rtc = rtc.enable_bwe(Some(Bitrate::bps(u64::from(videos) * INITIAL_BPS)));
         }
         let mut rtc = rtc.build(now);
         let cand = Candidate::host(local, "udp").map_err(|e| {
@@ -232,6 +250,9 @@ impl Peer {
                 h265_head: vec![None; video_mids.len()],
                 observer: None,
                 audio_mids: audio_mids.clone(),
+                initial_bps: u64::from(videos) * INITIAL_BPS,
+                desired_bps: u64::from(videos) * DESIRED_BPS,
+                paced: None,
             },
             Offer {
                 sdp: offer.to_sdp_string(),
@@ -265,13 +286,43 @@ impl Peer {
         for mid in sending {
             if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(*mid, None) {
                 tx.set_rtx_cache(packets, age, Some(fieldlink_media::RTX_RATIO_CAP));
-                // Video leaves at once: str0m paces at 1.1 × the estimate, which holds a
-                // keyframe back for tens of ms (a switch waits for it). The sources follow
-                // the estimate instead, and TWCC still sees every packet.
-                tx.set_unpaced(true);
             }
         }
+        self.paced = None;
+        self.pace_for(self.initial_bps);
         Ok(())
+    }
+
+    /// The queue on the path to the server as the FEC reports' round trip shows it
+    /// (`None` without FEC or before its first report).
+    pub fn queue_ms(&self) -> Option<f64> {
+        self.wire.fec_stats().and_then(|s| s.queue_ms)
+    }
+
+    /// Field: paces video while the estimate says the network is the limit, lets it leave
+    /// at once when the estimate is far above what the sources want ([`PACE_BELOW`]).
+    ///
+    /// Paced, a keyframe crosses a narrow link spread at 1.1 × the estimate instead of
+    /// landing in the bottleneck's queue at once: unpaced keyframes behind a 1 Mbit/s
+    /// `tc tbf` read as overuse to the delay detector every time, and the estimate sank
+    /// to a third of the link (docs/architecture.md, "Bitrate adaptation"). On a fast
+    /// network pacing only delays: a 60 KB keyframe paced at a few Mbit/s waits ~100 ms,
+    /// and a stream switch waits for it.
+    pub fn pace_for(&mut self, estimate_bps: u64) {
+        let wanted = self.desired_bps.max(1);
+        let paced = match self.paced {
+            Some(true) => estimate_bps < wanted * UNPACE_ABOVE,
+            _ => estimate_bps < wanted * PACE_BELOW,
+        };
+        if self.paced == Some(paced) || !self.sends_video {
+            return;
+        }
+        self.paced = Some(paced);
+        for mid in &self.video_mids {
+            if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(*mid, None) {
+                tx.set_unpaced(!paced);
+            }
+        }
     }
 
     pub fn handle_datagram(&mut self, data: &[u8], source: SocketAddr) {
@@ -306,6 +357,7 @@ impl Peer {
 
     /// Field: tells the estimator the range it may probe in (bits per second).
     pub fn set_bitrate_range(&mut self, min_bps: u64, desired_bps: u64) {
+        self.desired_bps = desired_bps;
         self.rtc
             .bwe()
             .set_bitrate(Bitrate::bps(min_bps), Bitrate::bps(desired_bps));

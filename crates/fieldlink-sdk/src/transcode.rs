@@ -183,7 +183,7 @@ pub fn decode_jpeg(data: &[u8]) -> Result<Picture, String> {
 }
 
 /// Bilinear scaling of one plane (16.16 fixed point), `w×h` to `ow×oh`.
-fn scale_plane(src: &[u8], w: usize, h: usize, ow: usize, oh: usize, out: &mut Vec<u8>) {
+pub(crate) fn scale_plane(src: &[u8], w: usize, h: usize, ow: usize, oh: usize, out: &mut Vec<u8>) {
     if w == ow && h == oh {
         out.extend_from_slice(&src[..w * h]);
         return;
@@ -225,7 +225,8 @@ impl VideoSource for Transcode {
     }
 
     fn set_target_kbps(&mut self, kbps: u32) {
-        self.encoder.set_target_kbps(kbps);
+        self.encoder
+            .set_target_kbps(kbps, self.cfg.width, self.cfg.height);
     }
     fn kbps(&self) -> Option<u32> {
         Some(self.cfg.kbps)

@@ -227,7 +227,8 @@ impl VideoSource for TestPattern {
     }
 
     fn set_target_kbps(&mut self, kbps: u32) {
-        self.encoder.set_target_kbps(kbps);
+        self.encoder
+            .set_target_kbps(kbps, self.cfg.width, self.cfg.height);
     }
     fn kbps(&self) -> Option<u32> {
         Some(self.cfg.kbps)

@@ -42,6 +42,11 @@ pub const MAX_DATAGRAM: usize = 2000;
 pub const TARGET: f64 = 0.0005;
 /// Below this reported loss no parity is sent (NACK alone repairs rare losses).
 pub const MIN_LOSS: f64 = 0.005;
+/// Above this reported loss no parity is sent either: such loss is a link overflowing or
+/// failing, not random, and parity (up to 4× the data) would feed it. Seen at a call's
+/// start behind a 1 Mbit/s `tc tbf`: the estimator's first probes overflowed the queue,
+/// 75–90 % loss was reported and parity kept it there for 3 s.
+pub const MAX_LOSS: f64 = 0.45;
 /// How often the receiving side reports what it got.
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 /// Blocks kept for recovery, at most, and for how long.
@@ -71,6 +76,9 @@ pub struct FecStats {
     pub unrecovered: u64,
     /// Loss seen on what this side receives (0–1, all time).
     pub loss_received: f64,
+    /// How far the round trip stands above its minimum of the last two minutes, ms: the
+    /// queue at the bottleneck (`None` before the first report).
+    pub queue_ms: Option<f64>,
 }
 
 /// The datagram str0m wrote that a wire datagram carries as it is: itself when not FEC,
@@ -88,11 +96,11 @@ pub fn carried(wire: &[u8]) -> Option<&[u8]> {
 /// Small blocks cost the most: at 30 % loss a lone datagram goes out eight times, a
 /// 5-datagram frame with 13 parity, a 40-datagram keyframe with 45; at 10 % loss 3, 5, 16.
 pub fn parity_for(k: usize, loss: f64) -> usize {
-    if k == 0 || loss.is_nan() || loss < MIN_LOSS {
+    if k == 0 || loss.is_nan() || !(MIN_LOSS..=MAX_LOSS).contains(&loss) {
         return 0;
     }
     // The estimate is a sample: aim a little above it.
-    let p = (loss * 1.2).min(0.6);
+    let p = loss * 1.2;
     let most = (4 * k + 4).min(MAX_M);
     (1..=most)
         .find(|&m| more_than_lost(k + m, m, p) <= TARGET)
@@ -165,7 +173,7 @@ impl Fec {
         }
         if self.count == 0 {
             self.base = self.seq;
-            self.protect = self.estimate.loss >= MIN_LOSS;
+            self.protect = (MIN_LOSS..=MAX_LOSS).contains(&self.estimate.loss);
         }
         let flags = if self.protect { PROTECTED } else { 0 };
         self.buf.clear();
@@ -312,6 +320,7 @@ impl Fec {
             recovered: self.rx.recovered,
             unrecovered: self.rx.unrecovered,
             loss_received: self.rx.loss(),
+            queue_ms: self.rtt.queue_ms(),
         }
     }
 }
@@ -357,15 +366,19 @@ impl Rtt {
         }
     }
 
+    fn queue_ms(&self) -> Option<f64> {
+        let min = self.buckets.iter().map(|(_, m)| *m).min().unwrap_or(0);
+        self.srtt.map(|s| (s - f64::from(min)).max(0.0))
+    }
+
     fn congested(&self, now: Instant) -> bool {
-        let (Some(s), Some(last)) = (self.srtt, self.last) else {
+        let (Some(queue), Some(last)) = (self.queue_ms(), self.last) else {
             return false;
         };
         if now.saturating_duration_since(last) > REPORTS_STALE {
             return true;
         }
-        let min = self.buckets.iter().map(|(_, m)| *m).min().unwrap_or(0);
-        s - f64::from(min) > QUEUE_LIMIT.as_millis() as f64
+        queue > QUEUE_LIMIT.as_millis() as f64
     }
 }
 

@@ -85,6 +85,9 @@ fn parity_follows_the_reported_loss_and_recovers_blocks() {
 fn parity_count_meets_the_target() {
     assert_eq!(parity_for(10, 0.0), 0);
     assert_eq!(parity_for(10, 0.001), 0);
+    // An overflowing link's loss gets no parity.
+    assert_eq!(parity_for(10, 0.5), 0);
+    assert_eq!(parity_for(10, 0.9), 0);
     for k in [1, 2, 5, 16, 40, 64] {
         for loss in [0.01, 0.05, 0.1, 0.2, 0.3] {
             let m = parity_for(k, loss);

@@ -140,7 +140,7 @@ pub(super) async fn establish(role: Role, cfg: &DeviceConfig) -> Result<Connecti
                     PeerEvent::Ready => {
                         if role == Role::Field && cfg.streams > 0 {
                             let n = u64::from(cfg.streams);
-                            peer.set_bitrate_range(100_000 * n, 800_000 * n);
+                            peer.set_bitrate_range(100_000 * n, crate::peer::DESIRED_BPS * n);
                         }
                         return Ok(Connection { ws, peer, early });
                     }

@@ -479,6 +479,12 @@ impl Driver {
                         })
                     }
                     PeerEvent::Estimate(bps) => {
+                        conn.peer.pace_for(bps);
+                        // u64::MAX: not measured.
+                        let queue = conn.peer.queue_ms().map_or(u64::MAX, |q| q as u64);
+                        self.shared
+                            .queue_ms
+                            .store(queue, std::sync::atomic::Ordering::Relaxed);
                         self.shared
                             .estimate_bps
                             .store(bps, std::sync::atomic::Ordering::Relaxed);

@@ -16,6 +16,7 @@ pub mod audio;
 pub mod camera;
 pub mod gb;
 pub mod metrics;
+pub mod netns;
 pub mod tls;
 
 pub const KEY: &str = "0123456789abcdef0123456789abcdef";
@@ -58,6 +59,12 @@ impl TestServer {
 
     /// Starts the server with `toml` as its config file and extra flags.
     pub fn start_with(toml: &str, extra: &[&str]) -> TestServer {
+        Self::start_on("127.0.0.1", toml, extra)
+    }
+
+    /// [`TestServer::start_with`], listening (HTTP and UDP) on `ip` instead of 127.0.0.1
+    /// (a test network's address, [`netns::TestNet`]).
+    pub fn start_on(ip: &str, toml: &str, extra: &[&str]) -> TestServer {
         let dir = temp_dir("srv");
         std::fs::write(dir.join("server.toml"), toml).unwrap();
         let mut s = TestServer {
@@ -71,7 +78,8 @@ impl TestServer {
             ca: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        s.spawn("127.0.0.1:0", "127.0.0.1:0");
+        let any_port = format!("{ip}:0");
+        s.spawn(&any_port, &any_port);
         s
     }
 

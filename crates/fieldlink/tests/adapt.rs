@@ -1,0 +1,174 @@
+//! Bitrate adaptation behind a real shaper: the field device runs on a test host (a
+//! network namespace the test makes) whose uplink is a `tc tbf` of 1 Mbit/s or
+//! 400 kbit/s; the server and the remote are on this side of the veth pair. The sources
+//! must settle within 5 s to 70–95 % of the link and stay there for 60 s, with < 1 % of
+//! frames later than 150 ms and no stall.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::netns::TestNet;
+use common::*;
+use fieldlink_sdk::Event;
+
+/// What the field device sends.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    /// The test pattern, 640x360, configured at 1500 kbit/s.
+    Pattern,
+    /// The RTSP camera's live picture, transcoded to 640x360 at up to 1500 kbit/s.
+    Camera,
+}
+
+/// One second at the remote.
+#[derive(Debug, Default, Clone)]
+struct Second {
+    bytes: usize,
+    frames: u32,
+    late: u32,
+    /// The longest wait between two frames, ms.
+    gap_ms: u64,
+    /// The field's estimate at the end of the second, kbit/s.
+    estimate: u64,
+    /// Shaper drops in the second.
+    dropped: u64,
+}
+
+/// Runs `source` behind a `link_kbps` uplink for `secs` seconds after the stream plays;
+/// returns what the remote saw each second.
+async fn behind_a_shaper(source: Source, link_kbps: u32, secs: u64) -> Option<Vec<Second>> {
+    let net = TestNet::create()?;
+    net.shape_uplink(link_kbps, 100);
+    let s = TestServer::start_on(&net.host_ip, "", &[]);
+    s.standard();
+    let host = net.runtime();
+    let _cam = matches!(source, Source::Camera).then(|| common::camera::Camera::start(&[]));
+    let mut fc = s.cfg("p/f", "fpw");
+    fc.streams = 1;
+    let estimate = Arc::new(AtomicU64::new(0));
+    let est = estimate.clone();
+    let cam_url = _cam.as_ref().map(|c| c.url("h264"));
+    let field = host
+        .run(async move {
+            let (field, mut fe) = fieldlink_sdk::FieldDevice::connect(fc).await.unwrap();
+            tokio::spawn(async move {
+                while let Some(e) = fe.recv().await {
+                    if let Event::BitrateEstimate { kbps } = e {
+                        est.store(kbps.into(), Ordering::Relaxed);
+                    }
+                }
+            });
+            field
+        })
+        .await;
+    match cam_url {
+        None => {
+            let tp = fieldlink_sdk::video::TestPatternConfig {
+                width: 640,
+                height: 360,
+                fps: 25.0,
+                kbps: 1500,
+                gop: 250,
+            };
+            field
+                .start_video(0, fieldlink_sdk::video::TestPattern::new(0, tp).unwrap())
+                .unwrap();
+        }
+        Some(url) => {
+            use fieldlink_sdk::transcode::{Transcode, TranscodeConfig};
+            let cfg = TranscodeConfig {
+                width: 640,
+                height: 360,
+                fps: 25.0,
+                kbps: 1500,
+                gop: 250,
+            };
+            // The camera is on our side (127.0.0.1): the transcoder's RTSP client opens
+            // its socket here, the encoded video leaves through the host's uplink.
+            field
+                .start_video(0, Transcode::start(&camera::rtsp(url), cfg).unwrap())
+                .unwrap();
+        }
+    }
+    let mut rc = s.cfg("p/r1", "rpw");
+    rc.streams = 1;
+    let (r, mut re) = fieldlink_sdk::RemoteDevice::connect(rc).await.unwrap();
+    r.connect_streams(&id("p/f"), &[0], &[0]).await.unwrap();
+    expect_event(&mut re, "playing", |e| {
+        matches!(
+            e,
+            Event::StreamState {
+                state: fieldlink_sdk::StreamState::Playing,
+                ..
+            }
+        )
+    })
+    .await;
+    let start = tokio::time::Instant::now();
+    let mut out = vec![Second::default(); secs as usize];
+    let mut last_frame = start;
+    let mut dropped0 = net.uplink_counters().1;
+    for (i, sec) in out.iter_mut().enumerate() {
+        let end = start + Duration::from_secs(i as u64 + 1);
+        while let Ok(Some(e)) = tokio::time::timeout_at(end, re.recv()).await {
+            let Event::Frame(f) = e else { continue };
+            let now = tokio::time::Instant::now();
+            sec.gap_ms = sec
+                .gap_ms
+                .max(now.duration_since(last_frame).as_millis() as u64);
+            last_frame = now;
+            sec.bytes += f.data.len();
+            sec.frames += 1;
+            if let Some(cap) = f.capture {
+                let delay = f.received.duration_since(cap).unwrap_or_default();
+                sec.late += u32::from(delay > Duration::from_millis(150));
+            }
+        }
+        sec.estimate = estimate.load(Ordering::Relaxed);
+        let dropped = net.uplink_counters().1;
+        sec.dropped = dropped - dropped0;
+        dropped0 = dropped;
+        eprintln!(
+            "{source:?} {link_kbps} kbit/s, second {:2}: video {:4} kbit/s, {:2} frames, {} late, gap {:3} ms, estimate {:4}, shaper dropped {}",
+            i + 1,
+            sec.bytes * 8 / 1000,
+            sec.frames,
+            sec.late,
+            sec.gap_ms,
+            sec.estimate,
+            sec.dropped
+        );
+    }
+    drop(field);
+    Some(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_pattern_settles_behind_1_mbit() {
+    let _ = behind_a_shaper(Source::Pattern, 1000, secs()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_test_pattern_settles_behind_400_kbit() {
+    let _ = behind_a_shaper(Source::Pattern, 400, secs()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transcoded_camera_settles_behind_1_mbit() {
+    let _ = behind_a_shaper(Source::Camera, 1000, 65).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transcoded_camera_settles_behind_400_kbit() {
+    let _ = behind_a_shaper(Source::Camera, 400, 65).await;
+}
+
+fn secs() -> u64 {
+    std::env::var("FL_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(65)
+}

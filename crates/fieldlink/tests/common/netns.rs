@@ -1,0 +1,208 @@
+//! A test host: a network namespace this test creates, joined to ours by a veth pair,
+//! with addresses from 198.18.0.0/15 (RFC 2544's range for network tests), and a
+//! `tc tbf` shaper on its uplink when asked. Deleted when dropped.
+//!
+//! An SDK device runs "on" that host in this process: [`TestNet::runtime`] gives a tokio
+//! runtime whose every thread has entered the namespace (setns(2)), so every socket its
+//! tasks open is the host's.
+
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub struct TestNet {
+    pub ns: String,
+    host_if: String,
+    ns_if: String,
+    /// Our side of the veth pair (a server listening here is reachable from the host).
+    pub host_ip: String,
+    /// The host's side.
+    pub ns_ip: String,
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("running {program} (Debian package iproute2): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl TestNet {
+    /// Makes the namespace, or `None` with a message where namespaces cannot be made here
+    /// (not root). Under CI (`CI=true`) that is a failure instead: these tests are
+    /// mandatory there.
+    pub fn create() -> Option<TestNet> {
+        match Self::try_create() {
+            Ok(net) => Some(net),
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("cannot make a test network namespace (mandatory under CI): {e}")
+            }
+            Err(e) => {
+                eprintln!(
+                    "SKIPPED: cannot make a test network namespace (needs root and iproute2): {e}"
+                );
+                None
+            }
+        }
+    }
+
+    fn try_create() -> Result<TestNet, String> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let pid = std::process::id();
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        // A /30 per (process, net): 32768 of them in 198.18.0.0/15.
+        let subnet = ((pid % 8192) * 4 + n % 4) * 4;
+        let addr = |host: u32| {
+            let a = subnet + host;
+            format!("198.{}.{}.{}", 18 + (a >> 16), (a >> 8) & 255, a & 255)
+        };
+        let mut net = TestNet {
+            ns: format!("fl-test-{pid}-{n}"),
+            host_if: format!("flh{pid}x{n}"),
+            ns_if: format!("fln{pid}x{n}"),
+            host_ip: addr(1),
+            ns_ip: addr(2),
+        };
+        run("ip", &["netns", "add", &net.ns])?;
+        // From here on, Drop deletes what was made.
+        let ns_if = std::mem::take(&mut net.ns_if);
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &net.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &ns_if,
+                "netns",
+                &net.ns,
+            ],
+        )?;
+        net.ns_if = ns_if;
+        let host_cidr = format!("{}/30", net.host_ip);
+        run("ip", &["addr", "add", &host_cidr, "dev", &net.host_if])?;
+        run("ip", &["link", "set", &net.host_if, "up"])?;
+        let ns_cidr = format!("{}/30", net.ns_ip);
+        net.inside("ip", &["addr", "add", &ns_cidr, "dev", &net.ns_if])?;
+        net.inside("ip", &["link", "set", &net.ns_if, "up"])?;
+        net.inside("ip", &["link", "set", "lo", "up"])?;
+        Ok(net)
+    }
+
+    fn inside(&self, program: &str, args: &[&str]) -> Result<(), String> {
+        let mut all = vec!["netns", "exec", &self.ns, program];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// Shapes what the host sends to `kbps` with `tc tbf`, its queue holding up to
+    /// `queue_ms` (what would wait longer is dropped, as a modem's buffer would).
+    pub fn shape_uplink(&self, kbps: u32, queue_ms: u32) {
+        let (rate, latency) = (format!("{kbps}kbit"), format!("{queue_ms}ms"));
+        // The bucket: two full-size packets. A larger one lets bursts pass at line rate,
+        // and the estimator's probes (short bursts) then read the link as faster than it is.
+        self.inside(
+            "tc",
+            &[
+                "qdisc",
+                "replace",
+                "dev",
+                &self.ns_if,
+                "root",
+                "tbf",
+                "rate",
+                &rate,
+                "burst",
+                "3000",
+                "latency",
+                &latency,
+            ],
+        )
+        .unwrap_or_else(|e| panic!("tc tbf: {e}"));
+    }
+
+    /// The uplink shaper's counters: (bytes sent, packets dropped).
+    pub fn uplink_counters(&self) -> (u64, u64) {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, "tc", "-s", "qdisc", "show", "dev",
+            ])
+            .arg(&self.ns_if)
+            .output()
+            .expect("tc -s qdisc show");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // " Sent 123 bytes 45 pkt (dropped 6, overlimits 7 requeues 0)"
+        let after = |key: &str| -> u64 {
+            text.split(key)
+                .nth(1)
+                .and_then(|t| t.trim_start().split([' ', ',']).next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (after("Sent "), after("dropped "))
+    }
+
+    /// A tokio runtime (two workers) whose threads all live in the namespace.
+    pub fn runtime(&self) -> NetRuntime {
+        let path = format!("/run/netns/{}", self.ns);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .on_thread_start(move || {
+                let f = std::fs::File::open(&path).expect("open the namespace");
+                // SAFETY: setns on a valid namespace fd changes only this thread.
+                let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            })
+            .build()
+            .expect("runtime");
+        NetRuntime(Some(rt))
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its end of the pair, and with it ours.
+        let _ = run("ip", &["netns", "del", &self.ns]);
+        let _ = run("ip", &["link", "del", &self.host_if]);
+    }
+}
+
+/// A runtime on a test host; shut down without waiting when dropped (also from async).
+pub struct NetRuntime(Option<tokio::runtime::Runtime>);
+
+impl NetRuntime {
+    /// Runs `f` on the host and waits for it.
+    pub async fn run<F>(&self, f: F) -> F::Output
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.0
+            .as_ref()
+            .expect("runtime")
+            .spawn(f)
+            .await
+            .expect("task on the test host")
+    }
+}
+
+impl Drop for NetRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
