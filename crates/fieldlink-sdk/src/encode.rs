@@ -87,11 +87,13 @@ impl Ladder {
 
 /// An openh264 encoder whose output always lets a receiver start at a keyframe.
 pub struct H264Encoder {
-    encoder: Encoder,
+    /// Made at the first frame and at each change of picture size (`None` until then).
+    encoder: Option<Encoder>,
     fps: f64,
     gop: u32,
     params: fieldlink_media::ParamSets,
     max_kbps: u32,
+    /// The target: what the encoder was last set to, or is made with.
     current_kbps: u32,
     /// openh264 initializes on the first frame; options can be changed only after.
     started: bool,
@@ -102,21 +104,29 @@ pub struct H264Encoder {
     debt_bits: f64,
 }
 
-/// Changes a running encoder's target bitrate (openh264 `ENCODER_OPTION_BITRATE`), which
-/// the safe API of the openh264 crate does not offer.
-fn set_encoder_bitrate(encoder: &mut Encoder, kbps: u32) -> bool {
+/// Sets a running encoder's bitrate option (openh264 `ENCODER_OPTION_BITRATE` or
+/// `_MAX_BITRATE`), which the safe API of the openh264 crate does not offer.
+fn set_encoder_bitrate(
+    encoder: &mut Encoder,
+    option: openh264_sys2::ENCODER_OPTION,
+    kbps: u32,
+) -> bool {
     let mut info = openh264_sys2::SBitrateInfo {
-        iLayer: openh264_sys2::SPATIAL_LAYER_ALL,
+        // The highest rate is per layer (for "all layers" openh264 ignores it).
+        iLayer: if option == openh264_sys2::ENCODER_OPTION_MAX_BITRATE {
+            openh264_sys2::SPATIAL_LAYER_0
+        } else {
+            openh264_sys2::SPATIAL_LAYER_ALL
+        },
         iBitrate: kbps.saturating_mul(1000).min(i32::MAX as u32) as std::os::raw::c_int,
     };
     // SAFETY: the encoder was initialized by its first encode (callers check); the option
     // reads an `SBitrateInfo` through the pointer during the call only, and `info` outlives
     // it. The bitrate is not a parameter the crate relies on.
     let rc = unsafe {
-        encoder.raw_api().set_option(
-            openh264_sys2::ENCODER_OPTION_BITRATE,
-            std::ptr::from_mut(&mut info).cast(),
-        )
+        encoder
+            .raw_api()
+            .set_option(option, std::ptr::from_mut(&mut info).cast())
     };
     rc == 0
 }
@@ -125,7 +135,7 @@ impl H264Encoder {
     /// `kbps`: the configured (highest) bitrate; `gop`: frames between periodic keyframes.
     pub fn new(fps: f64, kbps: u32, gop: u32) -> Result<H264Encoder, SdkError> {
         Ok(H264Encoder {
-            encoder: Self::openh264(fps, kbps, gop)?,
+            encoder: None,
             fps,
             gop,
             params: Default::default(),
@@ -172,31 +182,47 @@ impl H264Encoder {
     pub fn set_target_kbps(&mut self, kbps: u32, w: u32, h: u32) {
         let want = kbps.clamp(MIN_KBPS.min(self.max_kbps), self.max_kbps);
         self.ladder.follow(want, w, h, self.fps, Instant::now());
-        if !self.started || want.abs_diff(self.current_kbps) * 10 <= self.current_kbps {
+        let Some(encoder) = self.encoder.as_mut().filter(|_| self.started) else {
+            // The next encoder is made with it.
+            self.current_kbps = want;
+            return;
+        };
+        if want.abs_diff(self.current_kbps) * 10 <= self.current_kbps {
             return; // small moves are noise
         }
-        if set_encoder_bitrate(&mut self.encoder, want) {
+        if set_encoder_bitrate(encoder, openh264_sys2::ENCODER_OPTION_BITRATE, want) {
             self.current_kbps = want;
         }
     }
 
     /// Encodes one picture of the configured size (scaled down to the ladder's size
     /// first): the Annex-B access unit (SPS/PPS before every keyframe) and whether it is
-    /// a keyframe, or `None` when the rate control skipped it.
+    /// a keyframe, or `None` when the rate control or the frame dropper skipped it.
     pub fn encode(
         &mut self,
         yuv: &YUVBuffer,
         force_keyframe: bool,
     ) -> Result<Option<(Vec<u8>, bool)>, SdkError> {
         let level = self.ladder.level();
-        if level != self.level {
-            // A new size is a new encoder (its first frame a keyframe with new SPS/PPS;
-            // decoders follow). It starts at the configured bitrate, the highest its
-            // rate control then allows, and is retuned to the target after that frame.
-            self.encoder = Self::openh264(self.fps, self.max_kbps, self.gop)?;
-            self.level = level;
-            self.started = false;
+        let budget = f64::from(self.current_kbps) * 1000.0;
+        self.debt_bits = (self.debt_bits - budget / self.fps.max(1.0)).max(0.0);
+        let fresh = self.encoder.is_none() || level != self.level;
+        if self.debt_bits > budget * MAX_DEBT_SECS && !force_keyframe && !fresh {
+            return Ok(None);
         }
+        let encoder = match self.encoder.as_mut() {
+            Some(e) if !fresh => e,
+            _ => {
+                // A new size is a new encoder (its first frame a keyframe with new
+                // SPS/PPS; decoders follow), made at the target so that keyframe fits
+                // it; its highest rate is raised to the configured one after that frame
+                // (made at a low rate, openh264 caps every later raise there).
+                self.started = false;
+                self.level = level;
+                self.encoder
+                    .insert(Self::openh264(self.fps, self.current_kbps, self.gop)?)
+            }
+        };
         let scaled;
         let input = if level == 0 {
             yuv
@@ -210,23 +236,26 @@ impl H264Encoder {
             scaled = YUVBuffer::from_vec(out, ow, oh);
             &scaled
         };
-        let budget = f64::from(self.current_kbps) * 1000.0;
-        self.debt_bits = (self.debt_bits - budget / self.fps.max(1.0)).max(0.0);
-        if self.debt_bits > budget * MAX_DEBT_SECS && !force_keyframe {
-            return Ok(None);
-        }
         if force_keyframe {
-            self.encoder.force_intra_frame();
+            encoder.force_intra_frame();
         }
-        let encoded = self
-            .encoder
+        let encoded = encoder
             .encode(input)
             .map_err(|e| SdkError::new(ErrorCode::Internal, format!("openh264 encode: {e}")))?
             .to_vec();
         if !self.started {
             self.started = true;
-            if self.current_kbps != self.max_kbps {
-                set_encoder_bitrate(&mut self.encoder, self.current_kbps);
+            if self.current_kbps < self.max_kbps {
+                set_encoder_bitrate(
+                    encoder,
+                    openh264_sys2::ENCODER_OPTION_MAX_BITRATE,
+                    self.max_kbps,
+                );
+                set_encoder_bitrate(
+                    encoder,
+                    openh264_sys2::ENCODER_OPTION_BITRATE,
+                    self.current_kbps,
+                );
             }
         }
         if encoded.is_empty() {
@@ -237,5 +266,98 @@ impl H264Encoder {
         let au = self.params.complete(&encoded);
         let keyframe = fieldlink_media::is_h264_keyframe(&au);
         Ok(Some((au, keyframe)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A picture sliding 4 px a frame (as the test pattern does).
+    fn picture(w: usize, h: usize, t: usize) -> YUVBuffer {
+        let mut yuv = vec![128u8; w * h * 3 / 2];
+        for y in 0..h {
+            for x in 0..w {
+                let sx = x + t * 4;
+                let noise =
+                    (x * 7919 + y * 104_729 + t * 1_299_709).wrapping_mul(2_654_435_761) >> 27 & 15;
+                yuv[y * w + x] = ((sx / 8 + y / 8) % 2 * 96 + 48 + ((sx + y) % 64) + noise) as u8;
+            }
+        }
+        YUVBuffer::from_vec(yuv, w, h)
+    }
+
+    /// Encodes `frames` pictures at 25 fps with `target` set before each: bytes out
+    /// after the first 50, and how many were skipped.
+    fn run(e: &mut H264Encoder, target: u32, frames: usize) -> (usize, usize) {
+        let (mut bytes, mut skipped) = (0, 0);
+        for t in 0..frames {
+            e.set_target_kbps(target, 640, 360);
+            match e.encode(&picture(640, 360, t), false).unwrap() {
+                Some((au, _)) if t >= 50 => bytes += au.len(),
+                None => skipped += 1,
+                _ => {}
+            }
+        }
+        (bytes, skipped)
+    }
+
+    #[test]
+    fn an_encoder_made_at_a_low_target_rises_to_the_configured_one() {
+        // Made at 250 kbit/s (the start's share), then asked for 1200.
+        let mut e = H264Encoder::new(25.0, 1500, 250).unwrap();
+        let (low, _) = run(&mut e, 250, 150);
+        let (high, _) = run(&mut e, 1200, 300);
+        let kbps = |bytes: usize, frames: usize| bytes * 8 * 25 / frames / 1000;
+        let (low, high) = (kbps(low, 100), kbps(high, 250));
+        assert!((150..=330).contains(&low), "{low}");
+        assert!((900..=1400).contains(&high), "{high}");
+    }
+
+    #[test]
+    fn frames_after_a_keyframe_are_skipped_until_its_excess_has_drained() {
+        let mut e = H264Encoder::new(25.0, 300, 250).unwrap();
+        run(&mut e, 300, 60);
+        let mut t = 60;
+        let mut next = |force| {
+            t += 1;
+            e.encode(&picture(640, 360, t), force).unwrap()
+        };
+        let (key, keyframe) = next(true).expect("a keyframe");
+        assert!(keyframe);
+        // Its excess over one frame's 12 kbit, less 100 ms of the target, in frames.
+        let excess = (key.len() as f64 * 8.0 - 12_000.0 - 30_000.0) / 12_000.0;
+        let mut skipped = 0;
+        while next(false).is_none() {
+            skipped += 1;
+            assert!(skipped < 50, "never resumed");
+        }
+        assert!(
+            (skipped as f64 - excess).abs() <= 2.0,
+            "{skipped} skipped after a {} byte keyframe",
+            key.len()
+        );
+    }
+
+    #[test]
+    fn the_picture_steps_down_for_a_low_target_and_back_up_with_hysteresis() {
+        let t0 = Instant::now();
+        let mut l = Ladder::default();
+        // 640x360 at 25 fps: 5.76 Mpixel/s.
+        assert_eq!(l.follow(1000, 640, 360, 25.0, t0), 0);
+        assert_eq!(l.follow(350, 640, 360, 25.0, t0), 1);
+        // Held for a while after a step.
+        assert_eq!(l.follow(50, 640, 360, 25.0, t0 + Duration::from_secs(1)), 1);
+        assert_eq!(l.follow(50, 640, 360, 25.0, t0 + LADDER_HOLD), 2);
+        // Not below 64 px.
+        let t1 = t0 + LADDER_HOLD * 2;
+        assert_eq!(l.follow(10, 640, 360, 25.0, t1), 2);
+        // Up only when the larger picture gets BPP_UP: 0.11 × 1.44 Mpixel/s = 158 kbit/s.
+        assert_eq!(l.follow(150, 640, 360, 25.0, t1), 2);
+        assert_eq!(l.follow(160, 640, 360, 25.0, t1), 1);
+        assert_eq!(l.follow(640, 640, 360, 25.0, t1 + LADDER_HOLD), 0);
+        // A small picture stays as it is.
+        let mut s = Ladder::default();
+        assert_eq!(s.follow(10, 100, 100, 25.0, t0), 0);
     }
 }

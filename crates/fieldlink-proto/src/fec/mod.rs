@@ -331,12 +331,18 @@ impl Fec {
 /// add to it: none is sent. Nor while no report has come for [`REPORTS_STALE`] (a full
 /// queue drops them too). Random loss leaves the round trip alone. The minimum must
 /// outlive a standing queue: over a 10 s window a persistently overloaded 400 kbit/s link
-/// became the new normal and FEC multiplied its drops by ten.
+/// became the new normal and FEC multiplied its drops by ten. And a queue seen means
+/// congestion for [`CONGESTION_MEMORY`] after: the loss of a queue that overflowed (a
+/// keyframe into a full 1 Mbit/s `tc tbf`) is reported after the queue has drained, and
+/// parity for it overflowed the queue again — the estimate collapsed to a quarter of the
+/// link for seconds.
 #[derive(Debug, Default)]
 struct Rtt {
     /// Smoothed round trip, ms.
     srtt: Option<f64>,
     last: Option<Instant>,
+    /// When a queue was last seen.
+    queued: Option<Instant>,
     /// Per 10 s bucket: its start and the least round trip in it.
     buckets: VecDeque<(Instant, u32)>,
 }
@@ -345,6 +351,8 @@ struct Rtt {
 pub const QUEUE_LIMIT: Duration = Duration::from_millis(25);
 /// No report for this long counts as congested.
 pub const REPORTS_STALE: Duration = Duration::from_secs(1);
+/// How long after a queue was seen the path still counts as congested.
+pub const CONGESTION_MEMORY: Duration = Duration::from_secs(3);
 const RTT_BUCKET: Duration = Duration::from_secs(10);
 const RTT_BUCKETS: usize = 12;
 
@@ -364,6 +372,12 @@ impl Rtt {
         while self.buckets.len() > RTT_BUCKETS {
             self.buckets.pop_front();
         }
+        if self
+            .queue_ms()
+            .is_some_and(|q| q > QUEUE_LIMIT.as_millis() as f64)
+        {
+            self.queued = Some(now);
+        }
     }
 
     fn queue_ms(&self) -> Option<f64> {
@@ -372,13 +386,13 @@ impl Rtt {
     }
 
     fn congested(&self, now: Instant) -> bool {
-        let (Some(queue), Some(last)) = (self.queue_ms(), self.last) else {
+        let Some(last) = self.last else {
             return false;
         };
-        if now.saturating_duration_since(last) > REPORTS_STALE {
-            return true;
-        }
-        queue > QUEUE_LIMIT.as_millis() as f64
+        now.saturating_duration_since(last) > REPORTS_STALE
+            || self
+                .queued
+                .is_some_and(|t| now.saturating_duration_since(t) < CONGESTION_MEMORY)
     }
 }
 

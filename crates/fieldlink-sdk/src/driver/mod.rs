@@ -430,6 +430,11 @@ impl Driver {
                     }
                 }
             }
+            // The sources read the path's queue ([`crate::follow`]); u64::MAX: unknown.
+            let queue = conn.peer.queue_ms().map_or(u64::MAX, |q| q as u64);
+            self.shared
+                .queue_ms
+                .store(queue, std::sync::atomic::Ordering::Relaxed);
             for ev in conn.peer.poll() {
                 match ev {
                     PeerEvent::Data(qos, data) => self.on_control(qos, &data),
@@ -480,11 +485,6 @@ impl Driver {
                     }
                     PeerEvent::Estimate(bps) => {
                         conn.peer.pace_for(bps);
-                        // u64::MAX: not measured.
-                        let queue = conn.peer.queue_ms().map_or(u64::MAX, |q| q as u64);
-                        self.shared
-                            .queue_ms
-                            .store(queue, std::sync::atomic::Ordering::Relaxed);
                         self.shared
                             .estimate_bps
                             .store(bps, std::sync::atomic::Ordering::Relaxed);
