@@ -32,7 +32,7 @@ pub const QUEUE_CUT: Duration = Duration::from_millis(35);
 pub const QUEUE_CUT_TO: f64 = 0.85;
 pub const QUEUE_CUT_EVERY: Duration = Duration::from_millis(500);
 
-/// Within 10 % below the rate at which a queue last cut the target, raises slow to this
+/// Within 10 % below the rate at which a queue last held or cut the target, raises slow to this
 /// (the link was there last time, as TCP CUBIC reasons): at [`RAISE_PER_S`] the source
 /// crossed it faster than the queue could be seen, every 7–8 s behind 400 kbit/s. 10 %
 /// above it without a queue, the memory goes (the link got faster).
@@ -47,7 +47,7 @@ pub struct Follower {
     first: Option<Instant>,
     /// When the queue last cut the target.
     cut: Option<Instant>,
-    /// The target when it was last cut ([`RAISE_NEAR_PER_S`]).
+    /// The target when a queue last held or cut it ([`RAISE_NEAR_PER_S`]).
     ceiling: Option<f64>,
 }
 
@@ -70,6 +70,8 @@ impl Follower {
             return self.kbps as u32;
         }
         if queue >= QUEUE_HOLD && share > self.kbps && self.kbps > 0.0 {
+            // The link is about here: approach it slowly from now on.
+            self.ceiling = Some(self.kbps.max(self.ceiling.unwrap_or(0.0)));
             self.at = Some(now);
             return self.kbps as u32;
         }
