@@ -32,11 +32,12 @@ pub const QUEUE_CUT: Duration = Duration::from_millis(35);
 pub const QUEUE_CUT_TO: f64 = 0.85;
 pub const QUEUE_CUT_EVERY: Duration = Duration::from_millis(500);
 
-/// Within 10 % below the rate at which a queue last held or cut the target, raises slow to this
-/// (the link was there last time, as TCP CUBIC reasons): at [`RAISE_PER_S`] the source
-/// crossed it faster than the queue could be seen, every 7–8 s behind 400 kbit/s. 10 %
-/// above it without a queue, the memory goes (the link got faster).
+/// From 10 % below the rate at which a queue last held or cut the target, raises slow to
+/// this (the link was there last time, as TCP CUBIC reasons): at [`RAISE_PER_S`] the
+/// source crossed it faster than the queue could be seen, every 7–8 s behind 400 kbit/s.
+/// The memory goes after [`CEILING_MEMORY`] without a queue (the link may have grown).
 pub const RAISE_NEAR_PER_S: f64 = 0.03;
+pub const CEILING_MEMORY: Duration = Duration::from_secs(30);
 
 /// One source's target, kbit/s.
 #[derive(Debug, Default)]
@@ -47,8 +48,9 @@ pub struct Follower {
     first: Option<Instant>,
     /// When the queue last cut the target.
     cut: Option<Instant>,
-    /// The target when a queue last held or cut it ([`RAISE_NEAR_PER_S`]).
+    /// The target when a queue last held or cut it ([`RAISE_NEAR_PER_S`]), and when.
     ceiling: Option<f64>,
+    queued: Option<Instant>,
 }
 
 impl Follower {
@@ -65,6 +67,7 @@ impl Follower {
         {
             self.cut = Some(now);
             self.ceiling = Some(self.kbps);
+            self.queued = Some(now);
             self.kbps = share.min(self.kbps * QUEUE_CUT_TO);
             self.at = Some(now);
             return self.kbps as u32;
@@ -72,6 +75,7 @@ impl Follower {
         if queue >= QUEUE_HOLD && share > self.kbps && self.kbps > 0.0 {
             // The link is about here: approach it slowly from now on.
             self.ceiling = Some(self.kbps.max(self.ceiling.unwrap_or(0.0)));
+            self.queued = Some(now);
             self.at = Some(now);
             return self.kbps as u32;
         }
@@ -86,11 +90,13 @@ impl Follower {
             return share_kbps;
         };
         let dt = now.saturating_duration_since(at).as_secs_f64();
+        if self
+            .queued
+            .is_some_and(|t| now.saturating_duration_since(t) > CEILING_MEMORY)
+        {
+            self.ceiling = None;
+        }
         let rate = match self.ceiling {
-            Some(c) if self.kbps > c * 1.1 => {
-                self.ceiling = None;
-                RAISE_PER_S
-            }
             Some(c) if self.kbps >= c * 0.9 => RAISE_NEAR_PER_S,
             _ => RAISE_PER_S,
         };
