@@ -47,7 +47,7 @@ pub const LADDER_FIRST: Duration = Duration::from_secs(2);
 /// fills to 85 %, its excess drains at the remaining 15 %, and every frame in those
 /// seconds arrives late (seen behind a 400 kbit/s `tc tbf`: 2–6 s of late frames after
 /// each keyframe). Skipping the frames after it drains that excess at the link's rate.
-pub const MAX_DEBT_SECS: f64 = 0.1;
+pub const MAX_DEBT_SECS: f64 = 0.05;
 
 /// While the network holds the target below 90 % of the configured bitrate, periodic
 /// keyframes come at most this often. Each costs 5–10 predicted frames of the link: at
@@ -353,7 +353,7 @@ mod tests {
         let (key, keyframe) = next(true).expect("a keyframe");
         assert!(keyframe);
         // A keyframe is many frames' worth: the next ones are skipped until the stream
-        // is back within its budget (2 s at 300 kbit/s, plus 100 ms standing and a frame).
+        // is back within its budget (2 s at 300 kbit/s, plus 50 ms standing and a frame).
         assert!(key.len() * 8 > 5 * 12_000, "{}", key.len());
         assert!(
             next(false).is_none(),
@@ -367,7 +367,7 @@ mod tests {
                 sent += 1;
             }
         }
-        assert!(bits <= 600_000 + 30_000 + 12_000, "{bits} bits in 2 s");
+        assert!(bits <= 600_000 + 15_000 + 12_000, "{bits} bits in 2 s");
         assert!(
             sent >= 25,
             "only {sent} frames in the 2 s after the keyframe"

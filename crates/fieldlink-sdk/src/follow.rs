@@ -30,9 +30,9 @@ pub const RAISE_PER_S: f64 = 0.15;
 pub const QUEUE_HOLD: Duration = Duration::from_millis(15);
 pub const QUEUE_CUT: Duration = Duration::from_millis(35);
 pub const QUEUE_CUT_TO: f64 = 0.85;
-pub const QUEUE_CUT_EVERY: Duration = Duration::from_millis(500);
+pub const QUEUE_CUT_EVERY: Duration = Duration::from_secs(1);
 
-/// From 10 % below the rate at which a queue last held or cut the target, raises slow to
+/// From 5 % below the rate at which a queue last held or cut the target, raises slow to
 /// this (the link was there last time, as TCP CUBIC reasons): at [`RAISE_PER_S`] the
 /// source crossed it faster than the queue could be seen, every 7–8 s behind 400 kbit/s.
 /// The memory goes after [`CEILING_MEMORY`] without a queue (the link may have grown).
@@ -54,6 +54,12 @@ pub struct Follower {
 }
 
 impl Follower {
+    /// In the [`START`] after the first call (which it marks).
+    fn starting(&mut self, now: Instant) -> bool {
+        let first = *self.first.get_or_insert(now);
+        now.saturating_duration_since(first) < START
+    }
+
     /// The target for a share of `share_kbps` at `now` (0 = no estimate yet: 0), with
     /// `queue` on the path (`None`: not measured).
     pub fn follow(&mut self, share_kbps: u32, queue: Option<Duration>, now: Instant) -> u32 {
@@ -66,21 +72,25 @@ impl Follower {
                 .is_none_or(|t| now.saturating_duration_since(t) >= QUEUE_CUT_EVERY)
         {
             self.cut = Some(now);
-            self.ceiling = Some(self.kbps);
-            self.queued = Some(now);
+            if !self.starting(now) {
+                self.ceiling = Some(self.kbps);
+                self.queued = Some(now);
+            }
             self.kbps = share.min(self.kbps * QUEUE_CUT_TO);
             self.at = Some(now);
             return self.kbps as u32;
         }
         if queue >= QUEUE_HOLD && share > self.kbps && self.kbps > 0.0 {
-            // The link is about here: approach it slowly from now on.
-            self.ceiling = Some(self.kbps.max(self.ceiling.unwrap_or(0.0)));
-            self.queued = Some(now);
+            // The link is about here: approach it slowly from now on (not from the
+            // start's queues: the first keyframes at a rate not yet adapted).
+            if !self.starting(now) {
+                self.ceiling = Some(self.kbps.max(self.ceiling.unwrap_or(0.0)));
+                self.queued = Some(now);
+            }
             self.at = Some(now);
             return self.kbps as u32;
         }
-        let first = *self.first.get_or_insert(now);
-        let starting = now.saturating_duration_since(first) < START;
+        let starting = self.starting(now);
         let Some(at) = self
             .at
             .filter(|_| share > self.kbps && self.kbps > 0.0 && !starting)
@@ -97,7 +107,7 @@ impl Follower {
             self.ceiling = None;
         }
         let rate = match self.ceiling {
-            Some(c) if self.kbps >= c * 0.9 => RAISE_NEAR_PER_S,
+            Some(c) if self.kbps >= c * 0.95 => RAISE_NEAR_PER_S,
             _ => RAISE_PER_S,
         };
         self.kbps = share.min(self.kbps * (1.0 + rate * dt));
@@ -117,6 +127,21 @@ mod tests {
     }
 
     #[test]
+    fn the_start_leaves_no_ceiling() {
+        let t0 = Instant::now();
+        let mut f = Follower::default();
+        f.follow(300, None, t0);
+        // The first keyframes' queue cuts, but the link was not found there.
+        let q = Some(Duration::from_millis(80));
+        assert_eq!(f.follow(900, q, t0 + Duration::from_secs(1)), 255);
+        // Past START, up at the full rate (15 %/s), not the slow one.
+        let t = t0 + START;
+        let k1 = f.follow(900, None, t);
+        let k2 = f.follow(900, None, t + Duration::from_secs(1));
+        assert!(k2 * 100 >= k1 * 114, "{k1} -> {k2}");
+    }
+
+    #[test]
     fn a_queue_holds_raises_and_cuts() {
         let t0 = Instant::now();
         let mut f = Follower::default();
@@ -132,18 +157,18 @@ mod tests {
             ),
             800
         );
-        // A long one: cut, not again within 500 ms, then again.
+        // A long one: cut, not again within a second, then again.
         let q = Some(Duration::from_millis(80));
         assert_eq!(f.follow(2000, q, t + Duration::from_secs(2)), 680);
-        assert_eq!(f.follow(2000, q, t + Duration::from_millis(2200)), 680);
-        assert_eq!(f.follow(2000, q, t + Duration::from_millis(2500)), 578);
-        // Gone: raises again, fast up to 90 % of where the queue formed (800 at the
+        assert_eq!(f.follow(2000, q, t + Duration::from_millis(2700)), 680);
+        assert_eq!(f.follow(2000, q, t + Duration::from_millis(3000)), 578);
+        // Gone: raises again, fast up to 95 % of where the queue formed (800 at the
         // first cut, 680 at the second), slowly from there.
         let mut k = 0;
         for i in 1..=75 {
-            k = f.follow(2000, None, t + Duration::from_millis(2500 + 40 * i));
+            k = f.follow(2000, None, t + Duration::from_millis(3000 + 40 * i));
         }
-        assert!((650..=675).contains(&k), "{k}");
+        assert!((680..=700).contains(&k), "{k}");
     }
 
     #[test]

@@ -77,7 +77,8 @@ pub struct FecStats {
     /// Loss seen on what this side receives (0–1, all time).
     pub loss_received: f64,
     /// How far the round trip stands above its minimum of the last two minutes, ms: the
-    /// queue at the bottleneck (`None` before the first report).
+    /// queue at the bottleneck (`None` before the first report). The larger of the
+    /// smoothed round trip's and the last report's, so a growing queue shows at once.
     pub queue_ms: Option<f64>,
 }
 
@@ -320,7 +321,7 @@ impl Fec {
             recovered: self.rx.recovered,
             unrecovered: self.rx.unrecovered,
             loss_received: self.rx.loss(),
-            queue_ms: self.rtt.queue_ms(),
+            queue_ms: self.rtt.queue_now_ms(),
         }
     }
 }
@@ -341,6 +342,8 @@ struct Rtt {
     /// Smoothed round trip, ms.
     srtt: Option<f64>,
     last: Option<Instant>,
+    /// The last round trip, ms.
+    latest: Option<u32>,
     /// When a queue was last seen.
     queued: Option<Instant>,
     /// Per 10 s bucket: its start and the least round trip in it.
@@ -363,6 +366,7 @@ impl Rtt {
             .map_or(f64::from(ms), |s| s * 0.75 + f64::from(ms) * 0.25);
         self.srtt = Some(s);
         self.last = Some(now);
+        self.latest = Some(ms);
         match self.buckets.back_mut() {
             Some((start, min)) if now.saturating_duration_since(*start) < RTT_BUCKET => {
                 *min = (*min).min(ms);
@@ -383,6 +387,12 @@ impl Rtt {
     fn queue_ms(&self) -> Option<f64> {
         let min = self.buckets.iter().map(|(_, m)| *m).min().unwrap_or(0);
         self.srtt.map(|s| (s - f64::from(min)).max(0.0))
+    }
+
+    fn queue_now_ms(&self) -> Option<f64> {
+        let min = self.buckets.iter().map(|(_, m)| *m).min().unwrap_or(0);
+        let latest = f64::from(self.latest.unwrap_or(0));
+        self.srtt.map(|s| (s.max(latest) - f64::from(min)).max(0.0))
     }
 
     fn congested(&self, now: Instant) -> bool {
