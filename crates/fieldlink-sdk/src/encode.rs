@@ -191,11 +191,6 @@ impl H264Encoder {
         self.current_kbps
     }
 
-    /// How many times smaller than the configured picture, per side, it is encoded now.
-    pub fn downscale(&self) -> u32 {
-        1 << self.level
-    }
-
     /// Follows the estimate within [100, configured] kbit/s, retuning the running encoder
     /// (no keyframe) when the target moves by more than 10%, and choosing the picture
     /// size for it ([`Ladder`]) for a configured `w×h`.

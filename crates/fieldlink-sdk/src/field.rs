@@ -110,14 +110,6 @@ impl FieldDevice {
                     queue,
                     std::time::Instant::now(),
                 );
-                if std::env::var("FL_DBG").is_ok() {
-                    eprintln!(
-                        "DBG est {} queue {:?} target {}",
-                        est / 1000,
-                        queue,
-                        share_kbps
-                    );
-                }
                 // Encoding (or waiting for a camera) blocks: keep it off the async workers.
                 let (s, r) = match tokio::task::spawn_blocking(move || {
                     if share_kbps > 0 {
