@@ -100,11 +100,11 @@ impl FieldDevice {
                 } else {
                     0
                 };
-                // Leave headroom: encoders overshoot (keyframes), and a full link means loss.
                 let queue = match flags.queue_ms.load(std::sync::atomic::Ordering::Relaxed) {
                     u64::MAX => None,
                     ms => Some(std::time::Duration::from_millis(ms)),
                 };
+                // Leave headroom: encoders overshoot (keyframes), and a full link means loss.
                 let share_kbps = follower.follow(
                     (est * 85 / 100 / 1000 / streams) as u32,
                     queue,

@@ -1,11 +1,13 @@
-//! How an encoding source follows the bandwidth estimate: down at once, up slowly.
+//! How an encoding source follows the bandwidth estimate: down at once, up at a bounded
+//! pace, and never into a queue.
 //!
 //! When a source sends less than the estimate allows (application-limited), the
 //! estimator may climb to 1.5 × what it sees acknowledged (GoogCC's cap) without any
 //! sign from the network. A source that jumped to such an estimate would overshoot the
 //! link by up to 50% and fill its queue faster than the delay detector can react, and
-//! the losses then cost frames (seen behind a 1 Mbit/s shaper). Raising by at most
-//! [`RAISE_PER_S`] lets the queue delay grow slowly enough to be seen first; a falling
+//! the losses then cost frames (seen behind a 1 Mbit/s shaper). So a source raises by at
+//! most [`RAISE_PER_S`], watches the path's queue itself ([`QUEUE_HOLD`], [`QUEUE_CUT`]),
+//! and slows down near where the last queue formed ([`RAISE_NEAR_PER_S`]); a falling
 //! estimate is followed at once.
 //!
 //! Except at the start: for [`START`] after the first estimate, the estimate comes from
@@ -17,8 +19,9 @@ use std::time::{Duration, Instant};
 /// How long after the first estimate a source follows it up without a limit.
 pub const START: Duration = Duration::from_secs(3);
 
-/// The largest relative raise of a source's target per second (GoogCC's own
-/// multiplicative increase is about 8% per second).
+/// The largest relative raise of a source's target per second, away from the last
+/// queue's rate (5 %/s took 10–20 s to refill a link after each cut; the queue watch now
+/// catches an overshoot).
 pub const RAISE_PER_S: f64 = 0.15;
 
 /// A queue on the path this long stops raises, and this long cuts the target by
