@@ -41,9 +41,10 @@ pub const LADDER_HOLD: Duration = Duration::from_secs(4);
 /// No step in this time after the first frame.
 pub const LADDER_FIRST: Duration = Duration::from_secs(2);
 
-/// Output beyond the target that the encoder lets stand, in seconds of the target: more
-/// and the next frames are skipped (not encoded) until it has drained, as libWebRTC's
-/// frame dropper does. A keyframe is 5–10 predicted frames: behind a link the source
+/// Output beyond the target that the encoder lets stand, in seconds of the target, while
+/// the network holds the target below 90 % of the configured bitrate: more and the next
+/// frames are skipped (not encoded) until it has drained, as libWebRTC's frame dropper
+/// does. A keyframe is 5–10 predicted frames: behind a link the source
 /// fills to 85 %, its excess drains at the remaining 15 %, and every frame in those
 /// seconds arrives late (seen behind a 400 kbit/s `tc tbf`: 2–6 s of late frames after
 /// each keyframe). Skipping the frames after it drains that excess at the link's rate.
@@ -219,10 +220,14 @@ impl H264Encoder {
         force_keyframe: bool,
     ) -> Result<Option<(Vec<u8>, bool)>, SdkError> {
         let level = self.ladder.level();
+        // The network holds the target down: frames over budget and periodic keyframes
+        // cost latency ([`MAX_DEBT_SECS`], [`NARROW_GOP`]). Otherwise the link has room
+        // for a keyframe's burst, and every frame is sent.
+        let narrow = u64::from(self.current_kbps) * 10 < u64::from(self.max_kbps) * 9;
         let budget = f64::from(self.current_kbps) * 1000.0;
         self.debt_bits = (self.debt_bits - budget / self.fps.max(1.0)).max(0.0);
         let fresh = self.encoder.is_none() || level != self.level;
-        if self.debt_bits > budget * MAX_DEBT_SECS && !force_keyframe && !fresh {
+        if narrow && self.debt_bits > budget * MAX_DEBT_SECS && !force_keyframe && !fresh {
             return Ok(None);
         }
         let encoder = match self.encoder.as_mut() {
@@ -251,7 +256,7 @@ impl H264Encoder {
             scaled = YUVBuffer::from_vec(out, ow, oh);
             &scaled
         };
-        let gop = if u64::from(self.current_kbps) * 10 < u64::from(self.max_kbps) * 9 {
+        let gop = if narrow {
             u64::from(self.gop).max((NARROW_GOP.as_secs_f64() * self.fps) as u64)
         } else {
             u64::from(self.gop)
@@ -338,7 +343,8 @@ mod tests {
 
     #[test]
     fn frames_after_a_keyframe_are_skipped_until_its_excess_has_drained() {
-        let mut e = H264Encoder::new(25.0, 300, 250).unwrap();
+        // Configured at 1500, held at 300 by the network.
+        let mut e = H264Encoder::new(25.0, 1500, 250).unwrap();
         run(&mut e, 300, 60);
         let mut t = 60;
         let mut next = |force| {
@@ -367,6 +373,23 @@ mod tests {
             sent >= 25,
             "only {sent} frames in the 2 s after the keyframe"
         );
+    }
+
+    #[test]
+    fn at_its_configured_rate_every_frame_is_sent() {
+        // Not held down by the network: a keyframe every 10 frames, none skipped.
+        let mut e = H264Encoder::new(25.0, 300, 10).unwrap();
+        let (mut frames, mut keyframes) = (0, 0);
+        for t in 0..40 {
+            e.set_target_kbps(300, 640, 360);
+            let (_, key) = e
+                .encode(&picture(640, 360, t), false)
+                .unwrap()
+                .expect("a frame");
+            frames += 1;
+            keyframes += usize::from(key);
+        }
+        assert_eq!((frames, keyframes), (40, 4));
     }
 
     #[test]

@@ -147,7 +147,7 @@ impl TestPattern {
                 // send at ~730 kbit/s at 640x360) and still go low.
                 let noise = ((x * 7919 + y * 104_729 + t * 1_299_709).wrapping_mul(2_654_435_761)
                     >> 27)
-                    & 7;
+                    & 3;
                 y_plane[y * w + x] =
                     ((sx / 8 + y / 8) % 2 * 96 + 44 + ((sx + y) % 64) + noise) as u8;
             }
@@ -260,10 +260,12 @@ impl VideoSource for TestPattern {
             frame: self.frame,
             capture_unix_us: capture_us,
         };
-        self.frame += 1;
         let Some((encoded, keyframe)) = encoded else {
-            return Ok(None); // the rate control skipped this frame
+            // Skipped (the frame dropper): the next frame sent takes its number, so a
+            // gap in the numbers is a frame lost on the way.
+            return Ok(None);
         };
+        self.frame += 1;
         let data = insert_before_first_slice(&encoded, &meta.to_annexb_nal());
         Ok(Some(EncodedFrame {
             codec: VideoCodec::H264,
