@@ -110,6 +110,18 @@ impl FieldDevice {
                     queue,
                     std::time::Instant::now(),
                 );
+                if let (Some(max), true) = (source.kbps(), idx < 64) {
+                    let bit = 1u64 << idx;
+                    if share_kbps > 0 && u64::from(share_kbps) * 10 < u64::from(max) * 9 {
+                        flags
+                            .held_down
+                            .fetch_or(bit, std::sync::atomic::Ordering::Relaxed);
+                    } else {
+                        flags
+                            .held_down
+                            .fetch_and(!bit, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
                 // Encoding (or waiting for a camera) blocks: keep it off the async workers.
                 let (s, r) = match tokio::task::spawn_blocking(move || {
                     if share_kbps > 0 {

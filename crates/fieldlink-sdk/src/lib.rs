@@ -393,6 +393,9 @@ pub(crate) struct Shared {
     pub estimate_bps: std::sync::atomic::AtomicU64,
     /// Field: the queue on the path to the server, ms (`u64::MAX`: not measured).
     pub queue_ms: std::sync::atomic::AtomicU64,
+    /// Field: a bit per stream whose source the network holds under 90 % of its
+    /// configured bitrate (video is paced while any is: `Peer::pace_for`).
+    pub held_down: std::sync::atomic::AtomicU64,
     /// Field: sources follow the estimate (`DeviceConfig::adapt_bitrate`).
     pub adapt_bitrate: bool,
     /// Remote: per receiver, its stream and window.
@@ -470,6 +473,7 @@ impl Handle {
             keyframe_notify: (0..cfg.streams).map(|_| Default::default()).collect(),
             estimate_bps: Default::default(),
             queue_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
+            held_down: Default::default(),
             adapt_bitrate: adapt,
             receivers: Mutex::new(vec![Receiver::default(); cfg.streams as usize]),
         });

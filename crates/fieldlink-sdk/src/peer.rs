@@ -76,19 +76,14 @@ const RECV_BUFFER: usize = 2 << 20;
 pub(crate) const INITIAL_BPS: u64 = 300_000;
 /// Field: the rate the estimator probes towards, per video stream (bit/s).
 pub(crate) const DESIRED_BPS: u64 = 800_000;
-/// Field: video is paced while the estimate is under this many times the desired rate,
-/// and leaves at once again above [`UNPACE_ABOVE`] times it (the gap keeps it from
-/// flapping).
-const PACE_BELOW: u64 = 2;
-const UNPACE_ABOVE: u64 = 3;
-/// Field: but not while the path loses more than [`PACE_LOSS`] with no queue seen within
-/// [`PACE_AFTER_QUEUE`] (the FEC reports' round trip 15 ms over its minimum): random loss
-/// lowers the estimate too, with no bottleneck to protect, and pacing then only held
-/// keyframes back (a 60 ms round trip at 10 % loss: 10 frames of 1236 over 150 ms paced,
-/// none unpaced).
-const PACE_LOSS: f64 = 0.02;
+/// Field: video is not paced while the path loses more than [`PACE_LOSS`] with no queue
+/// seen within [`PACE_AFTER_QUEUE`] (the FEC reports' round trip 15 ms over its minimum):
+/// random loss lowers the estimate too, with no bottleneck to protect, and pacing then
+/// only held keyframes back (a 60 ms round trip at 10 % loss: 10 frames of 1236 over
+/// 150 ms paced, none unpaced).
 const PACE_AFTER_QUEUE: Duration = Duration::from_secs(30);
 const PACE_QUEUE_MS: f64 = 15.0;
+const PACE_LOSS: f64 = 0.02;
 
 pub(crate) struct Peer {
     rtc: Rtc,
@@ -112,8 +107,7 @@ pub(crate) struct Peer {
     h265_head: Vec<Option<(u64, Vec<u8>)>>,
     /// Sees every datagram (`DeviceConfig::packet_observer`).
     pub observer: Option<crate::PacketObserver>,
-    /// Field: the estimator's starting point and the rate it probes towards (bit/s).
-    initial_bps: u64,
+    /// Field: the rate the estimator probes towards (bit/s).
     desired_bps: u64,
     /// Field: whether video goes through str0m's pacer now ([`Peer::pace_for`]).
     paced: Option<bool>,
@@ -260,7 +254,6 @@ impl Peer {
                 h265_head: vec![None; video_mids.len()],
                 observer: None,
                 audio_mids: audio_mids.clone(),
-                initial_bps: u64::from(videos) * INITIAL_BPS,
                 desired_bps: u64::from(videos) * DESIRED_BPS,
                 paced: None,
                 queued: None,
@@ -300,7 +293,8 @@ impl Peer {
             }
         }
         self.paced = None;
-        self.pace_for(self.initial_bps);
+        // At the start the sources are held at the estimator's starting point.
+        self.pace_for(true);
         Ok(())
     }
 
@@ -310,21 +304,22 @@ impl Peer {
         self.wire.fec_stats().and_then(|s| s.queue_ms)
     }
 
-    /// Field: paces video while the estimate says the network is the limit (not random
-    /// loss: [`PACE_LOSS`]), lets it leave at once otherwise ([`PACE_BELOW`]).
+    /// Field: paces video while the network holds a source under its configured bitrate
+    /// (`held_down`) and the loss is not random ([`PACE_LOSS`]); otherwise it leaves at
+    /// once.
     ///
     /// Paced, a keyframe crosses a narrow link spread at 1.1 × the estimate instead of
     /// landing in the bottleneck's queue at once: unpaced keyframes behind a 1 Mbit/s
     /// `tc tbf` read as overuse to the delay detector every time, and the estimate sank
-    /// to a third of the link (docs/architecture.md, "Bitrate adaptation"). On a fast
-    /// network pacing only delays: a 60 KB keyframe paced at a few Mbit/s waits ~100 ms,
-    /// and a stream switch waits for it.
-    pub fn pace_for(&mut self, estimate_bps: u64) {
+    /// to a third of the link (docs/architecture.md, "Bitrate adaptation"). Where the
+    /// sources get what they want, pacing only delays: a 60 KB keyframe paced at a few
+    /// Mbit/s waits ~100 ms, a stream switch waits for it, and two 1 Mbit/s streams'
+    /// keyframes paced at 1.1 × a 2.5 Mbit/s estimate reached a remote 150–175 ms late.
+    pub fn pace_for(&mut self, held_down: bool) {
         let now = Instant::now();
         if self.queue_ms().is_some_and(|q| q >= PACE_QUEUE_MS) {
             self.queued = Some(now);
         }
-        let wanted = self.desired_bps.max(1);
         let queue_seen = self
             .queued
             .is_some_and(|t| now.saturating_duration_since(t) < PACE_AFTER_QUEUE);
@@ -333,11 +328,7 @@ impl Peer {
                 .wire
                 .fec_stats()
                 .is_some_and(|s| s.loss_estimate >= PACE_LOSS);
-        let paced = !random_loss
-            && match self.paced {
-                Some(true) => estimate_bps < wanted * UNPACE_ABOVE,
-                _ => estimate_bps < wanted * PACE_BELOW,
-            };
+        let paced = held_down && !random_loss;
         if self.paced == Some(paced) || !self.sends_video {
             return;
         }

@@ -141,15 +141,7 @@ impl TestPattern {
         for y in 0..h {
             for x in 0..w {
                 let sx = x + t * 4;
-                // Faint noise that changes every frame, as a camera's sensor makes: it
-                // costs bits at a fine quantizer and little at a coarse one, so the
-                // picture can fill a link (without it the encoder ran out of things to
-                // send at ~730 kbit/s at 640x360) and still go low.
-                let noise = ((x * 7919 + y * 104_729 + t * 1_299_709).wrapping_mul(2_654_435_761)
-                    >> 27)
-                    & 3;
-                y_plane[y * w + x] =
-                    ((sx / 8 + y / 8) % 2 * 96 + 44 + ((sx + y) % 64) + noise) as u8;
+                y_plane[y * w + x] = ((sx / 8 + y / 8) % 2 * 96 + 48 + ((sx + y) % 64)) as u8;
             }
         }
         // A tint per stream, so streams are told apart at a glance.

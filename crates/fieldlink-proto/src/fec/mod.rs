@@ -354,8 +354,11 @@ struct Rtt {
 pub const QUEUE_LIMIT: Duration = Duration::from_millis(25);
 /// No report for this long counts as congested.
 pub const REPORTS_STALE: Duration = Duration::from_secs(1);
-/// How long after a queue was seen the path still counts as congested.
-pub const CONGESTION_MEMORY: Duration = Duration::from_secs(3);
+/// How long after a queue was seen the path still counts as congested. 3 s kept the
+/// parity for a keyframe's overflow off, but also kept parity off towards a remote whose
+/// round trip rose for a moment with each keyframe (60 ms, 10 % loss: every keyframe
+/// then waited for NACK and came 150–175 ms late): a few reports' worth, no more.
+pub const CONGESTION_MEMORY: Duration = Duration::from_millis(300);
 const RTT_BUCKET: Duration = Duration::from_secs(10);
 const RTT_BUCKETS: usize = 12;
 

@@ -484,7 +484,12 @@ impl Driver {
                         })
                     }
                     PeerEvent::Estimate(bps) => {
-                        conn.peer.pace_for(bps);
+                        let held_down = self
+                            .shared
+                            .held_down
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                            != 0;
+                        conn.peer.pace_for(held_down);
                         self.shared
                             .estimate_bps
                             .store(bps, std::sync::atomic::Ordering::Relaxed);
