@@ -107,8 +107,6 @@ pub(crate) struct Peer {
     h265_head: Vec<Option<(u64, Vec<u8>)>>,
     /// Sees every datagram (`DeviceConfig::packet_observer`).
     pub observer: Option<crate::PacketObserver>,
-    /// Field: the rate the estimator probes towards (bit/s).
-    desired_bps: u64,
     /// Field: whether video goes through str0m's pacer now ([`Peer::pace_for`]).
     paced: Option<bool>,
     /// Field: when a queue was last seen on the path ([`PACE_AFTER_QUEUE`]).
@@ -254,7 +252,6 @@ impl Peer {
                 h265_head: vec![None; video_mids.len()],
                 observer: None,
                 audio_mids: audio_mids.clone(),
-                desired_bps: u64::from(videos) * DESIRED_BPS,
                 paced: None,
                 queued: None,
             },
@@ -372,7 +369,6 @@ impl Peer {
 
     /// Field: tells the estimator the range it may probe in (bits per second).
     pub fn set_bitrate_range(&mut self, min_bps: u64, desired_bps: u64) {
-        self.desired_bps = desired_bps;
         self.rtc
             .bwe()
             .set_bitrate(Bitrate::bps(min_bps), Bitrate::bps(desired_bps));
