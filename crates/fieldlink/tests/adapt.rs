@@ -93,20 +93,7 @@ async fn behind_a_shaper(source: Source, link_kbps: u32, secs: u64) -> Option<Ve
                 .unwrap();
         }
     }
-    let mut rc = s.cfg("p/r1", "rpw");
-    rc.streams = 1;
-    let (r, mut re) = fieldlink_sdk::RemoteDevice::connect(rc).await.unwrap();
-    r.connect_streams(&id("p/f"), &[0], &[0]).await.unwrap();
-    expect_event(&mut re, "playing", |e| {
-        matches!(
-            e,
-            Event::StreamState {
-                state: fieldlink_sdk::StreamState::Playing,
-                ..
-            }
-        )
-    })
-    .await;
+    let (_r, mut re) = s.remote_playing().await;
     let start = tokio::time::Instant::now();
     let mut out = vec![Second::default(); secs as usize];
     let mut last_frame = start;

@@ -190,20 +190,7 @@ async fn one_stream_with(
     field
         .start_video(0, fieldlink_sdk::video::TestPattern::new(0, tp).unwrap())
         .unwrap();
-    let mut rc = s.cfg("p/r1", "rpw");
-    rc.streams = 1;
-    let (r, mut re) = fieldlink_sdk::RemoteDevice::connect(rc).await.unwrap();
-    r.connect_streams(&id("p/f"), &[0], &[0]).await.unwrap();
-    expect_event(&mut re, "playing", |e| {
-        matches!(
-            e,
-            Event::StreamState {
-                state: fieldlink_sdk::StreamState::Playing,
-                ..
-            }
-        )
-    })
-    .await;
+    let (r, re) = s.remote_playing().await;
     (field, fe, r, re)
 }
 

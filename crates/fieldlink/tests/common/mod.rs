@@ -221,6 +221,27 @@ impl TestServer {
             .expect("remote login")
     }
 
+    /// Remote `p/r1` with one receiver playing field `p/f`'s stream 0 on conn_fd 0.
+    pub async fn remote_playing(&self) -> (RemoteDevice, Events) {
+        let mut rc = self.cfg("p/r1", "rpw");
+        rc.streams = 1;
+        let (r, mut re) = RemoteDevice::connect(rc).await.expect("remote login");
+        r.connect_streams(&id("p/f"), &[0], &[0])
+            .await
+            .expect("connect stream 0");
+        expect_event(&mut re, "playing", |e| {
+            matches!(
+                e,
+                Event::StreamState {
+                    state: fieldlink_sdk::StreamState::Playing,
+                    ..
+                }
+            )
+        })
+        .await;
+        (r, re)
+    }
+
     /// A project `p` with field `p/f` (password `fpw`) and remotes `p/r1`, `p/r2` (`rpw`).
     pub fn standard(&self) {
         self.project("p", json!({"Mode": 1, "Key": KEY}));
