@@ -10,6 +10,7 @@
 
 pub mod audio;
 pub mod camera;
+pub mod config;
 pub mod diag;
 mod driver;
 pub mod encode;
