@@ -129,6 +129,8 @@ impl<D: Device> Handle<D> {
             .map_err(|e| SdkError::new(ErrorCode::Internal, format!("event thread: {e}")))?;
         let _ = self.event_thread.set(thread.thread().id());
         *self.events.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
+        // `after` may spawn tasks (video sources): inside the runtime.
+        let _rt = self.rt().enter();
         after(self.device()?)
     }
 

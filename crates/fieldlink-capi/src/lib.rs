@@ -94,3 +94,141 @@ pub unsafe extern "C" fn fl_audio_device_name(
         copy_out(name, buf, cap)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The conventions, called as C would (the whole API against a server: the C
+    //! examples in crates/fieldlink/tests/capi.rs).
+    use super::*;
+    use std::ffi::CStr;
+
+    fn last() -> String {
+        let mut buf = [0 as c_char; 512];
+        let n = fl_last_error(buf.as_mut_ptr(), buf.len());
+        assert!(n > 0, "a message was left");
+        unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn null_pointers_are_errors_with_a_message_not_crashes() {
+        let mut f: *mut fl_field = std::ptr::null_mut();
+        unsafe {
+            assert_eq!(fl_field_create(std::ptr::null(), &mut f), -2);
+            assert_eq!(last(), "config is NULL");
+            assert_eq!(fl_field_create(c"{}".as_ptr(), std::ptr::null_mut()), -2);
+            assert_eq!(last(), "out is NULL");
+            assert_eq!(
+                fl_field_send_control_data(std::ptr::null_mut(), std::ptr::null(), 0, 1),
+                -2
+            );
+            assert_eq!(last(), "field is NULL");
+            assert_eq!(
+                fl_remote_connect(
+                    std::ptr::null_mut(),
+                    std::ptr::null(),
+                    0,
+                    std::ptr::null(),
+                    std::ptr::null(),
+                    std::ptr::null()
+                ),
+                -2
+            );
+            assert_eq!(
+                fl_field_free(std::ptr::null_mut()),
+                FL_OK,
+                "freeing NULL is allowed"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_config_says_what_is_wrong() {
+        let mut f: *mut fl_field = std::ptr::null_mut();
+        let cfg = cr#"{"device_id":"f","projectid":"p","password":"x","max_streams":3}"#;
+        assert_eq!(unsafe { fl_field_create(cfg.as_ptr(), &mut f) }, -2);
+        assert!(last().contains("max_streams is a key of the other device role"));
+        assert!(f.is_null(), "nothing made");
+        assert_eq!(
+            unsafe { fl_field_create(c"/no/such/config.json".as_ptr(), &mut f) },
+            -2
+        );
+        assert!(last().contains("/no/such/config.json"));
+    }
+
+    #[test]
+    fn calls_before_start_and_bad_arguments_are_refused_by_code() {
+        let mut r: *mut fl_remote = std::ptr::null_mut();
+        let cfg = cr#"{"device_id":"r","projectid":"p","password":"x","max_streams":2}"#;
+        unsafe {
+            assert_eq!(fl_remote_create(cfg.as_ptr(), &mut r), FL_OK);
+            let gwid = c"p/f".as_ptr();
+            assert_eq!(
+                fl_remote_disconnect_all(r),
+                -3,
+                "NOT_LOGGED_IN before start"
+            );
+            assert_eq!(
+                fl_remote_send_control_data(r, gwid, c"x".as_ptr().cast(), 1, 2),
+                -2
+            );
+            assert_eq!(last(), "qos must be 0 or 1, got 2");
+            assert_eq!(fl_remote_request_permission(r, c"nonsense".as_ptr(), 1), -2);
+            assert!(last().contains("is not a device id"));
+            // 3 pairs announced, NULL arrays.
+            assert_eq!(
+                fl_remote_connect(
+                    r,
+                    gwid,
+                    3,
+                    std::ptr::null(),
+                    std::ptr::null(),
+                    std::ptr::null()
+                ),
+                -2
+            );
+            assert_eq!(last(), "stream_ids is NULL but its length is 3");
+            assert_eq!(fl_remote_free(r), FL_OK);
+        }
+    }
+
+    #[test]
+    fn codes_have_names_and_buffers_too_small_are_not_overrun() {
+        let name = |c| {
+            unsafe { CStr::from_ptr(fl_error_name(c)) }
+                .to_str()
+                .unwrap()
+        };
+        assert_eq!(name(FL_OK), "OK");
+        assert_eq!(name(-30), "NOT_MASTER");
+        assert_eq!(name(-31), "MESSAGE_TOO_LARGE");
+        assert!(fl_error_name(-999).is_null());
+        assert!(fl_error_describe(-999).is_null());
+        let mut small = [0x55 as c_char; 4];
+        assert_eq!(
+            unsafe { fl_audio_device_name(7, 0, small.as_mut_ptr(), 4) },
+            -2
+        );
+        assert_eq!(
+            status::copy_out("hello", small.as_mut_ptr(), 4)
+                .unwrap_err()
+                .code
+                .code(),
+            -50
+        );
+        assert!(small.iter().all(|b| *b == 0x55), "nothing written");
+        assert_eq!(status::copy_out("abc", small.as_mut_ptr(), 4), Ok(4));
+        assert_eq!(
+            unsafe { CStr::from_ptr(small.as_ptr()) }.to_str(),
+            Ok("abc")
+        );
+    }
+
+    #[test]
+    fn a_panic_becomes_internal_not_an_abort() {
+        let rc = guard(|| panic!("boom"));
+        assert_eq!(rc, -1);
+        assert!(last().contains("boom"));
+    }
+}

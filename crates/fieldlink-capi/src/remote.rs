@@ -150,7 +150,8 @@ pub unsafe extern "C" fn fl_remote_set_windows(
             .iter()
             .map(|w| (*w != 0).then_some(*w))
             .collect();
-        h.device()?.set_windows(fds, &ws)?;
+        let dev = h.device()?;
+        h.block_on(async { dev.set_windows(fds, &ws) })?;
         Ok(FL_OK)
     })
 }

@@ -1,0 +1,284 @@
+//! The C API as a C program uses it: `scripts/install-capi.sh` installs libfieldlink into
+//! a temporary prefix, gcc builds `examples/c/*.c` against the installed header and
+//! library (pkg-config), and the programs run against a real server.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The repository root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Installs libfieldlink once per test process and builds the C examples against it;
+/// returns the prefix (programs in `bin/`).
+fn installed() -> &'static Path {
+    static PREFIX: OnceLock<PathBuf> = OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let prefix = temp_dir("capi");
+        let st = Command::new(root().join("scripts/install-capi.sh"))
+            .args(["--debug", "--prefix"])
+            .arg(&prefix)
+            .status()
+            .expect("running scripts/install-capi.sh");
+        assert!(st.success(), "install-capi.sh failed: {st}");
+        std::fs::create_dir_all(prefix.join("bin")).unwrap();
+        let pc = prefix.join("lib/pkgconfig");
+        let flags = Command::new("pkg-config")
+            .args(["--cflags", "--libs", "fieldlink"])
+            .env("PKG_CONFIG_PATH", &pc)
+            .output()
+            .expect("pkg-config (Debian package pkg-config)");
+        assert!(flags.status.success(), "pkg-config does not find fieldlink.pc");
+        let flags = String::from_utf8(flags.stdout).unwrap();
+        for name in ["field", "remote", "windows"] {
+            let out = Command::new("gcc")
+                .args(["-Wall", "-Wextra", "-Werror", "-std=c11", "-D_DEFAULT_SOURCE", "-o"])
+                .arg(prefix.join("bin").join(name))
+                .arg(root().join(format!("examples/c/{name}.c")))
+                .args(flags.split_whitespace())
+                .args(if name == "windows" { &["-lX11"][..] } else { &[] })
+                .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()))
+                .output()
+                .expect("gcc");
+            assert!(
+                out.status.success(),
+                "gcc {name}.c:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        prefix
+    })
+}
+
+/// Waits for `child` up to `limit`; its exit status and everything it printed.
+fn finish(mut child: Child, limit: Duration) -> (std::process::ExitStatus, String, String) {
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let o = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let e = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "still running after {limit:?}; stdout:\n{}\nstderr:\n{}",
+                o.join().unwrap(),
+                e.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, o.join().unwrap(), e.join().unwrap())
+}
+
+/// The field device's config: two small test patterns, the application decides
+/// permission, no audio devices.
+fn field_config(s: &TestServer) -> String {
+    let stream = r#"{"fps":25,"bps":200,"width":160,"height":96}"#;
+    format!(
+        r#"{{"device_id":"f","projectid":"p","password":"fpw","server":"{}",
+            "auto_permission":0,"audio_enable":0,"device_streams":2,
+            "streams_config":[{stream},{stream}]}}"#,
+        s.ws
+    )
+}
+
+fn remote_config(s: &TestServer, id: &str) -> String {
+    format!(
+        r#"{{"device_id":"{id}","projectid":"p","password":"rpw","server":"{}",
+            "auto_permission":0,"audio_receive":0,"max_streams":2}}"#,
+        s.ws
+    )
+}
+
+/// `prog` from the installed examples, under `wrap` (e.g. valgrind) if given.
+fn example(prog: &str, wrap: &[&str]) -> Command {
+    let bin = installed().join("bin").join(prog);
+    let mut c = match wrap.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    c.env("FIELDLINK_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// field.c and remote.c against a real server, both under `wrap`; returns their outputs.
+fn field_and_remote(wrap: &[&str], limit: Duration) -> (String, String, String, String) {
+    let s = TestServer::start();
+    s.standard();
+    let dir = temp_dir("capi-run");
+    std::fs::write(dir.join("field.json"), field_config(&s)).unwrap();
+    std::fs::write(dir.join("remote.json"), remote_config(&s, "r1")).unwrap();
+    let mut field = example("field", wrap)
+        .arg(dir.join("field.json"))
+        .args(["-", "p/r1"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("field example");
+    let field_in = field.stdin.take();
+    let remote = example("remote", wrap)
+        .arg(dir.join("remote.json"))
+        .args(["p/f", "2"])
+        .spawn()
+        .expect("remote example");
+    let (rst, rout, rerr) = finish(remote, limit);
+    drop(field_in); // field.c logs out when its stdin closes
+    let (fst, fout, ferr) = finish(field, limit);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(rst.success(), "remote.c: {rst}\n{rout}\n{rerr}\nfield.c:\n{fout}\n{ferr}");
+    assert!(fst.success(), "field.c: {fst}\n{fout}\n{ferr}");
+    (rout, rerr, fout, ferr)
+}
+
+#[test]
+fn the_c_examples_watch_take_control_and_talk_through_a_real_server() {
+    let (rout, _, fout, _) = field_and_remote(&[], Duration::from_secs(60));
+    // remote.c: listed the field device, both receivers played with frames, master
+    // granted by the field program's rule, control data answered with a report.
+    assert!(rout.contains(r#""id":"p/f""#), "{rout}");
+    for fd in [0, 1] {
+        assert!(
+            rout.contains(&format!("state conn_fd={fd} gwid=p/f stream={fd} state=playing")),
+            "{rout}"
+        );
+    }
+    let frames: Vec<u64> = rout
+        .lines()
+        .find_map(|l| l.strip_prefix("frames "))
+        .expect("a frames line")
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // 2 s at 25 fps on each receiver (after it played): well over 25 each.
+    assert!(frames.len() == 2 && frames.iter().all(|n| *n >= 25), "{frames:?}");
+    assert!(rout.contains("permission gwid=p/f self=1 master=p/r1"), "{rout}");
+    assert!(rout.contains("report from=p/f qos=1 data=ack:hello from C"), "{rout}");
+    assert!(rout.contains("state conn_fd=0 gwid=p/f stream=0 state=disconnected"), "{rout}");
+    // field.c: asked, granted by its rule from inside the callback, got the message.
+    assert!(fout.contains("session remote=p/r1 joined"), "{fout}");
+    assert!(fout.contains("permission_request remote=p/r1 level=1 -> master"), "{fout}");
+    assert!(fout.contains("master p/r1"), "{fout}");
+    assert!(fout.contains("control from=p/r1 qos=1 data=hello from C"), "{fout}");
+    assert!(fout.contains("done 1"), "{fout}");
+}
+
+/// An X server of the test's own (Xvfb, Unix socket only), stopped on drop.
+struct Xvfb {
+    child: Child,
+    display: String,
+}
+
+impl Xvfb {
+    /// `None` (with a message) where Xvfb is not installed, outside CI.
+    fn start() -> Option<Xvfb> {
+        // A display number of this process's own, away from any real display.
+        for n in (0..20).map(|i| 100 + (std::process::id() % 800) + i * 37) {
+            let sock = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
+            if sock.exists() || Path::new(&format!("/tmp/.X{n}-lock")).exists() {
+                continue;
+            }
+            let child = match Command::new("Xvfb")
+                .args([&format!(":{n}"), "-screen", "0", "800x600x24", "-nolisten", "tcp"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    assert!(
+                        std::env::var("CI").is_err(),
+                        "Xvfb (Debian package xvfb) is needed in CI: {e}"
+                    );
+                    eprintln!("skipped: no Xvfb ({e})");
+                    return None;
+                }
+            };
+            let x = Xvfb {
+                child,
+                display: format!(":{n}"),
+            };
+            let deadline = Instant::now() + WAIT;
+            while !sock.exists() {
+                assert!(Instant::now() < deadline, "Xvfb {n} did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return Some(x);
+        }
+        panic!("no free X display number");
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_sdk_draws_two_streams_into_c_windows_and_swaps_them_without_reconnecting() {
+    let Some(x) = Xvfb::start() else { return };
+    let s = TestServer::start();
+    s.standard();
+    let dir = temp_dir("capi-win");
+    std::fs::write(dir.join("field.json"), field_config(&s)).unwrap();
+    std::fs::write(dir.join("remote.json"), remote_config(&s, "r1")).unwrap();
+    let mut field = example("field", &[])
+        .arg(dir.join("field.json"))
+        .args(["-", "p/"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("field example");
+    let field_in = field.stdin.take();
+    let win = example("windows", &[])
+        .arg(dir.join("remote.json"))
+        .arg("p/f")
+        .arg(&dir)
+        .env("DISPLAY", &x.display)
+        .spawn()
+        .expect("windows example");
+    let (st, out, err) = finish(win, Duration::from_secs(60));
+    drop(field_in);
+    let (fst, fout, ferr) = finish(field, Duration::from_secs(30));
+    // The windows as they were read back, for a person to look at when this fails.
+    let shots: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(st.success(), "windows.c: {st}\n{out}\n{err}\nshots: {shots:?}");
+    assert!(fst.success(), "field.c: {fst}\n{fout}\n{ferr}");
+    assert!(out.contains("before: window A shows stream 0, window B shows stream 1"), "{out}");
+    assert!(out.contains("after: window A shows stream 1, window B shows stream 0"), "{out}");
+    assert!(out.contains("no_reconnect=1"), "{out}");
+    // FIELDLINK_TEST_KEEP=1 keeps the screenshots (PPM) to look at.
+    if std::env::var_os("FIELDLINK_TEST_KEEP").is_some() {
+        eprintln!("screenshots kept: {shots:?}");
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
