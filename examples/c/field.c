@@ -6,7 +6,9 @@
  *
  * A remote whose id starts with ALLOWED_PREFIX (default: any) is made master when it
  * asks; others are left guest. Every control message is answered from inside the
- * callback with a report "ack:<message>"; a report "tick N" goes out every 500 ms.
+ * callback with a report "ack:<message>"; a report "tick N" goes out every 500 ms. With
+ * "audio_play":"outside" in its config, it counts the mixed audio it is given (10 ms
+ * frames) and how many of them are not silent.
  * Runs SECONDS (or, with "-", until its standard input is closed), then logs out.
  */
 #include <fieldlink.h>
@@ -20,6 +22,7 @@
 struct site {
     fl_field *dev;
     const char *allowed;
+    unsigned long audio_frames, loud_frames; /* only touched on the event thread */
 };
 
 static void fail(const char *what, int rc) {
@@ -51,6 +54,16 @@ static void on_control(void *ctx, const char *from, const uint8_t *data, size_t 
     fflush(stdout);
 }
 
+static void on_audio(void *ctx, const int16_t *pcm, size_t samples, uint32_t rate, uint16_t channels) {
+    struct site *s = ctx;
+    (void)rate, (void)channels;
+    int peak = 0;
+    for (size_t i = 0; i < samples; i++)
+        peak = abs(pcm[i]) > peak ? abs(pcm[i]) : peak;
+    s->audio_frames++;
+    s->loud_frames += peak > 1000;
+}
+
 static void on_master(void *ctx, const char *master) {
     (void)ctx;
     printf("master %s\n", master ? master : "(none)");
@@ -74,7 +87,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s CONFIG SECONDS|- [ALLOWED_PREFIX]\n", argv[0]);
         return 2;
     }
-    struct site s = {NULL, argc > 3 ? argv[3] : ""};
+    struct site s = {NULL, argc > 3 ? argv[3] : "", 0, 0};
     int rc = fl_field_create(argv[1], &s.dev);
     if (rc != FL_OK) {
         fail("fl_field_create", rc);
@@ -85,6 +98,7 @@ int main(int argc, char **argv) {
     fl_field_on_master(s.dev, on_master, &s);
     fl_field_on_session(s.dev, on_session, &s);
     fl_field_on_connection(s.dev, on_connection, &s);
+    fl_field_on_mixed_audio(s.dev, on_audio, &s);
     if ((rc = fl_field_start(s.dev)) != FL_OK) {
         fail("fl_field_start", rc);
         fl_field_free(s.dev);
@@ -111,6 +125,8 @@ int main(int argc, char **argv) {
             fail("fl_field_send_control_data", rc);
     }
     rc = fl_field_free(s.dev);
+    /* The event thread has ended: the counts are final. */
+    printf("audio frames=%lu loud=%lu\n", s.audio_frames, s.loud_frames);
     printf("done %d\n", rc);
     return rc == FL_OK ? 0 : 1;
 }

@@ -3,14 +3,18 @@
  * streams, count frames, ask for master, send control data, print report data,
  * disconnect.
  *
- *   remote CONFIG GWID [SECONDS]
+ *   remote CONFIG GWID [SECONDS [audio,diag]]
  *
  * CONFIG is the remote's config.json (or the JSON itself); GWID the field device
- * (project/device). Exits 0 when both streams played, master was granted and a report
- * came back after the control data; 1 otherwise (what is missing is printed).
+ * (project/device). While watching SECONDS (default 3), with "audio" it talks: a 440 Hz
+ * tone pushed as external PCM (config "audio_enable":1, "audio_external":1); with "diag"
+ * it asks for a diagnosis and prints the report. Exits 0 when both streams played,
+ * master was granted, a report came back after the control data (and the diagnosis
+ * succeeded, if asked); 1 otherwise (what is missing is printed).
  */
 #include <fieldlink.h>
 
+#include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +28,7 @@ struct console {
     atomic_int master;
     atomic_int reports_after_send;
     atomic_int sent;
+    atomic_int diag;
 };
 
 static void fail(const char *what, int rc) {
@@ -69,6 +74,12 @@ static void on_report(void *ctx, const char *from, const uint8_t *data, size_t l
         atomic_fetch_add(&c->reports_after_send, 1);
 }
 
+static void on_diag(void *ctx, const char *gwid, int type, const char *json) {
+    struct console *c = ctx;
+    printf("diag gwid=%s type=%d json=%s\n", gwid, type, json);
+    atomic_store(&c->diag, type == 1 ? 1 : -1);
+}
+
 static void on_connection(void *ctx, int state, int code, const char *message) {
     (void)ctx;
     printf("connection state=%d code=%d %s\n", state, code, message ? message : "");
@@ -94,6 +105,8 @@ int main(int argc, char **argv) {
     }
     const char *gwid = argv[2];
     double secs = argc > 3 ? atof(argv[3]) : 3.0;
+    const char *extras = argc > 4 ? argv[4] : "";
+    int talk = strstr(extras, "audio") != NULL, diag = strstr(extras, "diag") != NULL;
     struct console c;
     memset(&c, 0, sizeof c);
 
@@ -108,11 +121,18 @@ int main(int argc, char **argv) {
     fl_remote_on_permission_state(r, on_permission, &c);
     fl_remote_on_report_data(r, on_report, &c);
     fl_remote_on_connection(r, on_connection, &c);
+    fl_remote_on_diag_report(r, on_diag, &c);
     if ((rc = fl_remote_start(r)) != FL_OK) {
         fail("fl_remote_start", rc);
         fl_remote_free(r);
         return 1;
     }
+
+    printf("audio devices capture=%d playback=%d\n", fl_audio_device_count(FL_AUDIO_CAPTURE),
+           fl_audio_device_count(FL_AUDIO_PLAYBACK));
+    /* A code the server cannot have issued: refused with its reason. */
+    rc = fl_remote_set_session_permission_token(r, gwid, "bogus_29433600");
+    printf("session code refused: %s\n", rc == FL_OK ? "no" : fl_error_name(rc));
 
     char list[4096];
     rc = fl_remote_list_fields(r, list, sizeof list);
@@ -125,7 +145,20 @@ int main(int argc, char **argv) {
     if ((rc = fl_remote_connect(r, gwid, 2, streams, fds, NULL)) != FL_OK)
         fail("fl_remote_connect", rc);
     int played = wait_for(c.playing, 2, 15);
-    sleep((unsigned)secs);
+    if (diag && (rc = fl_remote_diag_request(r, gwid)) != FL_OK)
+        fail("fl_remote_diag_request", rc);
+    /* Watch (and talk) for `secs`: one 10 ms frame of 48 kHz mono a step. */
+    int16_t pcm[480];
+    for (long step = 0; step < (long)(secs * 100); step++) {
+        if (talk) {
+            for (int i = 0; i < 480; i++)
+                pcm[i] = (int16_t)(8000 * sin(2 * M_PI * 440 * (step * 480 + i) / 48000.0));
+            if ((rc = fl_remote_push_audio(r, pcm, 480, 48000, 1)) != FL_OK && step == 0)
+                fail("fl_remote_push_audio", rc);
+        }
+        usleep(10000);
+    }
+    int diagnosed = !diag || wait_for(&c.diag, 1, 20);
     printf("frames conn_fd=0 %lu conn_fd=1 %lu\n", atomic_load(&c.frames[0]),
            atomic_load(&c.frames[1]));
 
@@ -139,11 +172,15 @@ int main(int argc, char **argv) {
         fail("fl_remote_send_control_data", rc);
     int reported = wait_for(&c.reports_after_send, 1, 10);
 
-    if ((rc = fl_remote_disconnect(r, 2, fds)) != FL_OK)
+    if ((rc = fl_remote_disconnect(r, 1, fds)) != FL_OK)
         fail("fl_remote_disconnect", rc);
+    if ((rc = fl_remote_disconnect_all(r)) != FL_OK)
+        fail("fl_remote_disconnect_all", rc);
     fl_remote_free(r);
 
-    int ok = played && master && reported && c.frames[0] > 0 && c.frames[1] > 0;
-    printf("result played=%d master=%d report=%d ok=%d\n", played, master, reported, ok);
+    diagnosed = diagnosed && (!diag || c.diag == 1);
+    int ok = played && master && reported && diagnosed && c.frames[0] > 0 && c.frames[1] > 0;
+    printf("result played=%d master=%d report=%d diag=%d ok=%d\n", played, master, reported,
+           diagnosed, ok);
     return ok ? 0 : 1;
 }

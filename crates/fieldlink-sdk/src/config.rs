@@ -117,7 +117,8 @@ impl DeviceFile {
     pub fn load(path: &Path, role: Role) -> Result<DeviceFile, SdkError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| bad(format!("reading {}: {e}", path.display())))?;
-        DeviceFile::parse(&text, role).map_err(|e| bad(format!("{}: {}", path.display(), e.message)))
+        DeviceFile::parse(&text, role)
+            .map_err(|e| bad(format!("{}: {}", path.display(), e.message)))
     }
 
     /// Parses and checks a config given as JSON text.
@@ -363,7 +364,11 @@ mod tests {
     #[test]
     fn wrong_files_are_errors_that_say_why() {
         for (text, role, says) in [
-            (FIELD, Role::Remote, "device_streams is a key of the other device role"),
+            (
+                FIELD,
+                Role::Remote,
+                "device_streams is a key of the other device role",
+            ),
             (
                 r#"{"device_id":"d","projectid":"p","password":"x","max_streams":2}"#,
                 Role::Field,
@@ -374,7 +379,11 @@ mod tests {
                 Role::Field,
                 "auto_permission must be 0 or 1",
             ),
-            (r#"{"device_id":"d","projectid":"p","password":"x","oops":1}"#, Role::Field, "oops"),
+            (
+                r#"{"device_id":"d","projectid":"p","password":"x","oops":1}"#,
+                Role::Field,
+                "oops",
+            ),
             (r#"{"device_id":"d""#, Role::Field, "EOF"),
             (
                 r#"{"device_id":"d","projectid":"p","password":"x","device_streams":2,
@@ -391,9 +400,12 @@ mod tests {
 
     #[test]
     fn an_unknown_source_names_its_place() {
-        let sc: StreamConfig =
-            serde_json::from_str(r#"{"cameras":[{"url":"http://x"}]}"#).unwrap();
+        let sc: StreamConfig = serde_json::from_str(r#"{"cameras":[{"url":"http://x"}]}"#).unwrap();
         let e = source_for(3, Some(&sc)).err().unwrap();
-        assert!(e.message.starts_with("streams_config[3].cameras[0].url"), "{}", e.message);
+        assert!(
+            e.message.starts_with("streams_config[3].cameras[0].url"),
+            "{}",
+            e.message
+        );
     }
 }

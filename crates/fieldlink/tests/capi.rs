@@ -7,7 +7,6 @@ mod common;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -17,11 +16,18 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Installs libfieldlink once per test process and builds the C examples against it;
-/// returns the prefix (programs in `bin/`).
-fn installed() -> &'static Path {
-    static PREFIX: OnceLock<PathBuf> = OnceLock::new();
-    PREFIX.get_or_init(|| {
+/// libfieldlink installed into a temporary prefix with the C examples built against it
+/// (in `bin/`); removed on drop.
+struct Installed(PathBuf);
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn install() -> Installed {
+    {
         let prefix = temp_dir("capi");
         let st = Command::new(root().join("scripts/install-capi.sh"))
             .args(["--debug", "--prefix"])
@@ -36,15 +42,31 @@ fn installed() -> &'static Path {
             .env("PKG_CONFIG_PATH", &pc)
             .output()
             .expect("pkg-config (Debian package pkg-config)");
-        assert!(flags.status.success(), "pkg-config does not find fieldlink.pc");
+        assert!(
+            flags.status.success(),
+            "pkg-config does not find fieldlink.pc"
+        );
         let flags = String::from_utf8(flags.stdout).unwrap();
         for name in ["field", "remote", "windows"] {
             let out = Command::new("gcc")
-                .args(["-Wall", "-Wextra", "-Werror", "-std=c11", "-D_DEFAULT_SOURCE", "-o"])
+                .args([
+                    "-Wall",
+                    "-Wextra",
+                    "-Werror",
+                    "-std=c11",
+                    "-D_DEFAULT_SOURCE",
+                    "-o",
+                ])
                 .arg(prefix.join("bin").join(name))
                 .arg(root().join(format!("examples/c/{name}.c")))
                 .args(flags.split_whitespace())
-                .args(if name == "windows" { &["-lX11"][..] } else { &[] })
+                .args(if name == "windows" {
+                    &["-lX11"][..]
+                } else if name == "remote" {
+                    &["-lm"][..]
+                } else {
+                    &[]
+                })
                 .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()))
                 .output()
                 .expect("gcc");
@@ -54,8 +76,8 @@ fn installed() -> &'static Path {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        prefix
-    })
+        Installed(prefix)
+    }
 }
 
 /// Waits for `child` up to `limit`; its exit status and everything it printed.
@@ -92,12 +114,13 @@ fn finish(mut child: Child, limit: Duration) -> (std::process::ExitStatus, Strin
 }
 
 /// The field device's config: two small test patterns, the application decides
-/// permission, no audio devices.
+/// permission, audio received and handed to the program (no audio devices).
 fn field_config(s: &TestServer) -> String {
     let stream = r#"{"fps":25,"bps":200,"width":160,"height":96}"#;
     format!(
         r#"{{"device_id":"f","projectid":"p","password":"fpw","server":"{}",
-            "auto_permission":0,"audio_enable":0,"device_streams":2,
+            "auto_permission":0,"audio_enable":0,"audio_receive":1,"audio_play":"outside",
+            "device_streams":2,
             "streams_config":[{stream},{stream}]}}"#,
         s.ws
     )
@@ -106,14 +129,15 @@ fn field_config(s: &TestServer) -> String {
 fn remote_config(s: &TestServer, id: &str) -> String {
     format!(
         r#"{{"device_id":"{id}","projectid":"p","password":"rpw","server":"{}",
-            "auto_permission":0,"audio_receive":0,"max_streams":2}}"#,
+            "auto_permission":0,"audio_receive":0,"audio_enable":1,"audio_external":1,
+            "max_streams":2}}"#,
         s.ws
     )
 }
 
 /// `prog` from the installed examples, under `wrap` (e.g. valgrind) if given.
-fn example(prog: &str, wrap: &[&str]) -> Command {
-    let bin = installed().join("bin").join(prog);
+fn example(inst: &Installed, prog: &str, wrap: &[&str]) -> Command {
+    let bin = inst.0.join("bin").join(prog);
     let mut c = match wrap.split_first() {
         Some((first, rest)) => {
             let mut c = Command::new(first);
@@ -129,42 +153,53 @@ fn example(prog: &str, wrap: &[&str]) -> Command {
 }
 
 /// field.c and remote.c against a real server, both under `wrap`; returns their outputs.
-fn field_and_remote(wrap: &[&str], limit: Duration) -> (String, String, String, String) {
+fn field_and_remote(
+    wrap: &[&str],
+    extras: &str,
+    limit: Duration,
+) -> (String, String, String, String) {
+    let inst = install();
     let s = TestServer::start();
     s.standard();
     let dir = temp_dir("capi-run");
     std::fs::write(dir.join("field.json"), field_config(&s)).unwrap();
     std::fs::write(dir.join("remote.json"), remote_config(&s, "r1")).unwrap();
-    let mut field = example("field", wrap)
+    let mut field = example(&inst, "field", wrap)
         .arg(dir.join("field.json"))
         .args(["-", "p/r1"])
         .stdin(Stdio::piped())
         .spawn()
         .expect("field example");
     let field_in = field.stdin.take();
-    let remote = example("remote", wrap)
+    let remote = example(&inst, "remote", wrap)
         .arg(dir.join("remote.json"))
-        .args(["p/f", "2"])
+        .args(["p/f", "2", extras])
         .spawn()
         .expect("remote example");
     let (rst, rout, rerr) = finish(remote, limit);
     drop(field_in); // field.c logs out when its stdin closes
     let (fst, fout, ferr) = finish(field, limit);
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(rst.success(), "remote.c: {rst}\n{rout}\n{rerr}\nfield.c:\n{fout}\n{ferr}");
+    assert!(
+        rst.success(),
+        "remote.c: {rst}\n{rout}\n{rerr}\nfield.c:\n{fout}\n{ferr}"
+    );
     assert!(fst.success(), "field.c: {fst}\n{fout}\n{ferr}");
     (rout, rerr, fout, ferr)
 }
 
 #[test]
 fn the_c_examples_watch_take_control_and_talk_through_a_real_server() {
-    let (rout, _, fout, _) = field_and_remote(&[], Duration::from_secs(60));
+    let (rout, _, fout, _) = field_and_remote(&[], "audio,diag", Duration::from_secs(90));
+    eprintln!("remote.c:\n{rout}\nfield.c:\n{fout}");
     // remote.c: listed the field device, both receivers played with frames, master
     // granted by the field program's rule, control data answered with a report.
     assert!(rout.contains(r#""id":"p/f""#), "{rout}");
     for fd in [0, 1] {
         assert!(
-            rout.contains(&format!("state conn_fd={fd} gwid=p/f stream={fd} state=playing")),
+            rout.contains(&format!(
+                "state conn_fd={fd} gwid=p/f stream={fd} state=playing"
+            )),
             "{rout}"
         );
     }
@@ -176,16 +211,63 @@ fn the_c_examples_watch_take_control_and_talk_through_a_real_server() {
         .filter_map(|w| w.parse().ok())
         .collect();
     // 2 s at 25 fps on each receiver (after it played): well over 25 each.
-    assert!(frames.len() == 2 && frames.iter().all(|n| *n >= 25), "{frames:?}");
-    assert!(rout.contains("permission gwid=p/f self=1 master=p/r1"), "{rout}");
-    assert!(rout.contains("report from=p/f qos=1 data=ack:hello from C"), "{rout}");
-    assert!(rout.contains("state conn_fd=0 gwid=p/f stream=0 state=disconnected"), "{rout}");
+    assert!(
+        frames.len() == 2 && frames.iter().all(|n| *n >= 25),
+        "{frames:?}"
+    );
+    assert!(
+        rout.contains("permission gwid=p/f self=1 master=p/r1"),
+        "{rout}"
+    );
+    assert!(
+        rout.contains("report from=p/f qos=1 data=ack:hello from C"),
+        "{rout}"
+    );
+    assert!(
+        rout.contains("state conn_fd=0 gwid=p/f stream=0 state=disconnected"),
+        "{rout}"
+    );
     // field.c: asked, granted by its rule from inside the callback, got the message.
     assert!(fout.contains("session remote=p/r1 joined"), "{fout}");
-    assert!(fout.contains("permission_request remote=p/r1 level=1 -> master"), "{fout}");
+    assert!(
+        fout.contains("permission_request remote=p/r1 level=1 -> master"),
+        "{fout}"
+    );
     assert!(fout.contains("master p/r1"), "{fout}");
-    assert!(fout.contains("control from=p/r1 qos=1 data=hello from C"), "{fout}");
+    assert!(
+        fout.contains("control from=p/r1 qos=1 data=hello from C"),
+        "{fout}"
+    );
     assert!(fout.contains("done 1"), "{fout}");
+    // The diagnosis (SPEC §6) came back whole: success and a result per stream.
+    let diag = rout
+        .lines()
+        .find_map(|l| l.strip_prefix("diag gwid=p/f type=1 json="))
+        .unwrap_or_else(|| panic!("no successful diagnosis: {rout}"));
+    let report: serde_json::Value = serde_json::from_str(diag).expect("the report is JSON");
+    assert_eq!(
+        report["result"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    // A made-up session code is refused with its reason.
+    assert!(
+        rout.contains("session code refused: SESSION_CODE_INVALID"),
+        "{rout}"
+    );
+    assert_heard(&fout);
+}
+
+/// field.c heard remote.c's tone: ~2 s of 10 ms frames mixed, most of them not silent.
+fn assert_heard(fout: &str) {
+    let counts: Vec<u64> = fout
+        .lines()
+        .find_map(|l| l.strip_prefix("audio frames="))
+        .expect("an audio line")
+        .split(" loud=")
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(counts.len() == 2 && counts[1] >= 100, "{counts:?}\n{fout}");
 }
 
 /// An X server of the test's own (Xvfb, Unix socket only), stopped on drop.
@@ -204,7 +286,14 @@ impl Xvfb {
                 continue;
             }
             let child = match Command::new("Xvfb")
-                .args([&format!(":{n}"), "-screen", "0", "800x600x24", "-nolisten", "tcp"])
+                .args([
+                    &format!(":{n}"),
+                    "-screen",
+                    "0",
+                    "800x600x24",
+                    "-nolisten",
+                    "tcp",
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -244,19 +333,20 @@ impl Drop for Xvfb {
 #[test]
 fn the_sdk_draws_two_streams_into_c_windows_and_swaps_them_without_reconnecting() {
     let Some(x) = Xvfb::start() else { return };
+    let inst = install();
     let s = TestServer::start();
     s.standard();
     let dir = temp_dir("capi-win");
     std::fs::write(dir.join("field.json"), field_config(&s)).unwrap();
     std::fs::write(dir.join("remote.json"), remote_config(&s, "r1")).unwrap();
-    let mut field = example("field", &[])
+    let mut field = example(&inst, "field", &[])
         .arg(dir.join("field.json"))
         .args(["-", "p/"])
         .stdin(Stdio::piped())
         .spawn()
         .expect("field example");
     let field_in = field.stdin.take();
-    let win = example("windows", &[])
+    let win = example(&inst, "windows", &[])
         .arg(dir.join("remote.json"))
         .arg("p/f")
         .arg(&dir)
@@ -270,15 +360,65 @@ fn the_sdk_draws_two_streams_into_c_windows_and_swaps_them_without_reconnecting(
     let shots: Vec<_> = std::fs::read_dir(&dir)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
-    assert!(st.success(), "windows.c: {st}\n{out}\n{err}\nshots: {shots:?}");
+    assert!(
+        st.success(),
+        "windows.c: {st}\n{out}\n{err}\nshots: {shots:?}"
+    );
     assert!(fst.success(), "field.c: {fst}\n{fout}\n{ferr}");
-    assert!(out.contains("before: window A shows stream 0, window B shows stream 1"), "{out}");
-    assert!(out.contains("after: window A shows stream 1, window B shows stream 0"), "{out}");
+    assert!(
+        out.contains("before: window A shows stream 0, window B shows stream 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("after: window A shows stream 1, window B shows stream 0"),
+        "{out}"
+    );
     assert!(out.contains("no_reconnect=1"), "{out}");
     // FIELDLINK_TEST_KEEP=1 keeps the screenshots (PPM) to look at.
     if std::env::var_os("FIELDLINK_TEST_KEEP").is_some() {
         eprintln!("screenshots kept: {shots:?}");
     } else {
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Valgrind's memcheck: a definite leak or an invalid read/write makes the program exit 99.
+const VALGRIND: &[&str] = &[
+    "valgrind",
+    "--error-exitcode=99",
+    "--leak-check=full",
+    "--errors-for-leak-kinds=definite",
+    "--show-leak-kinds=definite",
+    "--num-callers=30",
+];
+
+#[test]
+fn the_c_examples_run_clean_under_valgrind() {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "valgrind (Debian package valgrind) is needed in CI"
+        );
+        eprintln!("skipped: no valgrind");
+        return;
+    }
+    let (rout, rerr, fout, ferr) = field_and_remote(VALGRIND, "audio", Duration::from_secs(300));
+    // Both exited 0 (not 99): no definite leak, no invalid access. And they did their work.
+    assert!(rout.contains("ok=1"), "{rout}\n{rerr}");
+    assert!(fout.contains("done 1"), "{fout}\n{ferr}");
+    assert_heard(&fout);
+    for err in [&rerr, &ferr] {
+        assert!(err.contains("Memcheck"), "ran under valgrind: {err}");
+        for l in err
+            .lines()
+            .filter(|l| l.contains("ERROR SUMMARY") || l.contains("lost:"))
+        {
+            eprintln!("{l}");
+        }
+        assert!(
+            !err.contains("Invalid read") && !err.contains("Invalid write"),
+            "{err}"
+        );
+        assert!(!err.contains("definitely lost in"), "{err}");
     }
 }
