@@ -41,6 +41,6 @@ Description: fieldlink field and remote devices (C API)
 Version: $version
 Cflags: -I\${includedir}
 Libs: -L\${libdir} -lfieldlink
-Libs.private: -lasound -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+Libs.private: -lstdc++ -lasound -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 PC
 echo "installed: $prefix/include/fieldlink.h, $prefix/lib/libfieldlink.{so,a}, $prefix/lib/pkgconfig/fieldlink.pc"

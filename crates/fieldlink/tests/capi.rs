@@ -76,6 +76,31 @@ fn install() -> Installed {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        // The static library links too (remote.c; run without arguments it prints its usage).
+        let libs = Command::new("pkg-config")
+            .args(["--static", "--libs-only-l", "fieldlink"])
+            .env("PKG_CONFIG_PATH", &pc)
+            .output()
+            .unwrap();
+        let libs = String::from_utf8(libs.stdout).unwrap();
+        let bin = prefix.join("bin/remote-static");
+        let out = Command::new("gcc")
+            .args(["-std=c11", "-D_DEFAULT_SOURCE", "-o"])
+            .arg(&bin)
+            .arg(root().join("examples/c/remote.c"))
+            .arg(format!("-I{}", prefix.join("include").display()))
+            .arg(prefix.join("lib/libfieldlink.a"))
+            .args(libs.split_whitespace().filter(|l| *l != "-lfieldlink"))
+            .output()
+            .expect("gcc");
+        assert!(
+            out.status.success(),
+            "static link:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let usage = Command::new(&bin).output().unwrap();
+        assert_eq!(usage.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&usage.stderr).contains("usage:"));
         Installed(prefix)
     }
 }
