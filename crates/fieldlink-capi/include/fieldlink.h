@@ -1,10 +1,20 @@
 /*
- * libfieldlink: fieldlink's field and remote devices for C and C++ programs.
+ * libfieldlink: fieldlink's field and remote devices for C and C++ programs
+ * (docs/capi.md).
  *
- * Every function returns FL_OK (1) on success or a negative ErrorCode
- * (fl_error_name, fl_last_error); callbacks take the program's void* context first
- * and run on the device's one event thread, in order; pointers a callback gets are
- * valid until it returns. See docs/capi.md.
+ * Return values: FL_OK (1) on success, a negative ErrorCode on failure
+ * (fl_error_name, fl_error_describe; fl_last_error gives the calling thread's last
+ * message). Every pointer argument is checked for NULL; no panic crosses into C.
+ *
+ * Ownership: strings and buffers passed in are copied before the call returns. A
+ * device is made by fl_*_create, started once by fl_*_start, freed once by fl_*_free,
+ * and not used after. Every pointer a callback gets is valid until it returns.
+ *
+ * Threads: each device has one event thread; all its callbacks run there, one at a
+ * time, in the order things happened, with the void* context they were registered
+ * with. Any function may be called from any thread, callbacks included, except
+ * fl_*_free of the same device from its own callback (BAD_REQUEST). Calls that ask
+ * the server wait for its answer (up to 10 s).
  */
 
 #ifndef FIELDLINK_H
