@@ -71,8 +71,11 @@ static void on_master(void *ctx, const char *master) {
 }
 
 static void on_session(void *ctx, const char *remote_id, int joined) {
-    (void)ctx;
+    struct site *s = ctx;
     printf("session remote=%s %s\n", remote_id, joined ? "joined" : "left");
+    /* A device cannot be freed from its own callback: refused, nothing freed. */
+    int rc = fl_field_free(s->dev);
+    printf("free from a callback: %s\n", fl_error_name(rc));
     fflush(stdout);
 }
 

@@ -194,6 +194,32 @@ mod tests {
     }
 
     #[test]
+    fn a_server_that_is_not_there_fails_the_start_and_the_device_still_frees() {
+        let mut r: *mut fl_remote = std::ptr::null_mut();
+        // Port 9 on loopback: nothing listens (connection refused at once).
+        let cfg =
+            cr#"{"device_id":"r","projectid":"p","password":"x","server":"ws://127.0.0.1:9/ws"}"#;
+        unsafe {
+            assert_eq!(fl_remote_create(cfg.as_ptr(), &mut r), FL_OK);
+            let t = std::time::Instant::now();
+            let rc = fl_remote_start(r);
+            assert!(rc < 0, "{rc}");
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(12),
+                "{:?}",
+                t.elapsed()
+            );
+            eprintln!(
+                "{}: {}",
+                CStr::from_ptr(fl_error_name(rc)).to_string_lossy(),
+                last()
+            );
+            assert_eq!(fl_remote_disconnect_all(r), -3, "still not logged in");
+            assert_eq!(fl_remote_free(r), FL_OK);
+        }
+    }
+
+    #[test]
     fn codes_have_names_and_buffers_too_small_are_not_overrun() {
         let name = |c| {
             unsafe { CStr::from_ptr(fl_error_name(c)) }
