@@ -158,6 +158,8 @@ impl Hub {
             }
         };
         let mut written = Vec::new();
+        // Receivers a reliable message could not be given to: the sender is told.
+        let mut unreachable = Vec::new();
         for t in targets {
             let Some(target) = self.clients.get_mut(&t) else {
                 continue;
@@ -175,9 +177,22 @@ impl Hub {
                 continue;
             }
             let Some(peer) = target.peer.as_mut() else {
+                // No media connection (being re-established): a lossy message is lost as
+                // qos 0 allows; a reliable one must not vanish without a word.
+                if qos == Qos::Reliable {
+                    unreachable.push(target.info.device.clone());
+                }
                 continue;
             };
             let Some(cid) = peer.channels[qos as usize] else {
+                if qos == Qos::Reliable && peer.pending_reliable.len() < MAX_PENDING_RELIABLE {
+                    // The channel is not open yet: queued, written once it opens.
+                    peer.pending_reliable.push_back(fwd.clone());
+                    self.metrics.control(qos, ControlOutcome::Forwarded);
+                    written.push(t);
+                } else if qos == Qos::Reliable {
+                    unreachable.push(target.info.device.clone());
+                }
                 continue;
             };
             match qos {
@@ -210,6 +225,14 @@ impl Hub {
                 }
             }
             written.push(t);
+        }
+        for d in unreachable {
+            self.metrics.control(qos, ControlOutcome::Refused);
+            self.warn(
+                from,
+                ErrorCode::MediaNotReady,
+                format!("reliable control data for {d} dropped: its media connection is not up"),
+            );
         }
         written
     }
