@@ -1,6 +1,7 @@
 //! Wire vocabulary shared by the fieldlink server and devices: ids, permission levels,
 //! qos, error codes, the signalling messages and the control-data frame. No I/O.
 
+pub mod bond;
 pub mod control;
 pub mod diag;
 pub mod error;

@@ -1,0 +1,398 @@
+//! One network path's health as its probes and acks show it: round trip, loss, state, and
+//! the hysteresis that keeps a flapping path out.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Probes on every admitted path, each way.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// Nothing heard for this long: the path is down.
+pub const DOWN_AFTER: Duration = Duration::from_millis(300);
+/// A path that came back is used again after answering this long without a break...
+pub const READMIT_FIRST: Duration = Duration::from_secs(2);
+/// ...doubled each time it fails again within [`FLAP_MEMORY`] of coming back, up to this.
+pub const READMIT_MAX: Duration = Duration::from_secs(60);
+pub const FLAP_MEMORY: Duration = Duration::from_secs(30);
+/// Probes waited for at most (beyond: lost).
+const PROBE_TTL: Duration = Duration::from_secs(1);
+const MAX_OUTSTANDING: usize = 16;
+/// Weight of one new sample in the loss averages.
+const LOSS_ALPHA: f64 = 0.1;
+/// A round trip minimum is remembered this long.
+const MIN_RTT_MEMORY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathState {
+    /// Carries traffic.
+    Up,
+    /// Heard again after being down; not used until it has been healthy long enough.
+    Recovering,
+    /// Silent for [`DOWN_AFTER`].
+    Down,
+}
+
+impl PathState {
+    pub fn name(self) -> &'static str {
+        match self {
+            PathState::Up => "up",
+            PathState::Recovering => "recovering",
+            PathState::Down => "down",
+        }
+    }
+}
+
+/// What a path's figures are, for statistics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PathStats {
+    pub id: u8,
+    pub state: PathState,
+    pub rtt: Option<Duration>,
+    /// Probes lost (0–1, smoothed).
+    pub probe_loss: f64,
+    /// Data datagrams this side sent on it that the other side did not get (0–1).
+    pub data_loss: f64,
+    /// Data datagrams and bytes sent on it.
+    pub sent: u64,
+    pub sent_bytes: u64,
+    /// Data datagrams received on it (duplicates included).
+    pub received: u64,
+    /// Times it went down.
+    pub downs: u32,
+}
+
+#[derive(Debug)]
+pub struct Path {
+    pub id: u8,
+    pub state: PathState,
+    last_heard: Instant,
+    /// Heard without a break since (while recovering).
+    healthy_since: Instant,
+    readmit_after: Duration,
+    /// When it last came back up (for the flap backoff).
+    up_at: Option<Instant>,
+    next_probe: Instant,
+    probe_seq: u32,
+    /// Probes not answered yet: seq, sent, data datagrams sent on it by then.
+    outstanding: VecDeque<(u32, Instant, u32)>,
+    /// The last answered probe's data count and the other side's received count.
+    last_ack: Option<(u32, u32)>,
+    pub srtt: Option<Duration>,
+    rtt_min: Option<(Duration, Instant)>,
+    pub probe_loss: f64,
+    pub data_loss: f64,
+    /// Data datagrams sent / received on this path (wrapping counters on the wire).
+    sent: u32,
+    received: u32,
+    sent_bytes: u64,
+    downs: u32,
+    /// Aggregate mode: this path's share of the traffic (relative), and its byte credit.
+    pub weight: f64,
+    pub credit: f64,
+    /// When its weight was last cut (at most once per round trip).
+    cut_at: Option<Instant>,
+}
+
+impl Path {
+    pub fn new(id: u8, now: Instant) -> Path {
+        Path {
+            id,
+            state: PathState::Up,
+            last_heard: now,
+            healthy_since: now,
+            readmit_after: READMIT_FIRST,
+            // Admitted, not come back: its first fall is no flap.
+            up_at: None,
+            next_probe: now,
+            probe_seq: 0,
+            outstanding: VecDeque::new(),
+            last_ack: None,
+            srtt: None,
+            rtt_min: None,
+            probe_loss: 0.0,
+            data_loss: 0.0,
+            sent: 0,
+            received: 0,
+            sent_bytes: 0,
+            downs: 0,
+            weight: 1.0,
+            credit: 0.0,
+            cut_at: None,
+        }
+    }
+
+    pub fn stats(&self) -> PathStats {
+        PathStats {
+            id: self.id,
+            state: self.state,
+            rtt: self.srtt,
+            probe_loss: self.probe_loss,
+            data_loss: self.data_loss,
+            sent: u64::from(self.sent),
+            sent_bytes: self.sent_bytes,
+            received: u64::from(self.received),
+            downs: self.downs,
+        }
+    }
+
+    pub fn rtt_min(&self) -> Option<Duration> {
+        self.rtt_min.map(|(d, _)| d)
+    }
+
+    /// Anything arrived on this path.
+    pub fn heard(&mut self, now: Instant) {
+        if now.duration_since(self.last_heard) > PROBE_INTERVAL * 2 {
+            // A break: recovering starts over.
+            self.healthy_since = now;
+        }
+        self.last_heard = now;
+        if self.state == PathState::Down {
+            self.state = PathState::Recovering;
+            self.healthy_since = now;
+        }
+    }
+
+    pub fn data_received(&mut self, now: Instant) {
+        self.received = self.received.wrapping_add(1);
+        self.heard(now);
+    }
+
+    pub fn data_sent(&mut self, bytes: usize) {
+        self.sent = self.sent.wrapping_add(1);
+        self.sent_bytes += bytes as u64;
+    }
+
+    pub fn received_count(&self) -> u32 {
+        self.received
+    }
+
+    /// State changes that time alone makes; the probe to send now, if one is due.
+    pub fn tick(&mut self, now: Instant) -> Option<u32> {
+        if self.state != PathState::Down && now.duration_since(self.last_heard) >= DOWN_AFTER {
+            self.go_down(now);
+        }
+        if self.state == PathState::Recovering
+            && now.duration_since(self.healthy_since) >= self.readmit_after
+        {
+            self.state = PathState::Up;
+            self.up_at = Some(now);
+        }
+        while let Some(&(_, at, _)) = self.outstanding.front() {
+            if now.duration_since(at) < PROBE_TTL && self.outstanding.len() <= MAX_OUTSTANDING {
+                break;
+            }
+            self.outstanding.pop_front();
+            self.probe_loss += LOSS_ALPHA * (1.0 - self.probe_loss);
+        }
+        if now < self.next_probe {
+            return None;
+        }
+        self.next_probe = now + PROBE_INTERVAL;
+        self.probe_seq = self.probe_seq.wrapping_add(1);
+        self.outstanding.push_back((self.probe_seq, now, self.sent));
+        Some(self.probe_seq)
+    }
+
+    fn go_down(&mut self, now: Instant) {
+        self.state = PathState::Down;
+        self.downs += 1;
+        // Failing again soon after coming back: it must prove itself longer next time.
+        self.readmit_after = match self.up_at {
+            Some(up) if now.duration_since(up) < FLAP_MEMORY => {
+                (self.readmit_after * 2).min(READMIT_MAX)
+            }
+            _ => READMIT_FIRST,
+        };
+        self.up_at = None;
+        self.outstanding.clear();
+        self.last_ack = None;
+    }
+
+    pub fn next_timeout(&self) -> Instant {
+        let mut t = self.next_probe;
+        if self.state != PathState::Down {
+            t = t.min(self.last_heard + DOWN_AFTER);
+        }
+        if self.state == PathState::Recovering {
+            t = t.min(self.healthy_since + self.readmit_after);
+        }
+        t
+    }
+
+    /// The other side answered probe `seq` (held `held` before answering), having
+    /// received `received` data datagrams on this path.
+    pub fn on_ack(&mut self, now: Instant, seq: u32, held: Duration, received: u32) {
+        self.heard(now);
+        let Some(i) = self.outstanding.iter().position(|(s, _, _)| *s == seq) else {
+            return;
+        };
+        // Probes before it that are still outstanding were lost (one path is FIFO).
+        for _ in 0..i {
+            self.outstanding.pop_front();
+            self.probe_loss += LOSS_ALPHA * (1.0 - self.probe_loss);
+        }
+        let Some((_, sent_at, sent_then)) = self.outstanding.pop_front() else {
+            return;
+        };
+        self.probe_loss -= LOSS_ALPHA * self.probe_loss;
+        let rtt = now.duration_since(sent_at).saturating_sub(held);
+        self.srtt = Some(match self.srtt {
+            Some(s) => (s * 7 + rtt) / 8,
+            None => rtt,
+        });
+        match self.rtt_min {
+            Some((m, at)) if m <= rtt && now.duration_since(at) < MIN_RTT_MEMORY => {}
+            _ => self.rtt_min = Some((rtt, now)),
+        }
+        if let Some((s0, r0)) = self.last_ack {
+            let ds = sent_then.wrapping_sub(s0);
+            let dr = received.wrapping_sub(r0);
+            if ds >= 10 {
+                let sample = 1.0 - (f64::from(dr) / f64::from(ds)).min(1.0);
+                self.data_loss += LOSS_ALPHA * (sample - self.data_loss);
+            }
+        }
+        self.last_ack = Some((sent_then, received));
+    }
+
+    /// Aggregate mode: a queue or loss on this path cuts its share (at most once a round
+    /// trip); otherwise it grows slowly. `step` is the additive increase.
+    pub fn adapt_weight(&mut self, now: Instant, step: f64) {
+        let queue = match (self.srtt, self.rtt_min()) {
+            (Some(s), Some(m)) => s.saturating_sub(m),
+            _ => Duration::ZERO,
+        };
+        let congested = self.data_loss > 0.02 || queue > Duration::from_millis(40);
+        let rtt = self.srtt.unwrap_or(PROBE_INTERVAL);
+        if congested {
+            if self.cut_at.is_none_or(|c| now.duration_since(c) >= rtt) {
+                self.weight = (self.weight * 0.85).max(0.02);
+                self.cut_at = Some(now);
+            }
+        } else {
+            self.weight = (self.weight + step).min(1.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn silence_takes_a_path_down_within_300_ms() {
+        let t = Instant::now();
+        let mut p = Path::new(0, t);
+        p.tick(t + ms(299));
+        assert_eq!(p.state, PathState::Up);
+        p.tick(t + ms(300));
+        assert_eq!(p.state, PathState::Down);
+        assert_eq!(p.stats().downs, 1);
+    }
+
+    #[test]
+    fn a_path_comes_back_only_after_being_healthy_for_a_while() {
+        let t = Instant::now();
+        let mut p = Path::new(0, t);
+        p.tick(t + ms(300));
+        // Heard again: recovering, not used.
+        let mut now = t + ms(400);
+        p.heard(now);
+        assert_eq!(p.state, PathState::Recovering);
+        while now < t + ms(400) + READMIT_FIRST {
+            assert_eq!(p.state, PathState::Recovering);
+            p.heard(now);
+            p.tick(now);
+            now += ms(100);
+        }
+        p.heard(now);
+        p.tick(now);
+        assert_eq!(p.state, PathState::Up);
+    }
+
+    #[test]
+    fn a_flapping_path_stays_out() {
+        // Up 1 s, silent 1 s, for a minute: after its first fall it is never used again.
+        let t = Instant::now();
+        let mut p = Path::new(0, t);
+        let mut used_after_first_down = 0;
+        let mut down_seen = false;
+        for step in 0..600u64 {
+            let now = t + ms(step * 100);
+            if (step / 10) % 2 == 0 {
+                p.heard(now);
+            }
+            p.tick(now);
+            down_seen |= p.state == PathState::Down;
+            if down_seen && p.state == PathState::Up {
+                used_after_first_down += 1;
+            }
+        }
+        assert_eq!(used_after_first_down, 0);
+    }
+
+    #[test]
+    fn the_backoff_doubles_while_it_keeps_failing_and_resets_when_it_holds() {
+        let t = Instant::now();
+        let mut p = Path::new(0, t);
+        p.tick(t + ms(300));
+        assert_eq!(p.readmit_after, READMIT_FIRST);
+        // Back after 2 s of health, down again 1 s later: it must wait twice as long.
+        let mut now = t + ms(400);
+        while p.state != PathState::Up {
+            p.heard(now);
+            p.tick(now);
+            now += ms(100);
+        }
+        p.tick(now + ms(1000));
+        assert_eq!(p.state, PathState::Down);
+        assert_eq!(p.readmit_after, READMIT_FIRST * 2);
+        // Back for good: recovering 4 s, up, then holds 40 s, then fails: back to the first.
+        now += ms(1100);
+        let end = now + Duration::from_secs(50);
+        while now < end {
+            p.heard(now);
+            p.tick(now);
+            now += ms(100);
+        }
+        assert_eq!(p.state, PathState::Up);
+        p.tick(now + ms(300));
+        assert_eq!(p.state, PathState::Down);
+        assert_eq!(p.readmit_after, READMIT_FIRST);
+    }
+
+    #[test]
+    fn acks_give_the_round_trip_and_the_data_loss() {
+        let t = Instant::now();
+        let mut p = Path::new(0, t);
+        let mut received = 0u32;
+        for i in 0..50u64 {
+            let now = t + ms(i * 100);
+            let seq = p.tick(now).expect("a probe every 100 ms");
+            // 20 datagrams between probes, the other side gets 18 of them (10 % loss).
+            for _ in 0..20 {
+                p.data_sent(1000);
+            }
+            received += 18;
+            p.on_ack(now + ms(40), seq, ms(2), received - 18);
+        }
+        assert_eq!(p.srtt, Some(ms(38)));
+        assert!((p.data_loss - 0.1).abs() < 0.02, "{}", p.data_loss);
+        assert!(p.probe_loss < 0.01);
+    }
+
+    #[test]
+    fn unanswered_probes_count_as_lost() {
+        let t = Instant::now();
+        let mut p = Path::new(0, t);
+        for i in 0..30u64 {
+            let now = t + ms(i * 100);
+            p.heard(now); // data keeps it up; probes go unanswered
+            p.tick(now);
+        }
+        assert!(p.probe_loss > 0.5, "{}", p.probe_loss);
+    }
+}

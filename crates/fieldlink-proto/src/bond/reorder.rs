@@ -1,0 +1,272 @@
+//! The receiving side's sequence: the first copy of each datagram wins, later copies are
+//! dropped, and datagrams are handed up in order — a gap is waited for at most `budget`,
+//! then skipped (the datagram is lost on every path, or very late: DTLS/SRTP and NACK
+//! deal with it as with any loss).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Sequence numbers remembered behind the newest, for telling duplicates.
+const WINDOW: u32 = 8192;
+/// Datagrams held waiting for a gap, at most (beyond: the oldest gap is skipped).
+const MAX_HELD: usize = 1024;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReorderStats {
+    pub delivered: u64,
+    pub duplicates: u64,
+    /// Datagrams never seen on any path within the budget.
+    pub skipped: u64,
+    /// Delivered after waiting for an earlier one.
+    pub reordered: u64,
+}
+
+#[derive(Debug)]
+pub struct Reorder {
+    /// The next sequence number to hand up. Senders number from 1, so the first datagram
+    /// waits for any earlier one still on a slower path.
+    next: Option<u32>,
+    /// Ahead of `next`: seq → (when it came, datagram).
+    held: BTreeMap<u64, (Instant, Vec<u8>)>,
+    /// Seen sequence numbers at or after `next` - WINDOW (bit per seq, ring).
+    seen: Vec<u64>,
+    /// `next` extended to 64 bits (sequence numbers wrap).
+    base: u64,
+    stats: ReorderStats,
+}
+
+impl Default for Reorder {
+    fn default() -> Self {
+        Reorder::starting_at(1)
+    }
+}
+
+impl Reorder {
+    /// A sequence whose first datagram is `seq`.
+    pub fn starting_at(seq: u32) -> Reorder {
+        Reorder {
+            next: Some(seq),
+            held: BTreeMap::new(),
+            seen: vec![0; (WINDOW as usize * 2) / 64],
+            base: u64::from(seq),
+            stats: ReorderStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> ReorderStats {
+        self.stats
+    }
+
+    /// 32-bit `seq` as a 64-bit position near `base`.
+    fn extend(&self, seq: u32) -> u64 {
+        let cur = self.base as u32;
+        let delta = seq.wrapping_sub(cur) as i32 as i64;
+        (self.base as i64 + delta).max(0) as u64
+    }
+
+    fn bit(&mut self, pos: u64) -> (&mut u64, u64) {
+        let n = self.seen.len() as u64 * 64;
+        let i = (pos % n) as usize;
+        (&mut self.seen[i / 64], 1 << (i % 64))
+    }
+
+    /// One datagram with its sequence number; what can be handed up now, in order.
+    pub fn push(&mut self, now: Instant, seq: u32, data: &[u8], out: &mut Vec<Vec<u8>>) {
+        if self.next.is_none() {
+            self.next = Some(seq);
+            self.base = u64::from(seq);
+        }
+        let pos = self.extend(seq);
+        if pos + u64::from(WINDOW) < self.base || pos >= self.base + u64::from(WINDOW) {
+            // Far outside the window: a restarted sender or garbage. Start over from it.
+            if pos >= self.base + u64::from(WINDOW) {
+                self.flush_all(out);
+                self.seen.fill(0);
+                self.base = u64::from(seq);
+                self.next = Some(seq);
+                return self.push(now, seq, data, out);
+            }
+            self.stats.duplicates += 1;
+            return;
+        }
+        let base = self.base;
+        let (word, mask) = self.bit(pos);
+        if *word & mask != 0 || pos < base {
+            self.stats.duplicates += 1;
+            return;
+        }
+        *word |= mask;
+        if pos == self.base {
+            self.deliver(data.to_vec(), false, out);
+            self.release_ready(out);
+        } else {
+            self.held.insert(pos, (now, data.to_vec()));
+            if self.held.len() > MAX_HELD {
+                self.skip_to_first_held(out);
+            }
+        }
+    }
+
+    /// Hands up what waited longer than `budget` (skipping the gaps before it).
+    pub fn handle_timeout(&mut self, now: Instant, budget: Duration, out: &mut Vec<Vec<u8>>) {
+        while let Some((_, (at, _))) = self.held.first_key_value() {
+            if now.duration_since(*at) < budget {
+                break;
+            }
+            self.skip_to_first_held(out);
+        }
+    }
+
+    /// When the oldest held datagram's wait ends.
+    pub fn poll_timeout(&self, budget: Duration) -> Option<Instant> {
+        self.held.first_key_value().map(|(_, (at, _))| *at + budget)
+    }
+
+    fn deliver(&mut self, data: Vec<u8>, waited: bool, out: &mut Vec<Vec<u8>>) {
+        self.stats.delivered += 1;
+        self.stats.reordered += u64::from(waited);
+        out.push(data);
+        self.advance(self.base + 1);
+    }
+
+    /// Moves `base` to `to`, forgetting the seen bits that fall out of the window behind.
+    fn advance(&mut self, to: u64) {
+        while self.base < to {
+            // The slot `base - WINDOW` is reused for `base + WINDOW`: clear it.
+            let (word, mask) = self.bit(self.base + u64::from(WINDOW));
+            *word &= !mask;
+            self.base += 1;
+        }
+        self.next = Some(self.base as u32);
+    }
+
+    fn release_ready(&mut self, out: &mut Vec<Vec<u8>>) {
+        while let Some(entry) = self.held.first_entry() {
+            if *entry.key() != self.base {
+                break;
+            }
+            let (_, data) = entry.remove();
+            self.deliver(data, true, out);
+        }
+    }
+
+    fn skip_to_first_held(&mut self, out: &mut Vec<Vec<u8>>) {
+        if let Some((&pos, _)) = self.held.first_key_value() {
+            self.stats.skipped += pos - self.base;
+            // Seen bits of the skipped ones stay: a late copy is still a duplicate.
+            let mut b = self.base;
+            while b < pos {
+                let (word, mask) = self.bit(b);
+                *word |= mask;
+                b += 1;
+            }
+            self.advance(pos);
+            self.release_ready(out);
+        }
+    }
+
+    fn flush_all(&mut self, out: &mut Vec<Vec<u8>>) {
+        while !self.held.is_empty() {
+            self.skip_to_first_held(out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(r: &mut Reorder, now: Instant, seqs: &[u32]) -> Vec<u32> {
+        let mut out = Vec::new();
+        for s in seqs {
+            r.push(now, *s, &s.to_be_bytes(), &mut out);
+        }
+        out.iter()
+            .map(|d| u32::from_be_bytes(d[..4].try_into().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn first_copy_wins_and_order_is_restored() {
+        let t = Instant::now();
+        let mut r = Reorder::starting_at(10);
+        assert_eq!(
+            run(&mut r, t, &[10, 11, 11, 13, 12, 10, 14, 13]),
+            [10, 11, 12, 13, 14]
+        );
+        let s = r.stats();
+        assert_eq!(
+            (s.delivered, s.duplicates, s.reordered, s.skipped),
+            (5, 3, 1, 0)
+        );
+    }
+
+    #[test]
+    fn the_first_datagram_waits_for_an_earlier_one_on_a_slower_path() {
+        let t = Instant::now();
+        let mut r = Reorder::default();
+        assert_eq!(run(&mut r, t, &[2, 1, 3]), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_gap_is_waited_for_at_most_the_budget() {
+        let t = Instant::now();
+        let budget = Duration::from_millis(30);
+        let mut r = Reorder::default();
+        assert_eq!(run(&mut r, t, &[1, 3, 4]), [1]);
+        assert_eq!(r.poll_timeout(budget), Some(t + budget));
+        let mut out = Vec::new();
+        r.handle_timeout(t + Duration::from_millis(29), budget, &mut out);
+        assert!(out.is_empty());
+        r.handle_timeout(t + budget, budget, &mut out);
+        assert_eq!(out.len(), 2, "3 and 4 after the wait, 2 skipped");
+        assert_eq!(r.stats().skipped, 1);
+        // 2 arriving now is late: a duplicate of a skipped one, not handed up out of order.
+        assert_eq!(run(&mut r, t + budget, &[2, 5]), [5]);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap() {
+        let t = Instant::now();
+        let mut r = Reorder::starting_at(u32::MAX - 1);
+        let seqs = [u32::MAX - 1, u32::MAX, 0, 1, u32::MAX, 0];
+        assert_eq!(run(&mut r, t, &seqs), [u32::MAX - 1, u32::MAX, 0, 1]);
+        assert_eq!(r.stats().duplicates, 2);
+    }
+
+    #[test]
+    fn a_long_run_keeps_telling_duplicates_across_the_ring() {
+        let t = Instant::now();
+        let mut r = Reorder::default();
+        let mut out = Vec::new();
+        for s in 1..=50_000u32 {
+            r.push(t, s, b"x", &mut out);
+            r.push(t, s, b"x", &mut out); // the other path's copy
+        }
+        assert_eq!(out.len(), 50_000);
+        assert_eq!(r.stats().duplicates, 50_000);
+    }
+
+    #[test]
+    fn a_sender_that_restarts_far_ahead_is_followed() {
+        let t = Instant::now();
+        let mut r = Reorder::default();
+        assert_eq!(
+            run(&mut r, t, &[5, 6, 1_000_000, 1_000_001]),
+            [5, 6, 1_000_000, 1_000_001]
+        );
+    }
+
+    #[test]
+    fn held_datagrams_are_bounded() {
+        let t = Instant::now();
+        let mut r = Reorder::default();
+        let mut out = Vec::new();
+        r.push(t, 0, b"x", &mut out);
+        for s in 2..(MAX_HELD as u32 + 10) {
+            r.push(t, s, b"x", &mut out);
+        }
+        assert!(r.held.len() <= MAX_HELD);
+        assert_eq!(r.stats().skipped, 1, "only seq 1 was given up");
+    }
+}

@@ -1,0 +1,219 @@
+//! Which paths a datagram goes on, by mode (docs/multipath.md).
+
+use std::time::Duration;
+
+use super::path::{Path, PathState};
+
+/// SPEC §9 `media_trans_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// 1 ("5G-enhanced"): every datagram on every healthy path; the first copy wins.
+    Redundant = 1,
+    /// 2: control data, audio, RTCP, repairs and keyframes on every path, other video
+    /// spread; video is duplicated more as the worst path's loss grows.
+    Balanced = 2,
+    /// 3 ("4G-enhanced"): datagrams spread by each path's share, a slow path cut off.
+    Aggregate = 3,
+}
+
+impl Mode {
+    pub fn from_number(n: u8) -> Option<Mode> {
+        match n {
+            1 => Some(Mode::Redundant),
+            2 => Some(Mode::Balanced),
+            3 => Some(Mode::Aggregate),
+            _ => None,
+        }
+    }
+}
+
+/// What a datagram carries, as far as the bond needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// STUN, DTLS (handshake, and the SCTP data channels: control data).
+    Control,
+    Audio,
+    Rtcp,
+    /// Retransmissions (RTX) and FEC parity: repair of something already lost.
+    Repair,
+    /// Packets of a keyframe (told by the sender).
+    Keyframe,
+    Video,
+}
+
+impl Class {
+    /// Duplicated in balanced mode.
+    fn precious(self) -> bool {
+        !matches!(self, Class::Video)
+    }
+}
+
+/// Paths slower than the fastest by more than this carry nothing in aggregate mode: a
+/// frame spread over them would wait for its slowest part.
+pub const LATENCY_CUT: Duration = Duration::from_millis(80);
+/// Balanced mode duplicates all video at this loss on the worst path (none below 1 %).
+const FULL_DUPLICATION_LOSS: f64 = 0.10;
+
+/// Indices into `paths` a datagram of `class` and `bytes` goes on. `dup` is balanced
+/// mode's running share of video to duplicate (error diffusion, no randomness).
+pub fn choose(
+    mode: Mode,
+    class: Class,
+    bytes: usize,
+    paths: &mut [Path],
+    dup: &mut f64,
+    out: &mut Vec<usize>,
+) {
+    out.clear();
+    let usable: Vec<usize> = (0..paths.len())
+        .filter(|&i| paths[i].state == PathState::Up)
+        .collect();
+    // Nothing healthy: try every path rather than none (the first that works wins).
+    let usable = if usable.is_empty() {
+        (0..paths.len()).collect()
+    } else {
+        usable
+    };
+    if usable.is_empty() {
+        return;
+    }
+    match mode {
+        Mode::Redundant => out.extend(&usable),
+        Mode::Balanced if class.precious() => out.extend(&usable),
+        Mode::Balanced => {
+            let first = spread(bytes, paths, &usable);
+            out.push(first);
+            let worst = usable
+                .iter()
+                .map(|&i| paths[i].data_loss.max(paths[i].probe_loss))
+                .fold(0.0, f64::max);
+            *dup += ((worst - 0.01) / (FULL_DUPLICATION_LOSS - 0.01)).clamp(0.0, 1.0);
+            if *dup >= 1.0 {
+                *dup -= 1.0;
+                // The copy goes on the best other path.
+                if let Some(&second) = usable
+                    .iter()
+                    .filter(|&&i| i != first)
+                    .min_by(|&&a, &&b| paths[a].data_loss.total_cmp(&paths[b].data_loss))
+                {
+                    out.push(second);
+                }
+            }
+        }
+        Mode::Aggregate => {
+            let first = spread(bytes, paths, &usable);
+            out.push(first);
+        }
+    }
+}
+
+/// Weighted round robin by bytes among the usable paths not cut off for latency.
+fn spread(bytes: usize, paths: &mut [Path], usable: &[usize]) -> usize {
+    let fastest = usable
+        .iter()
+        .filter_map(|&i| paths[i].srtt)
+        .min()
+        .unwrap_or(Duration::ZERO);
+    let fast: Vec<usize> = usable
+        .iter()
+        .copied()
+        .filter(|&i| paths[i].srtt.is_none_or(|r| r <= fastest + LATENCY_CUT))
+        .collect();
+    let total: f64 = fast.iter().map(|&i| paths[i].weight).sum();
+    let b = bytes as f64;
+    for &i in &fast {
+        paths[i].credit += b * paths[i].weight / total.max(f64::MIN_POSITIVE);
+    }
+    let pick = fast
+        .iter()
+        .copied()
+        .max_by(|&a, &b| paths[a].credit.total_cmp(&paths[b].credit))
+        .unwrap_or(usable[0]);
+    paths[pick].credit -= b;
+    // Bounded credit: a path that was cut off does not come back owed a burst.
+    for &i in &fast {
+        paths[i].credit = paths[i].credit.clamp(-4.0 * b, 4.0 * b);
+    }
+    pick
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn paths(n: u8) -> Vec<Path> {
+        let t = Instant::now();
+        (0..n).map(|i| Path::new(i, t)).collect()
+    }
+
+    fn share(mode: Mode, class: Class, ps: &mut [Path], n: usize) -> Vec<usize> {
+        let mut count = vec![0; ps.len()];
+        let (mut dup, mut out) = (0.0, Vec::new());
+        for _ in 0..n {
+            choose(mode, class, 1000, ps, &mut dup, &mut out);
+            for &i in &out {
+                count[i] += 1;
+            }
+        }
+        count
+    }
+
+    #[test]
+    fn redundant_sends_everything_on_every_healthy_path() {
+        let mut ps = paths(3);
+        ps[2].state = PathState::Down;
+        assert_eq!(
+            share(Mode::Redundant, Class::Video, &mut ps, 10),
+            [10, 10, 0]
+        );
+        // All down: every path is tried.
+        for p in &mut ps {
+            p.state = PathState::Down;
+        }
+        assert_eq!(
+            share(Mode::Redundant, Class::Video, &mut ps, 10),
+            [10, 10, 10]
+        );
+    }
+
+    #[test]
+    fn aggregate_spreads_by_weight() {
+        let mut ps = paths(2);
+        ps[0].weight = 0.8;
+        ps[1].weight = 0.2;
+        assert_eq!(
+            share(Mode::Aggregate, Class::Video, &mut ps, 1000),
+            [800, 200]
+        );
+    }
+
+    #[test]
+    fn a_slow_path_is_cut_off_in_aggregate_mode() {
+        let mut ps = paths(2);
+        ps[0].srtt = Some(Duration::from_millis(30));
+        ps[1].srtt = Some(Duration::from_millis(30) + LATENCY_CUT + Duration::from_millis(1));
+        assert_eq!(share(Mode::Aggregate, Class::Video, &mut ps, 100), [100, 0]);
+    }
+
+    #[test]
+    fn balanced_duplicates_what_is_precious_and_more_video_as_loss_grows() {
+        let mut ps = paths(2);
+        assert_eq!(share(Mode::Balanced, Class::Audio, &mut ps, 10), [10, 10]);
+        assert_eq!(share(Mode::Balanced, Class::Control, &mut ps, 10), [10, 10]);
+        let clean: usize = share(Mode::Balanced, Class::Video, &mut ps, 1000)
+            .iter()
+            .sum();
+        assert_eq!(clean, 1000, "no loss: video is not duplicated");
+        ps[1].data_loss = 0.055; // halfway to full duplication
+        let lossy: usize = share(Mode::Balanced, Class::Video, &mut ps, 1000)
+            .iter()
+            .sum();
+        assert!((1495..=1505).contains(&lossy), "{lossy}");
+        ps[1].data_loss = 0.3;
+        let bad: usize = share(Mode::Balanced, Class::Video, &mut ps, 1000)
+            .iter()
+            .sum();
+        assert_eq!(bad, 2000);
+    }
+}

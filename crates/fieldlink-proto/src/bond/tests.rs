@@ -1,0 +1,304 @@
+//! A device's bond and the server's, joined by a simulated network of paths (per path:
+//! one-way delay and a drop rule), stepped in 1 ms ticks.
+
+use super::*;
+use std::collections::BTreeMap;
+
+const KEY: [u8; KEY_LEN] = [7; KEY_LEN];
+
+/// One direction of one path: datagrams in flight with their arrival time.
+#[derive(Default)]
+struct Link {
+    delay_ms: u64,
+    /// Drop when this says so (given the ms since start and a counter).
+    drop: Option<fn(u64, u64) -> bool>,
+    count: u64,
+    flight: VecDeque<(u64, Vec<u8>)>,
+}
+
+impl Link {
+    fn push(&mut self, at: u64, d: Vec<u8>) {
+        self.count += 1;
+        if self.drop.is_some_and(|f| f(at, self.count)) {
+            return;
+        }
+        self.flight.push_back((at + self.delay_ms, d));
+    }
+}
+
+struct Net {
+    t0: Instant,
+    ms: u64,
+    dev: Bond,
+    srv: Bond,
+    /// Per path: device → server, server → device.
+    up: Vec<Link>,
+    down: Vec<Link>,
+    /// What the server's shell knows: which path an "address" (a path index here) is.
+    admitted: BTreeMap<usize, u8>,
+    at_server: Vec<Vec<u8>>,
+    at_device: Vec<Vec<u8>>,
+    events: Vec<BondEvent>,
+}
+
+impl Net {
+    fn new(mode: Mode, delays: &[u64]) -> Net {
+        let t0 = Instant::now();
+        let ids: Vec<u8> = (0..delays.len() as u8).collect();
+        Net {
+            t0,
+            ms: 0,
+            dev: Bond::device(42, KEY, mode, &ids, t0),
+            srv: Bond::server(42, KEY, mode, [3; 32], t0),
+            up: delays
+                .iter()
+                .map(|&d| Link {
+                    delay_ms: d,
+                    ..Default::default()
+                })
+                .collect(),
+            down: delays
+                .iter()
+                .map(|&d| Link {
+                    delay_ms: d,
+                    ..Default::default()
+                })
+                .collect(),
+            admitted: BTreeMap::new(),
+            at_server: Vec::new(),
+            at_device: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn now(&self) -> Instant {
+        self.t0 + Duration::from_millis(self.ms)
+    }
+
+    /// Runs `n` ms; `each_ms` may send from either side.
+    fn run(&mut self, n: u64, mut each_ms: impl FnMut(&mut Net)) {
+        for _ in 0..n {
+            self.ms += 1;
+            let now = self.now();
+            each_ms(self);
+            self.dev.handle_timeout(now);
+            self.srv.handle_timeout(now);
+            while let Some(t) = self.dev.poll_transmit() {
+                self.up[t.path as usize].push(self.ms, t.data);
+            }
+            while let Some(t) = self.srv.poll_transmit() {
+                self.down[t.path as usize].push(self.ms, t.data);
+            }
+            for i in 0..self.up.len() {
+                while self.up[i]
+                    .flight
+                    .front()
+                    .is_some_and(|(at, _)| *at <= self.ms)
+                {
+                    let (_, d) = self.up[i].flight.pop_front().unwrap();
+                    let known = self.admitted.get(&i).copied();
+                    if let Some(r) = self.srv.receive(now, known, &d) {
+                        self.down[i].push(self.ms, r);
+                    }
+                    while let Some(ev) = self.srv.poll_event() {
+                        if let BondEvent::Admitted(p) = ev {
+                            self.admitted.insert(i, p);
+                        }
+                        self.events.push(ev);
+                    }
+                }
+                while self.down[i]
+                    .flight
+                    .front()
+                    .is_some_and(|(at, _)| *at <= self.ms)
+                {
+                    let (_, d) = self.down[i].flight.pop_front().unwrap();
+                    if let Some(r) = self.dev.receive(now, Some(i as u8), &d) {
+                        self.up[i].push(self.ms, r);
+                    }
+                }
+            }
+            while let Some(d) = self.srv.poll_delivered() {
+                self.at_server.push(d);
+            }
+            while let Some(d) = self.dev.poll_delivered() {
+                self.at_device.push(d);
+            }
+        }
+    }
+
+    fn numbered(v: &[Vec<u8>]) -> Vec<u32> {
+        v.iter()
+            .map(|d| u32::from_be_bytes(d[..4].try_into().unwrap()))
+            .collect()
+    }
+}
+
+/// A 1000-byte datagram with its number in front.
+fn datagram(n: u32) -> Vec<u8> {
+    let mut d = vec![0x80; 1000];
+    d[..4].copy_from_slice(&n.to_be_bytes());
+    d
+}
+
+#[test]
+fn paths_join_with_a_proof_and_carry_both_ways() {
+    let mut net = Net::new(Mode::Redundant, &[10, 20]);
+    net.run(200, |_| {});
+    assert_eq!(net.admitted.len(), 2, "both paths admitted");
+    assert!(net.dev.ready() && net.srv.ready());
+    let mut n = 0;
+    net.run(1000, |net| {
+        n += 1;
+        if n % 4 == 0 {
+            let now = net.now();
+            net.dev.send(now, Class::Video, &datagram(n));
+            net.srv.send(now, Class::Control, &datagram(n + 1_000_000));
+        }
+    });
+    net.run(100, |_| {});
+    assert_eq!(net.at_server.len(), 250);
+    assert_eq!(net.at_device.len(), 250);
+    let s = net.srv.stats();
+    assert_eq!(
+        s.reorder.duplicates, 250,
+        "every datagram came twice, one copy dropped"
+    );
+    assert!(
+        s.paths.iter().all(|p| p.rtt.is_some()),
+        "probes measured both paths"
+    );
+    let rtts: Vec<_> = net
+        .dev
+        .stats()
+        .paths
+        .iter()
+        .map(|p| p.rtt.unwrap().as_millis())
+        .collect();
+    assert_eq!(rtts, [20, 40]);
+}
+
+#[test]
+fn a_wrong_key_or_a_replayed_join_admits_nothing() {
+    let mut net = Net::new(Mode::Redundant, &[5]);
+    net.dev.key = [8; KEY_LEN];
+    net.run(500, |_| {});
+    assert!(net.admitted.is_empty());
+    assert!(net.srv.stats().refused > 0);
+    // An attacker sends a join for the session from its own address and answers the
+    // challenge it gets without the key: refused.
+    let mut net = Net::new(Mode::Redundant, &[5]);
+    let now = net.now();
+    let mut join = Vec::new();
+    wire::Packet::Join {
+        session: 42,
+        path: 5,
+    }
+    .encode(&mut join);
+    let challenge = net.srv.receive(now, None, &join).expect("a challenge");
+    let Some(wire::Packet::Challenge { nonce, .. }) = wire::Packet::parse(&challenge) else {
+        panic!("not a challenge");
+    };
+    let mut proof = Vec::new();
+    wire::Packet::Proof {
+        session: 42,
+        path: 5,
+        nonce,
+        mac: [0; MAC],
+    }
+    .encode(&mut proof);
+    assert_eq!(net.srv.receive(now, None, &proof), None);
+    assert_eq!(net.srv.poll_event(), None);
+    // Data from an address that is no admitted path is dropped.
+    let mut data = Vec::new();
+    wire::Packet::Data {
+        session: 42,
+        seq: 1,
+        payload: b"x",
+    }
+    .encode(&mut data);
+    assert_eq!(net.srv.receive(now, None, &data), None);
+    assert_eq!(net.srv.poll_delivered(), None);
+}
+
+#[test]
+fn redundant_mode_loses_nothing_when_a_path_is_cut_again_and_again() {
+    // Path 0 is cut (100 % drop) for 500 ms of every second; path 1 is clean.
+    let mut net = Net::new(Mode::Redundant, &[10, 30]);
+    net.run(300, |_| {});
+    net.up[0].drop = Some(|ms, _| ms % 1000 >= 500);
+    net.down[0].drop = Some(|ms, _| ms % 1000 >= 500);
+    let mut n = 0;
+    net.run(10_000, |net| {
+        n += 1;
+        if n % 2 == 0 {
+            let now = net.now();
+            net.dev.send(now, Class::Video, &datagram(n));
+        }
+    });
+    net.run(200, |_| {});
+    let got = Net::numbered(&net.at_server);
+    assert_eq!(got.len(), 5000, "nothing lost");
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in order");
+    let p0 = &net.srv.stats().paths[0];
+    assert!(p0.downs >= 1, "path 0 was seen down");
+}
+
+#[test]
+fn a_path_goes_down_within_300_ms_of_silence() {
+    let mut net = Net::new(Mode::Redundant, &[10, 10]);
+    net.run(500, |_| {});
+    net.down[0].drop = Some(|_, _| true);
+    net.up[0].drop = Some(|_, _| true);
+    net.events.clear();
+    let cut = net.ms;
+    let mut down_at = None;
+    net.run(1000, |net| {
+        if down_at.is_none()
+            && net
+                .dev
+                .stats()
+                .paths
+                .iter()
+                .any(|p| p.id == 0 && p.state == PathState::Down)
+        {
+            down_at = Some(net.ms);
+        }
+    });
+    let after = down_at.expect("path 0 down") - cut;
+    assert!(after <= 300 + 10, "{after} ms");
+}
+
+#[test]
+fn aggregate_mode_splits_by_capacity_and_loses_nothing_on_clean_paths() {
+    let mut net = Net::new(Mode::Aggregate, &[10, 12]);
+    net.run(300, |_| {});
+    let mut n = 0;
+    net.run(5000, |net| {
+        n += 1;
+        let now = net.now();
+        net.dev.send(now, Class::Video, &datagram(n));
+    });
+    net.run(200, |_| {});
+    assert_eq!(net.at_server.len(), 5000);
+    let s = net.dev.stats();
+    let (a, b) = (s.paths[0].sent, s.paths[1].sent);
+    assert_eq!(a + b, 5000, "each datagram on one path");
+    assert!(a.abs_diff(b) < 500, "equal paths, equal shares: {a} {b}");
+}
+
+#[test]
+fn datagrams_are_classified_by_their_clear_headers() {
+    assert_eq!(classify(&[0, 1, 0, 0], &[111], &[97]), Class::Control); // STUN
+    assert_eq!(classify(&[23, 0xfe, 0xfd], &[111], &[97]), Class::Control); // DTLS
+    assert_eq!(classify(&[0x80, 200], &[111], &[97]), Class::Rtcp);
+    assert_eq!(classify(&[0x80, 111], &[111], &[97]), Class::Audio);
+    assert_eq!(classify(&[0x80, 0x80 | 111], &[111], &[97]), Class::Audio); // marker set
+    assert_eq!(classify(&[0x80, 97], &[111], &[97]), Class::Repair);
+    assert_eq!(classify(&[0x80, 96], &[111], &[97]), Class::Video);
+    assert_eq!(classify(&[0xf7, 0x01, 0, 0], &[111], &[97]), Class::Repair);
+    assert_eq!(
+        classify(&[0xf7, 0x80, 0, 1, 0, 0x80, 111], &[111], &[97]),
+        Class::Audio
+    );
+}
