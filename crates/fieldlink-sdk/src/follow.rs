@@ -54,6 +54,8 @@ pub struct Follower {
     /// The target when a queue last held or cut it ([`RAISE_NEAR_PER_S`]), and when.
     ceiling: Option<f64>,
     queued: Option<Instant>,
+    /// The queue has been clear once since [`START`]: later queues are this source's.
+    settled: bool,
 }
 
 impl Follower {
@@ -63,11 +65,23 @@ impl Follower {
         now.saturating_duration_since(first) < START
     }
 
+    /// A queue now tells where the link is: past [`START`] and after the start's own
+    /// queue has drained once. The start's keyframes and probes can fill a narrow link's
+    /// queue for seconds past [`START`]; the cuts it forced then (each lower) set ceilings
+    /// far below the link, and the source crept back at [`RAISE_NEAR_PER_S`] for half a
+    /// minute (behind 400 kbit/s: cut to 119 kbit/s, 250 kbit/s only 30 s later).
+    fn sets_ceiling(&mut self, now: Instant) -> bool {
+        !self.starting(now) && self.settled
+    }
+
     /// The target for a share of `share_kbps` at `now` (0 = no estimate yet: 0), with
     /// `queue` on the path (`None`: not measured).
     pub fn follow(&mut self, share_kbps: u32, queue: Option<Duration>, now: Instant) -> u32 {
         let share = f64::from(share_kbps);
         let queue = queue.unwrap_or_default();
+        if queue < QUEUE_HOLD && !self.starting(now) {
+            self.settled = true;
+        }
         if queue >= QUEUE_CUT
             && self.kbps > 0.0
             && self
@@ -75,7 +89,7 @@ impl Follower {
                 .is_none_or(|t| now.saturating_duration_since(t) >= QUEUE_CUT_EVERY)
         {
             self.cut = Some(now);
-            if !self.starting(now) {
+            if self.sets_ceiling(now) {
                 self.ceiling = Some(self.kbps);
                 self.queued = Some(now);
             }
@@ -86,7 +100,7 @@ impl Follower {
         if queue >= QUEUE_HOLD && share > self.kbps && self.kbps > 0.0 {
             // The link is about here: approach it slowly from now on (not from the
             // start's queues: the first keyframes at a rate not yet adapted).
-            if !self.starting(now) {
+            if self.sets_ceiling(now) {
                 self.ceiling = Some(self.kbps.max(self.ceiling.unwrap_or(0.0)));
                 self.queued = Some(now);
             }
@@ -142,6 +156,27 @@ mod tests {
         let k1 = f.follow(900, None, t);
         let k2 = f.follow(900, None, t + Duration::from_secs(1));
         assert!(k2 * 100 >= k1 * 114, "{k1} -> {k2}");
+    }
+
+    #[test]
+    fn a_queue_left_over_from_the_start_sets_no_ceiling() {
+        let t0 = Instant::now();
+        let mut f = Follower::default();
+        f.follow(300, None, t0);
+        let q = Some(Duration::from_millis(80));
+        // The start's queue lasts past START: cut, cut, but no ceiling.
+        let mut t = t0 + START;
+        for _ in 0..3 {
+            f.follow(900, q, t);
+            t += QUEUE_CUT_EVERY;
+        }
+        assert_eq!(f.ceiling, None);
+        // Clear: raised at the full rate; the next queue is the source's own.
+        let k1 = f.follow(900, Some(Duration::ZERO), t);
+        let k2 = f.follow(900, Some(Duration::ZERO), t + Duration::from_secs(1));
+        assert!(k2 * 100 >= k1 * 114, "{k1} -> {k2}");
+        f.follow(900, q, t + Duration::from_secs(2));
+        assert!(f.ceiling.is_some());
     }
 
     #[test]

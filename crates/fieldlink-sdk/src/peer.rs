@@ -343,8 +343,15 @@ impl Peer {
                 (o.0)(crate::PacketDirection::Received, d);
             }
         }
-        self.wire
-            .receive(&mut self.rtc, Instant::now(), data, source, self.local);
+        self.wire.receive(
+            &mut self.rtc,
+            Instant::now(),
+            data,
+            source,
+            self.local,
+            None,
+            |_| {},
+        );
     }
 
     pub fn handle_timeout(&mut self) {
@@ -467,7 +474,7 @@ impl Peer {
         let polled = fieldlink_rtc::drive_wire(
             rtc,
             wire,
-            |data, dest| {
+            |data, dest, _path| {
                 if let Some(o) = observer {
                     if let Some(d) = fieldlink_rtc::fec::carried(data) {
                         (o.0)(crate::PacketDirection::Sent, d);

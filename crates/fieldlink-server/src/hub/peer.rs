@@ -224,8 +224,15 @@ impl Hub {
             return;
         };
         let now = Instant::now();
-        peer.wire
-            .receive(&mut peer.rtc, now, data, source, self.candidate_addr);
+        peer.wire.receive(
+            &mut peer.rtc,
+            now,
+            data,
+            source,
+            self.candidate_addr,
+            None,
+            |_| {},
+        );
         self.poll(conn);
     }
 
@@ -447,7 +454,7 @@ fn poll_peer(peer: &mut Peer, socket: &tokio::net::UdpSocket) -> Vec<PeerEvent> 
         &mut peer.rtc,
         &mut peer.wire,
         // UDP: a full socket buffer means loss, which WebRTC repairs or tolerates.
-        |data, dest| {
+        |data, dest, _path| {
             let _ = socket.try_send_to(data, dest);
         },
         |rtc, e| {
