@@ -13,6 +13,8 @@ pub trait Outside {
     fn certificate(&self, path: &str) -> Option<String>;
     /// An `rtsp://` camera URL.
     fn rtsp(&self, url: &str) -> Option<String>;
+    /// A `network_bind` address: can a UDP socket be bound on it here?
+    fn bind(&self, ip: std::net::IpAddr) -> Option<String>;
 }
 
 /// Takes every file and camera as fine: only the config's own shape is checked.
@@ -28,9 +30,12 @@ impl Outside for ShapeOnly {
     fn rtsp(&self, _: &str) -> Option<String> {
         None
     }
+    fn bind(&self, _: std::net::IpAddr) -> Option<String> {
+        None
+    }
 }
 
-const TOP: [&str; 15] = [
+const TOP: [&str; 17] = [
     "device_id",
     "projectid",
     "password",
@@ -46,6 +51,8 @@ const TOP: [&str; 15] = [
     "audio_external",
     "audio_play",
     "audio_record",
+    "network_bind",
+    "media_trans_mode",
 ];
 const STREAM: [&str; 6] = ["fps", "bps", "width", "height", "protocol", "cameras"];
 const CAMERA: [&str; 6] = ["width", "height", "protocol", "url", "username", "password"];
@@ -161,6 +168,45 @@ pub fn check(v: &Value, outside: &dyn Outside) -> Vec<String> {
             }
         }
     }
+    // SPEC §9: local addresses, each once, bindable here; the mode of several paths.
+    match root.get("network_bind") {
+        None => {}
+        Some(Value::Array(a)) => {
+            let mut seen = Vec::new();
+            for (i, v) in a.iter().enumerate() {
+                let p = format!("$.network_bind[{i}]");
+                match v.as_str().map(str::parse::<std::net::IpAddr>) {
+                    Some(Ok(ip)) if seen.contains(&ip) => {
+                        out.push(format!("{p}: {ip} is listed twice"))
+                    }
+                    Some(Ok(ip)) => {
+                        if let Some(e) = outside.bind(ip) {
+                            out.push(format!("{p}: {e}"));
+                        }
+                        seen.push(ip);
+                    }
+                    _ => out.push(format!("{p}: {v} is not an IP address")),
+                }
+            }
+            if a.len() > crate::bond::MAX_PATHS {
+                out.push(format!(
+                    "$.network_bind: {} addresses, at most {}",
+                    a.len(),
+                    crate::bond::MAX_PATHS
+                ));
+            }
+        }
+        Some(other) => out.push(format!(
+            "$.network_bind: {other} is not an array of addresses"
+        )),
+    }
+    int_in(
+        root.get("media_trans_mode"),
+        1,
+        3,
+        "$.media_trans_mode",
+        &mut out,
+    );
     int_in(
         root.get("device_streams"),
         0,
@@ -284,7 +330,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// Files: only `here.pem` exists; RTSP: a URL needs something after `rtsp://`.
+    /// Files: only `here.pem` exists; RTSP: a URL needs something after `rtsp://`;
+    /// addresses: only 127.0.0.x can be bound.
     struct Fake;
     impl Outside for Fake {
         fn file(&self, path: &str) -> Option<String> {
@@ -296,6 +343,28 @@ mod tests {
         fn rtsp(&self, url: &str) -> Option<String> {
             (url == "rtsp://").then(|| "camera URL has no host".to_string())
         }
+        fn bind(&self, ip: std::net::IpAddr) -> Option<String> {
+            (!ip.is_loopback()).then(|| format!("{ip} is not an address of this machine"))
+        }
+    }
+
+    #[test]
+    fn network_bind_and_media_trans_mode_are_checked() {
+        let v = json!({"device_id": "f", "projectid": "p", "password": "x",
+            "network_bind": ["127.0.0.2", "127.0.0.3"], "media_trans_mode": 1});
+        assert_eq!(check(&v), Vec::<String>::new());
+        let v = json!({"device_id": "f", "projectid": "p", "password": "x",
+            "network_bind": ["127.0.0.2", "10.9.9.9", "nonsense", "127.0.0.2"],
+            "media_trans_mode": 4});
+        assert_eq!(
+            check(&v),
+            [
+                "$.network_bind[1]: 10.9.9.9 is not an address of this machine",
+                "$.network_bind[2]: \"nonsense\" is not an IP address",
+                "$.network_bind[3]: 127.0.0.2 is listed twice",
+                "$.media_trans_mode: 4 is not a whole number in 1..=3",
+            ]
+        );
     }
 
     fn check(v: &Value) -> Vec<String> {

@@ -54,6 +54,25 @@ pub enum StreamState {
     Disconnected,
 }
 
+/// A device's multipath request (SPEC §9).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BondOffer {
+    /// Its paths (local addresses), 2..=8.
+    pub paths: u8,
+    /// `media_trans_mode`: 1 redundant, 2 balanced, 3 aggregate.
+    pub mode: u8,
+}
+
+/// The server's answer to a [`BondOffer`]: the session the device's paths join, the key
+/// their proofs use (64 hex digits; it crosses the logged-in signalling connection only),
+/// and the server's UDP address the paths send to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BondGrant {
+    pub session: u32,
+    pub key: String,
+    pub addr: std::net::SocketAddr,
+}
+
 /// A field device as a remote device sees it in a list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldInfo {
@@ -107,6 +126,10 @@ pub enum ClientMsg {
         /// The device speaks fieldlink's datagram FEC (fieldlink_rtc::fec); browsers do not.
         #[serde(default)]
         fec: bool,
+        /// The device has several network paths (SPEC §9 `network_bind`) and asks to
+        /// carry the connection over all of them (docs/multipath.md).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bond: Option<BondOffer>,
     },
     /// Remote only: list the project's field devices (needs `FieldListEnable` = 1).
     ListFields {
@@ -263,6 +286,9 @@ pub enum ServerMsg {
         /// Both sides wrap their datagrams in FEC (the offer asked and the server agrees).
         #[serde(default)]
         fec: bool,
+        /// The server carries the connection over the device's paths: join them with this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bond: Option<BondGrant>,
     },
     Ok {
         req: Option<u64>,

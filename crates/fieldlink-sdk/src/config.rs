@@ -50,6 +50,12 @@ pub struct DeviceFile {
     pub audio_play: Option<String>,
     #[serde(default)]
     pub audio_record: Option<String>,
+    /// SPEC §9: local addresses media goes out from (two or more: all of them).
+    #[serde(default)]
+    pub network_bind: Vec<String>,
+    /// SPEC §9: 1 redundant, 2 balanced (default), 3 aggregate.
+    #[serde(default)]
+    pub media_trans_mode: Option<u8>,
     /// Field: number of video streams (0..=16).
     #[serde(default)]
     pub device_streams: Option<u32>,
@@ -166,6 +172,20 @@ impl DeviceFile {
                 self.streams_config[i].cameras.len()
             )));
         }
+        for a in &self.network_bind {
+            if a.parse::<std::net::IpAddr>().is_err() {
+                return Err(bad(format!("network_bind: {a:?} is not an IP address")));
+            }
+        }
+        if self.network_bind.len() > fieldlink_proto::bond::MAX_PATHS {
+            return Err(bad(format!(
+                "network_bind: at most {} addresses",
+                fieldlink_proto::bond::MAX_PATHS
+            )));
+        }
+        if self.media_trans_mode.is_some_and(|m| !(1..=3).contains(&m)) {
+            return Err(bad("media_trans_mode must be 1, 2 or 3"));
+        }
         if self.max_streams.is_some_and(|n| n > 64) {
             return Err(bad("max_streams must be 0..=64"));
         }
@@ -225,6 +245,17 @@ impl DeviceFile {
             cfg.mode = m.clone();
         }
         cfg.audio = self.audio(role);
+        cfg.network_bind = self
+            .network_bind
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        if let Some(m) = self
+            .media_trans_mode
+            .and_then(fieldlink_proto::bond::Mode::from_number)
+        {
+            cfg.media_trans_mode = m;
+        }
         match role {
             Role::Field => cfg.streams = self.streams(),
             Role::Remote => {

@@ -108,6 +108,12 @@ pub struct DeviceConfig {
     /// Voice (SPEC §3). Off unless set: [`audio::AudioConfig::spec_default`] gives the
     /// SPEC's defaults (uplink only), which the CLI applies.
     pub audio: audio::AudioConfig,
+    /// SPEC §9 `network_bind`: the local addresses media goes out from. Two or more: the
+    /// connection is carried over all of them (docs/multipath.md); one: media uses that
+    /// address; none (the default): the one the signalling connection uses.
+    pub network_bind: Vec<std::net::IpAddr>,
+    /// SPEC §9 `media_trans_mode` with several addresses (default balanced).
+    pub media_trans_mode: fieldlink_proto::bond::Mode,
     /// Sees every datagram of the media connection as it is sent or received (SRTP: the
     /// RTP header is readable, the payload is not). For measuring tools, e.g.
     /// `fieldlink-bench sfu`, which times packets through the server. `None` by default.
@@ -155,6 +161,8 @@ impl DeviceConfig {
             h265: false,
             mode: "public".into(),
             audio: audio::AudioConfig::off(),
+            network_bind: Vec::new(),
+            media_trans_mode: fieldlink_proto::bond::Mode::Balanced,
             packet_observer: None,
         }
     }

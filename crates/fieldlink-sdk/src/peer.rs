@@ -88,6 +88,10 @@ const PACE_LOSS: f64 = 0.02;
 pub(crate) struct Peer {
     rtc: Rtc,
     pub socket: UdpSocket,
+    /// SPEC §9: the sockets of the other `network_bind` addresses (path 1, 2, ...; path 0
+    /// is `socket`), and the mode asked for. Empty: one path, no bond.
+    paths: Vec<UdpSocket>,
+    bond_mode: Option<fieldlink_proto::bond::Mode>,
     local: SocketAddr,
     channels: [Option<ChannelId>; 2],
     pending: Option<SdpPendingOffer>,
@@ -132,6 +136,8 @@ impl AudioLines {
 
 /// What [`Peer::new`] offers: the SDP and the mids of its video and audio m-lines.
 pub(crate) struct Offer {
+    /// Several paths (SPEC §9): the bond asked for.
+    pub bond: Option<fieldlink_proto::signal::BondOffer>,
     pub sdp: String,
     pub video_mids: Vec<String>,
     pub audio_mids: Vec<String>,
@@ -142,22 +148,35 @@ impl Peer {
     /// (`send`: sendonly streams of a field device, else recvonly receivers of a remote).
     /// Returns the offer and the video mids in order. A field device offers H.264 and
     /// H.265 (cameras in passthrough); a remote offers H.265 only with `h265`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn new(
         ip: IpAddr,
+        network_bind: &[IpAddr],
+        mode: fieldlink_proto::bond::Mode,
         videos: u32,
         send: bool,
         h265: bool,
         audio: AudioLines,
     ) -> Result<(Peer, Offer)> {
-        let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await.map_err(|e| {
-            SdkError::new(ErrorCode::MediaNotReady, format!("bind UDP on {ip}: {e}"))
-        })?;
-        // Two keyframes with their parity at 30 % loss arrive as a burst of 200+ datagrams:
-        // more than the default ~200 KiB receive buffer holds if the task is late to read
-        // (the kernel caps this at twice net.core.rmem_max).
-        if let Err(e) = socket2::SockRef::from(&socket).set_recv_buffer_size(RECV_BUFFER) {
-            tracing::debug!("UDP receive buffer: {e}");
+        // SPEC §9: the first `network_bind` address is str0m's; every further one is a
+        // path of the bond. None: the address the signalling connection uses.
+        let socket = bind_udp(
+            network_bind.first().copied().unwrap_or(ip),
+            !network_bind.is_empty(),
+        )
+        .await?;
+        let mut paths = Vec::new();
+        for a in network_bind
+            .iter()
+            .skip(1)
+            .take(fieldlink_proto::bond::MAX_PATHS - 1)
+        {
+            paths.push(bind_udp(*a, true).await?);
         }
+        let bond = (!paths.is_empty()).then(|| fieldlink_proto::signal::BondOffer {
+            paths: paths.len() as u8 + 1,
+            mode: mode as u8,
+        });
         let local = socket
             .local_addr()
             .map_err(|e| SdkError::new(ErrorCode::MediaNotReady, e.to_string()))?;
@@ -241,6 +260,8 @@ impl Peer {
             Peer {
                 rtc,
                 socket,
+                bond_mode: bond.is_some().then_some(mode),
+                paths,
                 local,
                 channels: [None, None],
                 pending: Some(pending),
@@ -256,6 +277,7 @@ impl Peer {
                 queued: None,
             },
             Offer {
+                bond,
                 sdp: offer.to_sdp_string(),
                 video_mids: video_mids.iter().map(|m| m.to_string()).collect(),
                 audio_mids: audio_mids.iter().map(|m| m.to_string()).collect(),
@@ -263,9 +285,42 @@ impl Peer {
         ))
     }
 
-    /// Takes the server's answer; `fec`: the server agreed to wrap datagrams in FEC.
-    pub fn accept_answer(&mut self, sdp: &str, fec: bool) -> Result<()> {
+    /// Takes the server's answer; `fec`: the server agreed to wrap datagrams in FEC;
+    /// `bond`: it carries the connection over this device's paths.
+    pub fn accept_answer(
+        &mut self,
+        sdp: &str,
+        fec: bool,
+        bond: Option<fieldlink_proto::signal::BondGrant>,
+    ) -> Result<()> {
         self.wire = Wire::new(fec);
+        match (bond, self.bond_mode) {
+            (Some(g), Some(mode)) => {
+                use fieldlink_proto::bond::Bond;
+                let key = unhex_key(&g.key).ok_or_else(|| {
+                    SdkError::new(
+                        ErrorCode::BadRequest,
+                        "the server's bond key is not 64 hex digits",
+                    )
+                })?;
+                let ids: Vec<u8> = (0..=self.paths.len() as u8).collect();
+                let b = Bond::device(g.session, key, mode, &ids, Instant::now());
+                let mut link = fieldlink_rtc::BondLink::device(b, g.addr);
+                let (mut audio, mut repair) = (Vec::new(), Vec::new());
+                for p in self.rtc.codec_config().params() {
+                    if matches!(p.spec().codec, Codec::Opus | Codec::PCMA | Codec::PCMU) {
+                        audio.push(*p.pt());
+                    }
+                    repair.extend(p.resend().map(|r| *r));
+                }
+                link.set_payload_types(audio, repair);
+                self.wire = Wire::new(fec).with_bond(link);
+            }
+            (None, Some(_)) => tracing::warn!(
+                "the server did not agree to carry media over several paths: using the first only"
+            ),
+            _ => {}
+        }
         let answer = SdpAnswer::from_sdp_string(sdp)
             .map_err(|e| SdkError::new(ErrorCode::BadRequest, format!("bad SDP answer: {e}")))?;
         let pending = self
@@ -337,21 +392,47 @@ impl Peer {
         }
     }
 
-    pub fn handle_datagram(&mut self, data: &[u8], source: SocketAddr) {
+    /// One datagram from the socket of `path` (0: the first).
+    pub fn handle_datagram(&mut self, data: &[u8], source: SocketAddr, path: u8) {
         if let Some(o) = &self.observer {
             if let Some(d) = fieldlink_rtc::fec::carried(data) {
                 (o.0)(crate::PacketDirection::Received, d);
             }
         }
-        self.wire.receive(
-            &mut self.rtc,
-            Instant::now(),
-            data,
-            source,
-            self.local,
-            None,
-            |_| {},
-        );
+        let Peer {
+            rtc,
+            wire,
+            socket,
+            paths,
+            local,
+            ..
+        } = self;
+        wire.receive(rtc, Instant::now(), data, source, *local, Some(path), |r| {
+            let s = if path == 0 {
+                &*socket
+            } else {
+                &paths[usize::from(path) - 1]
+            };
+            let _ = s.try_send_to(r, source);
+        });
+    }
+
+    /// The next datagram on any of the device's sockets: its length, source and path.
+    pub async fn recv(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, u8)> {
+        if self.paths.is_empty() {
+            let (n, src) = self.socket.recv_from(buf).await?;
+            return Ok((n, src, 0));
+        }
+        std::future::poll_fn(|cx| {
+            for (i, s) in std::iter::once(&self.socket).chain(&self.paths).enumerate() {
+                let mut rb = tokio::io::ReadBuf::new(buf);
+                if let std::task::Poll::Ready(r) = s.poll_recv_from(cx, &mut rb) {
+                    return std::task::Poll::Ready(r.map(|src| (rb.filled().len(), src, i as u8)));
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     pub fn handle_timeout(&mut self) {
@@ -461,6 +542,7 @@ impl Peer {
         let Peer {
             rtc,
             socket,
+            paths,
             channels,
             ready,
             video_mids,
@@ -474,13 +556,17 @@ impl Peer {
         let polled = fieldlink_rtc::drive_wire(
             rtc,
             wire,
-            |data, dest, _path| {
+            |data, dest, path| {
                 if let Some(o) = observer {
                     if let Some(d) = fieldlink_rtc::fec::carried(data) {
                         (o.0)(crate::PacketDirection::Sent, d);
                     }
                 }
-                let _ = socket.try_send_to(data, dest);
+                let s = match path {
+                    Some(p @ 1..) => paths.get(usize::from(p) - 1).unwrap_or(socket),
+                    _ => &*socket,
+                };
+                let _ = s.try_send_to(data, dest);
             },
             |rtc, e| {
                 match e {
@@ -602,4 +688,42 @@ impl Peer {
         }
         events
     }
+}
+
+/// A UDP socket on `ip` (any port), with the receive buffer the peer wants. `chosen`: the
+/// address comes from `network_bind`, and a failure says what to check.
+async fn bind_udp(ip: IpAddr, chosen: bool) -> Result<UdpSocket> {
+    let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await.map_err(|e| {
+        let why = match (chosen, e.kind()) {
+            (true, std::io::ErrorKind::AddrNotAvailable) => format!(
+                "network_bind {ip}: the address is not on any interface of this machine ({e})"
+            ),
+            (true, std::io::ErrorKind::PermissionDenied) => format!(
+                "network_bind {ip}: binding is not permitted ({e}); the process needs \
+                 CAP_NET_BIND_SERVICE (or CAP_NET_RAW where a security policy asks for it)"
+            ),
+            (true, _) => format!("network_bind {ip}: cannot bind a UDP socket: {e}"),
+            (false, _) => format!("bind UDP on {ip}: {e}"),
+        };
+        SdkError::new(ErrorCode::MediaNotReady, why)
+    })?;
+    // Two keyframes with their parity at 30 % loss arrive as a burst of 200+ datagrams:
+    // more than the default ~200 KiB receive buffer holds if the task is late to read
+    // (the kernel caps this at twice net.core.rmem_max).
+    if let Err(e) = socket2::SockRef::from(&socket).set_recv_buffer_size(RECV_BUFFER) {
+        tracing::debug!("UDP receive buffer: {e}");
+    }
+    Ok(socket)
+}
+
+/// A 32-byte key from 64 hex digits.
+fn unhex_key(s: &str) -> Option<[u8; fieldlink_proto::bond::KEY_LEN]> {
+    let mut key = [0; fieldlink_proto::bond::KEY_LEN];
+    if s.len() != key.len() * 2 {
+        return None;
+    }
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(key)
 }

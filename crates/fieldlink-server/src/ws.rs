@@ -303,12 +303,14 @@ impl Session {
                 audio_send,
                 audio_receive,
                 fec,
+                bond,
             } => Ok(Cmd::Offer {
                 conn,
                 req,
                 sdp,
                 video_mids,
                 fec,
+                bond,
                 audio: AudioOffer {
                     mids: audio_mids,
                     send: audio_send,

@@ -49,6 +49,21 @@ impl fieldlink_proto::field_config::Outside for Checks<'_> {
         (!full.is_file()).then(|| format!("{} is not a readable file", full.display()))
     }
 
+    fn bind(&self, ip: std::net::IpAddr) -> Option<String> {
+        std::net::UdpSocket::bind((ip, 0))
+            .err()
+            .map(|e| match e.kind() {
+                std::io::ErrorKind::AddrNotAvailable => {
+                    format!("{ip} is not an address of this machine ({e})")
+                }
+                std::io::ErrorKind::PermissionDenied => format!(
+                    "binding {ip} is not permitted ({e}): give the process CAP_NET_BIND_SERVICE \
+                 (or CAP_NET_RAW where a security policy asks for it)"
+                ),
+                _ => format!("cannot bind a UDP socket on {ip}: {e}"),
+            })
+    }
+
     fn rtsp(&self, url: &str) -> Option<String> {
         let cam = fieldlink_sdk::camera::RtspCameraConfig {
             url: url.to_string(),

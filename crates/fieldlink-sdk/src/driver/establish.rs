@@ -101,8 +101,16 @@ pub(super) async fn establish(role: Role, cfg: &DeviceConfig) -> Result<Connecti
         send: cfg.audio.sends(),
         receive: cfg.audio.receives(),
     };
-    let (mut peer, offer) =
-        Peer::new(local_ip, cfg.streams, role == Role::Field, cfg.h265, audio).await?;
+    let (mut peer, offer) = Peer::new(
+        local_ip,
+        &cfg.network_bind,
+        cfg.media_trans_mode,
+        cfg.streams,
+        role == Role::Field,
+        cfg.h265,
+        audio,
+    )
+    .await?;
     peer.observer = cfg.packet_observer.clone();
     ws.send(to_msg(&ClientMsg::Offer {
         req: Some(1),
@@ -112,6 +120,7 @@ pub(super) async fn establish(role: Role, cfg: &DeviceConfig) -> Result<Connecti
         audio_send: audio.send,
         audio_receive: audio.receive,
         fec: true,
+        bond: offer.bond,
     }))
     .await
     .map_err(|e| lost(&e))?;
@@ -120,14 +129,14 @@ pub(super) async fn establish(role: Role, cfg: &DeviceConfig) -> Result<Connecti
     loop {
         tokio::select! {
             m = ws.next() => match m.and_then(|m| m.ok()).and_then(parse) {
-                Some(Ok(ServerMsg::Answer { sdp, fec, .. })) => { peer.accept_answer(&sdp, fec)?; answered = true; }
+                Some(Ok(ServerMsg::Answer { sdp, fec, bond, .. })) => { peer.accept_answer(&sdp, fec, bond)?; answered = true; }
                 Some(Ok(e @ ServerMsg::Error { req: Some(1), .. })) => return Err(server_error(e)),
                 Some(Ok(other)) => early.push(other),
                 Some(Err(())) => {}
                 None => return Err(SdkError::new(ErrorCode::Disconnected, "server closed the connection")),
             },
-            r = peer.socket.recv_from(&mut buf) => {
-                if let Ok((n, src)) = r { peer.handle_datagram(&buf[..n], src); }
+            r = peer.recv(&mut buf) => {
+                if let Ok((n, src, path)) = r { peer.handle_datagram(&buf[..n], src, path); }
             }
             _ = tokio::time::sleep_until(peer.next_timeout.into()) => peer.handle_timeout(),
             _ = tokio::time::sleep_until(deadline) => {

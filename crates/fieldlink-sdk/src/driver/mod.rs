@@ -354,8 +354,8 @@ impl Driver {
                     Some(Err(e)) => return Stop::Lost(format!("signalling: {e}")),
                     None => return Stop::Lost("signalling connection closed".into()),
                 },
-                r = conn.peer.socket.recv_from(&mut buf) => {
-                    if let Ok((n, src)) = r { conn.peer.handle_datagram(&buf[..n], src); }
+                r = conn.peer.recv(&mut buf) => {
+                    if let Ok((n, src, path)) = r { conn.peer.handle_datagram(&buf[..n], src, path); }
                 }
                 _ = tokio::time::sleep_until(conn.peer.next_timeout.into()) => conn.peer.handle_timeout(),
                 _ = diagnosis::sleep_until_some(self.meter.next_due()) => {

@@ -58,6 +58,8 @@ pub enum Cmd {
         audio: AudioOffer,
         /// The device offered FEC.
         fec: bool,
+        /// The device asked to carry the connection over several paths.
+        bond: Option<fieldlink_proto::signal::BondOffer>,
     },
     Watch {
         conn: ConnId,

@@ -78,6 +78,7 @@ pub fn spawn(
         by_device: HashMap::new(),
         fields: HashMap::new(),
         by_addr: HashMap::new(),
+        by_bond: HashMap::new(),
         audit,
         metrics,
         dirty: Vec::new(),
@@ -142,6 +143,9 @@ struct Hub {
     by_device: HashMap<DeviceId, ConnId>,
     fields: HashMap<DeviceId, FieldControl>,
     by_addr: HashMap<SocketAddr, ConnId>,
+    /// Bonded peers (SPEC §9) by their bond session: their datagrams come from several
+    /// addresses, each admitted by the bond itself.
+    by_bond: HashMap<u32, ConnId>,
     audit: mpsc::Sender<AuditRecord>,
     metrics: Arc<Metrics>,
     /// Peers written to outside `poll` (e.g. a keyframe request) that must be polled.
@@ -256,10 +260,16 @@ impl Hub {
                 video_mids,
                 audio,
                 fec,
+                bond,
             } => {
                 let fec = fec && self.fec;
-                let msg = match self.accept_offer(conn, &sdp, &video_mids, audio, fec) {
-                    Ok(sdp) => ServerMsg::Answer { req, sdp, fec },
+                let msg = match self.accept_offer(conn, &sdp, &video_mids, audio, fec, bond) {
+                    Ok((sdp, bond)) => ServerMsg::Answer {
+                        req,
+                        sdp,
+                        fec,
+                        bond,
+                    },
                     Err((code, why)) => ServerMsg::error(req, code, why),
                 };
                 self.send(conn, msg);

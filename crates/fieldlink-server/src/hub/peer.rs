@@ -16,7 +16,9 @@ use str0m::media::{MediaData, Mid};
 use str0m::rtp::Extension;
 use str0m::{Candidate, Event, IceConnectionState, Input, Rtc};
 
+use fieldlink_proto::signal::{BondGrant, BondOffer};
 use fieldlink_proto::{DeviceId, ErrorCode, Qos, Role};
+use fieldlink_rtc::bond;
 use fieldlink_rtc::fec::{self, FecStats};
 use fieldlink_rtc::{Ended, Polled, Wire};
 
@@ -82,7 +84,23 @@ impl Hub {
         video_mids: &[String],
         audio: super::AudioOffer,
         fec: bool,
-    ) -> Result<String, (ErrorCode, String)> {
+        bond: Option<BondOffer>,
+    ) -> Result<(String, Option<BondGrant>), (ErrorCode, String)> {
+        let bond_mode = match &bond {
+            None => None,
+            Some(b) if (2..=bond::MAX_PATHS as u8).contains(&b.paths) => {
+                Some(bond::Mode::from_number(b.mode).ok_or((
+                    ErrorCode::BadRequest,
+                    format!("media_trans_mode must be 1, 2 or 3, got {}", b.mode),
+                ))?)
+            }
+            Some(b) => {
+                return Err((
+                    ErrorCode::BadRequest,
+                    format!("a bond has 2..={} paths, not {}", bond::MAX_PATHS, b.paths),
+                ))
+            }
+        };
         if video_mids.len() > MAX_VIDEO_MLINES {
             return Err((
                 ErrorCode::BadRequest,
@@ -143,6 +161,24 @@ impl Hub {
             }
         }
         self.peers.insert(conn);
+        let mut wire = Wire::new(fec);
+        let mut grant = None;
+        self.by_bond.retain(|_, c| *c != conn);
+        if let Some(mode) = bond_mode {
+            let mut session = rand::random::<u32>();
+            while session == 0 || self.by_bond.contains_key(&session) {
+                session = rand::random();
+            }
+            let key: [u8; bond::KEY_LEN] = rand::random();
+            let b = bond::Bond::server(session, key, mode, rand::random(), now);
+            wire = wire.with_bond(fieldlink_rtc::BondLink::server(b));
+            self.by_bond.insert(session, conn);
+            grant = Some(BondGrant {
+                session,
+                key: key.iter().map(|b| format!("{b:02x}")).collect(),
+                addr: self.candidate_addr,
+            });
+        }
         client.peer = Some(Box::new(Peer {
             rtc,
             egress: vec![None; mids.len()],
@@ -153,7 +189,7 @@ impl Hub {
             channels: [None, None],
             pending_reliable: VecDeque::new(),
             next_timeout: now,
-            wire: Wire::new(fec),
+            wire,
             fec_counted: FecStats::default(),
         }));
         self.by_addr.retain(|_, c| *c != conn);
@@ -180,12 +216,15 @@ impl Hub {
                 self.field_video_ready(&device);
             }
         }
-        Ok(answer.to_sdp_string())
+        Ok((answer.to_sdp_string(), grant))
     }
 
     pub(super) fn on_udp(&mut self, data: &[u8], source: SocketAddr) {
         if data.first() == Some(&fec::MAGIC) {
             return self.on_fec_udp(data, source);
+        }
+        if data.first() == Some(&bond::wire::MAGIC) {
+            return self.on_bond_udp(data, source);
         }
         let Some(input) =
             fieldlink_rtc::udp_input(Instant::now(), data, source, self.candidate_addr)
@@ -232,6 +271,30 @@ impl Hub {
             self.candidate_addr,
             None,
             |_| {},
+        );
+        self.poll(conn);
+    }
+
+    /// A bond datagram: its session says whose; the bond admits or knows its address.
+    fn on_bond_udp(&mut self, data: &[u8], source: SocketAddr) {
+        let Some(conn) = bond::wire::session_of(data).and_then(|s| self.by_bond.get(&s).copied())
+        else {
+            return;
+        };
+        let Some(peer) = self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) else {
+            return;
+        };
+        let socket = &self.socket;
+        peer.wire.receive(
+            &mut peer.rtc,
+            Instant::now(),
+            data,
+            source,
+            self.candidate_addr,
+            None,
+            |r| {
+                let _ = socket.try_send_to(r, source);
+            },
         );
         self.poll(conn);
     }
@@ -423,6 +486,7 @@ impl Hub {
                 }
                 self.peers.remove(&conn);
                 self.by_addr.retain(|_, c| *c != conn);
+                self.by_bond.retain(|_, c| *c != conn);
                 self.warn(
                     conn,
                     ErrorCode::MediaNotReady,

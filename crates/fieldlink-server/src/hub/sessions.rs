@@ -91,6 +91,7 @@ impl Hub {
         self.peers.remove(&conn);
         self.remotes.remove(&conn);
         self.by_addr.retain(|_, c| *c != conn);
+        self.by_bond.retain(|_, c| *c != conn);
         let device = client.info.device.clone();
         if self.by_device.get(&device) == Some(&conn) {
             self.by_device.remove(&device);
