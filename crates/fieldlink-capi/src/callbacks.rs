@@ -355,6 +355,7 @@ pub(crate) fn dispatch(ev: &Event, cb: &Callbacks) {
             | Event::ReceiverStats { .. }
             | Event::Quality(_)
             | Event::AudioStats(_)
+            | Event::Paths(_)
             | Event::AudioLine { .. } => {}
         }
     }

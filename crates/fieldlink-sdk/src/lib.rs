@@ -284,12 +284,27 @@ pub enum Event {
     MixedAudio(audio::MixedAudio),
     /// Once a second while audio is received: each audio line's jitter buffer figures.
     AudioStats(Vec<audio::LineStats>),
+    /// SPEC §9: once a second while the connection is carried over several paths
+    /// (`network_bind`), each path's figures, in path order.
+    Paths(Vec<PathFigures>),
     /// Audio line `line` now carries `gwid` (with `stream_id`: one channel of a camera).
     AudioLine {
         line: u32,
         gwid: DeviceId,
         stream_id: Option<u32>,
     },
+}
+
+/// One network path's figures ([`Event::Paths`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathFigures {
+    /// Its local address (`network_bind`).
+    pub local: std::net::IpAddr,
+    /// Round trip, probe loss, data loss, state, counters (see `fieldlink_proto::bond`).
+    pub stats: fieldlink_proto::bond::PathStats,
+    /// Its share of the bytes this device sent in the last second (0–1; with
+    /// duplication the shares add up to more than 1).
+    pub share: f64,
 }
 
 /// One received video access unit.

@@ -92,6 +92,8 @@ pub(crate) struct Peer {
     /// is `socket`), and the mode asked for. Empty: one path, no bond.
     paths: Vec<UdpSocket>,
     bond_mode: Option<fieldlink_proto::bond::Mode>,
+    /// Bytes carried and sent per path at the last [`Peer::path_figures`].
+    shares_since: (u64, Vec<u64>),
     local: SocketAddr,
     channels: [Option<ChannelId>; 2],
     pending: Option<SdpPendingOffer>,
@@ -262,6 +264,7 @@ impl Peer {
                 socket,
                 bond_mode: bond.is_some().then_some(mode),
                 paths,
+                shares_since: (0, Vec::new()),
                 local,
                 channels: [None, None],
                 pending: Some(pending),
@@ -390,6 +393,47 @@ impl Peer {
                 tx.set_unpaced(!paced);
             }
         }
+    }
+
+    /// Each path's figures, with its share of the bytes sent since the last call.
+    pub fn path_figures(&mut self) -> Option<Vec<crate::PathFigures>> {
+        let stats = self.wire.bond()?.bond.stats();
+        let locals: Vec<IpAddr> = std::iter::once(&self.socket)
+            .chain(&self.paths)
+            .filter_map(|s| s.local_addr().ok().map(|a| a.ip()))
+            .collect();
+        let carried = stats
+            .carried_bytes
+            .saturating_sub(self.shares_since.0)
+            .max(1);
+        let figures = stats
+            .paths
+            .iter()
+            .map(|p| {
+                let before = self
+                    .shares_since
+                    .1
+                    .get(usize::from(p.id))
+                    .copied()
+                    .unwrap_or(0);
+                crate::PathFigures {
+                    local: locals
+                        .get(usize::from(p.id))
+                        .copied()
+                        .unwrap_or(self.local.ip()),
+                    stats: *p,
+                    share: p.sent_bytes.saturating_sub(before) as f64 / carried as f64,
+                }
+            })
+            .collect();
+        let mut sent = vec![0; locals.len()];
+        for p in &stats.paths {
+            if let Some(s) = sent.get_mut(usize::from(p.id)) {
+                *s = p.sent_bytes;
+            }
+        }
+        self.shares_since = (stats.carried_bytes, sent);
+        Some(figures)
     }
 
     /// One datagram from the socket of `path` (0: the first).

@@ -76,6 +76,8 @@ pub struct BondStats {
     pub refused: u64,
     /// Datagrams that found no path (none admitted yet) or no room in the queue.
     pub unsent: u64,
+    /// Bytes of the datagrams given to [`Bond::send`] (each once, whatever paths took it).
+    pub carried_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +109,7 @@ pub struct Bond {
     next_adapt: Instant,
     refused: u64,
     unsent: u64,
+    carried_bytes: u64,
     buf: Vec<u8>,
     picks: Vec<usize>,
 }
@@ -158,6 +161,7 @@ impl Bond {
             next_adapt: now,
             refused: 0,
             unsent: 0,
+            carried_bytes: 0,
             buf: Vec::new(),
             picks: Vec::new(),
         }
@@ -177,6 +181,7 @@ impl Bond {
             reorder: self.reorder.stats(),
             refused: self.refused,
             unsent: self.unsent,
+            carried_bytes: self.carried_bytes,
         }
     }
 
@@ -206,6 +211,7 @@ impl Bond {
             self.unsent += 1;
             return;
         }
+        self.carried_bytes += datagram.len() as u64;
         let mut picks = std::mem::take(&mut self.picks);
         schedule::choose(
             self.mode,
@@ -422,12 +428,13 @@ impl Bond {
         }
     }
 
-    /// The longest a gap is waited for now: the spread of the paths' one-way delays.
+    /// The longest a gap is waited for now: the spread of the one-way delays of the paths
+    /// that may carry data (a recovering one carries copies).
     fn budget(&self) -> Duration {
         let rtts = self
             .paths
             .iter()
-            .filter(|p| p.state == PathState::Up)
+            .filter(|p| p.state != PathState::Down)
             .filter_map(|p| p.srtt);
         let (lo, hi) = rtts.fold((None::<Duration>, Duration::ZERO), |(lo, hi), r| {
             (Some(lo.map_or(r, |l| l.min(r))), hi.max(r))

@@ -195,12 +195,15 @@ impl Path {
     fn go_down(&mut self, now: Instant) {
         self.state = PathState::Down;
         self.downs += 1;
-        // Failing again soon after coming back: it must prove itself longer next time.
+        // Failing again soon after coming back: it must prove itself longer next time;
+        // after holding for a while, it starts over; failing while still recovering
+        // changes nothing.
         self.readmit_after = match self.up_at {
             Some(up) if now.duration_since(up) < FLAP_MEMORY => {
                 (self.readmit_after * 2).min(READMIT_MAX)
             }
-            _ => READMIT_FIRST,
+            Some(_) => READMIT_FIRST,
+            None => self.readmit_after,
         };
         self.up_at = None;
         self.outstanding.clear();

@@ -77,9 +77,15 @@ pub fn choose(
     if usable.is_empty() {
         return;
     }
+    // Copies may also go on a path that is back but still proving itself: a copy that
+    // is lost costs nothing (the other paths carry the datagram too), one that arrives
+    // first saves time. Only what is spread waits for a path to be up.
+    let copies = || {
+        (0..paths.len()).filter(|&i| usable.contains(&i) || paths[i].state == PathState::Recovering)
+    };
     match mode {
-        Mode::Redundant => out.extend(&usable),
-        Mode::Balanced if class.precious() => out.extend(&usable),
+        Mode::Redundant => out.extend(copies()),
+        Mode::Balanced if class.precious() => out.extend(copies()),
         Mode::Balanced => {
             let first = spread(bytes, paths, &usable);
             out.push(first);
@@ -175,6 +181,15 @@ mod tests {
             share(Mode::Redundant, Class::Video, &mut ps, 10),
             [10, 10, 10]
         );
+    }
+
+    #[test]
+    fn copies_also_go_on_a_recovering_path_but_spreading_waits() {
+        let mut ps = paths(2);
+        ps[1].state = PathState::Recovering;
+        assert_eq!(share(Mode::Redundant, Class::Video, &mut ps, 10), [10, 10]);
+        assert_eq!(share(Mode::Balanced, Class::Audio, &mut ps, 10), [10, 10]);
+        assert_eq!(share(Mode::Aggregate, Class::Video, &mut ps, 10), [10, 0]);
     }
 
     #[test]

@@ -238,7 +238,7 @@ fn redundant_mode_loses_nothing_when_a_path_is_cut_again_and_again() {
     });
     net.run(200, |_| {});
     let got = Net::numbered(&net.at_server);
-    assert_eq!(got.len(), 5000, "nothing lost");
+    assert_eq!(got.len(), 5000, "nothing lost: {:?}", net.srv.stats());
     assert!(got.windows(2).all(|w| w[0] < w[1]), "in order");
     let p0 = &net.srv.stats().paths[0];
     assert!(p0.downs >= 1, "path 0 was seen down");

@@ -458,6 +458,12 @@ impl Driver {
                     }
                     PeerEvent::EgressStats { index, loss, rtt } => {
                         self.meter.sample(index as u32, loss, rtt);
+                        // Once a second (the first stream's statistics): the paths'.
+                        if index == 0 {
+                            if let Some(p) = conn.peer.path_figures() {
+                                self.ev.emit(Event::Paths(p));
+                            }
+                        }
                     }
                     PeerEvent::Stats {
                         index,
@@ -467,6 +473,11 @@ impl Driver {
                         packets,
                     } => {
                         self.meter.sample(index as u32, loss, rtt);
+                        if index == 0 {
+                            if let Some(p) = conn.peer.path_figures() {
+                                self.ev.emit(Event::Paths(p));
+                            }
+                        }
                         let c = self
                             .counts
                             .get(&index)

@@ -18,6 +18,11 @@ pub struct TestNet {
     pub host_ip: String,
     /// The host's side.
     pub ns_ip: String,
+    /// More veth pairs into the same namespace ([`TestNet::add_path`]): (our interface,
+    /// the host's interface, our address, the host's address).
+    paths: Vec<(String, String, String, String)>,
+    /// Per path (0: the first pair), the % of datagrams dropped each way.
+    loss: std::sync::Mutex<Vec<u32>>,
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), String> {
@@ -59,8 +64,8 @@ impl TestNet {
         static N: AtomicU32 = AtomicU32::new(0);
         let pid = std::process::id();
         let n = N.fetch_add(1, Ordering::Relaxed);
-        // A /30 per (process, net): 32768 of them in 198.18.0.0/15.
-        let subnet = ((pid % 8192) * 4 + n % 4) * 4;
+        // 16 /30s per process (32768 in 198.18.0.0/15): 4 per net, one per path.
+        let subnet = ((pid % 2048) * 16 + (n % 4) * 4) * 4;
         let addr = |host: u32| {
             let a = subnet + host;
             format!("198.{}.{}.{}", 18 + (a >> 16), (a >> 8) & 255, a & 255)
@@ -71,6 +76,8 @@ impl TestNet {
             ns_if: format!("fln{pid}x{n}"),
             host_ip: addr(1),
             ns_ip: addr(2),
+            paths: Vec::new(),
+            loss: std::sync::Mutex::new(vec![0]),
         };
         run("ip", &["netns", "add", &net.ns])?;
         // From here on, Drop deletes what was made.
@@ -99,6 +106,117 @@ impl TestNet {
         net.inside("ip", &["link", "set", &net.ns_if, "up"])?;
         net.inside("ip", &["link", "set", "lo", "up"])?;
         Ok(net)
+    }
+
+    /// A second link of the host (another modem): a veth pair of its own, in a /30 next
+    /// to the first. Each of the host's addresses sends through its own pair (a routing
+    /// table per source address), to the server on [`TestNet::host_ip`] too. Returns the
+    /// host's new address.
+    pub fn add_path(&mut self) -> String {
+        let i = self.paths.len() + 1;
+        // The net's next /30 (each net has 4: up to 3 more paths).
+        assert!(i < 4, "at most 4 paths");
+        let base: std::net::Ipv4Addr = self.host_ip.parse().expect("IPv4");
+        let b = u32::from(base) - 1 + 4 * i as u32;
+        let (host_ip, ns_ip) = (
+            std::net::Ipv4Addr::from(b + 1).to_string(),
+            std::net::Ipv4Addr::from(b + 2).to_string(),
+        );
+        let (host_if, ns_if) = (
+            format!("{}p{i}", self.host_if),
+            format!("{}p{i}", self.ns_if),
+        );
+        run(
+            "ip",
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &self.ns,
+            ],
+        )
+        .unwrap_or_else(|e| panic!("second veth pair: {e}"));
+        let ok = |r: Result<(), String>| r.unwrap_or_else(|e| panic!("path {i}: {e}"));
+        ok(run(
+            "ip",
+            &["addr", "add", &format!("{host_ip}/30"), "dev", &host_if],
+        ));
+        ok(run("ip", &["link", "set", &host_if, "up"]));
+        ok(self.inside(
+            "ip",
+            &["addr", "add", &format!("{ns_ip}/30"), "dev", &ns_if],
+        ));
+        ok(self.inside("ip", &["link", "set", &ns_if, "up"]));
+        // Source routing on the host: each address leaves by its own link.
+        for (j, (ip, dev)) in [
+            (self.ns_ip.clone(), self.ns_if.clone()),
+            (ns_ip.clone(), ns_if.clone()),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let table = (100 + if j == 0 { 0 } else { i }).to_string();
+            let _ = self.inside("ip", &["rule", "add", "from", ip, "table", &table]);
+            let _ = self.inside(
+                "ip",
+                &["route", "replace", "default", "dev", dev, "table", &table],
+            );
+        }
+        // Replies to the second address come back on its own link, from the first
+        // link's server address: no reverse-path filter may drop them.
+        for conf in ["all", "default", &ns_if, &self.ns_if.clone()] {
+            let _ = self.inside(
+                "sysctl",
+                &["-qw", &format!("net.ipv4.conf.{conf}.rp_filter=0")],
+            );
+        }
+        self.paths
+            .push((host_if, ns_if, host_ip.clone(), ns_ip.clone()));
+        self.loss.lock().unwrap().push(0);
+        ns_ip_of(&self.paths, i)
+    }
+
+    /// The host's address on path `i` (0: the first pair).
+    pub fn ns_ip_on(&self, i: usize) -> String {
+        if i == 0 {
+            self.ns_ip.clone()
+        } else {
+            ns_ip_of(&self.paths, i)
+        }
+    }
+
+    /// Drops `pct` % of the datagrams crossing path `i` each way (nftables inside the
+    /// namespace; 100 = cut). TCP (the signalling) is left alone: only UDP is dropped.
+    pub fn set_loss(&self, i: usize, pct: u32) {
+        let mut loss = self.loss.lock().unwrap();
+        loss[i] = pct;
+        let mut rules = String::from(
+            "table inet fltest {\n chain out { type filter hook output priority 0; }\n \
+             chain in { type filter hook input priority 0; }\n}\nflush table inet fltest\n",
+        );
+        for (j, pct) in loss.iter().enumerate() {
+            if *pct == 0 {
+                continue;
+            }
+            let dev = if j == 0 {
+                self.ns_if.clone()
+            } else {
+                self.paths[j - 1].1.clone()
+            };
+            // 100 %: every datagram (nft's `mod 100 < 100` is out of range).
+            let chance = if *pct >= 100 {
+                String::new()
+            } else {
+                format!("numgen random mod 100 < {pct} ")
+            };
+            for (chain, dir) in [("out", "oifname"), ("in", "iifname")] {
+                rules.push_str(&format!(
+                    "add rule inet fltest {chain} {dir} \"{dev}\" meta l4proto udp {chance}drop\n"
+                ));
+            }
+        }
+        let path = std::env::temp_dir().join(format!("{}.nft", self.ns));
+        std::fs::write(&path, rules).unwrap();
+        self.inside("nft", &["-f", path.to_str().unwrap()])
+            .unwrap_or_else(|e| panic!("nft (Debian package nftables): {e}"));
+        let _ = std::fs::remove_file(path);
     }
 
     fn inside(&self, program: &str, args: &[&str]) -> Result<(), String> {
@@ -172,11 +290,18 @@ impl TestNet {
     }
 }
 
+fn ns_ip_of(paths: &[(String, String, String, String)], i: usize) -> String {
+    paths[i - 1].3.clone()
+}
+
 impl Drop for TestNet {
     fn drop(&mut self) {
-        // Deleting the namespace deletes its end of the pair, and with it ours.
+        // Deleting the namespace deletes its end of the pairs, and with them ours.
         let _ = run("ip", &["netns", "del", &self.ns]);
         let _ = run("ip", &["link", "del", &self.host_if]);
+        for (host_if, ..) in &self.paths {
+            let _ = run("ip", &["link", "del", host_if]);
+        }
     }
 }
 

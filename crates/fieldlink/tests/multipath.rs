@@ -1,0 +1,270 @@
+//! SPEC §9 multipath: the field device runs on a test host with two links (two veth pairs
+//! into a network namespace the test makes, `network_bind` on both addresses); the server
+//! and the remote are on this side. Loss and cuts are nftables rules on the host's links.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::netns::TestNet;
+use common::*;
+use fieldlink_sdk::{Event, Qos};
+
+/// What the remote saw.
+#[derive(Default, Debug)]
+struct Seen {
+    /// Frame numbers (from the test pattern's SEI) in arrival order, with the times the
+    /// remote's SDK received them (not when this test got to them) and of their capture.
+    frames: Vec<(u64, std::time::SystemTime, std::time::SystemTime)>,
+}
+
+impl Seen {
+    /// Frames missing between the first and the last.
+    fn lost(&self) -> u64 {
+        let mut nums: Vec<u64> = self.frames.iter().map(|f| f.0).collect();
+        nums.sort_unstable();
+        nums.dedup();
+        match (nums.first(), nums.last()) {
+            (Some(a), Some(b)) => b - a + 1 - nums.len() as u64,
+            _ => 0,
+        }
+    }
+
+    /// The longest wait between two frames beyond the wait between their captures: what
+    /// the network added to the picture's rhythm.
+    fn worst_extra_gap(&self) -> Duration {
+        self.frames
+            .windows(2)
+            .map(|w| {
+                let arrival = w[1].1.duration_since(w[0].1).unwrap_or_default();
+                let capture = w[1].2.duration_since(w[0].2).unwrap_or_default();
+                arrival.saturating_sub(capture)
+            })
+            .max()
+            .unwrap_or_default()
+    }
+
+    fn longest_gap(&self) -> Duration {
+        self.frames
+            .windows(2)
+            .map(|w| w[1].1.duration_since(w[0].1).unwrap_or_default())
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// What the field device said of its paths (`Event::Paths`, once a second).
+#[derive(Default, Debug)]
+struct PathLog {
+    /// The last figures.
+    last: Vec<fieldlink_sdk::PathFigures>,
+    /// Per path, seconds in which it carried traffic.
+    used: [u32; 2],
+}
+
+/// Runs a field device with two paths in `mode`; `plan(net, second)` changes the links
+/// at each second of the `secs` measured. Returns what the remote saw, the control
+/// messages (qos 0, 20 a second, remote → field) sent and received, and the paths' log.
+async fn two_paths(
+    mode: fieldlink_proto::bond::Mode,
+    secs: u64,
+    plan: impl Fn(&TestNet, u64),
+) -> Option<(Seen, u32, u32, PathLog)> {
+    let mut net = TestNet::create()?;
+    net.add_path();
+    let s = TestServer::start_on(&net.host_ip, "", &[]);
+    s.standard();
+    let host = net.runtime();
+    let mut fc = s.cfg("p/f", "fpw");
+    fc.streams = 1;
+    fc.network_bind = vec![
+        net.ns_ip_on(0).parse().unwrap(),
+        net.ns_ip_on(1).parse().unwrap(),
+    ];
+    fc.media_trans_mode = mode;
+    let got = Arc::new(AtomicU32::new(0));
+    let g = got.clone();
+    let log = Arc::new(std::sync::Mutex::new(PathLog::default()));
+    let l = log.clone();
+    let field = host
+        .run(async move {
+            let (field, mut fe) = fieldlink_sdk::FieldDevice::connect(fc).await.unwrap();
+            tokio::spawn(async move {
+                while let Some(e) = fe.recv().await {
+                    match e {
+                        Event::ControlData { .. } => {
+                            g.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Event::Paths(p) => {
+                            let mut l = l.lock().unwrap();
+                            for f in &p {
+                                if f.share > 0.05 {
+                                    l.used[usize::from(f.stats.id).min(1)] += 1;
+                                }
+                            }
+                            l.last = p;
+                        }
+                        _ => {}
+                    }
+                }
+            });
+            field
+        })
+        .await;
+    let tp = fieldlink_sdk::video::TestPatternConfig {
+        width: 320,
+        height: 180,
+        fps: 25.0,
+        kbps: 400,
+        gop: 50,
+    };
+    field
+        .start_video(0, fieldlink_sdk::video::TestPattern::new(0, tp).unwrap())
+        .unwrap();
+    let (r, mut re) = s.remote_playing().await;
+    // Master (auto permission) before the control data starts.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while r.permission(&id("p/f")) != fieldlink_sdk::Permission::Master {
+        assert!(tokio::time::Instant::now() < deadline, "not master");
+        drain(&mut re, Duration::from_millis(50)).await;
+    }
+    // Two seconds for the paths' probes to settle.
+    drain(&mut re, Duration::from_secs(2)).await;
+    let mut seen = Seen::default();
+    let (mut sent, gwid) = (0u32, id("p/f"));
+    let start = tokio::time::Instant::now();
+    let mut next_send = start;
+    for second in 0..secs {
+        plan(&net, second);
+        let end = start + Duration::from_secs(second + 1);
+        loop {
+            let until = end.min(next_send);
+            match tokio::time::timeout_at(until, re.recv()).await {
+                Ok(Some(Event::Frame(f))) => {
+                    if let (Some(m), Some(cap)) =
+                        (fieldlink_media::FrameMeta::find(&f.data), f.capture)
+                    {
+                        seen.frames.push((m.frame, f.received, cap));
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("remote closed"),
+                Err(_) => {}
+            }
+            let now = tokio::time::Instant::now();
+            if now >= next_send {
+                if r.send(&gwid, &sent.to_be_bytes(), Qos::Lossy).await.is_ok() {
+                    sent += 1;
+                }
+                next_send += Duration::from_millis(50);
+            }
+            if now >= end {
+                break;
+            }
+        }
+    }
+    // Whatever is still on its way.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = got.load(Ordering::Relaxed);
+    host.run(async move { field.close().await }).await;
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    Some((seen, sent, received, log))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redundant_mode_loses_nothing_while_a_path_is_cut_ten_times() {
+    use fieldlink_proto::bond::Mode;
+    // Path 0 cut (100 % drop) for 5 s of every 10, ten times.
+    let Some((seen, sent, got, log)) = two_paths(Mode::Redundant, 100, |net, s| match s % 10 {
+        2 => net.set_loss(0, 100),
+        7 => net.set_loss(0, 0),
+        _ => {}
+    })
+    .await
+    else {
+        return;
+    };
+    let frames = seen.frames.len();
+    eprintln!(
+        "redundant, path 0 cut 10 x 5 s: {frames} frames, {} lost, longest gap {:?}, \
+         worst extra gap {:?}; control {got}/{sent}; path 0 down {} times, \
+         carried traffic {} s, path 1 {} s",
+        seen.lost(),
+        seen.longest_gap(),
+        seen.worst_extra_gap(),
+        log.last.first().map_or(0, |p| p.stats.downs),
+        log.used[0],
+        log.used[1],
+    );
+    // The cuts were felt: path 0 went down each time, and carried traffic between them.
+    assert_eq!(log.last.len(), 2, "{log:?}");
+    assert!(log.last[0].stats.downs >= 10, "{log:?}");
+    // (A path that is back carries copies while it proves itself.)
+    assert!(log.used[0] >= 40 && log.used[1] >= 90, "{log:?}");
+    assert!(frames > 2000, "{frames} frames in 100 s at 25 fps");
+    assert_eq!(seen.lost(), 0, "no frame lost");
+    assert_eq!(got, sent, "no control message lost");
+    // No receiver frame gap longer than one frame interval + 20 ms.
+    assert!(
+        seen.longest_gap() <= Duration::from_millis(40 + 20),
+        "longest gap {:?}",
+        seen.longest_gap()
+    );
+    assert!(
+        seen.worst_extra_gap() <= Duration::from_millis(20),
+        "a frame waited {:?} longer than its capture interval",
+        seen.worst_extra_gap()
+    );
+}
+
+/// Plays stream 0 of a field device with `binds` (loopback addresses: no namespace
+/// needed); returns the datagrams it sent and received, and how many were the bond's.
+async fn play_with(binds: &[&str]) -> (u32, u32) {
+    let s = TestServer::start();
+    s.standard();
+    let bonded = Arc::new(AtomicU32::new(0));
+    let datagrams = Arc::new(AtomicU32::new(0));
+    let (b, d) = (bonded.clone(), datagrams.clone());
+    let mut fc = s.cfg("p/f", "fpw");
+    fc.streams = 1;
+    fc.network_bind = binds.iter().map(|a| a.parse().unwrap()).collect();
+    fc.media_trans_mode = fieldlink_proto::bond::Mode::Redundant;
+    fc.packet_observer = Some(fieldlink_sdk::PacketObserver(Arc::new(
+        move |_, data: &[u8]| {
+            d.fetch_add(1, Ordering::Relaxed);
+            if data.first() == Some(&fieldlink_proto::bond::wire::MAGIC) {
+                b.fetch_add(1, Ordering::Relaxed);
+            }
+        },
+    )));
+    let (field, _fe) = fieldlink_sdk::FieldDevice::connect(fc).await.unwrap();
+    field
+        .start_video(
+            0,
+            fieldlink_sdk::video::TestPattern::new(0, SMALL_PATTERN).unwrap(),
+        )
+        .unwrap();
+    let (_r, mut re) = s.remote_playing().await;
+    drain(&mut re, Duration::from_secs(1)).await;
+    field.close().await;
+    (
+        datagrams.load(Ordering::Relaxed),
+        bonded.load(Ordering::Relaxed),
+    )
+}
+
+/// One address: no bond, every datagram as before; two: all of them the bond's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_is_todays_behaviour_and_two_are_bonded() {
+    let (all, bonded) = play_with(&["127.0.0.1"]).await;
+    assert!(all > 50, "{all}");
+    assert_eq!(bonded, 0, "no bond datagram with one address");
+    let (all, bonded) = play_with(&["127.0.0.1", "127.0.0.2"]).await;
+    assert!(all > 50, "{all}");
+    assert_eq!(
+        bonded, all,
+        "every datagram through the bond with two addresses"
+    );
+}
