@@ -72,9 +72,27 @@ impl Ladder {
 
     /// The level for a target of `kbps` at `now` for a `w×h` picture at `fps`.
     pub fn follow(&mut self, kbps: u32, w: u32, h: u32, fps: f64, now: Instant) -> u32 {
-        // The first step waits for the estimator's first probes: before them the
-        // target is where the estimator starts, not what the network carries.
-        let first = *self.first.get_or_insert(now);
+        let bpp = |level: u32| {
+            let pixels = f64::from(w >> level) * f64::from(h >> level) * fps.max(1.0);
+            f64::from(kbps) * 1000.0 / pixels
+        };
+        let smallest_ok = |level: u32| (w >> level) >= 64 && (h >> level) >= 64;
+        // The first frame is encoded at the size its target suits: the estimator's
+        // starting point (300 kbit/s) at 640x360 made a ~20 KB first keyframe, four times
+        // the 100 ms queue of a 400 kbit/s modem link, and the stream started only after
+        // 1–3 s of drops. Further steps wait for the estimator's first probes: before them
+        // the target is where the estimator starts, not what the network carries.
+        if self.first.is_none() {
+            self.first = Some(now);
+            while self.level < MAX_LEVEL
+                && bpp(self.level) < BPP_DOWN
+                && smallest_ok(self.level + 1)
+            {
+                self.level += 1;
+            }
+            return self.level;
+        }
+        let first = self.first.unwrap_or(now);
         if now.duration_since(first) < LADDER_FIRST
             || self
                 .changed
@@ -82,11 +100,6 @@ impl Ladder {
         {
             return self.level;
         }
-        let bpp = |level: u32| {
-            let pixels = f64::from(w >> level) * f64::from(h >> level) * fps.max(1.0);
-            f64::from(kbps) * 1000.0 / pixels
-        };
-        let smallest_ok = |level: u32| (w >> level) >= 64 && (h >> level) >= 64;
         let before = self.level;
         if self.level < MAX_LEVEL && bpp(self.level) < BPP_DOWN && smallest_ok(self.level + 1) {
             self.level += 1;
@@ -396,8 +409,13 @@ mod tests {
     fn the_picture_steps_down_for_a_low_target_and_back_up_with_hysteresis() {
         let t0 = Instant::now();
         let mut l = Ladder::default();
-        // 640x360 at 25 fps: 5.76 Mpixel/s. No step in the first LADDER_FIRST.
-        assert_eq!(l.follow(100, 640, 360, 25.0, t0), 0);
+        // 640x360 at 25 fps: 5.76 Mpixel/s. The first frame takes the size its target
+        // suits (100 kbit/s: a quarter); no step then in the first LADDER_FIRST.
+        assert_eq!(l.follow(100, 640, 360, 25.0, t0), 2);
+        assert_eq!(l.follow(1000, 640, 360, 25.0, t0 + Duration::from_secs(1)), 2);
+        let mut l = Ladder::default();
+        assert_eq!(l.follow(1000, 640, 360, 25.0, t0), 0);
+        assert_eq!(l.follow(100, 640, 360, 25.0, t0 + Duration::from_secs(1)), 0);
         let t0 = t0 + LADDER_FIRST;
         assert_eq!(l.follow(1000, 640, 360, 25.0, t0), 0);
         assert_eq!(l.follow(350, 640, 360, 25.0, t0), 1);
