@@ -412,10 +412,16 @@ mod tests {
         // 640x360 at 25 fps: 5.76 Mpixel/s. The first frame takes the size its target
         // suits (100 kbit/s: a quarter); no step then in the first LADDER_FIRST.
         assert_eq!(l.follow(100, 640, 360, 25.0, t0), 2);
-        assert_eq!(l.follow(1000, 640, 360, 25.0, t0 + Duration::from_secs(1)), 2);
+        assert_eq!(
+            l.follow(1000, 640, 360, 25.0, t0 + Duration::from_secs(1)),
+            2
+        );
         let mut l = Ladder::default();
         assert_eq!(l.follow(1000, 640, 360, 25.0, t0), 0);
-        assert_eq!(l.follow(100, 640, 360, 25.0, t0 + Duration::from_secs(1)), 0);
+        assert_eq!(
+            l.follow(100, 640, 360, 25.0, t0 + Duration::from_secs(1)),
+            0
+        );
         let t0 = t0 + LADDER_FIRST;
         assert_eq!(l.follow(1000, 640, 360, 25.0, t0), 0);
         assert_eq!(l.follow(350, 640, 360, 25.0, t0), 1);

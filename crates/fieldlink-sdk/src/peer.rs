@@ -506,6 +506,14 @@ impl Peer {
             .set_bitrate(Bitrate::bps(min_bps), Bitrate::bps(desired_bps));
     }
 
+    /// Field: a keyframe is being written: what video goes out in the next 20 ms counts
+    /// as its packets for the bond (unpaced they all leave in this round; paced, the
+    /// rest goes as video).
+    pub fn keyframe_sent(&mut self) {
+        self.wire
+            .keyframe_until(Instant::now() + Duration::from_millis(20));
+    }
+
     /// Field: sends one encoded frame on stream `index` (frames that cannot be sent are
     /// dropped: video never waits).
     pub fn write_video(

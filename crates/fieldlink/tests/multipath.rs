@@ -46,6 +46,28 @@ impl Seen {
             .unwrap_or_default()
     }
 
+    /// Where the longest gaps were: (seconds after the first frame, gap), longest first.
+    fn worst_gaps(&self, n: usize) -> Vec<(f64, Duration)> {
+        let Some(first) = self.frames.first() else {
+            return Vec::new();
+        };
+        let mut gaps: Vec<(f64, Duration)> = self
+            .frames
+            .windows(2)
+            .map(|w| {
+                let at = w[1]
+                    .1
+                    .duration_since(first.1)
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                (at, w[1].1.duration_since(w[0].1).unwrap_or_default())
+            })
+            .collect();
+        gaps.sort_by_key(|g| std::cmp::Reverse(g.1));
+        gaps.truncate(n);
+        gaps
+    }
+
     fn longest_gap(&self) -> Duration {
         self.frames
             .windows(2)
@@ -62,6 +84,27 @@ struct PathLog {
     last: Vec<fieldlink_sdk::PathFigures>,
     /// Per path, seconds in which it carried traffic.
     used: [u32; 2],
+    /// Each second, the paths' shares added up: bytes sent over all paths per byte of
+    /// the connection (1 = no duplication).
+    sent_per_byte: Vec<f64>,
+    /// Each second, the paths' states.
+    states: Vec<[fieldlink_proto::bond::PathState; 2]>,
+    /// Where in `states` the measured seconds start.
+    measured_from: usize,
+}
+
+impl PathLog {
+    fn mean_sent_per_byte(&self) -> f64 {
+        self.sent_per_byte.iter().sum::<f64>() / self.sent_per_byte.len().max(1) as f64
+    }
+
+    /// Times path `i` changed state.
+    fn changes(&self, i: usize) -> usize {
+        self.states
+            .windows(2)
+            .filter(|w| w[0][i] != w[1][i])
+            .count()
+    }
 }
 
 /// Runs a field device with two paths in `mode`; `plan(net, second)` changes the links
@@ -104,6 +147,11 @@ async fn two_paths(
                                     l.used[usize::from(f.stats.id).min(1)] += 1;
                                 }
                             }
+                            let sum = p.iter().map(|f| f.share).sum();
+                            l.sent_per_byte.push(sum);
+                            if p.len() == 2 {
+                                l.states.push([p[0].stats.state, p[1].stats.state]);
+                            }
                             l.last = p;
                         }
                         _ => {}
@@ -113,11 +161,12 @@ async fn two_paths(
             field
         })
         .await;
+    // A console's usual stream: 640x360, 800 kbit/s, a keyframe every 2 s.
     let tp = fieldlink_sdk::video::TestPatternConfig {
-        width: 320,
-        height: 180,
+        width: 640,
+        height: 360,
         fps: 25.0,
-        kbps: 400,
+        kbps: 800,
         gop: 50,
     };
     field
@@ -130,8 +179,11 @@ async fn two_paths(
         assert!(tokio::time::Instant::now() < deadline, "not master");
         drain(&mut re, Duration::from_millis(50)).await;
     }
-    // Two seconds for the paths' probes to settle.
-    drain(&mut re, Duration::from_secs(2)).await;
+    // Five seconds to settle: the paths' probes, and the source's start (its picture
+    // size steps up once the estimator has found the links: a new keyframe).
+    drain(&mut re, Duration::from_secs(5)).await;
+    let states_so_far = log.lock().unwrap().states.len();
+    log.lock().unwrap().measured_from = states_so_far;
     let mut seen = Seen::default();
     let (mut sent, gwid) = (0u32, id("p/f"));
     let start = tokio::time::Instant::now();
@@ -197,6 +249,10 @@ async fn redundant_mode_loses_nothing_while_a_path_is_cut_ten_times() {
         log.last.first().map_or(0, |p| p.stats.downs),
         log.used[0],
         log.used[1],
+    );
+    eprintln!(
+        "longest gaps (s after the first frame, gap): {:?}",
+        seen.worst_gaps(5)
     );
     // The cuts were felt: path 0 went down each time, and carried traffic between them.
     assert_eq!(log.last.len(), 2, "{log:?}");
@@ -266,5 +322,112 @@ async fn one_address_is_todays_behaviour_and_two_are_bonded() {
     assert_eq!(
         bonded, all,
         "every datagram through the bond with two addresses"
+    );
+}
+
+/// Visible glitches: runs of frames lost or later than one frame interval + 20 ms after
+/// the previous one; bad frames less than a second apart are one glitch.
+fn glitches(seen: &Seen) -> usize {
+    let bad: Vec<std::time::SystemTime> = seen
+        .frames
+        .windows(2)
+        .filter(|w| {
+            w[1].0 != w[0].0 + 1
+                || w[1].1.duration_since(w[0].1).unwrap_or_default() > Duration::from_millis(60)
+        })
+        .map(|w| w[1].1)
+        .collect();
+    1.min(bad.len())
+        + bad
+            .windows(2)
+            .filter(|w| w[1].duration_since(w[0]).unwrap_or_default() >= Duration::from_secs(1))
+            .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redundant_mode_loses_nothing_with_40_percent_loss_on_one_path() {
+    use fieldlink_proto::bond::Mode;
+    let Some((seen, sent, got, log)) = two_paths(Mode::Redundant, 30, |net, s| {
+        if s == 0 {
+            net.set_loss(0, 40);
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    eprintln!(
+        "redundant, 40 % loss on path 0: {} frames, {} lost, longest gap {:?}; control \
+         {got}/{sent}; {:.2} bytes sent per byte",
+        seen.frames.len(),
+        seen.lost(),
+        seen.longest_gap(),
+        log.mean_sent_per_byte()
+    );
+    assert!(seen.frames.len() > 700);
+    assert_eq!(seen.lost(), 0, "no frame lost");
+    assert_eq!(got, sent, "no control message lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balanced_mode_keeps_control_data_at_5_percent_loss_on_both_paths_for_little_more() {
+    use fieldlink_proto::bond::Mode;
+    let Some((seen, sent, got, log)) = two_paths(Mode::Balanced, 30, |net, s| {
+        if s == 0 {
+            net.set_loss(0, 5);
+            net.set_loss(1, 5);
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    let per_byte = log.mean_sent_per_byte();
+    eprintln!(
+        "balanced, 5 % loss on both: {} frames, {} lost (NACK/FEC repair above), control \
+         {got}/{sent}; {per_byte:.2} bytes sent per byte",
+        seen.frames.len(),
+        seen.lost(),
+    );
+    assert_eq!(got, sent, "no control message lost");
+    assert!(per_byte <= 1.3, "{per_byte:.2} × a single path's bytes");
+    assert!(
+        per_byte > 1.0,
+        "control, audio, RTCP and keyframes were duplicated"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_path_glitches_at_most_once_a_minute_and_does_not_oscillate() {
+    use fieldlink_proto::bond::Mode;
+    // Path 1 flaps: cut and back every second, for 60 s; aggregate mode spreads video.
+    let Some((seen, _, _, log)) = two_paths(Mode::Aggregate, 60, |net, s| {
+        net.set_loss(1, if s % 2 == 0 { 100 } else { 0 });
+    })
+    .await
+    else {
+        return;
+    };
+    let g = glitches(&seen);
+    eprintln!(
+        "aggregate, path 1 flapping 1 s / 1 s for 60 s: {} frames, {g} glitches, path 1 \
+         down/recovering {} times, carried traffic {} s",
+        seen.frames.len(),
+        log.changes(1),
+        log.used[1],
+    );
+    assert!(g <= 1, "{g} glitches in a minute");
+    // It fell at the first cut and was never relied on again: after its first fall in
+    // the measured minute, down or recovering, never up.
+    use fieldlink_proto::bond::PathState;
+    let measured = &log.states[log.measured_from.min(log.states.len())..];
+    let first_fall = measured
+        .iter()
+        .position(|s| s[1] != PathState::Up)
+        .expect("path 1 fell");
+    assert!(first_fall <= 2, "{measured:?}");
+    assert!(
+        !measured[first_fall..].iter().any(|s| s[1] == PathState::Up),
+        "path 1 came back up: {measured:?}"
     );
 }

@@ -541,8 +541,8 @@ pub fn classify(datagram: &[u8], audio: &[u8], repair: &[u8]) -> Class {
                 Class::Video
             }
         }
-        // FEC: parity repairs; a data datagram carries one of the above after 5 bytes.
-        [crate::fec::MAGIC, 0x01, ..] => Class::Repair,
+        // FEC: parity; a data datagram carries one of the above after 5 bytes.
+        [crate::fec::MAGIC, 0x01, ..] => Class::Parity,
         [crate::fec::MAGIC, 0x00 | 0x80, _, _, _, inner @ ..] => classify(inner, audio, repair),
         _ => Class::Video,
     }

@@ -296,7 +296,7 @@ fn datagrams_are_classified_by_their_clear_headers() {
     assert_eq!(classify(&[0x80, 0x80 | 111], &[111], &[97]), Class::Audio); // marker set
     assert_eq!(classify(&[0x80, 97], &[111], &[97]), Class::Repair);
     assert_eq!(classify(&[0x80, 96], &[111], &[97]), Class::Video);
-    assert_eq!(classify(&[0xf7, 0x01, 0, 0], &[111], &[97]), Class::Repair);
+    assert_eq!(classify(&[0xf7, 0x01, 0, 0], &[111], &[97]), Class::Parity);
     assert_eq!(
         classify(&[0xf7, 0x80, 0, 1, 0, 0x80, 111], &[111], &[97]),
         Class::Audio

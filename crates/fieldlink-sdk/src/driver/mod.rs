@@ -403,6 +403,10 @@ impl Driver {
                     Some(Cmd::Video { stream, frame }) => {
                         let since = frame.capture.duration_since(self.video_epoch).unwrap_or_default();
                         let rtp = (since.as_micros() as u64).saturating_mul(9) / 100;
+                        if frame.keyframe {
+                            // Multipath balanced mode duplicates a keyframe's packets.
+                            conn.peer.keyframe_sent();
+                        }
                         let written = conn.peer.write_video(stream, frame.codec, &frame.data, rtp, frame.capture);
                         if let Some(m) = self.meter.at(stream) {
                             m.frames_in += 1;
