@@ -18,6 +18,8 @@ struct Seen {
     /// Frame numbers (from the test pattern's SEI) in arrival order, with the times the
     /// remote's SDK received them (not when this test got to them) and of their capture.
     frames: Vec<(u64, std::time::SystemTime, std::time::SystemTime)>,
+    /// Frames of a source without frame numbers (a file): received and capture times.
+    plain: Vec<(std::time::SystemTime, std::time::SystemTime)>,
 }
 
 impl Seen {
@@ -91,6 +93,8 @@ struct PathLog {
     states: Vec<[fieldlink_proto::bond::PathState; 2]>,
     /// Where in `states` the measured seconds start.
     measured_from: usize,
+    /// Each second, each path's share of the bytes.
+    shares: Vec<[f64; 2]>,
 }
 
 impl PathLog {
@@ -115,17 +119,67 @@ async fn two_paths(
     secs: u64,
     plan: impl Fn(&TestNet, u64),
 ) -> Option<(Seen, u32, u32, PathLog)> {
+    run_paths(
+        Setup {
+            mode,
+            secs,
+            ..Setup::default()
+        },
+        plan,
+    )
+    .await
+}
+
+/// What [`run_paths`] runs.
+struct Setup {
+    mode: fieldlink_proto::bond::Mode,
+    secs: u64,
+    /// Addresses the field device binds: 2 (both paths) or 1 (path 0 only: no bond).
+    binds: usize,
+    /// Each path's `tc tbf` rate, kbit/s (`None`: not shaped).
+    shape: [Option<u32>; 2],
+    /// An H.264 file to loop instead of the test pattern.
+    file: Option<std::path::PathBuf>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            mode: fieldlink_proto::bond::Mode::Redundant,
+            secs: 30,
+            binds: 2,
+            shape: [None, None],
+            file: None,
+        }
+    }
+}
+
+async fn run_paths(
+    setup: Setup,
+    plan: impl Fn(&TestNet, u64),
+) -> Option<(Seen, u32, u32, PathLog)> {
+    let Setup {
+        mode,
+        secs,
+        binds,
+        shape,
+        file,
+    } = setup;
     let mut net = TestNet::create()?;
     net.add_path();
+    for (i, kbps) in shape.iter().enumerate() {
+        if let Some(k) = kbps {
+            net.shape_path(i, *k, 100);
+        }
+    }
     let s = TestServer::start_on(&net.host_ip, "", &[]);
     s.standard();
     let host = net.runtime();
     let mut fc = s.cfg("p/f", "fpw");
     fc.streams = 1;
-    fc.network_bind = vec![
-        net.ns_ip_on(0).parse().unwrap(),
-        net.ns_ip_on(1).parse().unwrap(),
-    ];
+    fc.network_bind = (0..binds)
+        .map(|i| net.ns_ip_on(i).parse().unwrap())
+        .collect();
     fc.media_trans_mode = mode;
     let got = Arc::new(AtomicU32::new(0));
     let g = got.clone();
@@ -141,6 +195,19 @@ async fn two_paths(
                             g.fetch_add(1, Ordering::Relaxed);
                         }
                         Event::Paths(p) => {
+                            if std::env::var_os("FIELDLINK_TEST_PATHS").is_some() {
+                                for f in &p {
+                                    eprintln!(
+                                        "path {} {:?} rtt {:?} loss {:.3}/{:.3} share {:.2}",
+                                        f.stats.id,
+                                        f.stats.state,
+                                        f.stats.rtt,
+                                        f.stats.data_loss,
+                                        f.stats.probe_loss,
+                                        f.share
+                                    );
+                                }
+                            }
                             let mut l = l.lock().unwrap();
                             for f in &p {
                                 if f.share > 0.05 {
@@ -149,6 +216,8 @@ async fn two_paths(
                             }
                             let sum = p.iter().map(|f| f.share).sum();
                             l.sent_per_byte.push(sum);
+                            let share = |i: usize| p.get(i).map_or(0.0, |f| f.share);
+                            l.shares.push([share(0), share(1)]);
                             if p.len() == 2 {
                                 l.states.push([p[0].stats.state, p[1].stats.state]);
                             }
@@ -169,9 +238,14 @@ async fn two_paths(
         kbps: 800,
         gop: 50,
     };
-    field
-        .start_video(0, fieldlink_sdk::video::TestPattern::new(0, tp).unwrap())
-        .unwrap();
+    match file {
+        None => field
+            .start_video(0, fieldlink_sdk::video::TestPattern::new(0, tp).unwrap())
+            .unwrap(),
+        Some(f) => field
+            .start_video(0, fieldlink_sdk::video::AnnexBFile::open(&f, 25.0).unwrap())
+            .unwrap(),
+    }
     let (r, mut re) = s.remote_playing().await;
     // Master (auto permission) before the control data starts.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -195,10 +269,10 @@ async fn two_paths(
             let until = end.min(next_send);
             match tokio::time::timeout_at(until, re.recv()).await {
                 Ok(Some(Event::Frame(f))) => {
-                    if let (Some(m), Some(cap)) =
-                        (fieldlink_media::FrameMeta::find(&f.data), f.capture)
-                    {
-                        seen.frames.push((m.frame, f.received, cap));
+                    match (fieldlink_media::FrameMeta::find(&f.data), f.capture) {
+                        (Some(m), Some(cap)) => seen.frames.push((m.frame, f.received, cap)),
+                        (None, Some(cap)) => seen.plain.push((f.received, cap)),
+                        _ => {}
                     }
                 }
                 Ok(Some(_)) => {}
@@ -429,5 +503,98 @@ async fn a_flapping_path_glitches_at_most_once_a_minute_and_does_not_oscillate()
     assert!(
         !measured[first_fall..].iter().any(|s| s[1] == PathState::Up),
         "path 1 came back up: {measured:?}"
+    );
+}
+
+/// A ~`mbps` Mbit/s 1280x720 H.264 clip (x264 via ffmpeg, constant rate, a keyframe every
+/// 2 s — a file cannot answer keyframe requests —, frames at most ~60 KB), 10 s at 25 fps;
+/// `None` where ffmpeg is missing outside CI.
+fn clip(mbps: u32) -> Option<std::path::PathBuf> {
+    let path = temp_dir("clip").join(format!("{mbps}m.h264"));
+    let rate = format!("{}k", mbps * 1200); // x264 ultrafast lands ~20 % under its target
+    let out = std::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg("testsrc2=size=1280x720:rate=25")
+        .args(["-t", "10", "-vf", "noise=alls=30:allf=t", "-c:v", "libx264"])
+        .args([
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-profile:v",
+            "baseline",
+        ])
+        .args([
+            "-b:v", &rate, "-minrate", &rate, "-maxrate", &rate, "-bufsize", "500k",
+        ])
+        .args(["-g", "50", "-bf", "0", "-f", "h264"])
+        .arg(&path)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Some(path),
+        Ok(o) => panic!("ffmpeg: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            assert!(std::env::var("CI").is_err(), "ffmpeg is needed in CI: {e}");
+            eprintln!("skipped: no ffmpeg ({e})");
+            None
+        }
+    }
+}
+
+/// Frames within 150 ms of capture, of those the source sent in `secs` at 25 fps.
+fn on_time(seen: &Seen, secs: u64) -> f64 {
+    let ok = seen
+        .plain
+        .iter()
+        .filter(|(rx, cap)| {
+            rx.duration_since(*cap).unwrap_or_default() <= Duration::from_millis(150)
+        })
+        .count();
+    ok as f64 / (secs * 25) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregate_mode_carries_over_two_3_mbit_paths_what_one_cannot() {
+    use fieldlink_proto::bond::Mode;
+    let Some(file) = clip(5) else { return };
+    let secs = 30;
+    let run = |binds| {
+        run_paths(
+            Setup {
+                mode: Mode::Aggregate,
+                secs,
+                binds,
+                shape: [Some(3000), Some(3000)],
+                file: Some(file.clone()),
+            },
+            |_, _| {},
+        )
+    };
+    let Some((two, ..)) = run(2).await else {
+        return;
+    };
+    let Some((one, ..)) = run(1).await else {
+        return;
+    };
+    let (t, o) = (on_time(&two, secs), on_time(&one, secs));
+    eprintln!(
+        "5 Mbit/s clip, 3 Mbit/s paths: two paths (aggregate) {:.2} % of frames within 150 ms, \
+         one path {:.2} %",
+        t * 100.0,
+        o * 100.0
+    );
+    assert!(t >= 0.995, "two paths: {:.2} %", t * 100.0);
+    assert!(
+        o < 0.995,
+        "one 3 Mbit/s path cannot carry 5 Mbit/s: {:.2} %",
+        o * 100.0
     );
 }

@@ -228,24 +228,24 @@ impl TestNet {
     /// Shapes what the host sends to `kbps` with `tc tbf`, its queue holding up to
     /// `queue_ms` (what would wait longer is dropped, as a modem's buffer would).
     pub fn shape_uplink(&self, kbps: u32, queue_ms: u32) {
+        self.shape_path(0, kbps, queue_ms);
+    }
+
+    /// [`TestNet::shape_uplink`] for path `i` (0: the first pair, see [`TestNet::add_path`]).
+    pub fn shape_path(&self, i: usize, kbps: u32, queue_ms: u32) {
+        let dev = if i == 0 {
+            self.ns_if.clone()
+        } else {
+            self.paths[i - 1].1.clone()
+        };
         let (rate, latency) = (format!("{kbps}kbit"), format!("{queue_ms}ms"));
         // The bucket: two full-size packets. A larger one lets bursts pass at line rate,
         // and the estimator's probes (short bursts) then read the link as faster than it is.
         self.inside(
             "tc",
             &[
-                "qdisc",
-                "replace",
-                "dev",
-                &self.ns_if,
-                "root",
-                "tbf",
-                "rate",
-                &rate,
-                "burst",
-                "3000",
-                "latency",
-                &latency,
+                "qdisc", "replace", "dev", &dev, "root", "tbf", "rate", &rate, "burst", "3000",
+                "latency", &latency,
             ],
         )
         .unwrap_or_else(|e| panic!("tc tbf: {e}"));
