@@ -8,7 +8,8 @@
  * asks; others are left guest. Every control message is answered from inside the
  * callback with a report "ack:<message>"; a report "tick N" goes out every 500 ms. With
  * "audio_play":"outside" in its config, it counts the mixed audio it is given (10 ms
- * frames) and how many of them are not silent.
+ * frames) and how many of them are not silent. With two or more addresses in
+ * "network_bind" it prints each network path's figures once a second.
  * Runs SECONDS (or, with "-", until its standard input is closed), then logs out.
  */
 #include <fieldlink.h>
@@ -85,6 +86,20 @@ static void on_connection(void *ctx, int state, int code, const char *message) {
     fflush(stdout);
 }
 
+static void on_paths(void *ctx, const fl_path_stats *paths, size_t n) {
+    (void)ctx;
+    static const char *const states[] = {"up", "recovering", "down"};
+    printf("paths n=%zu", n);
+    for (size_t i = 0; i < n; i++) {
+        const fl_path_stats *p = &paths[i];
+        const char *state = p->state >= 0 && p->state <= 2 ? states[p->state] : "?";
+        printf(" %u:%s:%s:rtt=%.1f:loss=%.1f:share=%.0f:downs=%u", p->path, p->local, state,
+               p->rtt_ms, p->loss_pct, p->share_pct, p->downs);
+    }
+    printf("\n");
+    fflush(stdout);
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: %s CONFIG SECONDS|- [ALLOWED_PREFIX]\n", argv[0]);
@@ -102,6 +117,7 @@ int main(int argc, char **argv) {
     fl_field_on_session(s.dev, on_session, &s);
     fl_field_on_connection(s.dev, on_connection, &s);
     fl_field_on_mixed_audio(s.dev, on_audio, &s);
+    fl_field_on_paths(s.dev, on_paths, &s);
     if ((rc = fl_field_start(s.dev)) != FL_OK) {
         fail("fl_field_start", rc);
         fl_field_free(s.dev);

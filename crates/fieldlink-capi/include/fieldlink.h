@@ -58,6 +58,15 @@
 // Disconnected: by request, by a new stream on the receiver, or the session ended.
 #define FL_STREAM_DISCONNECTED 3
 
+// `fl_path_stats.state` (SPEC §9): carries traffic.
+#define FL_PATH_UP 0
+
+// Heard again after being down; carries only copies until it has proved itself.
+#define FL_PATH_RECOVERING 1
+
+// Nothing heard on it for 300 ms or more; carries only probes.
+#define FL_PATH_DOWN 2
+
 // `fl_video_frame.codec`.
 #define FL_CODEC_H264 0
 
@@ -93,6 +102,29 @@ typedef void (*fl_mixed_audio_cb)(void *ctx, const int16_t *pcm, size_t samples,
 // The connection's state (`FL_CONN_*`), with an `ErrorCode` (or the count of dropped
 // events for `FL_CONN_LAGGED`; 0 when none) and a message (NULL when none).
 typedef void (*fl_connection_cb)(void *ctx, int state, int code, const char *message);
+
+// One network path's figures. `local` is valid until the callback returns.
+typedef struct fl_path_stats {
+  // Its index: the position of its address in `network_bind`.
+  uint32_t path;
+  // Its local address, as text.
+  const char *local;
+  // `FL_PATH_UP`, `FL_PATH_RECOVERING` or `FL_PATH_DOWN`.
+  int state;
+  // Smoothed round trip, ms; -1 while not measured.
+  double rtt_ms;
+  // Loss (the larger of probes and data lost), percent.
+  double loss_pct;
+  // Share of the bytes sent in the last second, percent (a datagram sent on two paths
+  // counts on both).
+  double share_pct;
+  // Times it went down since the connection began.
+  uint32_t downs;
+} fl_path_stats;
+
+// Once a second while the connection is carried over several network paths
+// (`network_bind`): each path's figures, `n` of them, in path order.
+typedef void (*fl_paths_cb)(void *ctx, const struct fl_path_stats *paths, size_t n);
 
 // Remote: this device's level for `gwid` and who is master now (NULL: nobody).
 typedef void (*fl_permission_state_cb)(void *ctx, const char *gwid, int self_permission, const char *master_id);
@@ -252,6 +284,14 @@ int fl_field_on_mixed_audio(struct fl_field *dev, fl_mixed_audio_cb cb, void *ct
 // `dev` is NULL or live; `cb` is NULL (unregister) or a function that may be called with
 // `ctx` on the device's event thread until it is unregistered or the device is freed.
 int fl_field_on_connection(struct fl_field *dev, fl_connection_cb cb, void *ctx);
+
+// Each network path's figures, once a second, while the connection is carried over
+// several (`network_bind` with two or more addresses).
+//
+// # Safety
+// `dev` is NULL or live; `cb` is NULL (unregister) or a function that may be called with
+// `ctx` on the device's event thread until it is unregistered or the device is freed.
+int fl_field_on_paths(struct fl_field *dev, fl_paths_cb cb, void *ctx);
 
 // Reads a remote device's config (a path to a JSON file, or the JSON text itself when
 // it starts with `{`; see docs/capi.md for its keys) and makes the device, not yet
@@ -414,6 +454,14 @@ int fl_remote_on_mixed_audio(struct fl_remote *dev, fl_mixed_audio_cb cb, void *
 // `dev` is NULL or live; `cb` is NULL (unregister) or a function that may be called with
 // `ctx` on the device's event thread until it is unregistered or the device is freed.
 int fl_remote_on_connection(struct fl_remote *dev, fl_connection_cb cb, void *ctx);
+
+// Each network path's figures, once a second, while the connection is carried over
+// several (`network_bind` with two or more addresses).
+//
+// # Safety
+// `dev` is NULL or live; `cb` is NULL (unregister) or a function that may be called with
+// `ctx` on the device's event thread until it is unregistered or the device is freed.
+int fl_remote_on_paths(struct fl_remote *dev, fl_paths_cb cb, void *ctx);
 
 // The name of an `ErrorCode` (e.g. "NOT_MASTER" for -30), "OK" for 1, NULL for a value
 // that is neither. The string is static.

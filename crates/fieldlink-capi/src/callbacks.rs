@@ -5,7 +5,7 @@
 use std::ffi::{c_char, c_int, c_void};
 use std::time::UNIX_EPOCH;
 
-use fieldlink_sdk::{ErrorCode, Event, StreamState, VideoCodec};
+use fieldlink_sdk::{ErrorCode, Event, PathState, StreamState, VideoCodec};
 
 use crate::status::c_string;
 
@@ -28,6 +28,13 @@ pub const FL_STREAM_PLAYING: c_int = 1;
 pub const FL_STREAM_FAILED: c_int = 2;
 /// Disconnected: by request, by a new stream on the receiver, or the session ended.
 pub const FL_STREAM_DISCONNECTED: c_int = 3;
+
+/// `fl_path_stats.state` (SPEC §9): carries traffic.
+pub const FL_PATH_UP: c_int = 0;
+/// Heard again after being down; carries only copies until it has proved itself.
+pub const FL_PATH_RECOVERING: c_int = 1;
+/// Nothing heard on it for 300 ms or more; carries only probes.
+pub const FL_PATH_DOWN: c_int = 2;
 
 /// `fl_video_frame.codec`.
 pub const FL_CODEC_H264: c_int = 0;
@@ -103,6 +110,31 @@ pub type fl_connection_cb = Option<
     unsafe extern "C" fn(ctx: *mut c_void, state: c_int, code: c_int, message: *const c_char),
 >;
 
+/// Once a second while the connection is carried over several network paths
+/// (`network_bind`): each path's figures, `n` of them, in path order.
+pub type fl_paths_cb =
+    Option<unsafe extern "C" fn(ctx: *mut c_void, paths: *const fl_path_stats, n: usize)>;
+
+/// One network path's figures. `local` is valid until the callback returns.
+#[repr(C)]
+pub struct fl_path_stats {
+    /// Its index: the position of its address in `network_bind`.
+    pub path: u32,
+    /// Its local address, as text.
+    pub local: *const c_char,
+    /// `FL_PATH_UP`, `FL_PATH_RECOVERING` or `FL_PATH_DOWN`.
+    pub state: c_int,
+    /// Smoothed round trip, ms; -1 while not measured.
+    pub rtt_ms: f64,
+    /// Loss (the larger of probes and data lost), percent.
+    pub loss_pct: f64,
+    /// Share of the bytes sent in the last second, percent (a datagram sent on two paths
+    /// counts on both).
+    pub share_pct: f64,
+    /// Times it went down since the connection began.
+    pub downs: u32,
+}
+
 /// One received video frame. Every pointer is valid until the callback returns.
 #[repr(C)]
 pub struct fl_video_frame {
@@ -166,6 +198,7 @@ pub(crate) struct Callbacks {
     pub video_frame: Slot<Fn<fl_video_frame_cb>>,
     pub mixed_audio: Slot<Fn<fl_mixed_audio_cb>>,
     pub connection: Slot<Fn<fl_connection_cb>>,
+    pub paths: Slot<Fn<fl_paths_cb>>,
 }
 
 /// A slot from what the program registered (NULL function = unregister).
@@ -313,6 +346,35 @@ pub(crate) fn dispatch(ev: &Event, cb: &Callbacks) {
                     f(c.0, &frame);
                 }
             }
+            Event::Paths(paths) => {
+                if let Some((f, c)) = cb.paths {
+                    let locals: Vec<_> = paths
+                        .iter()
+                        .map(|p| c_string(&p.local.to_string()))
+                        .collect();
+                    let stats: Vec<fl_path_stats> = paths
+                        .iter()
+                        .zip(&locals)
+                        .map(|(p, local)| {
+                            let m = p.measure();
+                            fl_path_stats {
+                                path: m.path.into(),
+                                local: local.as_ptr(),
+                                state: match p.stats.state {
+                                    PathState::Up => FL_PATH_UP,
+                                    PathState::Recovering => FL_PATH_RECOVERING,
+                                    PathState::Down => FL_PATH_DOWN,
+                                },
+                                rtt_ms: m.rtt_ms.unwrap_or(-1.0),
+                                loss_pct: m.loss_pct,
+                                share_pct: m.share_pct,
+                                downs: m.downs,
+                            }
+                        })
+                        .collect();
+                    f(c.0, stats.as_ptr(), stats.len());
+                }
+            }
             Event::MixedAudio(m) => {
                 if let Some((f, c)) = cb.mixed_audio {
                     f(c.0, m.samples.as_ptr(), m.samples.len(), 48_000, m.channels);
@@ -355,7 +417,6 @@ pub(crate) fn dispatch(ev: &Event, cb: &Callbacks) {
             | Event::ReceiverStats { .. }
             | Event::Quality(_)
             | Event::AudioStats(_)
-            | Event::Paths(_)
             | Event::AudioLine { .. } => {}
         }
     }

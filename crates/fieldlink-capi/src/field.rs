@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_int, c_void};
 use fieldlink_sdk::{FieldDevice, Role};
 
 use crate::callbacks::{
-    fl_connection_cb, fl_control_data_cb, fl_master_cb, fl_mixed_audio_cb,
+    fl_connection_cb, fl_control_data_cb, fl_master_cb, fl_mixed_audio_cb, fl_paths_cb,
     fl_permission_request_cb, fl_session_cb, slot, Callbacks,
 };
 use crate::handle::{get, Handle};
@@ -251,4 +251,19 @@ pub unsafe extern "C" fn fl_field_on_connection(
     ctx: *mut c_void,
 ) -> c_int {
     on(dev, |c| c.connection = slot(cb, ctx))
+}
+
+/// Each network path's figures, once a second, while the connection is carried over
+/// several (`network_bind` with two or more addresses).
+///
+/// # Safety
+/// `dev` is NULL or live; `cb` is NULL (unregister) or a function that may be called with
+/// `ctx` on the device's event thread until it is unregistered or the device is freed.
+#[no_mangle]
+pub unsafe extern "C" fn fl_field_on_paths(
+    dev: *mut fl_field,
+    cb: fl_paths_cb,
+    ctx: *mut c_void,
+) -> c_int {
+    on(dev, |c| c.paths = slot(cb, ctx))
 }

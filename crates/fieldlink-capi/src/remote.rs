@@ -6,7 +6,7 @@ use fieldlink_sdk::record::RecordConfig;
 use fieldlink_sdk::{RemoteDevice, Role};
 
 use crate::callbacks::{
-    fl_connection_cb, fl_control_data_cb, fl_diag_report_cb, fl_mixed_audio_cb,
+    fl_connection_cb, fl_control_data_cb, fl_diag_report_cb, fl_mixed_audio_cb, fl_paths_cb,
     fl_permission_state_cb, fl_presence_cb, fl_stream_state_cb, fl_video_frame_cb, slot, Callbacks,
 };
 use crate::handle::{get, Handle};
@@ -425,4 +425,19 @@ pub unsafe extern "C" fn fl_remote_on_connection(
     ctx: *mut c_void,
 ) -> c_int {
     on(dev, |c| c.connection = slot(cb, ctx))
+}
+
+/// Each network path's figures, once a second, while the connection is carried over
+/// several (`network_bind` with two or more addresses).
+///
+/// # Safety
+/// `dev` is NULL or live; `cb` is NULL (unregister) or a function that may be called with
+/// `ctx` on the device's event thread until it is unregistered or the device is freed.
+#[no_mangle]
+pub unsafe extern "C" fn fl_remote_on_paths(
+    dev: *mut fl_remote,
+    cb: fl_paths_cb,
+    ctx: *mut c_void,
+) -> c_int {
+    on(dev, |c| c.paths = slot(cb, ctx))
 }

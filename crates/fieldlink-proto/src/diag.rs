@@ -64,6 +64,92 @@ pub struct Report {
     /// "ok" when the remote's mode (`cloud_mode`) equals the field device's.
     pub remote_mode: String,
     pub result: Vec<StreamReport>,
+    /// The field device's network paths when its connection is carried over several
+    /// (SPEC §9, `network_bind`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub field_paths: Vec<PathReport>,
+}
+
+/// Most network paths a report carries (`network_bind` has at most 8 addresses).
+pub const MAX_PATHS: usize = 8;
+/// The longest local address text a path measure may carry.
+const MAX_LOCAL: usize = 64;
+
+/// What a device measured of one of its network paths over the window (SPEC §9): the
+/// connection's, the same for every stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PathMeasure {
+    pub path: u8,
+    /// Its local address (`network_bind`).
+    pub local: String,
+    /// "up", "recovering" or "down" at the end of the window.
+    pub state: String,
+    /// Mean round trip, ms (`None`: never measured in the window).
+    pub rtt_ms: Option<f64>,
+    /// Mean loss (the larger of probes and data lost), percent.
+    pub loss_pct: f64,
+    /// Mean share of the bytes the device sent, percent (a datagram sent on two paths
+    /// counts on both, so shares may add up to more than 100).
+    pub share_pct: f64,
+    /// Times it went down in the window.
+    pub downs: u32,
+}
+
+impl PathMeasure {
+    /// Cuts what the device wrote to sizes and ranges fit for a report.
+    pub fn bounded(mut self) -> Self {
+        self.local = self.local.chars().take(MAX_LOCAL).collect();
+        if !matches!(self.state.as_str(), "up" | "recovering" | "down") {
+            self.state = "unknown".into();
+        }
+        let pct = |v: f64| {
+            if v.is_finite() {
+                round1(v.clamp(0.0, 100.0))
+            } else {
+                0.0
+            }
+        };
+        self.loss_pct = pct(self.loss_pct);
+        self.share_pct = pct(self.share_pct);
+        self.rtt_ms = self
+            .rtt_ms
+            .filter(|r| r.is_finite() && *r >= 0.0)
+            .map(round1);
+        self
+    }
+}
+
+/// One network path in the report: its figures and "ok" or what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PathReport {
+    #[serde(flatten)]
+    pub measure: PathMeasure,
+    pub check: String,
+}
+
+/// The check of one network path (thresholds: docs/diagnostics.md).
+pub fn path_report(m: PathMeasure) -> PathReport {
+    let m = m.bounded();
+    let name = format!("path {} ({})", m.path, m.local);
+    let check = if m.state == "down" {
+        format!("{name} is down: nothing heard on it for 300 ms or more")
+    } else if m.downs > 0 {
+        format!(
+            "{name} went down {} time{} in the window: the link drops out",
+            m.downs,
+            if m.downs == 1 { "" } else { "s" }
+        )
+    } else if m.loss_pct >= 1.0 {
+        format!(
+            "{name} loses {:.1}% (normal < 1%): the other paths carry what it loses",
+            m.loss_pct
+        )
+    } else if let Some(r) = m.rtt_ms.filter(|r| *r >= 100.0) {
+        format!("{name}: round trip {r:.0} ms (normal < 100 ms)")
+    } else {
+        OK.into()
+    };
+    PathReport { measure: m, check }
 }
 
 /// One connected stream of the report.
@@ -325,6 +411,7 @@ mod tests {
             diag_error: OK.into(),
             device_id: "p/f".into(),
             remote_mode: OK.into(),
+            field_paths: Vec::new(),
             result: vec![StreamReport {
                 stream_id: 0,
                 conn_fd: 1,
@@ -369,8 +456,70 @@ mod tests {
         ] {
             assert!(f.get(k).is_some(), "{k}");
         }
+        assert!(v.get("field_paths").is_none(), "absent with one path");
         let back: Report = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn paths_are_checked_and_bounded() {
+        let p = |state: &str, loss: f64, downs: u32| PathMeasure {
+            path: 1,
+            local: "10.65.0.2".into(),
+            state: state.into(),
+            rtt_ms: Some(31.26),
+            loss_pct: loss,
+            share_pct: 48.04,
+            downs,
+        };
+        let ok = path_report(p("up", 0.2, 0));
+        assert_eq!(ok.check, OK);
+        assert_eq!(
+            (ok.measure.rtt_ms, ok.measure.share_pct),
+            (Some(31.3), 48.0)
+        );
+        assert_eq!(
+            path_report(p("down", 0.0, 1)).check,
+            "path 1 (10.65.0.2) is down: nothing heard on it for 300 ms or more"
+        );
+        assert_eq!(
+            path_report(p("up", 0.0, 3)).check,
+            "path 1 (10.65.0.2) went down 3 times in the window: the link drops out"
+        );
+        assert!(path_report(p("up", 12.0, 0)).check.contains("loses 12.0%"));
+        let v = serde_json::to_value(path_report(p("up", 0.0, 0))).unwrap();
+        for k in [
+            "path",
+            "local",
+            "state",
+            "rtt_ms",
+            "loss_pct",
+            "share_pct",
+            "downs",
+            "check",
+        ] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+        // What a device may write is cut down, never trusted.
+        let odd = PathMeasure {
+            local: "x".repeat(10_000),
+            state: "<script>".into(),
+            rtt_ms: Some(f64::NAN),
+            loss_pct: 1e12,
+            share_pct: -5.0,
+            ..Default::default()
+        }
+        .bounded();
+        assert_eq!(
+            (
+                odd.local.len(),
+                &*odd.state,
+                odd.rtt_ms,
+                odd.loss_pct,
+                odd.share_pct
+            ),
+            (MAX_LOCAL, "unknown", None, 100.0, 0.0)
+        );
     }
 
     fn field(frames: u64, bytes: u64) -> FieldMeasure {

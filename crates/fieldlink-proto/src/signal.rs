@@ -221,6 +221,9 @@ pub enum ClientMsg {
         field: Vec<crate::diag::FieldMeasure>,
         #[serde(default)]
         remote: Vec<crate::diag::RemoteMeasure>,
+        /// A field device carried over several network paths: each path's figures.
+        #[serde(default)]
+        paths: Vec<crate::diag::PathMeasure>,
     },
     Ping {
         #[serde(default)]

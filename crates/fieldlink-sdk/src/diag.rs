@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use fieldlink_proto::diag::{FieldMeasure, RemoteMeasure};
+use fieldlink_proto::diag::{FieldMeasure, PathMeasure, RemoteMeasure, MAX_PATHS};
 
 /// Most diagnoses a device measures at once.
 pub const MAX_WINDOWS: usize = 8;
@@ -67,6 +67,34 @@ struct Window {
     /// Stream ids (field) or conn_fds (remote), with their counters at the start and
     /// the (loss fraction, RTT) samples since.
     items: Vec<(u32, Counts, Vec<Sample>)>,
+    /// The connection's network paths (several: `network_bind`).
+    paths: Vec<PathSum>,
+}
+
+/// One network path's figures summed over a window.
+#[derive(Debug, Clone)]
+struct PathSum {
+    /// The latest figures (`downs`: counted since the connection began).
+    last: PathMeasure,
+    downs_before: u32,
+    rtt_ms: f64,
+    rtt_n: u32,
+    loss_pct: f64,
+    share_pct: f64,
+    n: u32,
+}
+
+impl PathSum {
+    fn measure(&self) -> PathMeasure {
+        let n = f64::from(self.n.max(1));
+        PathMeasure {
+            rtt_ms: (self.rtt_n > 0).then(|| self.rtt_ms / f64::from(self.rtt_n)),
+            loss_pct: self.loss_pct / n,
+            share_pct: self.share_pct / n,
+            downs: self.last.downs.saturating_sub(self.downs_before),
+            ..self.last.clone()
+        }
+    }
 }
 
 /// A diagnosis whose window is over: the diagnosis id and, per id, what was measured.
@@ -74,6 +102,8 @@ struct Window {
 pub struct Finished {
     pub diag: u64,
     pub items: Vec<(u32, Measured)>,
+    /// Each network path over the window (empty with one path).
+    pub paths: Vec<PathMeasure>,
 }
 
 /// What one stream or receiver did over a window.
@@ -122,6 +152,7 @@ impl Meter {
             started: now,
             due: now + window,
             items,
+            paths: Vec::new(),
         });
     }
 
@@ -132,6 +163,43 @@ impl Meter {
                 if *i == id && samples.len() < MAX_SAMPLES {
                     samples.push((loss, rtt));
                 }
+            }
+        }
+    }
+
+    /// The network paths' figures now (`downs` counted since the connection began),
+    /// for every running window.
+    pub fn paths_sample(&mut self, paths: &[PathMeasure]) {
+        for w in &mut self.windows {
+            for p in paths {
+                let at = match w.paths.iter().position(|s| s.last.path == p.path) {
+                    Some(i) => i,
+                    None if w.paths.len() < MAX_PATHS => {
+                        w.paths.push(PathSum {
+                            last: p.clone(),
+                            downs_before: p.downs,
+                            rtt_ms: 0.0,
+                            rtt_n: 0,
+                            loss_pct: 0.0,
+                            share_pct: 0.0,
+                            n: 0,
+                        });
+                        w.paths.len() - 1
+                    }
+                    None => continue,
+                };
+                let s = &mut w.paths[at];
+                if s.n as usize >= MAX_SAMPLES {
+                    continue;
+                }
+                s.last = p.clone();
+                if let Some(r) = p.rtt_ms {
+                    s.rtt_ms += r;
+                    s.rtt_n += 1;
+                }
+                s.loss_pct += p.loss_pct;
+                s.share_pct += p.share_pct;
+                s.n += 1;
             }
         }
     }
@@ -169,6 +237,7 @@ impl Meter {
             out.push(Finished {
                 diag: w.diag,
                 items,
+                paths: w.paths.iter().map(PathSum::measure).collect(),
             });
         }
         out
@@ -258,6 +327,42 @@ mod tests {
             (Some(1.0), Some(50.0))
         );
         assert_eq!(f[0].items.len(), 2, "id 5 is out of range");
+        assert!(f[0].paths.is_empty(), "one path: no path figures");
         assert!(m.next_due().is_none());
+    }
+
+    #[test]
+    fn paths_are_averaged_over_the_window() {
+        let t0 = Instant::now();
+        let mut m = Meter::new(1);
+        let p = |path: u8, state: &str, rtt: Option<f64>, loss: f64, share: f64, downs: u32| {
+            PathMeasure {
+                path,
+                local: format!("10.6{path}.0.2"),
+                state: state.into(),
+                rtt_ms: rtt,
+                loss_pct: loss,
+                share_pct: share,
+                downs,
+            }
+        };
+        m.paths_sample(&[p(0, "up", Some(10.0), 0.0, 50.0, 2)]); // no window yet
+        m.start(1, &[0], Duration::from_secs(10), t0);
+        m.paths_sample(&[
+            p(0, "up", Some(20.0), 0.0, 60.0, 2),
+            p(1, "up", None, 4.0, 40.0, 0),
+        ]);
+        m.paths_sample(&[
+            p(0, "up", Some(40.0), 2.0, 100.0, 2),
+            p(1, "down", None, 100.0, 0.0, 1),
+        ]);
+        let f = m.take_due(t0 + Duration::from_secs(10));
+        assert_eq!(
+            f[0].paths,
+            [
+                p(0, "up", Some(30.0), 1.0, 80.0, 0),
+                p(1, "down", None, 52.0, 20.0, 1)
+            ]
+        );
     }
 }

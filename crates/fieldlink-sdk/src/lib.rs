@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use field::FieldDevice;
 pub use fieldlink_media::VideoCodec;
+pub use fieldlink_proto::bond::{PathState, PathStats};
 pub use fieldlink_proto::quality::{Quality, Scored};
 use fieldlink_proto::{control::check_payload, RateLimiter};
 pub use fieldlink_proto::{DeviceId, ErrorCode, FieldInfo, Permission, Qos, Role, StreamState};
@@ -301,10 +302,26 @@ pub struct PathFigures {
     /// Its local address (`network_bind`).
     pub local: std::net::IpAddr,
     /// Round trip, probe loss, data loss, state, counters (see `fieldlink_proto::bond`).
-    pub stats: fieldlink_proto::bond::PathStats,
+    pub stats: PathStats,
     /// Its share of the bytes this device sent in the last second (0–1; with
     /// duplication the shares add up to more than 1).
     pub share: f64,
+}
+
+impl PathFigures {
+    /// These figures as a diagnosis reports them (`downs` since the connection began).
+    pub fn measure(&self) -> fieldlink_proto::diag::PathMeasure {
+        let s = &self.stats;
+        fieldlink_proto::diag::PathMeasure {
+            path: s.id,
+            local: self.local.to_string(),
+            state: s.state.name().into(),
+            rtt_ms: s.rtt.map(|d| d.as_secs_f64() * 1000.0),
+            loss_pct: s.data_loss.max(s.probe_loss) * 100.0,
+            share_pct: self.share * 100.0,
+            downs: s.downs,
+        }
+    }
 }
 
 /// One received video access unit.

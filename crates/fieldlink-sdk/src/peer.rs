@@ -406,7 +406,7 @@ impl Peer {
             .carried_bytes
             .saturating_sub(self.shares_since.0)
             .max(1);
-        let figures = stats
+        let mut figures: Vec<crate::PathFigures> = stats
             .paths
             .iter()
             .map(|p| {
@@ -426,6 +426,9 @@ impl Peer {
                 }
             })
             .collect();
+        // In path order: the bond lists paths as they were admitted, either may be first
+        // (a test that read the list by position once watched the wrong path).
+        figures.sort_by_key(|f| f.stats.id);
         let mut sent = vec![0; locals.len()];
         for p in &stats.paths {
             if let Some(s) = sent.get_mut(usize::from(p.id)) {

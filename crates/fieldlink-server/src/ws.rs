@@ -445,12 +445,14 @@ impl Session {
                 diag,
                 field,
                 remote,
+                paths,
             } => Ok(Cmd::DiagReport {
                 conn,
                 req,
                 diag,
                 field,
                 remote,
+                paths,
             }),
         }
     }

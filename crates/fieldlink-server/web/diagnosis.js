@@ -52,4 +52,26 @@ export function renderReport(box, m) {
     row('latency', null, s.remote && figure(rm.latency, ' ms', rn.latency));
     box.append(t);
   }
+  renderPaths(box, r.field_paths || []);
+}
+
+/// The field device's network paths (several modems: `network_bind`), one row each.
+function renderPaths(box, paths) {
+  if (paths.length === 0) return;
+  box.append(el('h3', {}, 'network paths of the field device'));
+  const t = el('table', { class: 'paths' },
+    el('tr', {}, ...['path', 'address', 'state', 'round trip', 'loss', 'share', 'went down', 'check']
+      .map((h) => el('th', {}, h))));
+  for (const p of paths) {
+    t.append(el('tr', {},
+      el('td', {}, String(p.path)),
+      el('td', {}, p.local),
+      el('td', { class: p.state === 'up' ? 'ok' : 'bad' }, p.state),
+      figure(p.rtt_ms, ' ms'),
+      figure(p.loss_pct, ' %'),
+      figure(p.share_pct, ' %'),
+      figure(p.downs, p.downs === 1 ? ' time' : ' times'),
+      check(p.check)));
+  }
+  box.append(t);
 }

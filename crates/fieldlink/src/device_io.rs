@@ -135,12 +135,7 @@ pub fn event_json(ev: &Event) -> Value {
         }),
         Event::Paths(paths) => json!({
             "event": "paths",
-            "paths": paths.iter().map(|p| json!({
-                "path": p.stats.id, "local": p.local, "state": p.stats.state.name(),
-                "rtt_ms": p.stats.rtt.map(|d| d.as_secs_f64() * 1000.0),
-                "loss_pct": p.stats.data_loss.max(p.stats.probe_loss) * 100.0,
-                "share": p.share, "downs": p.stats.downs,
-            })).collect::<Vec<_>>(),
+            "paths": paths.iter().map(|p| p.measure()).collect::<Vec<_>>(),
         }),
         Event::AudioStats(lines) => json!({
             "event": "audio_stats",

@@ -188,13 +188,14 @@ impl Program {
 
 /// The field device's config: two small test patterns, the application decides
 /// permission, audio received and handed to the program (no audio devices).
-fn field_config(s: &TestServer) -> String {
+/// `extra`: more keys, each with a leading comma.
+fn field_config(s: &TestServer, extra: &str) -> String {
     let stream = r#"{"fps":25,"bps":200,"width":160,"height":96}"#;
     format!(
         r#"{{"device_id":"f","projectid":"p","password":"fpw","server":"{}",
             "auto_permission":0,"audio_enable":0,"audio_receive":1,"audio_play":"outside",
             "device_streams":2,
-            "streams_config":[{stream},{stream}]}}"#,
+            "streams_config":[{stream},{stream}]{extra}}}"#,
         s.ws
     )
 }
@@ -225,11 +226,12 @@ fn example(inst: &Installed, prog: &str, wrap: &[&str]) -> Command {
     c
 }
 
-/// field.c (under `wrap_field`, e.g. valgrind) and remote.c (under `wrap_remote`) against
-/// a real server; returns their outputs.
+/// field.c (under `wrap_field`, e.g. valgrind, with `field_extra` in its config) and
+/// remote.c (under `wrap_remote`) against a real server; returns their outputs.
 fn field_and_remote(
     wrap_field: &[&str],
     wrap_remote: &[&str],
+    field_extra: &str,
     extras: &str,
     limit: Duration,
 ) -> (String, String, String, String) {
@@ -237,7 +239,7 @@ fn field_and_remote(
     let s = TestServer::start();
     s.standard();
     let dir = temp_dir("capi-run");
-    std::fs::write(dir.join("field.json"), field_config(&s)).unwrap();
+    std::fs::write(dir.join("field.json"), field_config(&s, field_extra)).unwrap();
     std::fs::write(dir.join("remote.json"), remote_config(&s, "r1")).unwrap();
     let mut field = Program::spawn(
         example(&inst, "field", wrap_field)
@@ -267,7 +269,10 @@ fn field_and_remote(
 
 #[test]
 fn the_c_examples_watch_take_control_and_talk_through_a_real_server() {
-    let (rout, _, fout, _) = field_and_remote(&[], &[], "audio,diag", Duration::from_secs(90));
+    // Two "modems" (loopback addresses, redundant mode): the paths' figures reach C.
+    let bond = r#","network_bind":["127.0.0.1","127.0.0.2"],"media_trans_mode":1"#;
+    let (rout, _, fout, _) =
+        field_and_remote(&[], &[], bond, "audio,diag", Duration::from_secs(90));
     eprintln!("remote.c:\n{rout}\nfield.c:\n{fout}");
     // remote.c: listed the field device, both receivers played with frames, master
     // granted by the field program's rule, control data answered with a report.
@@ -327,6 +332,31 @@ fn the_c_examples_watch_take_control_and_talk_through_a_real_server() {
         report["result"].as_array().map(Vec::len),
         Some(2),
         "{report}"
+    );
+    // ...with the field device's two paths, both up.
+    let paths = report["field_paths"].as_array().expect("field_paths");
+    assert!(
+        paths.len() == 2 && paths.iter().all(|p| p["state"] == "up"),
+        "{report}"
+    );
+    // field.c printed both paths' figures once a second: both up, each carrying
+    // (nearly) everything while the remote watched.
+    let both_carry = |line: &str| {
+        ["127.0.0.1", "127.0.0.2"]
+            .iter()
+            .enumerate()
+            .all(|(i, local)| {
+                line.split(' ')
+                    .find(|w| w.starts_with(&format!("{i}:{local}:up:")))
+                    .and_then(|p| p.split(':').find_map(|kv| kv.strip_prefix("share=")))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(|share| share > 80.0)
+            })
+    };
+    assert!(
+        fout.lines()
+            .any(|l| l.starts_with("paths n=2 ") && both_carry(l)),
+        "{fout}"
     );
     // A made-up session code is refused with its reason.
     assert!(
@@ -415,7 +445,7 @@ fn the_sdk_draws_two_streams_into_c_windows_and_swaps_them_without_reconnecting(
     let s = TestServer::start();
     s.standard();
     let dir = temp_dir("capi-win");
-    std::fs::write(dir.join("field.json"), field_config(&s)).unwrap();
+    std::fs::write(dir.join("field.json"), field_config(&s, "")).unwrap();
     std::fs::write(dir.join("remote.json"), remote_config(&s, "r1")).unwrap();
     let mut field = Program::spawn(
         example(&inst, "field", &[])
@@ -492,8 +522,13 @@ fn the_c_examples_run_clean_under_valgrind() {
         ("field.c", VALGRIND, &[][..]),
         ("remote.c", &[][..], VALGRIND),
     ] {
-        let (rout, rerr, fout, ferr) =
-            field_and_remote(wrap_field, wrap_remote, "audio", Duration::from_secs(300));
+        let (rout, rerr, fout, ferr) = field_and_remote(
+            wrap_field,
+            wrap_remote,
+            "",
+            "audio",
+            Duration::from_secs(300),
+        );
         // Both exited 0 (not 99): no definite leak, no invalid access. And they did their work.
         assert!(rout.contains("ok=1"), "{rout}\n{rerr}");
         assert!(fout.contains("done 1"), "{fout}\n{ferr}");

@@ -475,7 +475,12 @@ fn quality_bars_and_a_readable_diagnosis_in_the_console() {
     }
     let s = TestServer::start();
     s.standard();
-    let (mut field, _out) = start_field(&s, &field_config(&s, 1, 25));
+    // The field device is carried over two loopback addresses (two "modems", redundant
+    // mode): the report and the console show both paths.
+    let mut cfg: Value = serde_json::from_str(&field_config(&s, 1, 25)).unwrap();
+    cfg["network_bind"] = json!(["127.0.0.1", "127.0.0.2"]);
+    cfg["media_trans_mode"] = json!(1);
+    let (mut field, _out) = start_field(&s, &cfg.to_string());
     let v = run(
         "diagnose",
         &s,
@@ -514,6 +519,23 @@ fn quality_bars_and_a_readable_diagnosis_in_the_console() {
     // a figure with its cause, never a check.
     let text = v["text"].as_str().unwrap_or("");
     assert!(text.contains("✓ ok") && !text.contains('{'), "{text}");
+    let paths = v["report"]["field_paths"].as_array().expect("field_paths");
+    assert_eq!(paths.len(), 2, "{v:#}");
+    for (i, p) in paths.iter().enumerate() {
+        assert_eq!(p["path"], i, "{p}");
+        assert_eq!(p["local"], format!("127.0.0.{}", i + 1), "{p}");
+        assert_eq!(
+            (&p["state"], &p["check"]),
+            (&json!("up"), &json!("ok")),
+            "{p}"
+        );
+        // Redundant: each path carries (nearly) every byte.
+        assert!(p["share_pct"].as_f64().unwrap_or(0.0) > 80.0, "{p}");
+    }
+    assert!(
+        text.contains("network paths of the field device") && text.contains("127.0.0.2"),
+        "{text}"
+    );
     for cell in v["badCells"].as_array().expect("cells") {
         let c = cell.as_str().unwrap_or("");
         assert!(

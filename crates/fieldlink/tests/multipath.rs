@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::netns::TestNet;
+use common::relay::{big_buffers, LossyRelay};
 use common::*;
 use fieldlink_sdk::{Event, Qos};
 
@@ -68,6 +69,25 @@ impl Seen {
         gaps.sort_by_key(|g| std::cmp::Reverse(g.1));
         gaps.truncate(n);
         gaps
+    }
+
+    /// Of the test pattern's frames from the first seen to the last: (those that arrived
+    /// within `budget` of their capture, all of them).
+    fn on_time(&self, budget: Duration) -> (u64, u64) {
+        let mut on: Vec<u64> = self
+            .frames
+            .iter()
+            .filter(|f| f.1.duration_since(f.2).unwrap_or_default() <= budget)
+            .map(|f| f.0)
+            .collect();
+        on.sort_unstable();
+        on.dedup();
+        let nums = self.frames.iter().map(|f| f.0);
+        let span = match (nums.clone().min(), nums.max()) {
+            (Some(a), Some(b)) => b - a + 1,
+            _ => 0,
+        };
+        (on.len() as u64, span)
     }
 
     fn longest_gap(&self) -> Duration {
@@ -140,6 +160,9 @@ struct Setup {
     shape: [Option<u32>; 2],
     /// An H.264 file to loop instead of the test pattern.
     file: Option<std::path::PathBuf>,
+    /// One-way delay added to both paths each way, ms (0: none): the server is reached
+    /// through a relay (`common::relay`) that delays the field device's datagrams.
+    delay_ms: u32,
 }
 
 impl Default for Setup {
@@ -150,6 +173,7 @@ impl Default for Setup {
             binds: 2,
             shape: [None, None],
             file: None,
+            delay_ms: 0,
         }
     }
 }
@@ -164,6 +188,7 @@ async fn run_paths(
         binds,
         shape,
         file,
+        delay_ms,
     } = setup;
     let mut net = TestNet::create()?;
     net.add_path();
@@ -172,7 +197,22 @@ async fn run_paths(
             net.shape_path(i, *k, 100);
         }
     }
-    let s = TestServer::start_on(&net.host_ip, "", &[]);
+    let (s, _relay) = if delay_ms == 0 {
+        (TestServer::start_on(&net.host_ip, "", &[]), None)
+    } else {
+        // The server tells devices the relay's address; the relay delays what crosses it
+        // from and to the host's two addresses (the remote, on this side, is not delayed).
+        let front = tokio::net::UdpSocket::bind((net.host_ip.as_str(), 0))
+            .await
+            .unwrap();
+        big_buffers(&front);
+        let front_addr = front.local_addr().unwrap().to_string();
+        let s = TestServer::start_on(&net.host_ip, "", &["--public-addr", &front_addr]);
+        let relay = LossyRelay::start(front, s.udp.parse().unwrap()).await;
+        relay.delay_ms.store(delay_ms, Ordering::Relaxed);
+        *relay.delayed.lock().unwrap() = (0..2).map(|i| net.ns_ip_on(i).parse().unwrap()).collect();
+        (s, Some(relay))
+    };
     s.standard();
     let host = net.runtime();
     let mut fc = s.cfg("p/f", "fpw");
@@ -223,6 +263,12 @@ async fn run_paths(
                             }
                             l.last = p;
                         }
+                        // What would explain figures that stop or change shape.
+                        e @ (Event::Disconnected { .. }
+                        | Event::Reconnected
+                        | Event::ReconnectFailed { .. }
+                        | Event::Warning { .. }
+                        | Event::Lagged { .. }) => eprintln!("field device: {e:?}"),
                         _ => {}
                     }
                 }
@@ -444,6 +490,42 @@ async fn redundant_mode_loses_nothing_with_40_percent_loss_on_one_path() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redundant_mode_delivers_on_time_with_20_percent_loss_on_both_paths_at_40_ms_rtt() {
+    use fieldlink_proto::bond::Mode;
+    let secs = 60;
+    let setup = Setup {
+        mode: Mode::Redundant,
+        secs,
+        delay_ms: 20,
+        ..Setup::default()
+    };
+    let Some((seen, sent, got, log)) = run_paths(setup, |net, s| {
+        if s == 0 {
+            net.set_loss(0, 20);
+            net.set_loss(1, 20);
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    let (on, all) = seen.on_time(Duration::from_millis(150));
+    let pct = on as f64 * 100.0 / all.max(1) as f64;
+    eprintln!(
+        "redundant, 20 % loss on both paths, 40 ms round trip: {on} of {all} frames within          150 ms of capture ({pct:.2} %), {} lost, longest gap {:?}, worst gaps {:?}; control          {got}/{sent}; {:.2} bytes sent per byte",
+        seen.lost(),
+        seen.longest_gap(),
+        seen.worst_gaps(3),
+        log.mean_sent_per_byte()
+    );
+    assert!(all >= secs * 25 - 25, "{all} frames");
+    assert_eq!(got, sent, "no control message lost");
+    // The goal is 99.9 %; seen 99.73 % (4 of 1493 frames late) and 100 %, so this guards
+    // what is reached reliably, and docs/multipath.md says the goal is not met every time.
+    assert!(pct >= 99.5, "{pct:.2} % of frames within 150 ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn balanced_mode_keeps_control_data_at_5_percent_loss_on_both_paths_for_little_more() {
     use fieldlink_proto::bond::Mode;
     let Some((seen, sent, got, log)) = two_paths(Mode::Balanced, 30, |net, s| {
@@ -498,7 +580,13 @@ async fn a_flapping_path_glitches_at_most_once_a_minute_and_does_not_oscillate()
     let first_fall = measured
         .iter()
         .position(|s| s[1] != PathState::Up)
-        .expect("path 1 fell");
+        .unwrap_or_else(|| {
+            panic!(
+                "path 1 never fell: {} seconds of two-path figures measured of {} in all",
+                measured.len(),
+                log.states.len()
+            )
+        });
     assert!(first_fall <= 2, "{measured:?}");
     assert!(
         !measured[first_fall..].iter().any(|s| s[1] == PathState::Up),
@@ -506,12 +594,12 @@ async fn a_flapping_path_glitches_at_most_once_a_minute_and_does_not_oscillate()
     );
 }
 
-/// A ~`mbps` Mbit/s 1280x720 H.264 clip (x264 via ffmpeg, constant rate, a keyframe every
+/// A ~`kbps` kbit/s 1280x720 H.264 clip (x264 via ffmpeg, constant rate, a keyframe every
 /// 2 s — a file cannot answer keyframe requests —, frames at most ~60 KB), 10 s at 25 fps;
 /// `None` where ffmpeg is missing outside CI.
-fn clip(mbps: u32) -> Option<std::path::PathBuf> {
-    let path = temp_dir("clip").join(format!("{mbps}m.h264"));
-    let rate = format!("{}k", mbps * 1200); // x264 ultrafast lands ~20 % under its target
+fn clip(kbps: u32) -> Option<std::path::PathBuf> {
+    let path = temp_dir("clip").join(format!("{kbps}k.h264"));
+    let rate = format!("{}k", kbps * 6 / 5); // x264 ultrafast lands ~20 % under its target
     let out = std::process::Command::new("ffmpeg")
         .args([
             "-hide_banner",
@@ -564,7 +652,7 @@ fn on_time(seen: &Seen, secs: u64) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregate_mode_carries_over_two_3_mbit_paths_what_one_cannot() {
     use fieldlink_proto::bond::Mode;
-    let Some(file) = clip(5) else { return };
+    let Some(file) = clip(5000) else { return };
     let secs = 30;
     let run = |binds| {
         run_paths(
@@ -574,6 +662,7 @@ async fn aggregate_mode_carries_over_two_3_mbit_paths_what_one_cannot() {
                 binds,
                 shape: [Some(3000), Some(3000)],
                 file: Some(file.clone()),
+                delay_ms: 0,
             },
             |_, _| {},
         )
@@ -597,4 +686,39 @@ async fn aggregate_mode_carries_over_two_3_mbit_paths_what_one_cannot() {
         "one 3 Mbit/s path cannot carry 5 Mbit/s: {:.2} %",
         o * 100.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregate_mode_splits_traffic_by_the_paths_capacities() {
+    use fieldlink_proto::bond::Mode;
+    // 4 and 1 Mbit/s paths carrying a ~3.5 Mbit/s clip: the split follows the capacity
+    // ratio (0.8 / 0.2) within ±10 %.
+    let Some(file) = clip(3500) else { return };
+    let secs = 30;
+    let setup = Setup {
+        mode: Mode::Aggregate,
+        secs,
+        shape: [Some(4000), Some(1000)],
+        file: Some(file),
+        ..Setup::default()
+    };
+    let Some((seen, _, _, log)) = run_paths(setup, |_, _| {}).await else {
+        return;
+    };
+    let measured = &log.shares[log.measured_from.min(log.shares.len())..];
+    let mean = |i: usize| measured.iter().map(|s| s[i]).sum::<f64>() / measured.len().max(1) as f64;
+    let (a, b) = (mean(0), mean(1));
+    let on = on_time(&seen, secs);
+    eprintln!(
+        "aggregate, 4 + 1 Mbit/s paths, ~3.5 Mbit/s clip: shares {a:.3} / {b:.3} (capacity \
+         ratio 0.8 / 0.2), {:.2} % of frames within 150 ms; per second {measured:.2?}",
+        on * 100.0
+    );
+    let share = a / (a + b);
+    assert!(
+        (0.72..=0.88).contains(&share),
+        "path 0 carried {share:.3} of the bytes"
+    );
+    // Not asserted: frames on time (seen 58–75 %: the 1 Mbit/s path's queue; see
+    // docs/multipath.md).
 }

@@ -50,6 +50,8 @@ const MAX_CHALLENGES: usize = 16;
 const CHALLENGE_TTL: Duration = Duration::from_secs(5);
 /// Aggregate weights move this often.
 const ADAPT_INTERVAL: Duration = Duration::from_millis(100);
+/// Below this much traffic (bytes/s, all paths) the weights do not move.
+const MIN_ADAPT_RATE: f64 = 10_000.0;
 
 /// A datagram for path `path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -431,15 +433,16 @@ impl Bond {
     /// The longest a gap is waited for now: the spread of the one-way delays of the paths
     /// that may carry data (a recovering one carries copies).
     fn budget(&self) -> Duration {
-        let rtts = self
-            .paths
-            .iter()
-            .filter(|p| p.state != PathState::Down)
-            .filter_map(|p| p.srtt);
-        let (lo, hi) = rtts.fold((None::<Duration>, Duration::ZERO), |(lo, hi), r| {
-            (Some(lo.map_or(r, |l| l.min(r))), hi.max(r))
-        });
-        let spread = hi.saturating_sub(lo.unwrap_or(hi)) / 2;
+        let live = || self.paths.iter().filter(|p| p.state != PathState::Down);
+        // From the fastest path's usual round trip to the slowest one's recent peak, whole
+        // (not half: a path's extra delay may all be one way, a modem's upload queue):
+        // a datagram later than the budget is lost.
+        let lo = live().filter_map(|p| p.srtt).min();
+        let hi = live().filter_map(|p| p.rtt_peak().max(p.srtt)).max();
+        let spread = match (lo, hi) {
+            (Some(lo), Some(hi)) => hi.saturating_sub(lo),
+            _ => Duration::ZERO,
+        };
         (spread + MIN_REORDER).min(MAX_REORDER)
     }
 
@@ -480,10 +483,16 @@ impl Bond {
         }
         if now >= self.next_adapt {
             self.next_adapt = now + ADAPT_INTERVAL;
-            if self.mode != Mode::Redundant {
-                let step = 0.05 / self.paths.len().max(1) as f64;
+            let total: f64 = self
+                .paths
+                .iter_mut()
+                .map(|pa| pa.measure_send_rate(now))
+                .sum();
+            // Nothing worth measuring yet: the shares stay as they are (equal at first).
+            if self.mode != Mode::Redundant && total >= MIN_ADAPT_RATE {
+                let equal = total / self.paths.len().max(1) as f64;
                 for pa in &mut self.paths {
-                    pa.adapt_weight(now, step);
+                    pa.adapt_weight(now, equal);
                 }
             }
         }

@@ -18,6 +18,15 @@ const PROBE_TTL: Duration = Duration::from_secs(1);
 const MAX_OUTSTANDING: usize = 16;
 /// Weight of one new sample in the loss averages.
 const LOSS_ALPHA: f64 = 0.1;
+/// Weight of one new sample in the send rate average (one sample per adaptation).
+const RATE_ALPHA: f64 = 0.3;
+/// How much more an uncongested path is given each adaptation (every 100 ms).
+const PROBE_GROWTH: f64 = 1.01;
+/// The least a path is given in modes 2 and 3, as a share of an equal share: enough
+/// data to measure its loss and notice when it has room again.
+const MIN_SHARE: f64 = 0.04;
+/// A round trip peak is remembered this long.
+const PEAK_MEMORY: Duration = Duration::from_secs(1);
 /// A round trip minimum is remembered this long.
 const MIN_RTT_MEMORY: Duration = Duration::from_secs(30);
 
@@ -85,11 +94,22 @@ pub struct Path {
     received: u32,
     sent_bytes: u64,
     downs: u32,
-    /// Aggregate mode: this path's share of the traffic (relative), and its byte credit.
+    /// Modes 2 and 3: the rate (bytes/s) this path is given; the paths' shares of what
+    /// is spread are their weights' ratio. And its byte credit in the round robin.
     pub weight: f64,
     pub credit: f64,
     /// When its weight was last cut (at most once per round trip).
     cut_at: Option<Instant>,
+    /// What it sent, smoothed (bytes/s), and the byte count and time it was last taken.
+    send_rate: f64,
+    rate_from: Option<(Instant, u64)>,
+    /// The latest round trip, and the latest data loss sample with whether it is new
+    /// since the last adaptation (the averages remember too long to steer the shares:
+    /// a path cut for a loss that is over would be cut again and again).
+    last_rtt: Option<Duration>,
+    last_loss: Option<(f64, bool)>,
+    /// The longest round trip of the last second or so (its queue's peaks), and since when.
+    rtt_peak: Option<(Duration, Instant)>,
 }
 
 impl Path {
@@ -117,6 +137,11 @@ impl Path {
             weight: 1.0,
             credit: 0.0,
             cut_at: None,
+            send_rate: 0.0,
+            rate_from: None,
+            last_rtt: None,
+            last_loss: None,
+            rtt_peak: None,
         }
     }
 
@@ -136,6 +161,11 @@ impl Path {
 
     pub fn rtt_min(&self) -> Option<Duration> {
         self.rtt_min.map(|(d, _)| d)
+    }
+
+    /// The longest round trip seen lately (what a datagram sent now may take, at worst).
+    pub fn rtt_peak(&self) -> Option<Duration> {
+        self.rtt_peak.map(|(d, _)| d)
     }
 
     /// Anything arrived on this path.
@@ -238,6 +268,11 @@ impl Path {
         };
         self.probe_loss -= LOSS_ALPHA * self.probe_loss;
         let rtt = now.duration_since(sent_at).saturating_sub(held);
+        self.last_rtt = Some(rtt);
+        match self.rtt_peak {
+            Some((p, at)) if p >= rtt && now.duration_since(at) < PEAK_MEMORY => {}
+            _ => self.rtt_peak = Some((rtt, now)),
+        }
         self.srtt = Some(match self.srtt {
             Some(s) => (s * 7 + rtt) / 8,
             None => rtt,
@@ -246,33 +281,70 @@ impl Path {
             Some((m, at)) if m <= rtt && now.duration_since(at) < MIN_RTT_MEMORY => {}
             _ => self.rtt_min = Some((rtt, now)),
         }
-        if let Some((s0, r0)) = self.last_ack {
-            let ds = sent_then.wrapping_sub(s0);
-            let dr = received.wrapping_sub(r0);
-            if ds >= 10 {
-                let sample = 1.0 - (f64::from(dr) / f64::from(ds)).min(1.0);
-                self.data_loss += LOSS_ALPHA * (sample - self.data_loss);
+        match self.last_ack {
+            Some((s0, r0)) => {
+                let ds = sent_then.wrapping_sub(s0);
+                let dr = received.wrapping_sub(r0);
+                // Too few datagrams for a sample: they count towards the next one.
+                if ds >= 10 {
+                    let sample = 1.0 - (f64::from(dr) / f64::from(ds)).min(1.0);
+                    self.data_loss += LOSS_ALPHA * (sample - self.data_loss);
+                    self.last_loss = Some((sample, true));
+                    self.last_ack = Some((sent_then, received));
+                }
             }
+            None => self.last_ack = Some((sent_then, received)),
         }
-        self.last_ack = Some((sent_then, received));
     }
 
-    /// Aggregate mode: a queue or loss on this path cuts its share (at most once a round
-    /// trip); otherwise it grows slowly. `step` is the additive increase.
-    pub fn adapt_weight(&mut self, now: Instant, step: f64) {
-        let queue = match (self.srtt, self.rtt_min()) {
+    /// Measures what this path sent since the last call (bytes/s, smoothed).
+    pub fn measure_send_rate(&mut self, now: Instant) -> f64 {
+        if let Some((at, bytes)) = self.rate_from {
+            let dt = now.duration_since(at).as_secs_f64();
+            if dt > 0.0 {
+                let r = self.sent_bytes.saturating_sub(bytes) as f64 / dt;
+                self.send_rate += RATE_ALPHA * (r - self.send_rate);
+            }
+        }
+        self.rate_from = Some((now, self.sent_bytes));
+        self.send_rate
+    }
+
+    /// Modes 2 and 3: sets the rate this path is given (its capacity as far as known)
+    /// from what it carries. A queue or loss on it means it is at its capacity: it is
+    /// given a little less than it delivered (at most once a round trip), so its queue
+    /// drains and the other paths take the rest. Otherwise it is given what it carries,
+    /// growing by [`PROBE_GROWTH`] every call (up to twice what it carries or an `equal`
+    /// share), so it finds room it has. Cutting to what it delivered, not by a factor,
+    /// and growing by a factor, not a step, is what makes the shares follow the paths'
+    /// capacities: two paths cut by a factor together keep their ratio, and equal steps
+    /// pull shares towards equal.
+    pub fn adapt_weight(&mut self, now: Instant, equal: f64) {
+        let queue = match (self.last_rtt, self.rtt_min()) {
             (Some(s), Some(m)) => s.saturating_sub(m),
             _ => Duration::ZERO,
         };
-        let congested = self.data_loss > 0.02 || queue > Duration::from_millis(40);
+        let loss = match &mut self.last_loss {
+            Some((l, fresh @ true)) => {
+                *fresh = false;
+                Some(*l)
+            }
+            _ => None,
+        };
+        let congested = loss.is_some_and(|l| l > 0.02) || queue > Duration::from_millis(40);
         let rtt = self.srtt.unwrap_or(PROBE_INTERVAL);
+        let floor = MIN_SHARE * equal;
         if congested {
             if self.cut_at.is_none_or(|c| now.duration_since(c) >= rtt) {
-                self.weight = (self.weight * 0.85).max(0.02);
+                let delivered = self.send_rate * (1.0 - loss.unwrap_or(0.0));
+                self.weight = (0.9 * delivered).max(floor);
                 self.cut_at = Some(now);
             }
         } else {
-            self.weight = (self.weight + step).min(1.0);
+            let cap = 2.0 * self.send_rate.max(equal);
+            self.weight = (self.weight.max(self.send_rate) * PROBE_GROWTH)
+                .min(cap)
+                .max(floor);
         }
     }
 }

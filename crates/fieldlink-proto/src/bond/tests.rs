@@ -14,6 +14,11 @@ struct Link {
     drop: Option<fn(u64, u64) -> bool>,
     count: u64,
     flight: VecDeque<(u64, Vec<u8>)>,
+    /// A shaper like `tc tbf`: bytes per ms, and the longest a datagram may queue (ms);
+    /// what would queue longer is dropped.
+    rate: Option<(f64, f64)>,
+    /// When the shaper is free again (ms, fractional).
+    free_at: f64,
 }
 
 impl Link {
@@ -22,7 +27,17 @@ impl Link {
         if self.drop.is_some_and(|f| f(at, self.count)) {
             return;
         }
-        self.flight.push_back((at + self.delay_ms, d));
+        let mut leave = at as f64;
+        if let Some((bytes_per_ms, queue_ms)) = self.rate {
+            let start = self.free_at.max(leave);
+            if start - leave > queue_ms {
+                return;
+            }
+            self.free_at = start + d.len() as f64 / bytes_per_ms;
+            leave = self.free_at;
+        }
+        self.flight
+            .push_back((leave.ceil() as u64 + self.delay_ms, d));
     }
 }
 
@@ -285,6 +300,52 @@ fn aggregate_mode_splits_by_capacity_and_loses_nothing_on_clean_paths() {
     let (a, b) = (s.paths[0].sent, s.paths[1].sent);
     assert_eq!(a + b, 5000, "each datagram on one path");
     assert!(a.abs_diff(b) < 500, "equal paths, equal shares: {a} {b}");
+}
+
+/// Aggregate mode behind two shaped paths (`kbps` each, 100 ms queues, 10 ms delay)
+/// carrying `load_kbps` of 1000-byte datagrams for 30 s: each path's share of what was
+/// sent in the last 20 s, and the share of datagrams that did not arrive then.
+fn shaped_split(kbps: [u32; 2], load_kbps: u32) -> ([f64; 2], f64) {
+    let mut net = Net::new(Mode::Aggregate, &[10, 10]);
+    for (link, k) in net.up.iter_mut().zip(kbps) {
+        link.rate = Some((f64::from(k) / 8.0, 100.0));
+    }
+    net.run(300, |_| {});
+    let every = 8.0 / f64::from(load_kbps) * 1000.0; // ms between 1000-byte datagrams
+    let (mut n, mut due) = (0u32, 0.0);
+    let mut at_10s = ([0u64; 2], 0u32, 0usize);
+    net.run(30_000, |net| {
+        while due <= net.ms as f64 {
+            n += 1;
+            due += every;
+            let now = net.now();
+            net.dev.send(now, Class::Video, &datagram(n));
+        }
+        if net.ms == 10_300 {
+            let s = net.dev.stats();
+            at_10s = ([s.paths[0].sent, s.paths[1].sent], n, net.at_server.len());
+        }
+    });
+    net.run(300, |_| {});
+    let s = net.dev.stats();
+    let sent = [s.paths[0].sent - at_10s.0[0], s.paths[1].sent - at_10s.0[1]];
+    let total = (sent[0] + sent[1]) as f64;
+    let lost = 1.0 - (net.at_server.len() - at_10s.2) as f64 / f64::from(n - at_10s.1);
+    ([sent[0] as f64 / total, sent[1] as f64 / total], lost)
+}
+
+#[test]
+fn aggregate_mode_splits_by_the_paths_capacities() {
+    // 4 and 1 Mbit/s carrying 4: within ±10 % of the capacity ratio (0.8 / 0.2).
+    let (share, lost) = shaped_split([4000, 1000], 4000);
+    eprintln!("4 + 1 Mbit/s, 4 Mbit/s sent: shares {share:.3?}, lost {lost:.4}");
+    assert!((0.72..=0.88).contains(&share[0]), "{share:?}");
+    assert!(lost < 0.01, "{lost}");
+    // Equal paths stay equal.
+    let (share, lost) = shaped_split([3000, 3000], 5000);
+    eprintln!("3 + 3 Mbit/s, 5 Mbit/s sent: shares {share:.3?}, lost {lost:.4}");
+    assert!((0.4..=0.6).contains(&share[0]), "{share:?}");
+    assert!(lost < 0.01, "{lost}");
 }
 
 #[test]

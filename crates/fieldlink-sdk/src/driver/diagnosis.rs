@@ -15,6 +15,16 @@ impl Driver {
         }
     }
 
+    /// Once a second: the network paths' figures, to the application and to the running
+    /// diagnoses (nothing with one path).
+    pub(super) fn paths_tick(&mut self, peer: &mut crate::peer::Peer) {
+        if let Some(p) = peer.path_figures() {
+            let measures: Vec<_> = p.iter().map(crate::PathFigures::measure).collect();
+            self.meter.paths_sample(&measures);
+            self.ev.emit(crate::Event::Paths(p));
+        }
+    }
+
     /// The diagnosis windows that are over: their measures, to send to the server.
     pub(super) fn diag_reports(&mut self) -> Vec<ClientMsg> {
         let now = Instant::now();
@@ -44,6 +54,12 @@ impl Driver {
                     diag: f.diag,
                     field,
                     remote,
+                    // The report is of the field device's paths.
+                    paths: if self.role == Role::Field {
+                        f.paths
+                    } else {
+                        Vec::new()
+                    },
                 }
             })
             .collect()

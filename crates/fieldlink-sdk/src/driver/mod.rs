@@ -464,9 +464,7 @@ impl Driver {
                         self.meter.sample(index as u32, loss, rtt);
                         // Once a second (the first stream's statistics): the paths'.
                         if index == 0 {
-                            if let Some(p) = conn.peer.path_figures() {
-                                self.ev.emit(Event::Paths(p));
-                            }
+                            self.paths_tick(&mut conn.peer);
                         }
                     }
                     PeerEvent::Stats {
@@ -478,9 +476,7 @@ impl Driver {
                     } => {
                         self.meter.sample(index as u32, loss, rtt);
                         if index == 0 {
-                            if let Some(p) = conn.peer.path_figures() {
-                                self.ev.emit(Event::Paths(p));
-                            }
+                            self.paths_tick(&mut conn.peer);
                         }
                         let c = self
                             .counts

@@ -152,6 +152,7 @@ pub enum Cmd {
         diag: u64,
         field: Vec<fieldlink_proto::diag::FieldMeasure>,
         remote: Vec<fieldlink_proto::diag::RemoteMeasure>,
+        paths: Vec<fieldlink_proto::diag::PathMeasure>,
     },
     /// Close every connection and stop (server shutdown).
     Shutdown,

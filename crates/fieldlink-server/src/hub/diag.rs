@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use fieldlink_proto::diag::{
-    field_part, remote_part, FieldMeasure, FieldSide, RemoteMeasure, RemoteSide, Report,
-    StreamReport, DIAG_GRACE_MS, DIAG_WINDOW_MS, OK,
+    field_part, path_report, remote_part, FieldMeasure, FieldSide, PathMeasure, RemoteMeasure,
+    RemoteSide, Report, StreamReport, DIAG_GRACE_MS, DIAG_WINDOW_MS, MAX_PATHS, OK,
 };
 use fieldlink_proto::{DeviceId, ErrorCode, Role, ServerMsg};
 
@@ -30,6 +30,8 @@ pub(super) struct Diag {
     /// When the measures are due at the latest.
     due: Instant,
     field_measures: Option<Vec<FieldMeasure>>,
+    /// The field device's network paths (several: `network_bind`), from its measure.
+    field_paths: Vec<PathMeasure>,
     remote_measures: Option<Vec<RemoteMeasure>>,
     /// A source outside WebRTC (a GB28181 camera) has no SDK to measure with: the hub
     /// measures what arrived from it, from here.
@@ -94,6 +96,7 @@ impl Hub {
             pairs: pairs.clone(),
             due: Instant::now() + window + grace,
             field_measures: None,
+            field_paths: Vec::new(),
             remote_measures: None,
             external_from,
         });
@@ -127,6 +130,7 @@ impl Hub {
         id: u64,
         field: Vec<FieldMeasure>,
         remote: Vec<RemoteMeasure>,
+        paths: Vec<PathMeasure>,
     ) -> Result<(), ErrorCode> {
         let field_conn = |d: &Diag| self.by_device.get(&d.field).copied();
         let i = self
@@ -150,6 +154,7 @@ impl Hub {
                 .collect();
             measures.dedup_by_key(|p| p.stream_id);
             d.field_measures = Some(measures);
+            d.field_paths = paths.into_iter().take(MAX_PATHS).collect();
         }
         let external = field_conn(d)
             .and_then(|c| self.clients.get(&c))
@@ -321,6 +326,7 @@ impl Hub {
             device_id: d.field.to_string(),
             remote_mode,
             result,
+            field_paths: d.field_paths.into_iter().map(path_report).collect(),
         };
         self.send(
             d.remote,

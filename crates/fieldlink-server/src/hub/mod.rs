@@ -384,8 +384,9 @@ impl Hub {
                 diag,
                 field,
                 remote,
+                paths,
             } => {
-                let r = self.diag_report(conn, diag, field, remote);
+                let r = self.diag_report(conn, diag, field, remote, paths);
                 self.reply(conn, req, r);
             }
             Cmd::Shutdown => {}

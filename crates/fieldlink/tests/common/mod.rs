@@ -17,6 +17,7 @@ pub mod camera;
 pub mod gb;
 pub mod metrics;
 pub mod netns;
+pub mod relay;
 pub mod tls;
 
 pub const KEY: &str = "0123456789abcdef0123456789abcdef";
