@@ -20,8 +20,13 @@ const MAX_OUTSTANDING: usize = 16;
 const LOSS_ALPHA: f64 = 0.1;
 /// Weight of one new sample in the send rate average (one sample per adaptation).
 const RATE_ALPHA: f64 = 0.3;
+/// A path whose round trip stands this far above its minimum is queueing: congested.
+const QUEUE_LIMIT: Duration = Duration::from_millis(20);
 /// How much more an uncongested path is given each adaptation (every 100 ms).
 const PROBE_GROWTH: f64 = 1.01;
+/// ...and near the rate it was last congested at, within [`CEILING_MEMORY`] of it.
+const SLOW_GROWTH: f64 = 1.002;
+const CEILING_MEMORY: Duration = Duration::from_secs(10);
 /// The least a path is given in modes 2 and 3, as a share of an equal share: enough
 /// data to measure its loss and notice when it has room again.
 const MIN_SHARE: f64 = 0.04;
@@ -98,8 +103,10 @@ pub struct Path {
     /// is spread are their weights' ratio. And its byte credit in the round robin.
     pub weight: f64,
     pub credit: f64,
-    /// When its weight was last cut (at most once per round trip).
+    /// When its weight was last cut (at most once per round trip), and to what it
+    /// delivered then: growth slows near that ceiling.
     cut_at: Option<Instant>,
+    ceiling: f64,
     /// What it sent, smoothed (bytes/s), and the byte count and time it was last taken.
     send_rate: f64,
     rate_from: Option<(Instant, u64)>,
@@ -137,6 +144,7 @@ impl Path {
             weight: 1.0,
             credit: 0.0,
             cut_at: None,
+            ceiling: 0.0,
             send_rate: 0.0,
             rate_from: None,
             last_rtt: None,
@@ -331,7 +339,7 @@ impl Path {
             }
             _ => None,
         };
-        let congested = loss.is_some_and(|l| l > 0.02) || queue > Duration::from_millis(40);
+        let congested = loss.is_some_and(|l| l > 0.02) || queue > QUEUE_LIMIT;
         let rtt = self.srtt.unwrap_or(PROBE_INTERVAL);
         let floor = MIN_SHARE * equal;
         if congested {
@@ -339,10 +347,18 @@ impl Path {
                 let delivered = self.send_rate * (1.0 - loss.unwrap_or(0.0));
                 self.weight = (0.9 * delivered).max(floor);
                 self.cut_at = Some(now);
+                self.ceiling = delivered;
             }
         } else {
             let cap = 2.0 * self.send_rate.max(equal);
-            self.weight = (self.weight.max(self.send_rate) * PROBE_GROWTH)
+            // Near where it was last congested, and not long ago: grow slowly there,
+            // or it is back at the cliff within a second, again and again.
+            let near = self
+                .cut_at
+                .is_some_and(|c| now.duration_since(c) < CEILING_MEMORY)
+                && self.weight >= 0.95 * self.ceiling;
+            let growth = if near { SLOW_GROWTH } else { PROBE_GROWTH };
+            self.weight = (self.weight.max(self.send_rate) * growth)
                 .min(cap)
                 .max(floor);
         }

@@ -52,6 +52,8 @@ struct Net {
     /// What the server's shell knows: which path an "address" (a path index here) is.
     admitted: BTreeMap<usize, u8>,
     at_server: Vec<Vec<u8>>,
+    /// When each of `at_server` was delivered (ms).
+    at_server_ms: Vec<u64>,
     at_device: Vec<Vec<u8>>,
     events: Vec<BondEvent>,
 }
@@ -81,6 +83,7 @@ impl Net {
                 .collect(),
             admitted: BTreeMap::new(),
             at_server: Vec::new(),
+            at_server_ms: Vec::new(),
             at_device: Vec::new(),
             events: Vec::new(),
         }
@@ -135,6 +138,7 @@ impl Net {
             }
             while let Some(d) = self.srv.poll_delivered() {
                 self.at_server.push(d);
+                self.at_server_ms.push(self.ms);
             }
             while let Some(d) = self.dev.poll_delivered() {
                 self.at_device.push(d);
@@ -304,8 +308,9 @@ fn aggregate_mode_splits_by_capacity_and_loses_nothing_on_clean_paths() {
 
 /// Aggregate mode behind two shaped paths (`kbps` each, 100 ms queues, 10 ms delay)
 /// carrying `load_kbps` of 1000-byte datagrams for 30 s: each path's share of what was
-/// sent in the last 20 s, and the share of datagrams that did not arrive then.
-fn shaped_split(kbps: [u32; 2], load_kbps: u32) -> ([f64; 2], f64) {
+/// sent in the last 20 s, the share of those datagrams that did not arrive, and the
+/// share that did not arrive within 60 ms (10 ms of path, 50 of queue and reordering).
+fn shaped_split(kbps: [u32; 2], load_kbps: u32) -> ([f64; 2], f64, f64) {
     let mut net = Net::new(Mode::Aggregate, &[10, 10]);
     for (link, k) in net.up.iter_mut().zip(kbps) {
         link.rate = Some((f64::from(k) / 8.0, 100.0));
@@ -314,10 +319,12 @@ fn shaped_split(kbps: [u32; 2], load_kbps: u32) -> ([f64; 2], f64) {
     let every = 8.0 / f64::from(load_kbps) * 1000.0; // ms between 1000-byte datagrams
     let (mut n, mut due) = (0u32, 0.0);
     let mut at_10s = ([0u64; 2], 0u32, 0usize);
+    let mut sent_ms = vec![0u64];
     net.run(30_000, |net| {
         while due <= net.ms as f64 {
             n += 1;
             due += every;
+            sent_ms.push(net.ms);
             let now = net.now();
             net.dev.send(now, Class::Video, &datagram(n));
         }
@@ -331,21 +338,31 @@ fn shaped_split(kbps: [u32; 2], load_kbps: u32) -> ([f64; 2], f64) {
     let sent = [s.paths[0].sent - at_10s.0[0], s.paths[1].sent - at_10s.0[1]];
     let total = (sent[0] + sent[1]) as f64;
     let lost = 1.0 - (net.at_server.len() - at_10s.2) as f64 / f64::from(n - at_10s.1);
-    ([sent[0] as f64 / total, sent[1] as f64 / total], lost)
+    let on_time = net
+        .at_server
+        .iter()
+        .zip(&net.at_server_ms)
+        .filter(|(d, at)| {
+            let k = u32::from_be_bytes(d[..4].try_into().unwrap());
+            k > at_10s.1 && **at <= sent_ms[k as usize] + 60
+        })
+        .count();
+    let late = 1.0 - on_time as f64 / f64::from(n - at_10s.1);
+    ([sent[0] as f64 / total, sent[1] as f64 / total], lost, late)
 }
 
 #[test]
 fn aggregate_mode_splits_by_the_paths_capacities() {
     // 4 and 1 Mbit/s carrying 4: within ±10 % of the capacity ratio (0.8 / 0.2).
-    let (share, lost) = shaped_split([4000, 1000], 4000);
-    eprintln!("4 + 1 Mbit/s, 4 Mbit/s sent: shares {share:.3?}, lost {lost:.4}");
+    let (share, lost, late) = shaped_split([4000, 1000], 4000);
+    eprintln!("4 + 1 Mbit/s, 4 Mbit/s sent: shares {share:.3?}, lost {lost:.4}, late {late:.4}");
     assert!((0.72..=0.88).contains(&share[0]), "{share:?}");
-    assert!(lost < 0.01, "{lost}");
+    assert!(lost < 0.01 && late < 0.01, "lost {lost}, late {late}");
     // Equal paths stay equal.
-    let (share, lost) = shaped_split([3000, 3000], 5000);
-    eprintln!("3 + 3 Mbit/s, 5 Mbit/s sent: shares {share:.3?}, lost {lost:.4}");
+    let (share, lost, late) = shaped_split([3000, 3000], 5000);
+    eprintln!("3 + 3 Mbit/s, 5 Mbit/s sent: shares {share:.3?}, lost {lost:.4}, late {late:.4}");
     assert!((0.4..=0.6).contains(&share[0]), "{share:?}");
-    assert!(lost < 0.01, "{lost}");
+    assert!(lost < 0.01 && late < 0.01, "lost {lost}, late {late}");
 }
 
 #[test]
