@@ -464,8 +464,8 @@ mod tests {
             .expect("channel id")
     }
 
-    fn connected() -> (Side, Side) {
-        let (mut l, mut r) = (side(40001, false), side(40002, true));
+    /// `l` offers a data channel, `r` answers (through SDP text, as over signalling).
+    fn negotiate(l: &mut Side, r: &mut Side) {
         let mut api = l.rtc.sdp_api();
         api.add_channel("t".into());
         let (offer, pending) = api.apply().expect("offer");
@@ -475,6 +475,11 @@ mod tests {
             .sdp_api()
             .accept_answer(pending, answer)
             .expect("accept answer");
+    }
+
+    fn connected() -> (Side, Side) {
+        let (mut l, mut r) = (side(40001, false), side(40002, true));
+        negotiate(&mut l, &mut r);
         run(&mut l, &mut r, |l, r| opened(l) && opened(r));
         assert!(opened(&l) && opened(&r), "data channel did not open");
         (l, r)
@@ -557,15 +562,7 @@ mod tests {
             [1; 32],
             t0,
         )));
-        let mut api = dev.rtc.sdp_api();
-        api.add_channel("t".into());
-        let (offer, pending) = api.apply().expect("offer");
-        let offer = SdpOffer::from_sdp_string(&offer.to_sdp_string()).expect("parse offer");
-        let answer = srv.rtc.sdp_api().accept_offer(offer).expect("answer");
-        dev.rtc
-            .sdp_api()
-            .accept_answer(pending, answer)
-            .expect("accept answer");
+        negotiate(&mut dev, &mut srv);
         // The paths' addresses on the device's side (the server sees these as sources).
         let path_addr = |p: u8| -> SocketAddr { ([127, 0, 0, 2 + p], 41000).into() };
         // Datagrams in flight: (to server?, path, data).

@@ -62,25 +62,23 @@ impl Net {
     fn new(mode: Mode, delays: &[u64]) -> Net {
         let t0 = Instant::now();
         let ids: Vec<u8> = (0..delays.len() as u8).collect();
+        // One direction of every path.
+        let links = || {
+            delays
+                .iter()
+                .map(|&d| Link {
+                    delay_ms: d,
+                    ..Default::default()
+                })
+                .collect()
+        };
         Net {
             t0,
             ms: 0,
             dev: Bond::device(42, KEY, mode, &ids, t0),
             srv: Bond::server(42, KEY, mode, [3; 32], t0),
-            up: delays
-                .iter()
-                .map(|&d| Link {
-                    delay_ms: d,
-                    ..Default::default()
-                })
-                .collect(),
-            down: delays
-                .iter()
-                .map(|&d| Link {
-                    delay_ms: d,
-                    ..Default::default()
-                })
-                .collect(),
+            up: links(),
+            down: links(),
             admitted: BTreeMap::new(),
             at_server: Vec::new(),
             at_server_ms: Vec::new(),
