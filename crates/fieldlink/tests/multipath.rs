@@ -113,13 +113,24 @@ struct PathLog {
     states: Vec<[fieldlink_proto::bond::PathState; 2]>,
     /// Where in `states` the measured seconds start.
     measured_from: usize,
+    /// Where in `sent_per_byte` and `shares` (a second each, with one path or two) the
+    /// measured seconds start.
+    measured_seconds_from: usize,
     /// Each second, each path's share of the bytes.
     shares: Vec<[f64; 2]>,
 }
 
 impl PathLog {
+    /// Over the measured seconds: the start (handshakes, a low first bitrate) would
+    /// count control data's copies against little video.
     fn mean_sent_per_byte(&self) -> f64 {
-        self.sent_per_byte.iter().sum::<f64>() / self.sent_per_byte.len().max(1) as f64
+        let s = &self.sent_per_byte[self.measured_seconds_from.min(self.sent_per_byte.len())..];
+        s.iter().sum::<f64>() / s.len().max(1) as f64
+    }
+
+    /// Each path's share in the measured seconds.
+    fn measured_shares(&self) -> &[[f64; 2]] {
+        &self.shares[self.measured_seconds_from.min(self.shares.len())..]
     }
 
     /// Times path `i` changed state.
@@ -302,8 +313,11 @@ async fn run_paths(
     // Five seconds to settle: the paths' probes, and the source's start (its picture
     // size steps up once the estimator has found the links: a new keyframe).
     drain(&mut re, Duration::from_secs(5)).await;
-    let states_so_far = log.lock().unwrap().states.len();
-    log.lock().unwrap().measured_from = states_so_far;
+    {
+        let mut l = log.lock().unwrap();
+        l.measured_from = l.states.len();
+        l.measured_seconds_from = l.shares.len();
+    }
     let mut seen = Seen::default();
     let (mut sent, gwid) = (0u32, id("p/f"));
     let start = tokio::time::Instant::now();
@@ -707,7 +721,7 @@ async fn aggregate_mode_splits_traffic_by_the_paths_capacities() {
     let Some((seen, _, _, log)) = run_paths(setup, |_, _| {}).await else {
         return;
     };
-    let measured = &log.shares[log.measured_from.min(log.shares.len())..];
+    let measured = log.measured_shares();
     let mean = |i: usize| measured.iter().map(|s| s[i]).sum::<f64>() / measured.len().max(1) as f64;
     let (a, b) = (mean(0), mean(1));
     let on = on_time(&seen, secs);
