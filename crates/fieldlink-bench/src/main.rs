@@ -24,6 +24,7 @@ mod gb;
 mod gb_bad;
 mod gb_load;
 mod janus;
+mod multipath;
 mod netns;
 mod sfu;
 mod tap;
@@ -83,6 +84,29 @@ enum Cmd {
         /// The test camera script.
         #[arg(long, default_value = "tests/rtsp/camera.py")]
         script: PathBuf,
+    },
+    /// Multipath (SPEC §9): the field device on a test host with two links (network
+    /// namespace, nftables loss, tc rate, a delaying relay; needs root, iproute2,
+    /// nftables, ffmpeg), each case run with two paths and with one over the same links;
+    /// a table of the figures and the gain.
+    Multipath {
+        /// Seconds of the 30 s cases (loss40, aggregate, split, balanced); loss20 and
+        /// flap run twice as long.
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+        /// Cuts of 5 s (one every 10 s) in the cut case.
+        #[arg(long, default_value_t = 10)]
+        cuts: u64,
+        /// Cases to run, comma-separated: cut, loss40, loss20, aggregate, split,
+        /// balanced, flap.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "cut,loss40,loss20,aggregate,split,balanced,flap"
+        )]
+        cases: Vec<String>,
+        #[arg(long)]
+        fieldlink: Option<PathBuf>,
     },
     /// Control-data latency (qos 0 and 1) and capacity at 100 Hz.
     Control {
@@ -186,6 +210,22 @@ async fn start_server_in(
     net: Option<&netns::TestNet>,
     cpus: &str,
 ) -> anyhow::Result<Server> {
+    let prefix = net.map(netns::TestNet::exec_prefix).unwrap_or_default();
+    let ip = net.map_or("127.0.0.1", |n| n.ns_ip);
+    launch(bin, pairs, extra, &prefix, ip, cpus).await
+}
+
+/// The server process, after `prefix` (e.g. `ip netns exec NS`), listening on `ip`, on
+/// `cpus` where taskset is installed (`""`: not pinned); a project `bench` with `pairs` field devices
+/// `bench/f{i}` and remotes `bench/r{i}`, password `pw`.
+async fn launch(
+    bin: &PathBuf,
+    pairs: usize,
+    extra: &[String],
+    prefix: &[String],
+    ip: &str,
+    cpus: &str,
+) -> anyhow::Result<Server> {
     let dir = std::env::temp_dir().join(format!("fieldlink-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -220,18 +260,15 @@ async fn start_server_in(
         }
     }
     store.close().await;
-    let pinned = Command::new("taskset").arg("--version").output().is_ok();
+    let pinned = !cpus.is_empty() && Command::new("taskset").arg("--version").output().is_ok();
     let mut argv: Vec<std::ffi::OsString> = Vec::new();
-    if let Some(n) = net {
-        argv.extend(n.exec_prefix().into_iter().map(Into::into));
-    }
+    argv.extend(prefix.iter().map(Into::into));
     if pinned {
         argv.extend(["taskset".into(), "-c".into(), cpus.into()]);
     }
     argv.push(bin.into());
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
-    let ip = net.map_or("127.0.0.1", |n| n.ns_ip);
     cmd.args([
         "server",
         "--listen",
@@ -256,7 +293,7 @@ async fn start_server_in(
     let ws = ready["ws"].as_str().context("ws address")?.to_string();
     let udp = ready["udp"].as_str().context("udp address")?.to_string();
     let sip = ready["sip"].as_str().map(str::to_string);
-    if !pinned {
+    if !pinned && !cpus.is_empty() {
         eprintln!("note: taskset not found; the server is not pinned to one core");
     }
     Ok(Server {
@@ -649,6 +686,12 @@ fn main() -> anyhow::Result<()> {
             media_threads,
             bin_of(fieldlink)?,
         )),
+        Cmd::Multipath {
+            secs,
+            cuts,
+            cases,
+            fieldlink,
+        } => rt.block_on(multipath::multipath(secs, cuts, cases, bin_of(fieldlink)?)),
         Cmd::Rtsp { secs, script } => rt.block_on(camera::rtsp(secs, &script)),
         Cmd::Audio {
             secs,

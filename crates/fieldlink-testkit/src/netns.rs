@@ -60,7 +60,8 @@ impl TestNet {
         }
     }
 
-    fn try_create() -> Result<TestNet, String> {
+    /// [`TestNet::create`] with the reason it could not, for a caller that is no test.
+    pub fn try_create() -> Result<TestNet, String> {
         static N: AtomicU32 = AtomicU32::new(0);
         let pid = std::process::id();
         let n = N.fetch_add(1, Ordering::Relaxed);
