@@ -254,13 +254,26 @@ impl TestNet {
 
     /// The uplink shaper's counters: (bytes sent, packets dropped).
     pub fn uplink_counters(&self) -> (u64, u64) {
-        let out = Command::new("ip")
+        self.path_counters(0)
+    }
+
+    /// Path `i`'s qdisc counters (its shaper's, where shaped): (bytes sent, packets
+    /// dropped); zeros where `tc` cannot tell.
+    pub fn path_counters(&self, i: usize) -> (u64, u64) {
+        let dev = if i == 0 {
+            self.ns_if.clone()
+        } else {
+            self.paths[i - 1].1.clone()
+        };
+        let Ok(out) = Command::new("ip")
             .args([
                 "netns", "exec", &self.ns, "tc", "-s", "qdisc", "show", "dev",
             ])
-            .arg(&self.ns_if)
+            .arg(&dev)
             .output()
-            .expect("tc -s qdisc show");
+        else {
+            return (0, 0);
+        };
         let text = String::from_utf8_lossy(&out.stdout);
         // " Sent 123 bytes 45 pkt (dropped 6, overlimits 7 requeues 0)"
         let after = |key: &str| -> u64 {
