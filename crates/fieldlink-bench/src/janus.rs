@@ -25,8 +25,8 @@ use tokio_tungstenite::tungstenite::Message;
 use fieldlink_media::annexb::{h264_nal_type, nal_units};
 use fieldlink_rtc::Polled;
 
-use crate::netns::TestNet;
 use crate::sfu::{measure, Clip, Counts, Figures, Load, PacketLog, ProbeThread, FPS};
+use fieldlink_testkit::netns::TestNet;
 
 /// RTP payload size of the publisher's packets (what str0m uses for the SDK's, near).
 const RTP_PAYLOAD: usize = 1100;
@@ -106,7 +106,7 @@ async fn start(j: &Janus, clip: &Clip, net: &TestNet) -> anyhow::Result<Running>
     let dir = std::env::temp_dir().join(format!("fieldlink-bench-janus-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let (ws_port, rtp_port, ip) = (WS_PORT, RTP_PORT, net.ns_ip);
+    let (ws_port, rtp_port, ip) = (WS_PORT, RTP_PORT, net.ns_ip.as_str());
     let m = &j.modules;
     let main = format!(
         r#"general: {{

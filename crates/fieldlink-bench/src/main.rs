@@ -25,7 +25,6 @@ mod gb_bad;
 mod gb_load;
 mod janus;
 mod multipath;
-mod netns;
 mod sfu;
 mod tap;
 
@@ -207,11 +206,13 @@ async fn start_server_in(
     bin: &PathBuf,
     pairs: usize,
     extra: &[String],
-    net: Option<&netns::TestNet>,
+    net: Option<&fieldlink_testkit::netns::TestNet>,
     cpus: &str,
 ) -> anyhow::Result<Server> {
-    let prefix = net.map(netns::TestNet::exec_prefix).unwrap_or_default();
-    let ip = net.map_or("127.0.0.1", |n| n.ns_ip);
+    let prefix = net
+        .map(fieldlink_testkit::netns::TestNet::exec_prefix)
+        .unwrap_or_default();
+    let ip = net.map_or("127.0.0.1", |n| n.ns_ip.as_str());
     launch(bin, pairs, extra, &prefix, ip, cpus).await
 }
 

@@ -26,9 +26,9 @@ use fieldlink_sdk::{
     SdkError, VideoCodec,
 };
 
-use crate::netns::TestNet;
 use crate::tap::{self, Seen};
 use crate::{cpu_secs, pct, start_server_in};
+use fieldlink_testkit::netns::TestNet;
 
 /// Frames per second of the clip.
 pub const FPS: u32 = 25;
@@ -481,7 +481,7 @@ pub async fn sfu(
     };
     // Janus gathers no ICE candidates on loopback: both servers go in a namespace of
     // our own, reached over a veth pair.
-    let net = match TestNet::create() {
+    let net = match TestNet::try_create().map_err(anyhow::Error::msg) {
         Ok(n) => Some(n),
         Err(e) if janus.is_none() => {
             eprintln!("note: no test namespace ({e:#}); fieldlink on loopback");

@@ -220,6 +220,11 @@ impl TestNet {
         let _ = std::fs::remove_file(path);
     }
 
+    /// `ip netns exec <ns>`, to put before a command that runs on the host.
+    pub fn exec_prefix(&self) -> Vec<String> {
+        vec!["ip".into(), "netns".into(), "exec".into(), self.ns.clone()]
+    }
+
     fn inside(&self, program: &str, args: &[&str]) -> Result<(), String> {
         let mut all = vec!["netns", "exec", &self.ns, program];
         all.extend_from_slice(args);

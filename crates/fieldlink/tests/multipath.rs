@@ -318,7 +318,15 @@ async fn aggregate_mode_carries_over_two_3_mbit_paths_what_one_cannot() {
                 file: Some(file.clone()),
                 delay_ms: 0,
             },
-            |_, _| {},
+            |net, s| {
+                if std::env::var_os("FIELDLINK_TEST_PATHS").is_some() {
+                    eprintln!(
+                        "second {s}: links {:?} {:?}",
+                        net.path_counters(0),
+                        net.path_counters(1)
+                    );
+                }
+            },
         )
     };
     let Some((two, ..)) = run(2).await else {
