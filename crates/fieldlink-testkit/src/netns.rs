@@ -174,6 +174,15 @@ impl TestNet {
         ns_ip_of(&self.paths, i)
     }
 
+    /// The host's interface of path `i` (0: the first pair).
+    fn host_if_of(&self, i: usize) -> &str {
+        if i == 0 {
+            &self.ns_if
+        } else {
+            &self.paths[i - 1].1
+        }
+    }
+
     /// The host's address on path `i` (0: the first pair).
     pub fn ns_ip_on(&self, i: usize) -> String {
         if i == 0 {
@@ -196,11 +205,7 @@ impl TestNet {
             if *pct == 0 {
                 continue;
             }
-            let dev = if j == 0 {
-                self.ns_if.clone()
-            } else {
-                self.paths[j - 1].1.clone()
-            };
+            let dev = self.host_if_of(j);
             // 100 %: every datagram (nft's `mod 100 < 100` is out of range).
             let chance = if *pct >= 100 {
                 String::new()
@@ -239,18 +244,14 @@ impl TestNet {
 
     /// [`TestNet::shape_uplink`] for path `i` (0: the first pair, see [`TestNet::add_path`]).
     pub fn shape_path(&self, i: usize, kbps: u32, queue_ms: u32) {
-        let dev = if i == 0 {
-            self.ns_if.clone()
-        } else {
-            self.paths[i - 1].1.clone()
-        };
+        let dev = self.host_if_of(i);
         let (rate, latency) = (format!("{kbps}kbit"), format!("{queue_ms}ms"));
         // The bucket: two full-size packets. A larger one lets bursts pass at line rate,
         // and the estimator's probes (short bursts) then read the link as faster than it is.
         self.inside(
             "tc",
             &[
-                "qdisc", "replace", "dev", &dev, "root", "tbf", "rate", &rate, "burst", "3000",
+                "qdisc", "replace", "dev", dev, "root", "tbf", "rate", &rate, "burst", "3000",
                 "latency", &latency,
             ],
         )
@@ -265,16 +266,12 @@ impl TestNet {
     /// Path `i`'s qdisc counters (its shaper's, where shaped): (bytes sent, packets
     /// dropped); zeros where `tc` cannot tell.
     pub fn path_counters(&self, i: usize) -> (u64, u64) {
-        let dev = if i == 0 {
-            self.ns_if.clone()
-        } else {
-            self.paths[i - 1].1.clone()
-        };
+        let dev = self.host_if_of(i);
         let Ok(out) = Command::new("ip")
             .args([
                 "netns", "exec", &self.ns, "tc", "-s", "qdisc", "show", "dev",
             ])
-            .arg(&dev)
+            .arg(dev)
             .output()
         else {
             return (0, 0);
