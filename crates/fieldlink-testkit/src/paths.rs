@@ -41,12 +41,6 @@ pub struct Run {
     pub links: [(u64, u64); 2],
 }
 
-/// Waits up to `d`, discarding `ev`'s events.
-async fn pass(ev: &mut Events, d: Duration) {
-    let deadline = tokio::time::Instant::now() + d;
-    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, ev.recv()).await {}
-}
-
 /// What the remote saw.
 #[derive(Default, Debug)]
 pub struct Seen {
@@ -342,11 +336,11 @@ pub async fn run_paths<P: Platform, E, F: Future<Output = Result<P, E>>>(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while r.permission(&gwid) != fieldlink_sdk::Permission::Master {
         assert!(tokio::time::Instant::now() < deadline, "not master");
-        pass(&mut re, Duration::from_millis(50)).await;
+        crate::drain(&mut re, Duration::from_millis(50)).await;
     }
     // Five seconds to settle: the paths' probes, and the source's start (its picture
     // size steps up once the estimator has found the links: a new keyframe).
-    pass(&mut re, Duration::from_secs(5)).await;
+    crate::drain(&mut re, Duration::from_secs(5)).await;
     {
         let mut l = log.lock().unwrap();
         l.measured_from = l.states.len();

@@ -374,15 +374,8 @@ pub async fn expect_event(ev: &mut Events, what: &str, pred: impl Fn(&Event) -> 
     }
 }
 
-/// Collects events for `d`.
-pub async fn drain(ev: &mut Events, d: Duration) -> Vec<Event> {
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + d;
-    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, ev.recv()).await {
-        out.push(e);
-    }
-    out
-}
+#[allow(unused_imports)]
+pub use fieldlink_testkit::drain;
 
 pub fn now_minutes() -> u64 {
     std::time::SystemTime::now()
