@@ -343,6 +343,10 @@ pub fn drive_wire(
     on_event: impl FnMut(&mut Rtc, Event) -> ControlFlow<()>,
 ) -> Polled {
     let Wire { fec, dest, bond } = wire;
+    // A bond's paths queueing: FEC sends no parity (it would feed the queues).
+    let queueing = bond
+        .as_deref()
+        .is_some_and(|b| b.bond.queueing(Instant::now()));
     // Below FEC: straight to the socket, or through the bond.
     let mut emit = |d: &[u8], to: SocketAddr| match bond.as_deref_mut() {
         Some(b) => b.send(Instant::now(), d, &mut send),
@@ -362,6 +366,9 @@ pub fn drive_wire(
     let now = Instant::now();
     let mut polled = polled;
     if let (Some(f), Some(to)) = (fec.as_mut(), *dest) {
+        if queueing {
+            f.queue_seen(now);
+        }
         f.flush(now, &mut |d| emit(d, to));
         f.handle_timeout(now, &mut |d| emit(d, to));
         if let (Polled::Timeout(t), Some(report)) = (&polled, f.poll_timeout()) {

@@ -187,6 +187,14 @@ impl Bond {
         }
     }
 
+    /// A path that carries data is queueing (see [`path::Path::queueing`]): what is
+    /// lost now is congestion, and redundancy added on top (FEC's parity) feeds it.
+    pub fn queueing(&self, now: Instant) -> bool {
+        self.paths
+            .iter()
+            .any(|p| p.state == PathState::Up && p.queueing(now))
+    }
+
     /// Any path admitted (before that, nothing can be sent).
     pub fn ready(&self) -> bool {
         !self.paths.is_empty()

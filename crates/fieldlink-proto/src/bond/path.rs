@@ -34,6 +34,9 @@ const MIN_SHARE: f64 = 0.04;
 const PEAK_MEMORY: Duration = Duration::from_secs(1);
 /// A round trip minimum is remembered this long.
 const MIN_RTT_MEMORY: Duration = Duration::from_secs(30);
+/// A path counts as queueing for this long after a round trip above [`QUEUE_LIMIT`]
+/// (three probes: one that slips between the queue's peaks does not end it).
+pub const QUEUE_MEMORY: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathState {
@@ -117,6 +120,8 @@ pub struct Path {
     last_loss: Option<(f64, bool)>,
     /// The longest round trip of the last second or so (its queue's peaks), and since when.
     rtt_peak: Option<(Duration, Instant)>,
+    /// When a round trip last stood [`QUEUE_LIMIT`] above the minimum.
+    queued_at: Option<Instant>,
 }
 
 impl Path {
@@ -150,6 +155,7 @@ impl Path {
             last_rtt: None,
             last_loss: None,
             rtt_peak: None,
+            queued_at: None,
         }
     }
 
@@ -174,6 +180,14 @@ impl Path {
     /// The longest round trip seen lately (what a datagram sent now may take, at worst).
     pub fn rtt_peak(&self) -> Option<Duration> {
         self.rtt_peak.map(|(d, _)| d)
+    }
+
+    /// A queue is building on this path: a round trip within [`QUEUE_MEMORY`] stood
+    /// more than [`QUEUE_LIMIT`] above its minimum. Random loss leaves the round trip
+    /// alone; a link carrying more than it can does not.
+    pub fn queueing(&self, now: Instant) -> bool {
+        self.queued_at
+            .is_some_and(|t| now.saturating_duration_since(t) < QUEUE_MEMORY)
     }
 
     /// Anything arrived on this path.
@@ -289,6 +303,12 @@ impl Path {
             Some((m, at)) if m <= rtt && now.duration_since(at) < MIN_RTT_MEMORY => {}
             _ => self.rtt_min = Some((rtt, now)),
         }
+        if self
+            .rtt_min()
+            .is_some_and(|m| rtt.saturating_sub(m) > QUEUE_LIMIT)
+        {
+            self.queued_at = Some(now);
+        }
         match self.last_ack {
             Some((s0, r0)) => {
                 let ds = sent_then.wrapping_sub(s0);
@@ -371,6 +391,28 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_round_trip_above_the_minimum_means_queueing_for_a_while() {
+        let t = Instant::now();
+        let mut p = Path::new(0, t);
+        // Probe n sent at 100 n ms, answered after `rtt` ms.
+        let mut probe = |n: u64, rtt: u64| {
+            let sent = t + ms(100 * n);
+            p.outstanding.push_back((n as u32, sent, 0));
+            p.on_ack(sent + ms(rtt), n as u32, Duration::ZERO, 0);
+            p.queueing(sent + ms(rtt))
+        };
+        assert!(!probe(0, 10));
+        assert!(!probe(1, 30), "20 ms above the minimum is not a queue");
+        assert!(probe(2, 31));
+        assert!(
+            probe(3, 10),
+            "one probe between the queue's peaks does not end it"
+        );
+        assert!(p.queueing(t + ms(331)));
+        assert!(!p.queueing(t + ms(232) + QUEUE_MEMORY));
     }
 
     #[test]

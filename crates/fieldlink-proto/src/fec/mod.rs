@@ -221,6 +221,14 @@ impl Fec {
         }
     }
 
+    /// The transport below saw a queue building (the bond's per-path round trips, which
+    /// its probes measure every 100 ms on each path, where FEC's reports see only the
+    /// end-to-end round trip of whichever path carried them): parity is held back as for
+    /// a queue FEC saw itself.
+    pub fn queue_seen(&mut self, now: Instant) {
+        self.rtt.queued = Some(now);
+    }
+
     /// Takes one datagram from the wire. Returns `false` when it is not an FEC datagram
     /// (the caller hands it to str0m as it is); otherwise every datagram it carries or
     /// completes goes to `deliver`, once.

@@ -195,24 +195,46 @@ fn parity_stops_while_a_queue_builds_and_resumes_after() {
     assert!(queued[215..].iter().all(|m| *m > 0), "{queued:?}");
 }
 
+/// `n`-th report to `a` at `at`: 80 % of 100 n received; stamp 1; echoing `echo`, held 0.
+fn report(a: &mut Fec, at: Instant, n: u32, echo: u32) {
+    let mut r = vec![MAGIC, KIND_REPORT];
+    for v in [80 * n, 100 * n, 1, echo, 0] {
+        r.extend_from_slice(&v.to_be_bytes());
+    }
+    a.receive(at, &r, &mut |_| {});
+}
+
+/// Parity `a` sends for a one-datagram block at `at`.
+fn parity_at(a: &mut Fec, at: Instant) -> usize {
+    let mut n = 0;
+    a.send(at, &[0x80, 1, 2, 3], &mut |_| {});
+    a.flush(at, &mut |w| n += usize::from(w[1] == KIND_PARITY));
+    n
+}
+
+#[test]
+fn parity_stops_while_the_transport_below_sees_a_queue() {
+    // 20 % loss reported over a steady round trip: parity. The bond says a path is
+    // queueing: none, for 300 ms after it last said so; then parity again (the reports
+    // echo a stamp 20 ms old: the round trip stays at its minimum).
+    let mut a = Fec::new();
+    let t0 = Instant::now();
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    report(&mut a, t0, 1, 0);
+    report(&mut a, ms(20), 2, 1);
+    assert!(parity_at(&mut a, ms(30)) > 0);
+    a.queue_seen(ms(40));
+    assert_eq!(parity_at(&mut a, ms(50)), 0);
+    report(&mut a, ms(120), 3, 100);
+    assert_eq!(parity_at(&mut a, ms(300)), 0);
+    report(&mut a, ms(320), 4, 300);
+    assert!(parity_at(&mut a, ms(350)) > 0);
+}
+
 #[test]
 fn parity_stops_when_reports_stop_coming() {
     let mut a = Fec::new();
     let t0 = Instant::now();
-    let report = |a: &mut Fec, at: Instant, n: u32, echo: u32| {
-        let mut r = vec![MAGIC, KIND_REPORT];
-        // 80 % of 100 n received; stamp 1; echoing `echo`, held 0.
-        for v in [80 * n, 100 * n, 1, echo, 0] {
-            r.extend_from_slice(&v.to_be_bytes());
-        }
-        a.receive(at, &r, &mut |_| {});
-    };
-    let parity_at = |a: &mut Fec, at: Instant| {
-        let mut n = 0;
-        a.send(at, &[0x80, 1, 2, 3], &mut |_| {});
-        a.flush(at, &mut |w| n += usize::from(w[1] == KIND_PARITY));
-        n
-    };
     // a's report clock starts at the first report (t0); the second echoes a stamp of
     // 1 ms 20 ms later.
     report(&mut a, t0, 1, 0);
