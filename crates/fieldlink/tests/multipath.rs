@@ -217,7 +217,9 @@ async fn redundant_mode_delivers_on_time_with_20_percent_loss_on_both_paths_at_4
     let (on, all) = seen.on_time(Duration::from_millis(150));
     let pct = on as f64 * 100.0 / all.max(1) as f64;
     eprintln!(
-        "redundant, 20 % loss on both paths, 40 ms round trip: {on} of {all} frames within          150 ms of capture ({pct:.2} %), {} lost, longest gap {:?}, worst gaps {:?}; control          {got}/{sent}; {:.2} bytes sent per byte",
+        "redundant, 20 % loss on both paths, 40 ms round trip: {on} of {all} frames within \
+         150 ms of capture ({pct:.2} %), {} lost, longest gap {:?}, worst gaps {:?}; control \
+         {got}/{sent}; {:.2} bytes sent per byte",
         seen.lost(),
         seen.longest_gap(),
         seen.worst_gaps(3),
@@ -274,10 +276,11 @@ async fn a_flapping_path_glitches_at_most_once_a_minute_and_does_not_oscillate()
     let g = glitches(&seen);
     eprintln!(
         "aggregate, path 1 flapping 1 s / 1 s for 60 s: {} frames, {g} glitches, path 1 \
-         down/recovering {} times, carried traffic {} s",
+         down/recovering {} times, carried traffic {} s; worst gaps (s into the run, gap) {:?}",
         seen.frames.len(),
         log.changes(1),
         log.used[1],
+        seen.worst_gaps(5),
     );
     assert!(g <= 1, "{g} glitches in a minute");
     // It fell at the first cut and was never relied on again: after its first fall in

@@ -1,7 +1,9 @@
 //! The receiving side's sequence: the first copy of each datagram wins, later copies are
 //! dropped, and datagrams are handed up in order — a gap is waited for at most `budget`,
-//! then skipped (the datagram is lost on every path, or very late: DTLS/SRTP and NACK
-//! deal with it as with any loss).
+//! then skipped (DTLS/SRTP and NACK deal with it as with any loss). A skipped datagram
+//! that does come after all (a path's queue outgrew the budget) is still handed up, out
+//! of order, once: dropping it would make a loss of what arrived, and its repair would
+//! be more traffic on a path that is already queueing.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -19,6 +21,8 @@ pub struct ReorderStats {
     pub skipped: u64,
     /// Delivered after waiting for an earlier one.
     pub reordered: u64,
+    /// Skipped, then handed up when it came after all (out of order).
+    pub late: u64,
 }
 
 #[derive(Debug)]
@@ -30,6 +34,8 @@ pub struct Reorder {
     held: BTreeMap<u64, (Instant, Vec<u8>)>,
     /// Seen sequence numbers at or after `next` - WINDOW (bit per seq, ring).
     seen: Vec<u64>,
+    /// Of those, the skipped ones not come yet (same ring).
+    skipped: Vec<u64>,
     /// `next` extended to 64 bits (sequence numbers wrap).
     base: u64,
     stats: ReorderStats,
@@ -48,6 +54,7 @@ impl Reorder {
             next: Some(seq),
             held: BTreeMap::new(),
             seen: vec![0; (WINDOW as usize * 2) / 64],
+            skipped: vec![0; (WINDOW as usize * 2) / 64],
             base: u64::from(seq),
             stats: ReorderStats::default(),
         }
@@ -64,10 +71,11 @@ impl Reorder {
         (self.base as i64 + delta).max(0) as u64
     }
 
-    fn bit(&mut self, pos: u64) -> (&mut u64, u64) {
+    /// The word and mask of `pos` in a ring of [`Reorder::seen`]'s size.
+    fn slot(&self, pos: u64) -> (usize, u64) {
         let n = self.seen.len() as u64 * 64;
         let i = (pos % n) as usize;
-        (&mut self.seen[i / 64], 1 << (i % 64))
+        (i / 64, 1 << (i % 64))
     }
 
     /// One datagram with its sequence number; what can be handed up now, in order.
@@ -82,6 +90,7 @@ impl Reorder {
             if pos >= self.base + u64::from(WINDOW) {
                 self.flush_all(out);
                 self.seen.fill(0);
+                self.skipped.fill(0);
                 self.base = u64::from(seq);
                 self.next = Some(seq);
                 return self.push(now, seq, data, out);
@@ -89,13 +98,19 @@ impl Reorder {
             self.stats.duplicates += 1;
             return;
         }
-        let base = self.base;
-        let (word, mask) = self.bit(pos);
-        if *word & mask != 0 || pos < base {
+        let (word, mask) = self.slot(pos);
+        if self.skipped[word] & mask != 0 {
+            // Given up on, and here after all: handed up now, once.
+            self.skipped[word] &= !mask;
+            self.stats.late += 1;
+            out.push(data.to_vec());
+            return;
+        }
+        if self.seen[word] & mask != 0 || pos < self.base {
             self.stats.duplicates += 1;
             return;
         }
-        *word |= mask;
+        self.seen[word] |= mask;
         if pos == self.base {
             self.deliver(data.to_vec(), false, out);
             self.release_ready(out);
@@ -133,8 +148,9 @@ impl Reorder {
     fn advance(&mut self, to: u64) {
         while self.base < to {
             // The slot `base - WINDOW` is reused for `base + WINDOW`: clear it.
-            let (word, mask) = self.bit(self.base + u64::from(WINDOW));
-            *word &= !mask;
+            let (word, mask) = self.slot(self.base + u64::from(WINDOW));
+            self.seen[word] &= !mask;
+            self.skipped[word] &= !mask;
             self.base += 1;
         }
         self.next = Some(self.base as u32);
@@ -153,12 +169,12 @@ impl Reorder {
     fn skip_to_first_held(&mut self, out: &mut Vec<Vec<u8>>) {
         if let Some((&pos, _)) = self.held.first_key_value() {
             self.stats.skipped += pos - self.base;
-            // Seen bits of the skipped ones stay: a late copy is still a duplicate.
-            let mut b = self.base;
-            while b < pos {
-                let (word, mask) = self.bit(b);
-                *word |= mask;
-                b += 1;
+            // Marked seen and skipped: the first late copy is handed up, later ones are
+            // duplicates.
+            for b in self.base..pos {
+                let (word, mask) = self.slot(b);
+                self.seen[word] |= mask;
+                self.skipped[word] |= mask;
             }
             self.advance(pos);
             self.release_ready(out);
@@ -221,8 +237,11 @@ mod tests {
         r.handle_timeout(t + budget, budget, &mut out);
         assert_eq!(out.len(), 2, "3 and 4 after the wait, 2 skipped");
         assert_eq!(r.stats().skipped, 1);
-        // 2 arriving now is late: a duplicate of a skipped one, not handed up out of order.
-        assert_eq!(run(&mut r, t + budget, &[2, 5]), [5]);
+        // 2 arriving now is late: handed up out of order, once; its other copy is a
+        // duplicate.
+        assert_eq!(run(&mut r, t + budget, &[2, 5, 2]), [2, 5]);
+        let s = r.stats();
+        assert_eq!((s.late, s.duplicates, s.delivered), (1, 1, 4));
     }
 
     #[test]
