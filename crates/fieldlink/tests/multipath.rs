@@ -345,15 +345,10 @@ async fn aggregate_mode_carries_over_two_3_mbit_paths_what_one_cannot() {
         t * 100.0,
         o * 100.0
     );
-    // The goal is 99.5 %. The clip (5.06 Mbit/s) is 5.6 Mbit/s at the links, 93 % of
-    // both: runs without a drop at the shapers reach 100 %; in about one in two, both
-    // 100 ms queues overflow from the connection's first second for 5-10 s, into the
-    // measured window, and 73–99 % arrive on time (docs/multipath.md). Guarded here:
-    // most frames on time with two paths, next to none with one.
-    if t < 0.995 {
-        eprintln!("goal not met: {:.2} % < 99.5 %", t * 100.0);
-    }
-    assert!(t >= 0.6, "two paths: {:.2} %", t * 100.0);
+    // The clip (5.06 Mbit/s) is 5.6 Mbit/s at the links, 93 % of both (docs/multipath.md:
+    // before FEC heard of the bond's queues and late datagrams were handed up, one run in
+    // two missed, 73-99 %).
+    assert!(t >= 0.995, "two paths: {:.2} % (goal 99.5 %)", t * 100.0);
     assert!(
         o < 0.05,
         "one 3 Mbit/s path cannot carry 5 Mbit/s: {:.2} %",
@@ -394,6 +389,9 @@ async fn aggregate_mode_splits_traffic_by_the_paths_capacities() {
         (0.72..=0.88).contains(&share),
         "path 0 carried {share:.3} of the bytes"
     );
-    // Not asserted: frames on time (seen 58–75 %: the 1 Mbit/s path's queue; see
-    // docs/multipath.md).
+    // Frames on time are not the figure, but a frame spread over both paths
+    // waits for its slower part: 58-83 % arrived on time while datagrams that came after
+    // the reorder budget were dropped (docs/multipath.md); 98.53-100 % since (below 100 %
+    // when the 1 Mbit/s path's shaper dropped a few datagrams).
+    assert!(on >= 0.95, "{:.2} % of frames within 150 ms", on * 100.0);
 }
