@@ -34,6 +34,8 @@ struct Platform {
 }
 
 impl paths::Platform for Platform {
+    type Error = anyhow::Error;
+
     fn udp(&self) -> String {
         self.server.udp.clone()
     }
@@ -42,10 +44,10 @@ impl paths::Platform for Platform {
         DeviceConfig::new(self.server.ws.clone(), self.field.clone(), "pw")
     }
 
-    async fn remote_playing(&self) -> (RemoteDevice, Events) {
+    async fn remote_playing(&self) -> anyhow::Result<(RemoteDevice, Events)> {
         remote_playing(&self.server.ws, &self.field)
             .await
-            .unwrap_or_else(|e| panic!("the remote: {e:#}"))
+            .context("the remote")
     }
 }
 
@@ -283,6 +285,7 @@ pub async fn multipath(
         .args(["-a", "-pc", &cpus, &std::process::id().to_string()])
         .output();
     let mut rows = Vec::new();
+    let mut failed = Vec::new();
     for case in &cases {
         let mut runs = Vec::new();
         for binds in [2, 1] {
@@ -303,8 +306,26 @@ pub async fn multipath(
                     })
                 }
             };
-            let run = paths::run_paths(setup, net, start, |net, s| plan(case, net, s)).await?;
-            runs.push(figures(case, &run, measured));
+            // A run that fails (a remote that never played behind an overloaded link)
+            // is a row of "-", said below the table; the other cases still run.
+            match paths::run_paths(setup, net, start, |net, s| plan(case, net, s)).await {
+                Ok(run) => {
+                    let f = figures(case, &run, measured);
+                    // As it goes, so a later failure or an interrupt loses nothing.
+                    for (name, v, _) in &f {
+                        eprintln!("  {name}: {}", v.map_or("-".into(), |v| format!("{v:.2}")));
+                    }
+                    runs.push(f);
+                }
+                Err(e) => {
+                    let what =
+                        format!("{} with {binds} path(s): {e:#}", describe(case, secs, cuts));
+                    eprintln!("failed: {what}");
+                    failed.push(what);
+                    let none = figures(case, &Run::default(), measured);
+                    runs.push(none.into_iter().map(|(f, _, m)| (f, None, m)).collect());
+                }
+            }
         }
         let (two, one) = (&runs[0], &runs[1]);
         for (t, o) in two.iter().zip(one) {
@@ -336,7 +357,11 @@ pub async fn multipath(
     println!(
         "gain: two paths' figure over one path's where more is better, one's over two's \
          where less is; inf: the one path lost what two paths did not lose at all; -: no \
-         such figure with one path (no bond)"
+         such figure with one path (no bond) or the run failed"
     );
+    for f in &failed {
+        println!("failed: {f}");
+    }
+    anyhow::ensure!(failed.is_empty(), "{} run(s) failed (above)", failed.len());
     Ok(())
 }

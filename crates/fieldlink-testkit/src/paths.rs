@@ -19,13 +19,16 @@ use crate::relay::{big_buffers, LossyRelay};
 /// The server side of a run: started by [`run_paths`]'s `start` on the test network's
 /// address, with the field device and a remote allowed to log in.
 pub trait Platform {
+    /// Why a server could not start or a remote could not play (the tests panic instead:
+    /// `Infallible`; the bench reports the run as failed and goes on).
+    type Error;
     /// The server's WebRTC socket (`ip:port`), where a delaying relay forwards to.
     fn udp(&self) -> String;
     /// The field device's login.
     fn field_config(&self) -> DeviceConfig;
     /// A remote playing the field device's stream 0 on conn_fd 0 (the project's
     /// permission mode makes it master: control data goes through).
-    fn remote_playing(&self) -> impl Future<Output = (RemoteDevice, Events)>;
+    fn remote_playing(&self) -> impl Future<Output = Result<(RemoteDevice, Events), Self::Error>>;
 }
 
 /// What one run gave.
@@ -201,12 +204,12 @@ impl Default for Setup {
 /// Runs `setup` on `net` (a fresh test network: a second link is added here) with the
 /// server `start(address to listen on, extra arguments)` gives; `plan(net, second)` at
 /// each measured second.
-pub async fn run_paths<P: Platform, E, F: Future<Output = Result<P, E>>>(
+pub async fn run_paths<P: Platform, F: Future<Output = Result<P, P::Error>>>(
     setup: Setup,
     mut net: TestNet,
     start: impl FnOnce(String, Vec<String>) -> F,
     plan: impl Fn(&TestNet, u64),
-) -> Result<Run, E> {
+) -> Result<Run, P::Error> {
     let Setup {
         mode,
         secs,
@@ -331,7 +334,7 @@ pub async fn run_paths<P: Platform, E, F: Future<Output = Result<P, E>>>(
             )
             .expect("video"),
     }
-    let (r, mut re) = s.remote_playing().await;
+    let (r, mut re) = s.remote_playing().await?;
     // Master (auto permission) before the control data starts.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while r.permission(&gwid) != fieldlink_sdk::Permission::Master {

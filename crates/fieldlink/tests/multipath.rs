@@ -16,6 +16,8 @@ use fieldlink_testkit::paths::{
 };
 
 impl paths::Platform for TestServer {
+    type Error = std::convert::Infallible;
+
     fn udp(&self) -> String {
         self.udp.clone()
     }
@@ -24,8 +26,8 @@ impl paths::Platform for TestServer {
         self.cfg("p/f", "fpw")
     }
 
-    async fn remote_playing(&self) -> (RemoteDevice, Events) {
-        TestServer::remote_playing(self).await
+    async fn remote_playing(&self) -> Result<(RemoteDevice, Events), Self::Error> {
+        Ok(TestServer::remote_playing(self).await)
     }
 }
 
