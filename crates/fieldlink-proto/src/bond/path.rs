@@ -182,6 +182,12 @@ impl Path {
         self.rtt_peak.map(|(d, _)| d)
     }
 
+    /// How far round trip `rtt` stands above the minimum: the queue it waited in.
+    fn queue_in(&self, rtt: Duration) -> Duration {
+        self.rtt_min()
+            .map_or(Duration::ZERO, |m| rtt.saturating_sub(m))
+    }
+
     /// A queue is building on this path: a round trip within [`QUEUE_MEMORY`] stood
     /// more than [`QUEUE_LIMIT`] above its minimum. Random loss leaves the round trip
     /// alone; a link carrying more than it can does not.
@@ -303,10 +309,7 @@ impl Path {
             Some((m, at)) if m <= rtt && now.duration_since(at) < MIN_RTT_MEMORY => {}
             _ => self.rtt_min = Some((rtt, now)),
         }
-        if self
-            .rtt_min()
-            .is_some_and(|m| rtt.saturating_sub(m) > QUEUE_LIMIT)
-        {
+        if self.queue_in(rtt) > QUEUE_LIMIT {
             self.queued_at = Some(now);
         }
         match self.last_ack {
@@ -348,10 +351,7 @@ impl Path {
     /// capacities: two paths cut by a factor together keep their ratio, and equal steps
     /// pull shares towards equal.
     pub fn adapt_weight(&mut self, now: Instant, equal: f64) {
-        let queue = match (self.last_rtt, self.rtt_min()) {
-            (Some(s), Some(m)) => s.saturating_sub(m),
-            _ => Duration::ZERO,
-        };
+        let queue = self.last_rtt.map_or(Duration::ZERO, |r| self.queue_in(r));
         let loss = match &mut self.last_loss {
             Some((l, fresh @ true)) => {
                 *fresh = false;
