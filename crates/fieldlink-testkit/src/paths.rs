@@ -121,6 +121,37 @@ impl Seen {
         (on.len() as u64, span)
     }
 
+    /// The frames that arrived later than `budget` after capture: (seconds after the first
+    /// frame, capture to arrival), in arrival order. What a late frame waited says how
+    /// many round trips its repair took.
+    pub fn late(&self, budget: Duration) -> Vec<(f64, Duration)> {
+        let Some(first) = self.frames.first() else {
+            return Vec::new();
+        };
+        self.frames
+            .iter()
+            .map(|f| {
+                let at = f.1.duration_since(first.1).unwrap_or_default();
+                (
+                    at.as_secs_f64(),
+                    f.1.duration_since(f.2).unwrap_or_default(),
+                )
+            })
+            .filter(|&(_, d)| d > budget)
+            .collect()
+    }
+
+    /// The median capture-to-arrival time: what a frame takes without a repair.
+    pub fn median_delay(&self) -> Duration {
+        let mut d: Vec<Duration> = self
+            .frames
+            .iter()
+            .map(|f| f.1.duration_since(f.2).unwrap_or_default())
+            .collect();
+        d.sort_unstable();
+        d.get(d.len() / 2).copied().unwrap_or_default()
+    }
+
     pub fn longest_gap(&self) -> Duration {
         self.frames
             .windows(2)

@@ -220,8 +220,10 @@ async fn redundant_mode_delivers_on_time_with_20_percent_loss_on_both_paths_at_4
     let pct = on as f64 * 100.0 / all.max(1) as f64;
     eprintln!(
         "redundant, 20 % loss on both paths, 40 ms round trip: {on} of {all} frames within \
-         150 ms of capture ({pct:.2} %), {} lost, longest gap {:?}, worst gaps {:?}; control \
-         {got}/{sent}; {:.2} bytes sent per byte",
+         150 ms of capture ({pct:.2} %; median {:?}, late ones {:?}), {} lost, longest gap \
+         {:?}, worst gaps {:?}; control {got}/{sent}; {:.2} bytes sent per byte",
+        seen.median_delay(),
+        seen.late(Duration::from_millis(150)),
         seen.lost(),
         seen.longest_gap(),
         seen.worst_gaps(3),
@@ -231,8 +233,9 @@ async fn redundant_mode_delivers_on_time_with_20_percent_loss_on_both_paths_at_4
     // Control data (qos 0) is printed, not asserted: the issue asks for none lost in the
     // cut and balanced cases; here at most 3 copies per path (0.2^6 per message once the
     // loss is measured) lost 1 of 1201 in one run of four.
-    // The goal is 99.9 %; seen 99.73 % (4 of 1493 frames late) and 100 %, so this guards
-    // what is reached reliably, and docs/multipath.md says the goal is not met every time.
+    // The goal is 99.9 %, met in 8 of 11 runs since repairs are repeated (99.73 and
+    // 99.87 % in the others: frames late at the loss's onset, or keyframes at 150-156 ms),
+    // so this guards what is reached reliably; docs/multipath.md has the runs.
     assert!(pct >= 99.5, "{pct:.2} % of frames within 150 ms");
 }
 

@@ -91,11 +91,15 @@ pub fn choose(
     };
     // Control data (DTLS: the data channels) is sent enough times that losing every copy
     // is rarer than CONTROL_LOSS_TARGET at the paths' measured loss: with 5 % on both of
-    // two paths one copy each still lost 3 of 600 messages.
-    let repeat = if class == Class::Control {
-        control_repeats(paths, &usable)
-    } else {
-        1
+    // two paths one copy each still lost 3 of 600 messages. In redundant mode so is what
+    // repairs a loss (NACKs in RTCP, retransmissions): at 20 % on both paths 4 % of the
+    // datagrams are lost on both, and a NACK or its retransmission lost too costs the
+    // frame another round trip; frames that needed three were the ones later than 150 ms.
+    let repeat = match (mode, class) {
+        (_, Class::Control) | (Mode::Redundant, Class::Rtcp | Class::Repair) => {
+            control_repeats(paths, &usable)
+        }
+        _ => 1,
     };
     match mode {
         Mode::Redundant | Mode::Balanced if class.precious() => {
@@ -144,17 +148,12 @@ const CONTROL_LOSS_TARGET: f64 = 1e-5;
 const MAX_CONTROL_REPEATS: usize = 3;
 
 /// How many copies of a control datagram each path gets: the fewest that make losing
-/// all of them rarer than [`CONTROL_LOSS_TARGET`], at each path's measured loss (a path
-/// with none measured counts as losing 0.1 %).
+/// all of them rarer than [`CONTROL_LOSS_TARGET`], at each path's measured loss
+/// ([`Path::loss_for_copies`]; a path with none measured counts as losing 0.1 %).
 fn control_repeats(paths: &[Path], usable: &[usize]) -> usize {
     let all_lost: f64 = usable
         .iter()
-        .map(|&i| {
-            paths[i]
-                .data_loss
-                .max(paths[i].probe_loss)
-                .clamp(0.001, 0.99)
-        })
+        .map(|&i| paths[i].loss_for_copies().clamp(0.001, 0.99))
         .product();
     let n = (CONTROL_LOSS_TARGET.ln() / all_lost.ln()).ceil();
     (n.max(1.0) as usize).min(MAX_CONTROL_REPEATS)
@@ -240,7 +239,7 @@ mod tests {
     }
 
     #[test]
-    fn control_data_is_repeated_as_the_loss_needs() {
+    fn control_data_and_redundant_repairs_are_repeated_as_the_loss_needs() {
         let mut ps = paths(2);
         // Clean paths: one copy each.
         assert_eq!(share(Mode::Balanced, Class::Control, &mut ps, 10), [10, 10]);
@@ -254,6 +253,17 @@ mod tests {
         );
         // Other classes are not repeated.
         assert_eq!(share(Mode::Redundant, Class::Audio, &mut ps, 10), [10, 10]);
+        assert_eq!(share(Mode::Redundant, Class::Video, &mut ps, 10), [10, 10]);
+        // Repairs and RTCP (NACKs) are, in redundant mode only: balanced mode spreads
+        // video, so its retransmissions are many and every copy counts against its bytes.
+        for class in [Class::Repair, Class::Rtcp] {
+            assert_eq!(share(Mode::Redundant, class, &mut ps, 10), [20, 20]);
+            assert_eq!(share(Mode::Balanced, class, &mut ps, 10), [10, 10]);
+        }
+        // 20 % on both: three copies each (0.04^3 > 1e-5, capped at three).
+        ps[0].data_loss = 0.2;
+        ps[1].data_loss = 0.2;
+        assert_eq!(share(Mode::Redundant, Class::Repair, &mut ps, 10), [30, 30]);
         // At most three.
         ps[0].data_loss = 0.6;
         ps[1].data_loss = 0.6;
