@@ -270,8 +270,9 @@ impl Path {
 
     /// The loss to size copies by: the averages, or the latest data loss sample if it is
     /// higher. The average moves a tenth of the way per sample: a loss of 20 % that
-    /// starts read as more than 5.6 % only 400 ms later, and frames that needed
-    /// repairs then were late; one sample is noisy, but a copy too many costs little.
+    /// starts reads above 5.6 % (three copies on two paths) only at its fourth sample,
+    /// 400+ ms in, while the repairs it causes need the copies now; one sample is noisy,
+    /// but a copy too many costs little.
     pub fn loss_for_copies(&self) -> f64 {
         let latest = self.last_loss.map_or(0.0, |(l, _)| l);
         self.data_loss.max(self.probe_loss).max(latest)
