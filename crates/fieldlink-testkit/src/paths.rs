@@ -54,6 +54,11 @@ pub struct Seen {
     pub plain: Vec<(std::time::SystemTime, std::time::SystemTime)>,
 }
 
+/// A frame's capture to its arrival at the remote.
+fn delay(f: &(u64, std::time::SystemTime, std::time::SystemTime)) -> Duration {
+    f.1.duration_since(f.2).unwrap_or_default()
+}
+
 impl Seen {
     /// Frames missing between the first and the last.
     pub fn lost(&self) -> u64 {
@@ -108,7 +113,7 @@ impl Seen {
         let mut on: Vec<u64> = self
             .frames
             .iter()
-            .filter(|f| f.1.duration_since(f.2).unwrap_or_default() <= budget)
+            .filter(|f| delay(f) <= budget)
             .map(|f| f.0)
             .collect();
         on.sort_unstable();
@@ -132,10 +137,7 @@ impl Seen {
             .iter()
             .map(|f| {
                 let at = f.1.duration_since(first.1).unwrap_or_default();
-                (
-                    at.as_secs_f64(),
-                    f.1.duration_since(f.2).unwrap_or_default(),
-                )
+                (at.as_secs_f64(), delay(f))
             })
             .filter(|&(_, d)| d > budget)
             .collect()
@@ -143,11 +145,7 @@ impl Seen {
 
     /// The median capture-to-arrival time: what a frame takes without a repair.
     pub fn median_delay(&self) -> Duration {
-        let mut d: Vec<Duration> = self
-            .frames
-            .iter()
-            .map(|f| f.1.duration_since(f.2).unwrap_or_default())
-            .collect();
+        let mut d: Vec<Duration> = self.frames.iter().map(delay).collect();
         d.sort_unstable();
         d.get(d.len() / 2).copied().unwrap_or_default()
     }

@@ -98,7 +98,7 @@ pub fn choose(
     // none over 80 ms after the loss's first 0.3 s, in the runs printed frame by frame).
     let repeat = match (mode, class) {
         (_, Class::Control) | (Mode::Redundant, Class::Rtcp | Class::Repair) => {
-            control_repeats(paths, &usable)
+            copies_per_path(paths, &usable)
         }
         _ => 1,
     };
@@ -148,10 +148,11 @@ const CONTROL_LOSS_TARGET: f64 = 1e-5;
 /// Copies of a control datagram per path, at most.
 const MAX_CONTROL_REPEATS: usize = 3;
 
-/// How many copies of a control datagram each path gets: the fewest that make losing
+/// How many copies of a datagram that is repeated (control data; in redundant mode also
+/// NACKs and retransmissions) each path gets: the fewest that make losing
 /// all of them rarer than [`CONTROL_LOSS_TARGET`], at each path's measured loss
 /// ([`Path::loss_for_copies`]; a path with none measured counts as losing 0.1 %).
-fn control_repeats(paths: &[Path], usable: &[usize]) -> usize {
+fn copies_per_path(paths: &[Path], usable: &[usize]) -> usize {
     let all_lost: f64 = usable
         .iter()
         .map(|&i| paths[i].loss_for_copies().clamp(0.001, 0.99))
