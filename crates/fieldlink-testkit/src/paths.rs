@@ -143,11 +143,13 @@ impl Seen {
             .collect()
     }
 
-    /// The median capture-to-arrival time: what a frame takes without a repair.
-    pub fn median_delay(&self) -> Duration {
+    /// The capture-to-arrival time that fraction `q` of the frames took at most: the
+    /// median (0.5) is what a frame takes without a repair, 0.99 what repairs add.
+    pub fn delay_quantile(&self, q: f64) -> Duration {
         let mut d: Vec<Duration> = self.frames.iter().map(delay).collect();
         d.sort_unstable();
-        d.get(d.len() / 2).copied().unwrap_or_default()
+        let i = ((d.len() as f64 * q) as usize).min(d.len().saturating_sub(1));
+        d.get(i).copied().unwrap_or_default()
     }
 
     pub fn longest_gap(&self) -> Duration {

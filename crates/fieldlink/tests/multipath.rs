@@ -220,9 +220,10 @@ async fn redundant_mode_delivers_on_time_with_20_percent_loss_on_both_paths_at_4
     let pct = on as f64 * 100.0 / all.max(1) as f64;
     eprintln!(
         "redundant, 20 % loss on both paths, 40 ms round trip: {on} of {all} frames within \
-         150 ms of capture ({pct:.2} %; median {:?}, late ones {:?}), {} lost, longest gap \
+         150 ms of capture ({pct:.2} %; median {:?}, p99 {:?}, late ones {:?}), {} lost, longest gap \
          {:?}, worst gaps {:?}; control {got}/{sent}; {:.2} bytes sent per byte",
-        seen.median_delay(),
+        seen.delay_quantile(0.5),
+        seen.delay_quantile(0.99),
         seen.late(Duration::from_millis(150)),
         seen.lost(),
         seen.longest_gap(),
@@ -233,10 +234,11 @@ async fn redundant_mode_delivers_on_time_with_20_percent_loss_on_both_paths_at_4
     // Control data (qos 0) is printed, not asserted: the issue asks for none lost in the
     // cut and balanced cases; here at most 3 copies per path (0.2^6 per message once the
     // loss is measured) lost 1 of 1201 in one run of four.
-    // The goal is 99.9 %, met in 8 of 11 runs since repairs are repeated (99.73 and
-    // 99.87 % in the others: frames late at the loss's onset, or keyframes at 150-156 ms),
-    // so this guards what is reached reliably; docs/multipath.md has the runs.
-    assert!(pct >= 99.5, "{pct:.2} % of frames within 150 ms");
+    // The issue's goal. Before a gap lost on both paths was skipped as soon as both had
+    // passed it (it waited the reorder budget, up to 50 ms, holding back the NACK and
+    // FEC's parity) and repairs went twice per path from the loss's first gap, 8 of 11
+    // runs met it; since, 8 of 8 (99.93-100 %). docs/multipath.md has the runs.
+    assert!(pct >= 99.9, "{pct:.2} % of frames within 150 ms");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

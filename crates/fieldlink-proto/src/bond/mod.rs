@@ -41,6 +41,12 @@ pub const KEY_LEN: usize = 32;
 pub const MAX_REORDER: Duration = Duration::from_millis(50);
 /// The shortest: covers two paths of equal delay delivering out of step.
 pub const MIN_REORDER: Duration = Duration::from_millis(5);
+/// A path's highest delivered sequence number speaks for gaps only this long after it
+/// came (see [`Bond::passed_by_all`]).
+const PASSED_MEMORY: Duration = Duration::from_secs(1);
+/// A gap skipped on this side says "loss on every path now" this long (see
+/// [`Bond::send`]); by then the paths' own loss figures have caught up.
+const LOSS_NOW_MEMORY: Duration = Duration::from_secs(1);
 /// A path not yet admitted asks again this often.
 pub const JOIN_INTERVAL: Duration = Duration::from_millis(200);
 /// Datagrams queued for the sockets, at most (beyond: dropped and counted).
@@ -104,6 +110,8 @@ pub struct Bond {
     nonce_count: u64,
     seq: u32,
     reorder: reorder::Reorder,
+    /// When this side last skipped a gap (a datagram lost on every path).
+    gap_skipped_at: Option<Instant>,
     out: VecDeque<Transmit>,
     delivered: VecDeque<Vec<u8>>,
     events: VecDeque<BondEvent>,
@@ -156,6 +164,7 @@ impl Bond {
             nonce_count: 0,
             seq: 0,
             reorder: reorder::Reorder::default(),
+            gap_skipped_at: None,
             out: VecDeque::new(),
             delivered: VecDeque::new(),
             events: VecDeque::new(),
@@ -216,16 +225,24 @@ impl Bond {
 
     /// One datagram to carry (str0m's or FEC's), of `class`.
     pub fn send(&mut self, now: Instant, class: Class, datagram: &[u8]) {
-        let _ = now;
         if self.paths.is_empty() {
             self.unsent += 1;
             return;
         }
         self.carried_bytes += datagram.len() as u64;
+        // Loss on every path is happening now, before the paths' figures show it (a loss
+        // sample needs 10 datagrams and two acks: 100-300 ms at a loss's onset): a
+        // retransmission exists because its original was lost on every path, and so was
+        // a gap this side skipped (whose NACK this RTCP may carry).
+        let loss_now = class == Class::Repair
+            || self
+                .gap_skipped_at
+                .is_some_and(|t| now.saturating_duration_since(t) < LOSS_NOW_MEMORY);
         let mut picks = std::mem::take(&mut self.picks);
         schedule::choose(
             self.mode,
             class,
+            loss_now,
             datagram.len(),
             &mut self.paths,
             &mut self.dup,
@@ -297,10 +314,14 @@ impl Bond {
                     self.refused += 1;
                     return None;
                 };
-                pa.data_received(now);
+                pa.data_received(now, seq);
                 let mut out = Vec::new();
+                let skipped = self.reorder.stats().skipped;
                 self.reorder.push(now, seq, payload, &mut out);
-                self.delivered.extend(out);
+                if let Some(floor) = self.passed_by_all(now) {
+                    self.reorder.passed(floor, &mut out);
+                }
+                self.hand_up(now, skipped, out);
                 None
             }
             (
@@ -438,6 +459,21 @@ impl Bond {
         }
     }
 
+    /// The sequence number every path that may carry data has delivered (or gone past):
+    /// gaps before it are lost, not on their way. `None` while a live path has carried
+    /// nothing lately — it may be the slow one still bringing the gap.
+    fn passed_by_all(&self, now: Instant) -> Option<u32> {
+        let mut floor: Option<u32> = None;
+        for p in self.paths.iter().filter(|p| p.state != PathState::Down) {
+            let seq = p.data_passed(now, PASSED_MEMORY)?;
+            floor = Some(match floor {
+                Some(f) if (f.wrapping_sub(seq) as i32) < 0 => f,
+                _ => seq,
+            });
+        }
+        floor
+    }
+
     /// The longest a gap is waited for now: the spread of the one-way delays of the paths
     /// that may carry data (a recovering one carries copies).
     fn budget(&self) -> Duration {
@@ -506,7 +542,16 @@ impl Bond {
         }
         let mut out = Vec::new();
         let budget = self.budget();
+        let skipped = self.reorder.stats().skipped;
         self.reorder.handle_timeout(now, budget, &mut out);
+        self.hand_up(now, skipped, out);
+    }
+
+    /// Datagrams the reorder released; `skipped`: its count of skipped gaps before.
+    fn hand_up(&mut self, now: Instant, skipped: u64, out: Vec<Vec<u8>>) {
+        if self.reorder.stats().skipped > skipped {
+            self.gap_skipped_at = Some(now);
+        }
         self.delivered.extend(out);
     }
 

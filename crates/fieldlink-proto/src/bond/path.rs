@@ -100,6 +100,8 @@ pub struct Path {
     /// Data datagrams sent / received on this path (wrapping counters on the wire).
     sent: u32,
     received: u32,
+    /// The highest data sequence number received on this path, and when.
+    last_data: Option<(u32, Instant)>,
     sent_bytes: u64,
     downs: u32,
     /// Modes 2 and 3: the rate (bytes/s) this path is given; the paths' shares of what
@@ -144,6 +146,7 @@ impl Path {
             data_loss: 0.0,
             sent: 0,
             received: 0,
+            last_data: None,
             sent_bytes: 0,
             downs: 0,
             weight: 1.0,
@@ -209,9 +212,22 @@ impl Path {
         }
     }
 
-    pub fn data_received(&mut self, now: Instant) {
+    pub fn data_received(&mut self, now: Instant, seq: u32) {
         self.received = self.received.wrapping_add(1);
+        match self.last_data {
+            // Older than the highest (reordered on the path, or a repeated copy).
+            Some((high, _)) if (seq.wrapping_sub(high) as i32) < 0 => {}
+            _ => self.last_data = Some((seq, now)),
+        }
         self.heard(now);
+    }
+
+    /// The highest data sequence number this path delivered, if it carried data within
+    /// `within` (a path the sender stopped using tells nothing about later gaps).
+    pub fn data_passed(&self, now: Instant, within: Duration) -> Option<u32> {
+        self.last_data
+            .filter(|(_, at)| now.saturating_duration_since(*at) < within)
+            .map(|(seq, _)| seq)
     }
 
     pub fn data_sent(&mut self, bytes: usize) {

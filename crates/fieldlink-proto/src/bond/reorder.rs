@@ -132,6 +132,18 @@ impl Reorder {
         }
     }
 
+    /// Every path that carries data has delivered `seq` or later. A path keeps its
+    /// datagrams' order, so a gap before `seq` was lost on every path it was sent on:
+    /// waiting longer for it would only hold back what came after it (a repair is asked
+    /// for once the layer above sees the gap). Skipped, not dropped: should it come after
+    /// all (a path that reordered), it is handed up late as after a timeout.
+    pub fn passed(&mut self, seq: u32, out: &mut Vec<Vec<u8>>) {
+        let pos = self.extend(seq);
+        while self.base < pos && self.held.first_key_value().is_some_and(|(&k, _)| k <= pos) {
+            self.skip_to_first_held(out);
+        }
+    }
+
     /// When the oldest held datagram's wait ends.
     pub fn poll_timeout(&self, budget: Duration) -> Option<Instant> {
         self.held.first_key_value().map(|(_, (at, _))| *at + budget)
@@ -242,6 +254,24 @@ mod tests {
         assert_eq!(run(&mut r, t + budget, &[2, 5, 2]), [2, 5]);
         let s = r.stats();
         assert_eq!((s.late, s.duplicates, s.delivered), (1, 1, 4));
+    }
+
+    #[test]
+    fn a_gap_every_path_has_passed_is_not_waited_for() {
+        let t = Instant::now();
+        let mut r = Reorder::default();
+        assert_eq!(run(&mut r, t, &[1, 3, 4, 6, 7]), [1]);
+        let mut out = Vec::new();
+        // Every path has delivered 4 or later: 2 is lost, 5 may still come.
+        r.passed(4, &mut out);
+        assert_eq!(out, [3u32.to_be_bytes(), 4u32.to_be_bytes()]);
+        assert_eq!(r.stats().skipped, 1);
+        r.passed(4, &mut out);
+        assert_eq!(out.len(), 2, "nothing more before 4");
+        assert_eq!(run(&mut r, t, &[5]), [5, 6, 7]);
+        // A path that reordered: 2 comes after all, handed up late, once.
+        assert_eq!(run(&mut r, t, &[2, 2]), [2]);
+        assert_eq!(r.stats().late, 1);
     }
 
     #[test]

@@ -262,6 +262,89 @@ fn redundant_mode_loses_nothing_when_a_path_is_cut_again_and_again() {
 }
 
 #[test]
+fn a_datagram_lost_on_every_path_holds_back_nothing_once_every_path_has_passed_it() {
+    // Every 20th datagram is lost on both paths. What follows it must not wait for the
+    // reorder budget (the paths' spread, 40 ms of round trip here, + 5 ms): once the
+    // slower path has brought a later datagram, the gap is known lost.
+    let mut net = Net::new(Mode::Redundant, &[10, 30]);
+    net.run(300, |_| {});
+    let mut n = 0u32;
+    let mut sent_ms = BTreeMap::new();
+    net.run(2000, |net| {
+        n += 1;
+        for l in &mut net.up {
+            l.drop = None;
+        }
+        if n.is_multiple_of(5) {
+            if n.is_multiple_of(100) {
+                for l in &mut net.up {
+                    l.drop = Some(|_, _| true);
+                }
+            }
+            let now = net.now();
+            net.dev.send(now, Class::Video, &datagram(n));
+            sent_ms.insert(n, net.ms);
+        }
+    });
+    net.run(100, |_| {});
+    let got = Net::numbered(&net.at_server);
+    assert_eq!(got.len(), 400 - 20);
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "in order");
+    let slowest = got
+        .iter()
+        .zip(&net.at_server_ms)
+        .map(|(d, at)| at - sent_ms[d])
+        .max();
+    assert_eq!(
+        slowest,
+        Some(30),
+        "no datagram waited beyond the slower path's delay"
+    );
+    // The last lost one (2000) has nothing after it to be skipped for.
+    assert_eq!(net.srv.stats().reorder.skipped, 19);
+}
+
+#[test]
+fn rtcp_goes_twice_per_path_for_a_second_after_a_gap_lost_on_every_path() {
+    let mut net = Net::new(Mode::Redundant, &[10, 10]);
+    net.run(300, |_| {});
+    let rtcp = |n: u8| {
+        let mut d = vec![0x80, 201, 0, 1];
+        d.extend([n; 40]);
+        d
+    };
+    // Clean paths: the server's RTCP goes once per path.
+    let sent = |net: &mut Net, n: u8| {
+        net.srv.send(net.now(), Class::Rtcp, &rtcp(n));
+        let mut per_path = [0; 2];
+        while let Some(t) = net.srv.poll_transmit() {
+            if t.data.len() > 40 {
+                per_path[t.path as usize] += 1;
+            }
+        }
+        per_path
+    };
+    assert_eq!(sent(&mut net, 1), [1, 1]);
+    // A device datagram lost on both paths, then the next: the server skips the gap.
+    let mut n = 0u32;
+    net.run(50, |net| {
+        n += 1;
+        for l in &mut net.up {
+            l.drop = if n == 10 { Some(|_, _| true) } else { None };
+        }
+        if n.is_multiple_of(5) {
+            let now = net.now();
+            net.dev.send(now, Class::Video, &datagram(n));
+        }
+    });
+    assert_eq!(net.srv.stats().reorder.skipped, 1);
+    assert_eq!(sent(&mut net, 2), [2, 2]);
+    // A second later, with no more gaps: once again.
+    net.run(1000, |_| {});
+    assert_eq!(sent(&mut net, 3), [1, 1]);
+}
+
+#[test]
 fn a_path_goes_down_within_300_ms_of_silence() {
     let mut net = Net::new(Mode::Redundant, &[10, 10]);
     net.run(500, |_| {});
