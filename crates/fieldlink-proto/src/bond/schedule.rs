@@ -281,53 +281,22 @@ mod tests {
     #[test]
     fn repairs_go_twice_per_path_while_loss_is_seen_before_it_is_measured() {
         let mut ps = paths(2);
-        let (mut dup, mut out) = (0.0, Vec::new());
+        let picks = |mode, class, ps: &mut [Path]| {
+            let (mut dup, mut out) = (0.0, Vec::new());
+            choose(mode, class, true, 100, ps, &mut dup, &mut out);
+            out
+        };
         for class in [Class::Repair, Class::Rtcp] {
-            choose(
-                Mode::Redundant,
-                class,
-                true,
-                100,
-                &mut ps,
-                &mut dup,
-                &mut out,
-            );
-            assert_eq!(out, [0, 1, 0, 1], "{class:?}");
-            // Not in balanced mode, and not what is not a repair.
-            choose(
-                Mode::Balanced,
-                class,
-                true,
-                100,
-                &mut ps,
-                &mut dup,
-                &mut out,
-            );
-            assert_eq!(out, [0, 1], "{class:?}");
+            assert_eq!(picks(Mode::Redundant, class, &mut ps), [0, 1, 0, 1]);
+            // Not in balanced mode.
+            assert_eq!(picks(Mode::Balanced, class, &mut ps), [0, 1]);
         }
-        choose(
-            Mode::Redundant,
-            Class::Video,
-            true,
-            100,
-            &mut ps,
-            &mut dup,
-            &mut out,
-        );
-        assert_eq!(out, [0, 1]);
+        // Not what is not a repair.
+        assert_eq!(picks(Mode::Redundant, Class::Video, &mut ps), [0, 1]);
         // Measured loss asking for more wins.
         ps[0].data_loss = 0.2;
         ps[1].data_loss = 0.2;
-        choose(
-            Mode::Redundant,
-            Class::Repair,
-            true,
-            100,
-            &mut ps,
-            &mut dup,
-            &mut out,
-        );
-        assert_eq!(out.len(), 6);
+        assert_eq!(picks(Mode::Redundant, Class::Repair, &mut ps).len(), 6);
     }
 
     #[test]
