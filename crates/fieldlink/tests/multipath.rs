@@ -237,7 +237,7 @@ async fn redundant_mode_delivers_on_time_with_20_percent_loss_on_both_paths_at_4
     // The goal. Before a gap lost on both paths was skipped as soon as both had
     // passed it (it waited the reorder budget, up to 50 ms, holding back the NACK and
     // FEC's parity) and repairs went twice per path from the loss's first gap, 8 of 11
-    // runs met it; since, 8 of 8 (99.93-100 %). docs/multipath.md has the runs.
+    // runs met it; since, 9 of 9 (99.93-100 %). docs/multipath.md has the runs.
     assert!(pct >= 99.9, "{pct:.2} % of frames within 150 ms");
 }
 
