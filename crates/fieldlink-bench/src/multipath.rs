@@ -128,6 +128,7 @@ fn setup(case: &str, secs: u64, cuts: u64, clips: &Clips) -> Setup {
             mode: Mode::Redundant,
             secs: secs * 2,
             delay_ms: 20,
+            settle_loss: [20, 20],
             ..base
         },
         "aggregate" => Setup {
@@ -158,10 +159,6 @@ fn plan(case: &str, net: &TestNet, s: u64) {
             _ => {}
         },
         "loss40" if s == 0 => net.set_loss(0, 40),
-        "loss20" if s == 0 => {
-            net.set_loss(0, 20);
-            net.set_loss(1, 20);
-        }
         "balanced" if s == 0 => {
             net.set_loss(0, 5);
             net.set_loss(1, 5);

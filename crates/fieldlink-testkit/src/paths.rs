@@ -217,6 +217,10 @@ pub struct Setup {
     /// One-way delay added to both paths each way, ms (0: none): the server is reached
     /// through a relay (`common::relay`) that delays the field device's datagrams.
     pub delay_ms: u32,
+    /// Random loss on each path, %, from when the remote plays: through the 5-s settle
+    /// and the measured seconds, so these measure a loss the device lives with, not its
+    /// onset (what `plan` changes at a measured second is an onset).
+    pub settle_loss: [u32; 2],
 }
 
 impl Default for Setup {
@@ -228,6 +232,7 @@ impl Default for Setup {
             shape: [None, None],
             file: None,
             delay_ms: 0,
+            settle_loss: [0, 0],
         }
     }
 }
@@ -248,6 +253,7 @@ pub async fn run_paths<P: Platform, F: Future<Output = Result<P, P::Error>>>(
         shape,
         file,
         delay_ms,
+        settle_loss,
     } = setup;
     net.add_path();
     for (i, kbps) in shape.iter().enumerate() {
@@ -371,6 +377,11 @@ pub async fn run_paths<P: Platform, F: Future<Output = Result<P, P::Error>>>(
     while r.permission(&gwid) != fieldlink_sdk::Permission::Master {
         assert!(tokio::time::Instant::now() < deadline, "not master");
         crate::drain(&mut re, Duration::from_millis(50)).await;
+    }
+    for (i, pct) in settle_loss.into_iter().enumerate() {
+        if pct > 0 {
+            net.set_loss(i, pct);
+        }
     }
     // Five seconds to settle: the paths' probes, and the source's start (its picture
     // size steps up once the estimator has found the links: a new keyframe).
