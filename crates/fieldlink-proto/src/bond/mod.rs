@@ -467,7 +467,7 @@ impl Bond {
         for p in self.paths.iter().filter(|p| p.state != PathState::Down) {
             let seq = p.data_passed(now, PASSED_MEMORY)?;
             floor = Some(match floor {
-                Some(f) if (f.wrapping_sub(seq) as i32) < 0 => f,
+                Some(f) if reorder::seq_before(f, seq) => f,
                 _ => seq,
             });
         }

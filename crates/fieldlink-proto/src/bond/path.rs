@@ -216,7 +216,7 @@ impl Path {
         self.received = self.received.wrapping_add(1);
         match self.last_data {
             // Older than the highest (reordered on the path, or a repeated copy).
-            Some((high, _)) if (seq.wrapping_sub(high) as i32) < 0 => {}
+            Some((high, _)) if super::reorder::seq_before(seq, high) => {}
             _ => self.last_data = Some((seq, now)),
         }
         self.heard(now);

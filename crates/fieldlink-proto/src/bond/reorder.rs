@@ -13,6 +13,11 @@ const WINDOW: u32 = 8192;
 /// Datagrams held waiting for a gap, at most (beyond: the oldest gap is skipped).
 const MAX_HELD: usize = 1024;
 
+/// Sequence number `a` comes before `b` (32-bit numbers that wrap: the nearer way round).
+pub fn seq_before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ReorderStats {
     pub delivered: u64,
