@@ -35,6 +35,18 @@ pub const QUEUE_CUT: Duration = Duration::from_millis(35);
 pub const QUEUE_CUT_TO: f64 = 0.85;
 pub const QUEUE_CUT_EVERY: Duration = Duration::from_secs(1);
 
+/// A cut is sized to drain the queue it sees within this (down to [`QUEUE_CUT_FLOOR`]):
+/// at 0.85 × a source that had overshot a 400 kbit/s link by 17 % still filled it, and
+/// the queue (100+ ms) stood for the second until the next cut, every frame in it late.
+pub const QUEUE_DRAIN: Duration = Duration::from_millis(500);
+pub const QUEUE_CUT_FLOOR: f64 = 0.6;
+
+/// Within [`QUEUE_CUT_EVERY`], a queue that has grown this much since the last cut, at
+/// least [`QUEUE_RECUT_AFTER`] later (a report's round trip after the encoder took the
+/// cut), cuts again: the last cut was not enough.
+pub const QUEUE_GROWTH: Duration = Duration::from_millis(20);
+pub const QUEUE_RECUT_AFTER: Duration = Duration::from_millis(300);
+
 /// From 5 % below the rate at which a queue last held or cut the target, raises slow to
 /// this (the link was there last time, as TCP CUBIC reasons): at [`RAISE_PER_S`] the
 /// source crossed it faster than the queue could be seen, every 7–8 s behind 400 kbit/s.
@@ -49,8 +61,8 @@ pub struct Follower {
     at: Option<Instant>,
     /// When the first estimate came.
     first: Option<Instant>,
-    /// When the queue last cut the target.
-    cut: Option<Instant>,
+    /// When the queue last cut the target, and how long the queue was then.
+    cut: Option<(Instant, Duration)>,
     /// The target when a queue last held or cut it ([`RAISE_NEAR_PER_S`]), and when.
     ceiling: Option<f64>,
     queued: Option<Instant>,
@@ -82,18 +94,32 @@ impl Follower {
         if queue < QUEUE_HOLD && !self.starting(now) {
             self.settled = true;
         }
-        if queue >= QUEUE_CUT
-            && self.kbps > 0.0
-            && self
-                .cut
-                .is_none_or(|t| now.saturating_duration_since(t) >= QUEUE_CUT_EVERY)
-        {
-            self.cut = Some(now);
-            if self.sets_ceiling(now) {
+        // `Some(true)`: a new queue; `Some(false)`: the last cut's queue, still growing.
+        let cut = match self.cut {
+            _ if queue < QUEUE_CUT || self.kbps <= 0.0 => None,
+            None => Some(true),
+            Some((t, _)) if now.saturating_duration_since(t) >= QUEUE_CUT_EVERY => Some(true),
+            Some((t, q)) => (now.saturating_duration_since(t) >= QUEUE_RECUT_AFTER
+                && queue >= q + QUEUE_GROWTH)
+                .then_some(false),
+        };
+        if let Some(new_queue) = cut {
+            self.cut = Some((now, queue));
+            // The rate where the queue formed is the ceiling, not a recut's lower one.
+            if new_queue && self.sets_ceiling(now) {
                 self.ceiling = Some(self.kbps);
                 self.queued = Some(now);
             }
-            self.kbps = share.min(self.kbps * QUEUE_CUT_TO);
+            let to = (1.0 - queue.as_secs_f64() / QUEUE_DRAIN.as_secs_f64())
+                .clamp(QUEUE_CUT_FLOOR, QUEUE_CUT_TO);
+            tracing::debug!(
+                queue_ms = queue.as_millis() as u64,
+                from = self.kbps as u32,
+                to = share.min(self.kbps * to) as u32,
+                recut = !new_queue,
+                "queue cut"
+            );
+            self.kbps = share.min(self.kbps * to);
             self.at = Some(now);
             return self.kbps as u32;
         }
@@ -149,7 +175,7 @@ mod tests {
         let mut f = Follower::default();
         f.follow(300, None, t0);
         // The first keyframes' queue cuts, but the link was not found there.
-        let q = Some(Duration::from_millis(80));
+        let q = Some(Duration::from_millis(40));
         assert_eq!(f.follow(900, q, t0 + Duration::from_secs(1)), 255);
         // Past START, up at the full rate (15 %/s), not the slow one.
         let t = t0 + START;
@@ -163,7 +189,7 @@ mod tests {
         let t0 = Instant::now();
         let mut f = Follower::default();
         f.follow(300, None, t0);
-        let q = Some(Duration::from_millis(80));
+        let q = Some(Duration::from_millis(40));
         // The start's queue lasts past START: cut, cut, but no ceiling.
         let mut t = t0 + START;
         for _ in 0..3 {
@@ -196,7 +222,7 @@ mod tests {
             800
         );
         // A long one: cut, not again within a second, then again.
-        let q = Some(Duration::from_millis(80));
+        let q = Some(Duration::from_millis(40));
         assert_eq!(f.follow(2000, q, t + Duration::from_secs(2)), 680);
         assert_eq!(f.follow(2000, q, t + Duration::from_millis(2700)), 680);
         assert_eq!(f.follow(2000, q, t + Duration::from_millis(3000)), 578);
@@ -207,6 +233,25 @@ mod tests {
             k = f.follow(2000, None, t + Duration::from_millis(3000 + 40 * i));
         }
         assert!((680..=700).contains(&k), "{k}");
+    }
+
+    #[test]
+    fn a_long_queue_cuts_deeper_and_a_growing_one_again() {
+        let t0 = Instant::now();
+        let mut f = Follower::default();
+        f.follow(500, None, t0);
+        let t = t0 + START;
+        assert_eq!(f.follow(500, Some(Duration::ZERO), t), 500);
+        // 150 ms of queue: drained within half a second needs 0.7 ×.
+        let ms = |m| Some(Duration::from_millis(m));
+        assert_eq!(f.follow(500, ms(150), t + Duration::from_secs(1)), 350);
+        // Too soon, or not grown by 20 ms: no second cut.
+        assert_eq!(f.follow(500, ms(200), t + Duration::from_millis(1200)), 350);
+        assert_eq!(f.follow(500, ms(165), t + Duration::from_millis(1400)), 350);
+        // Grown: cut again within the second, as deep as its queue asks (floor 0.6).
+        assert_eq!(f.follow(500, ms(400), t + Duration::from_millis(1400)), 210);
+        // The ceiling is where the first queue formed, not the recut's rate.
+        assert_eq!(f.ceiling, Some(500.0));
     }
 
     #[test]
