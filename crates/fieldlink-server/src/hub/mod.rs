@@ -27,6 +27,7 @@ mod peer;
 mod quality;
 mod receivers;
 mod sessions;
+mod udp_out;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -72,6 +73,7 @@ pub fn spawn(
         pool,
         fec,
         socket,
+        out: udp_out::UdpOut::new(),
         candidate_addr,
         next_conn: 1,
         clients: HashMap::new(),
@@ -132,6 +134,8 @@ struct Arrived {
 /// The task's state: every table the modules of the hub work on.
 struct Hub {
     socket: UdpSocket,
+    /// How peers' datagrams leave on `socket` (GSO batches).
+    out: udp_out::UdpOut,
     /// The media threads (`[webrtc] media_threads` > 1): batches of peers are polled on
     /// them at once ([`Hub::poll_all`]); `None` = on this task.
     pool: Option<rayon::ThreadPool>,

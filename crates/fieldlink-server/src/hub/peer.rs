@@ -391,12 +391,12 @@ impl Hub {
             .iter()
             .filter_map(|c| Some((*c, self.clients.get_mut(c)?.peer.take()?)))
             .collect();
-        let socket = &self.socket;
+        let (socket, out) = (&self.socket, &self.out);
         let events: Vec<Vec<PeerEvent>> = pool.install(|| {
             use rayon::prelude::*;
             taken
                 .par_iter_mut()
-                .map(|(_, p)| poll_peer(p, socket))
+                .map(|(_, p)| poll_peer(p, socket, out))
                 .collect()
         });
         taken
@@ -498,9 +498,9 @@ impl Hub {
 
     /// Runs the shared driving loop on one peer ([`poll_peer`]).
     pub(super) fn poll_one(&mut self, conn: ConnId) -> Vec<PeerEvent> {
-        let socket = &self.socket;
+        let (socket, out) = (&self.socket, &self.out);
         match self.clients.get_mut(&conn).and_then(|c| c.peer.as_mut()) {
-            Some(peer) => poll_peer(peer, socket),
+            Some(peer) => poll_peer(peer, socket, out),
             None => Vec::new(),
         }
     }
@@ -509,18 +509,20 @@ impl Hub {
 /// Runs the shared driving loop on one peer: datagrams out on the hub's socket, the
 /// events the hub acts on collected for [`Hub::poll_all`]. Touches nothing but the peer
 /// (and the socket, which any thread may send on), so peers can be polled in parallel.
-fn poll_peer(peer: &mut Peer, socket: &tokio::net::UdpSocket) -> Vec<PeerEvent> {
+fn poll_peer(
+    peer: &mut Peer,
+    socket: &tokio::net::UdpSocket,
+    out: &super::udp_out::UdpOut,
+) -> Vec<PeerEvent> {
     let mut events = Vec::new();
+    let mut batch = out.batch(socket);
     peer.flush_reliable();
     let reliable = peer.channels[Qos::Reliable as usize];
     let pending = &mut peer.pending_reliable;
     let polled = fieldlink_rtc::drive_wire(
         &mut peer.rtc,
         &mut peer.wire,
-        // UDP: a full socket buffer means loss, which WebRTC repairs or tolerates.
-        |data, dest, _path| {
-            let _ = socket.try_send_to(data, dest);
-        },
+        |data, dest, _path| batch.push(data, dest),
         |rtc, e| {
             match e {
                 Event::ChannelOpen(cid, label) => {
@@ -552,6 +554,7 @@ fn poll_peer(peer: &mut Peer, socket: &tokio::net::UdpSocket) -> Vec<PeerEvent> 
             ControlFlow::Continue(())
         },
     );
+    batch.flush();
     match polled {
         Polled::Timeout(t) => peer.next_timeout = t,
         Polled::Stopped => {}
