@@ -109,14 +109,15 @@ impl Follower {
                 self.ceiling = Some(self.kbps);
                 self.queued = Some(now);
             }
+            let to = share.min(self.kbps * QUEUE_CUT_TO);
             tracing::debug!(
                 queue_ms = queue.as_millis() as u64,
                 from = self.kbps as u32,
-                to = share.min(self.kbps * QUEUE_CUT_TO) as u32,
+                to = to as u32,
                 recut = !new_queue,
                 "queue cut"
             );
-            self.kbps = share.min(self.kbps * QUEUE_CUT_TO);
+            self.kbps = to;
             self.at = Some(now);
             return self.kbps as u32;
         }
