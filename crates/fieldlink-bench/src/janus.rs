@@ -23,6 +23,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use fieldlink_media::annexb::{h264_nal_type, nal_units};
+use fieldlink_media::packetize::packetize;
+use fieldlink_media::VideoCodec;
 use fieldlink_rtc::Polled;
 
 use crate::sfu::{measure, Clip, Counts, Figures, Load, PacketLog, ProbeThread, FPS};
@@ -186,32 +188,6 @@ loggers: {{
     Ok(running)
 }
 
-/// RFC 6184 payloads of one access unit: a NAL unit that fits goes alone, a bigger one
-/// in FU-A fragments.
-fn packetize(au: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for nal in nal_units(au) {
-        let Some((&head, body)) = nal.split_first() else {
-            continue;
-        };
-        if nal.len() <= RTP_PAYLOAD {
-            out.push(nal.to_vec());
-            continue;
-        }
-        let chunks: Vec<&[u8]> = body.chunks(RTP_PAYLOAD - 2).collect();
-        for (i, c) in chunks.iter().enumerate() {
-            let mut p = Vec::with_capacity(c.len() + 2);
-            p.push((head & 0xE0) | 28);
-            let start = if i == 0 { 0x80 } else { 0 };
-            let end = if i + 1 == chunks.len() { 0x40 } else { 0 };
-            p.push(start | end | (head & 0x1F));
-            p.extend_from_slice(c);
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// Sends the clip to the mountpoint as RTP at 25 fps, noting each packet, until `stop`.
 async fn publish(
     from: std::net::IpAddr,
@@ -230,7 +206,7 @@ async fn publish(
         tick.tick().await;
         let (au, _) = &clip[frame as usize % clip.len()];
         let ts = frame.wrapping_mul(90_000 / FPS);
-        let payloads = packetize(au);
+        let payloads = packetize(VideoCodec::H264, au, RTP_PAYLOAD);
         let last = payloads.len().saturating_sub(1);
         for (i, p) in payloads.iter().enumerate() {
             let mut pkt = Vec::with_capacity(12 + p.len());

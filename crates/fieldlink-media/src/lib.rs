@@ -1,10 +1,11 @@
 //! Media helpers with no I/O: Annex-B NAL unit splitting, keyframe detection for H.264 and
-//! H.265, and the fieldlink frame-metadata SEI (stream id, frame counter, capture time)
+//! H.265, RTP packetization of access units, and the fieldlink frame-metadata SEI (stream id, frame counter, capture time)
 //! that the test-pattern source puts in every access unit.
 
 pub mod annexb;
 pub mod fmp4;
 pub mod g711;
+pub mod packetize;
 pub mod ps;
 pub mod sei;
 

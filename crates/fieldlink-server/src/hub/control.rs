@@ -46,6 +46,7 @@ impl Hub {
             Qos::Reliable if sender.paced.is_empty() && sender.limiter.try_acquire(now) => true,
             Qos::Reliable if sender.paced.len() < MAX_PACED => {
                 sender.paced.push_back(data);
+                self.paced.insert(from);
                 self.metrics.control(qos, ControlOutcome::Paced);
                 return Vec::new();
             }
@@ -65,13 +66,7 @@ impl Hub {
 
     /// Releases paced reliable messages whose turn has come.
     pub(super) fn drive_paced(&mut self, now: Instant) -> Vec<ConnId> {
-        // Only peers have data channels, so only they have paced control data.
-        let senders: Vec<ConnId> = self
-            .peers
-            .iter()
-            .filter(|id| self.clients.get(id).is_some_and(|c| !c.paced.is_empty()))
-            .copied()
-            .collect();
+        let senders: Vec<ConnId> = self.paced.iter().copied().collect();
         let mut touched = Vec::new();
         for from in senders {
             while let Some(data) = self.clients.get_mut(&from).and_then(|c| {
@@ -86,6 +81,9 @@ impl Hub {
                         touched.push(t);
                     }
                 }
+            }
+            if self.clients.get(&from).is_none_or(|c| c.paced.is_empty()) {
+                self.paced.remove(&from);
             }
         }
         touched

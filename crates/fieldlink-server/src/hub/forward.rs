@@ -5,12 +5,14 @@
 //! passthrough cameras from the cached group of pictures, paced. Does not change which
 //! stream a receiver wants, except to fail one that cannot take the stream's codec.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::format::PayloadParams;
-use str0m::media::{Frequency, KeyframeRequestKind, MediaData, MediaTime};
-use str0m::rtp::AbsCaptureTime;
+use str0m::media::{Frequency, KeyframeRequestKind, MediaData};
+use str0m::rtp::{AbsCaptureTime, ExtensionValues, RtpWrite};
 
+use fieldlink_media::packetize::packetize;
 use fieldlink_media::VideoCodec;
 use fieldlink_proto::{DeviceId, Role, StreamState};
 
@@ -90,14 +92,32 @@ pub(super) fn receiver_pt(
     writer.payload_params().any(|p| p.pt() == pt).then_some(pt)
 }
 
-/// Writes one frame to receiver `fd` of `peer` at `out_t` (90 kHz); false if it could
-/// not (no such m-line, media not set up, or not a codec the receiver negotiated).
-/// `source`: a WebRTC source's parameters; without them the frame is an external
-/// source's in `codec`.
+/// The most bytes of one RTP payload: what str0m's own packetizer allows at its default
+/// MTU (the datagram target less the SRTP tag, down to a whole SRTP block), so forwarded
+/// packets are the size they were when str0m packetized each receiver's frames.
+pub(super) const RTP_PAYLOAD_MAX: usize = {
+    const SRTP_TAG: usize = 16;
+    let rtp = str0m::DATAGRAM_MTU_TARGET - SRTP_TAG;
+    rtp - rtp % 16
+};
+
+/// A frame's RTP payloads ([`packetize`]), made once however many receivers take it.
+pub(super) fn payloads_of(data: &[u8], codec: VideoCodec) -> Vec<Arc<[u8]>> {
+    packetize(codec, data, RTP_PAYLOAD_MAX)
+}
+
+/// Writes one frame, as its RTP `payloads`, to receiver `fd` of `peer` at `out_t` (90 kHz);
+/// false if it could not (no such m-line, media not set up, not a codec the receiver
+/// negotiated, or nothing to write). `source`: a WebRTC source's parameters; without them
+/// the frame is an external source's in `codec`.
+///
+/// The payloads are shared by every receiver of the frame (packetizing once per frame, not
+/// once per receiver, was the largest user-space cost of forwarding); each receiver's
+/// stream numbers them in its own sequence ([`Peer::video_seq`]).
 pub(super) fn write_frame(
     peer: &mut Peer,
     fd: usize,
-    data: &std::sync::Arc<[u8]>,
+    payloads: &[Arc<[u8]>],
     out_t: u64,
     source: Option<&(PayloadParams, Instant, Option<AbsCaptureTime>)>,
     codec: VideoCodec,
@@ -105,27 +125,50 @@ pub(super) fn write_frame(
     let Some(mid) = peer.video_mids.get(fd).copied() else {
         return false;
     };
-    let Some(writer) = peer.rtc.writer(mid) else {
+    let pt = {
+        let Some(writer) = peer.rtc.writer(mid) else {
+            return false;
+        };
+        match source {
+            Some((params, _, _)) => receiver_pt(&writer, *params),
+            None => external_pt(&writer, codec),
+        }
+    };
+    let (Some(pt), Some(seq)) = (pt, peer.video_seq.get_mut(fd)) else {
         return false;
     };
-    let pt = match source {
-        Some((params, _, _)) => receiver_pt(&writer, *params),
-        None => external_pt(&writer, codec),
-    };
-    let Some(pt) = pt else {
+    if payloads.is_empty() {
         return false;
-    };
+    }
     let (arrived, capture) = match source {
         Some((_, at, act)) => (*at, *act),
         None => (Instant::now(), None),
     };
-    let writer = match capture {
-        Some(act) => writer.abs_capture_time(act),
-        None => writer,
+    let mut api = peer.rtc.direct_api();
+    let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+        return false;
     };
-    writer
-        .write(pt, arrived, MediaTime::from_90khz(out_t), data.clone())
-        .is_ok()
+    // RTP time is the low 32 bits of the 90 kHz output time.
+    let time = out_t as u32;
+    let last = payloads.len() - 1;
+    for (i, p) in payloads.iter().enumerate() {
+        let mut w = RtpWrite::new(pt, (*seq).into(), time, arrived, p.clone())
+            .marker(i == last)
+            .nackable(true);
+        if i == 0 {
+            // The capture time goes with a frame's first packet, as str0m's packetizer
+            // puts it.
+            if let Some(act) = capture {
+                w = w.ext_vals(ExtensionValues {
+                    abs_capture_time: Some(act),
+                    ..Default::default()
+                });
+            }
+        }
+        tx.write_rtp(w);
+        *seq += 1;
+    }
+    true
 }
 
 /// The receiver's own payload type for `codec` (H.264: packetization mode 1 preferred),
@@ -256,7 +299,7 @@ impl Hub {
         &mut self,
         field: &DeviceId,
         stream: u32,
-        data: &std::sync::Arc<[u8]>,
+        data: &Arc<[u8]>,
         in_t: u64,
         source: Option<(PayloadParams, Instant, Option<AbsCaptureTime>)>,
         codec: VideoCodec,
@@ -297,6 +340,7 @@ impl Hub {
         }
         let mut written = Vec::new();
         let mut msgs = Vec::new();
+        let mut payloads = None;
         for conn in members {
             let Some(c) = self.clients.get_mut(&conn) else {
                 continue;
@@ -364,7 +408,8 @@ impl Hub {
                     }
                     continue;
                 }
-                if write_frame(peer, fd, data, out_t, source.as_ref(), codec) {
+                let payloads = payloads.get_or_insert_with(|| payloads_of(data, codec));
+                if write_frame(peer, fd, payloads, out_t, source.as_ref(), codec) {
                     r.sent += 1;
                     self.metrics.frames_forwarded.inc();
                     self.metrics.bytes_forwarded.inc_by(data.len() as u64);
@@ -457,7 +502,7 @@ impl Hub {
                     if write_frame(
                         peer,
                         fd,
-                        &f.data,
+                        &payloads_of(&f.data, codec),
                         out_t,
                         Some(&(f.params, now, None)),
                         codec,

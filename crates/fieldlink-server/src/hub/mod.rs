@@ -15,7 +15,8 @@
 //! - `control`: control-data limits, pacing and delivery;
 //! - `diag`: session diagnostics (starting one, joining both sides' parts, the report);
 //! - `quality`: each playing receiver's connection quality, scored every 2 s;
-//! - `peer`: the str0m peer connections (offers, UDP in, timeouts, polling).
+//! - `peer`: the str0m peer connections (offers, UDP in, timeouts, polling);
+//! - `timers`: when each peer wants its next timeout (a heap, not a scan of every peer).
 
 mod audio;
 mod cmd;
@@ -27,6 +28,7 @@ mod peer;
 mod quality;
 mod receivers;
 mod sessions;
+mod timers;
 mod udp_out;
 
 use std::collections::{HashMap, VecDeque};
@@ -90,6 +92,8 @@ pub fn spawn(
         next_diag: 0,
         quality_due: Instant::now() + quality::EVERY,
         peers: Default::default(),
+        timers: Default::default(),
+        paced: Default::default(),
         remotes: Default::default(),
         demand: HashMap::new(),
     };
@@ -164,9 +168,13 @@ struct Hub {
     /// When the receivers are scored next.
     quality_due: Instant,
     /// The clients with a WebRTC peer: the only ones with timeouts, paced control data
-    /// and receivers, so the loop's scans visit these, not the (maybe 100 000) GB28181
-    /// cameras among the clients.
+    /// and receivers, so the scans that must visit every peer visit these, not the (maybe
+    /// 100 000) GB28181 cameras among the clients.
     peers: std::collections::BTreeSet<ConnId>,
+    /// The peers' next timeouts, soonest first.
+    timers: timers::PeerTimers,
+    /// The clients with paced control data waiting (`control`).
+    paced: std::collections::BTreeSet<ConnId>,
     /// The remote clients: the only ones with receivers and the ones told presence.
     remotes: std::collections::BTreeSet<ConnId>,
     /// The demand last computed per field device (non-empty only), to tell external
@@ -179,14 +187,12 @@ impl Hub {
         let mut buf = vec![0u8; 2048];
         loop {
             let now = Instant::now();
-            let with_peers = || self.peers.iter().filter_map(|c| self.clients.get(c));
-            let next = with_peers()
-                .filter_map(|c| c.peer.as_ref().map(|p| p.next_timeout))
-                .chain(
-                    with_peers()
-                        .filter(|c| !c.paced.is_empty())
-                        .map(|c| c.limiter.next_free(now)),
-                )
+            let next = self
+                .paced
+                .iter()
+                .filter_map(|c| self.clients.get(c))
+                .map(|c| c.limiter.next_free(now))
+                .chain(self.timers.next())
                 .chain(self.keyframe_rescan)
                 .chain(self.replay_due)
                 .chain(self.next_diag_due())

@@ -38,6 +38,10 @@ pub(super) struct Peer {
     pub(super) rtc: Rtc,
     /// Video m-lines by index: a field's stream ids, or a remote's conn_fds.
     pub(super) video_mids: Vec<Mid>,
+    /// Remote: per video m-line, the next RTP sequence number of what is written to it
+    /// (the hub writes RTP packets, `forward::write_frame`; it starts at random as RFC
+    /// 3550 asks, below 65 536 so the SRTP rollover counter starts at 0).
+    pub(super) video_seq: Vec<u64>,
     /// Field: per stream, when a keyframe was asked for and none has come since.
     pub(super) keyframe_asked: Vec<Option<Instant>>,
     /// Field: per stream, its source's state (and last group of pictures, if kept).
@@ -161,6 +165,7 @@ impl Hub {
             }
         }
         self.peers.insert(conn);
+        self.timers.schedule(conn, now);
         let mut wire = Wire::new(fec);
         let mut grant = None;
         self.by_bond.retain(|_, c| *c != conn);
@@ -185,6 +190,10 @@ impl Hub {
             audio,
             keyframe_asked: vec![None; mids.len()],
             sources: mids.iter().map(|_| SourceInfo::default()).collect(),
+            video_seq: mids
+                .iter()
+                .map(|_| u64::from(rand::random::<u16>()))
+                .collect(),
             video_mids: mids,
             channels: [None, None],
             pending_reliable: VecDeque::new(),
@@ -330,17 +339,7 @@ impl Hub {
         let now = Instant::now();
         let paced = self.drive_paced(now);
         self.poll_all(paced);
-        let due: Vec<ConnId> = self
-            .peers
-            .iter()
-            .filter(|id| {
-                self.clients
-                    .get(id)
-                    .and_then(|c| c.peer.as_ref())
-                    .is_some_and(|p| p.next_timeout <= now)
-            })
-            .copied()
-            .collect();
+        let due = self.timers.due(now);
         for conn in &due {
             if let Some(peer) = self.clients.get_mut(conn).and_then(|c| c.peer.as_mut()) {
                 fieldlink_rtc::handle_input(&mut peer.rtc, Input::Timeout(now));
@@ -371,6 +370,9 @@ impl Hub {
             }
             let mut next = Vec::new();
             for (conn, events) in self.poll_batch(&batch) {
+                if let Some(p) = self.clients.get(&conn).and_then(|c| c.peer.as_ref()) {
+                    self.timers.schedule(conn, p.next_timeout);
+                }
                 for ev in events {
                     self.on_peer_event(conn, ev, &mut next);
                 }
@@ -485,6 +487,7 @@ impl Hub {
                     c.peer = None;
                 }
                 self.peers.remove(&conn);
+                self.timers.remove(conn);
                 self.by_addr.retain(|_, c| *c != conn);
                 self.by_bond.retain(|_, c| *c != conn);
                 self.warn(

@@ -89,6 +89,8 @@ impl Hub {
             return;
         };
         self.peers.remove(&conn);
+        self.timers.remove(conn);
+        self.paced.remove(&conn);
         self.remotes.remove(&conn);
         self.by_addr.retain(|_, c| *c != conn);
         self.by_bond.retain(|_, c| *c != conn);
