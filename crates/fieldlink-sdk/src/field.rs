@@ -153,6 +153,9 @@ impl FieldDevice {
                 }
                 match r {
                     Ok(Some(frame)) => {
+                        if frame.keyframe {
+                            follower.keyframe(frame.data.len() * 8, std::time::Instant::now());
+                        }
                         // A full queue drops the frame rather than falling behind.
                         if let Err(mpsc::error::TrySendError::Closed(_)) =
                             tx.try_send(Cmd::Video { stream: idx, frame })

@@ -53,6 +53,24 @@ pub const QUEUE_RECUT_AFTER: Duration = Duration::from_millis(300);
 pub const RAISE_NEAR_PER_S: f64 = 0.03;
 pub const CEILING_MEMORY: Duration = Duration::from_secs(30);
 
+/// The ceiling is the highest target of this long before the queue was seen: the queue
+/// comes from what was sent a round trip and a report or two ago, and the estimate often
+/// falls on the same queue a moment before the follower sees it. Taken at the fallen
+/// target, the ceiling sat far below the link (behind 400 kbit/s: 204 kbit/s where the
+/// queue formed at 290), and raises crept at [`RAISE_NEAR_PER_S`] for 15 s.
+pub const PEAK_MEMORY: Duration = Duration::from_secs(1);
+
+/// A keyframe's own queue: a keyframe of `b` bits adds at most `b` / the source's target
+/// (below the link's rate) to the queue, which drains by itself (the encoder skips frames
+/// until it has paid for it). For that long after it, and [`KEYFRAME_MARGIN`] more (a
+/// report's interval and round trip), the queue counts less by that much: a queue left
+/// over is a standing one. Each
+/// keyframe behind 400 kbit/s (15 KB: 300 ms of the link) made 50–130 ms of queue, cut
+/// the target by 15 % and set a ceiling there, at the start three times in 3 s.
+pub const KEYFRAME_MARGIN: Duration = Duration::from_millis(250);
+/// The most queue one keyframe is allowed to explain.
+pub const KEYFRAME_MAX_QUEUE: Duration = Duration::from_secs(1);
+
 /// One source's target, kbit/s.
 #[derive(Debug, Default)]
 pub struct Follower {
@@ -67,6 +85,10 @@ pub struct Follower {
     queued: Option<Instant>,
     /// The queue has been clear once since [`START`]: later queues are this source's.
     settled: bool,
+    /// The highest target lately, and when ([`PEAK_MEMORY`]).
+    peak: Option<(Instant, f64)>,
+    /// Until when the last keyframe may explain a queue, and how much of it.
+    keyframe: Option<(Instant, Duration)>,
 }
 
 impl Follower {
@@ -85,13 +107,49 @@ impl Follower {
         !self.starting(now) && self.settled
     }
 
+    /// A keyframe of `bits` went out at `now` ([`KEYFRAME_MARGIN`]).
+    pub fn keyframe(&mut self, bits: usize, now: Instant) {
+        if self.kbps <= 0.0 {
+            return;
+        }
+        let own =
+            Duration::from_secs_f64(bits as f64 / (self.kbps * 1000.0)).min(KEYFRAME_MAX_QUEUE);
+        self.keyframe = Some((now + own + KEYFRAME_MARGIN, own));
+    }
+
     /// The target for a share of `share_kbps` at `now` (0 = no estimate yet: 0), with
     /// `queue` on the path (`None`: not measured).
     pub fn follow(&mut self, share_kbps: u32, queue: Option<Duration>, now: Instant) -> u32 {
+        let kbps = self.follow_queue(share_kbps, queue, now);
+        match self.peak {
+            Some((t, p)) if p > self.kbps && now.saturating_duration_since(t) < PEAK_MEMORY => {}
+            _ => self.peak = Some((now, self.kbps)),
+        }
+        kbps
+    }
+
+    /// The highest target of the last [`PEAK_MEMORY`].
+    fn peak(&self) -> f64 {
+        self.peak.map_or(self.kbps, |(_, p)| p.max(self.kbps))
+    }
+
+    fn follow_queue(&mut self, share_kbps: u32, queue: Option<Duration>, now: Instant) -> u32 {
         let share = f64::from(share_kbps);
         let queue = queue.unwrap_or_default();
         if queue < QUEUE_HOLD && !self.starting(now) {
             self.settled = true;
+        }
+        let raw = queue;
+        let queue = match self.keyframe {
+            Some((until, own)) if now < until => queue.saturating_sub(own),
+            _ => queue,
+        };
+        if raw >= QUEUE_HOLD && queue < QUEUE_HOLD && self.kbps > 0.0 {
+            // The keyframe's own queue: no raise into it (a falling estimate is still
+            // followed), but it says nothing of where the link is.
+            self.kbps = self.kbps.min(share);
+            self.at = Some(now);
+            return self.kbps as u32;
         }
         // `Some(true)`: a new queue; `Some(false)`: the last cut's queue, still growing.
         let cut = match self.cut {
@@ -106,7 +164,7 @@ impl Follower {
             self.cut = Some((now, queue));
             // The rate where the queue formed is the ceiling, not a recut's lower one.
             if new_queue && self.sets_ceiling(now) {
-                self.ceiling = Some(self.kbps);
+                self.ceiling = Some(self.peak());
                 self.queued = Some(now);
             }
             let to = share.min(self.kbps * QUEUE_CUT_TO);
@@ -125,7 +183,7 @@ impl Follower {
             // The link is about here: approach it slowly from now on (not from the
             // start's queues: the first keyframes at a rate not yet adapted).
             if self.sets_ceiling(now) {
-                self.ceiling = Some(self.kbps.max(self.ceiling.unwrap_or(0.0)));
+                self.ceiling = Some(self.peak().max(self.ceiling.unwrap_or(0.0)));
                 self.queued = Some(now);
             }
             self.at = Some(now);
@@ -249,6 +307,53 @@ mod tests {
         assert_eq!(f.follow(500, ms(200), t + Duration::from_millis(1400)), 361);
         // The ceiling is where the first queue formed, not the recut's rate.
         assert_eq!(f.ceiling, Some(500.0));
+    }
+
+    #[test]
+    fn a_keyframes_own_queue_neither_cuts_nor_sets_a_ceiling() {
+        let t0 = Instant::now();
+        let mut f = Follower::default();
+        f.follow(300, None, t0);
+        let t = t0 + START;
+        let ms = |m| Some(Duration::from_millis(m));
+        assert_eq!(f.follow(300, ms(0), t), 300);
+        // 15 KB at 300 kbit/s: 400 ms of its own queue, for 650 ms.
+        f.keyframe(120_000, t);
+        assert_eq!(f.follow(400, ms(130), t + Duration::from_millis(100)), 300);
+        assert_eq!(f.ceiling, None);
+        // A falling estimate is followed all the same.
+        assert_eq!(f.follow(280, ms(130), t + Duration::from_millis(150)), 280);
+        assert_eq!(f.cut, None);
+        // More than it explains is a standing queue: cut, and the ceiling is set.
+        assert_eq!(f.follow(400, ms(460), t + Duration::from_millis(200)), 238);
+        assert_eq!(f.ceiling, Some(300.0));
+        // Once it has drained, a queue counts whole again.
+        let mut g = Follower::default();
+        g.follow(300, None, t0);
+        g.follow(300, ms(0), t);
+        g.keyframe(120_000, t);
+        assert_eq!(g.follow(300, ms(40), t + Duration::from_millis(700)), 255);
+    }
+
+    #[test]
+    fn the_ceiling_is_where_the_queue_formed_not_where_the_estimate_fell() {
+        let t0 = Instant::now();
+        let mut f = Follower::default();
+        f.follow(300, None, t0);
+        let t = t0 + START;
+        let ms = |m| Some(Duration::from_millis(m));
+        assert_eq!(f.follow(290, ms(0), t), 290);
+        // The estimate falls on the queue a moment before the queue is seen.
+        assert_eq!(f.follow(204, ms(5), t + Duration::from_millis(300)), 204);
+        assert_eq!(f.follow(204, ms(60), t + Duration::from_millis(400)), 173);
+        assert_eq!(f.ceiling, Some(290.0));
+        // Fast (15 %/s) up past the fallen estimate's rate: the ceiling is at 290.
+        let mut k = 0;
+        for i in 1..=50 {
+            k = f.follow(1000, ms(0), t + Duration::from_millis(400 + 40 * i));
+        }
+        // 173 × 1.006⁵⁰ ≈ 233 (the slow pace would have made it 183).
+        assert!(k >= 225, "{k}");
     }
 
     #[test]

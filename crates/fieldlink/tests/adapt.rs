@@ -17,7 +17,7 @@ use fieldlink_sdk::Event;
 /// What the field device sends.
 #[derive(Clone, Copy, Debug)]
 enum Source {
-    /// The test pattern, 640x360, configured at 1500 kbit/s.
+    /// The test pattern, 640x360, configured at 1500 kbit/s (its grain lets it fill that).
     Pattern,
     /// The RTSP camera's live picture, transcoded to 640x360 at up to 1500 kbit/s.
     Camera,
@@ -35,6 +35,9 @@ struct Second {
     estimate: u64,
     /// Shaper drops in the second.
     dropped: u64,
+    /// Bytes the shaper sent in the second (everything the field sent: headers, parity,
+    /// padding).
+    wire: u64,
 }
 
 /// Runs `source` behind a `link_kbps` uplink for `secs` seconds after the stream plays;
@@ -97,7 +100,7 @@ async fn behind_a_shaper(source: Source, link_kbps: u32, secs: u64) -> Option<Ve
     let start = tokio::time::Instant::now();
     let mut out = vec![Second::default(); secs as usize];
     let mut last_frame = start;
-    let mut dropped0 = net.uplink_counters().1;
+    let (mut wire0, mut dropped0) = net.uplink_counters();
     for (i, sec) in out.iter_mut().enumerate() {
         let end = start + Duration::from_secs(i as u64 + 1);
         while let Ok(Some(e)) = tokio::time::timeout_at(end, re.recv()).await {
@@ -115,13 +118,15 @@ async fn behind_a_shaper(source: Source, link_kbps: u32, secs: u64) -> Option<Ve
             }
         }
         sec.estimate = estimate.load(Ordering::Relaxed);
-        let dropped = net.uplink_counters().1;
+        let (wire, dropped) = net.uplink_counters();
         sec.dropped = dropped - dropped0;
-        dropped0 = dropped;
+        sec.wire = wire - wire0;
+        (wire0, dropped0) = (wire, dropped);
         eprintln!(
-            "{source:?} {link_kbps} kbit/s, second {:2}: video {:4} kbit/s, {:2} frames, {} late, gap {:3} ms, estimate {:4}, shaper dropped {}",
+            "{source:?} {link_kbps} kbit/s, second {:2}: video {:4} kbit/s (link {:4}), {:2} frames, {} late, gap {:3} ms, estimate {:4}, shaper dropped {}",
             i + 1,
             sec.bytes * 8 / 1000,
+            sec.wire * 8 / 1000,
             sec.frames,
             sec.late,
             sec.gap_ms,
@@ -139,7 +144,7 @@ const MEASURE: u64 = 60;
 
 /// The goals for `source` behind `link_kbps`: over the 60 s after the first 5, the video
 /// (the frames the remote gets, without packet headers) averages 70–95 % of the link
-/// (guarded at 50 %, below) and no 5 s of it falls under 30 %; under 1 % of its frames
+/// and no 5 s of it falls under 30 %; under 1 % of its frames
 /// arrive more than 150 ms after capture; the picture never stops for a second.
 async fn settles(source: Source, link_kbps: u32) {
     let Some(seconds) = behind_a_shaper(source, link_kbps, SETTLE + MEASURE).await else {
@@ -162,12 +167,11 @@ async fn settles(source: Source, link_kbps: u32) {
         SETTLE + 1,
         SETTLE + MEASURE
     );
-    // The goal is 70–95 %; most runs give 75–84 %, but the transcoded camera
-    // behind 1 Mbit/s sometimes overuses the link in its first seconds, and GoogCC then
-    // climbs back additively for half a minute (seen: 56–69 % averages). Until that is
-    // fixed the guard is against a collapse, not at the goal (docs/benchmarks.md).
+    // The goal. Seen over 24 runs (2026-12-07, the four cases): 72.8–84.9 %, and
+    // once 59.1 % (the pattern behind 400 kbit/s, before a keyframe's own queue stopped
+    // cutting the target); a failure is run again (.config/nextest.toml).
     assert!(
-        (50.0..=95.0).contains(&share),
+        (70.0..=95.0).contains(&share),
         "video at {share:.1} % of the link"
     );
     assert!(lowest >= 30.0, "5 s at {lowest:.1} % of the link");
