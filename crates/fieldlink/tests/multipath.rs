@@ -333,7 +333,8 @@ async fn a_flapping_path_glitches_at_most_once_a_minute_and_does_not_oscillate()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregate_mode_carries_over_two_3_mbit_paths_what_one_cannot() {
     use fieldlink_proto::bond::Mode;
-    let Some(file) = clip(&temp_dir("clip"), 5000) else {
+    let dir = TempDir::new("clip");
+    let Some(file) = clip(dir.path(), 5000) else {
         return;
     };
     let secs = 30;
@@ -387,7 +388,8 @@ async fn aggregate_mode_splits_traffic_by_the_paths_capacities() {
     use fieldlink_proto::bond::Mode;
     // 4 and 1 Mbit/s paths carrying a ~3.5 Mbit/s clip: the split follows the capacity
     // ratio (0.8 / 0.2) within ±10 %.
-    let Some(file) = clip(&temp_dir("clip"), 3500) else {
+    let dir = TempDir::new("clip");
+    let Some(file) = clip(dir.path(), 3500) else {
         return;
     };
     let secs = 30;

@@ -55,6 +55,25 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     d
 }
 
+/// A [`temp_dir`] removed (with what is in it) when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        TempDir(temp_dir(tag))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 impl TestServer {
     pub fn start() -> TestServer {
         Self::start_with("", &[])
