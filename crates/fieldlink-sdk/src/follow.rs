@@ -89,6 +89,8 @@ pub struct Follower {
     peak: Option<(Instant, f64)>,
     /// Until when the last keyframe may explain a queue, and how much of it.
     keyframe: Option<(Instant, Duration)>,
+    /// The queue the last call was given.
+    last_queue: Duration,
 }
 
 impl Follower {
@@ -107,9 +109,13 @@ impl Follower {
         !self.starting(now) && self.settled
     }
 
-    /// A keyframe of `bits` went out at `now` ([`KEYFRAME_MARGIN`]).
+    /// A keyframe of `bits` went out at `now` ([`KEYFRAME_MARGIN`]). Not when a queue
+    /// already stood: the keyframe adds to it, and the link was full before it (behind
+    /// 1 Mbit/s, a periodic keyframe into a link held in the hold band overflowed its
+    /// queue and made 15 frames late while the discount kept the target up).
     pub fn keyframe(&mut self, bits: usize, now: Instant) {
-        if self.kbps <= 0.0 {
+        if self.kbps <= 0.0 || self.last_queue >= QUEUE_HOLD {
+            self.keyframe = None;
             return;
         }
         let own =
@@ -140,6 +146,7 @@ impl Follower {
             self.settled = true;
         }
         let raw = queue;
+        self.last_queue = raw;
         let queue = match self.keyframe {
             Some((until, own)) if now < until => queue.saturating_sub(own),
             _ => queue,
@@ -333,6 +340,13 @@ mod tests {
         g.follow(300, ms(0), t);
         g.keyframe(120_000, t);
         assert_eq!(g.follow(300, ms(40), t + Duration::from_millis(700)), 255);
+        // A keyframe into a queue that already stood explains nothing.
+        let mut h = Follower::default();
+        h.follow(300, None, t0);
+        h.follow(300, ms(0), t);
+        h.follow(300, ms(20), t + Duration::from_millis(100));
+        h.keyframe(120_000, t + Duration::from_millis(100));
+        assert_eq!(h.follow(300, ms(60), t + Duration::from_millis(200)), 255);
     }
 
     #[test]

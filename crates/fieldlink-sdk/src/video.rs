@@ -105,7 +105,7 @@ pub struct TestPattern {
     frame: u64,
     encoder: H264Encoder,
     yuv: Vec<u8>,
-    /// Grain added to the luma ([`GRAIN`]), a row at a time from a varying offset.
+    /// Grain added to the luma ([`GRAIN`]), each row from its own offset in this table.
     grain: Vec<i8>,
 }
 
@@ -116,6 +116,8 @@ pub struct TestPattern {
 /// information that scales with the quantizer: at a low target it is quantized away, at a
 /// high one it takes the bits (±2 met every target from 100 to 1500 kbit/s within 3 %).
 pub const GRAIN: i8 = 2;
+/// Grain values the rows are read from (64 K, whatever the picture's size).
+const GRAIN_TABLE: usize = 1 << 16;
 
 impl TestPattern {
     pub fn new(stream_id: u32, cfg: TestPatternConfig) -> Result<TestPattern, SdkError> {
@@ -128,10 +130,10 @@ impl TestPattern {
         }
         let encoder = H264Encoder::new(cfg.fps, cfg.kbps, cfg.gop)?;
         let n = (cfg.width * cfg.height) as usize;
-        // Twice the picture, so any row read from any offset below `n` stays inside.
+        // A row is read from any offset below GRAIN_TABLE: one row more stays inside.
         let mut x = 0x2545_F491_u32;
         let span = 2 * GRAIN as u32 + 1;
-        let grain = (0..2 * n)
+        let grain = (0..GRAIN_TABLE + cfg.width as usize)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 17;
@@ -162,7 +164,7 @@ impl TestPattern {
         // low as a congested link needs, which bitrate adaptation relies on.
         for y in 0..h {
             // A new offset per row and frame: no motion vector finds the last frame's grain.
-            let from = (t.wrapping_mul(0x9E37_79B9) ^ y.wrapping_mul(0x85EB_CA6B)) % (w * h);
+            let from = (t.wrapping_mul(0x9E37_79B9) ^ y.wrapping_mul(0x85EB_CA6B)) % GRAIN_TABLE;
             let grain = &self.grain[from..from + w];
             for (x, g) in grain.iter().enumerate() {
                 let sx = x + t * 4;
@@ -439,6 +441,47 @@ mod tests {
             }
         )
         .is_err());
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    /// The bitrate of frames 25..125 at `target` kbit/s (no keyframe in them).
+    fn kbps_at(target: u32) -> usize {
+        let cfg = TestPatternConfig {
+            width: 640,
+            height: 360,
+            fps: 25.0,
+            kbps: 1500,
+            gop: 1000,
+        };
+        let mut tp = TestPattern::new(0, cfg).unwrap();
+        tp.set_target_kbps(target);
+        let mut bytes = 0;
+        for i in 0..125 {
+            if let Some(f) = tp.next_frame(false).unwrap() {
+                if i >= 25 {
+                    assert!(!f.keyframe);
+                    bytes += f.data.len();
+                }
+            }
+        }
+        bytes * 8 / 4 / 1000
+    }
+
+    #[test]
+    fn the_test_pattern_fills_the_target_it_is_given() {
+        // Without grain openh264 made ~650 kbit/s of this picture for any target above
+        // that: the pattern could not fill a 1 Mbit/s link.
+        for target in [300, 1200] {
+            let got = kbps_at(target);
+            assert!(
+                got * 100 >= target as usize * 90 && got * 100 <= target as usize * 110,
+                "{got} kbit/s for a target of {target}"
+            );
+        }
     }
 }
 
