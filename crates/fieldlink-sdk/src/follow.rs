@@ -64,9 +64,9 @@ pub const PEAK_MEMORY: Duration = Duration::from_secs(1);
 /// (below the link's rate) to the queue, which drains by itself (the encoder skips frames
 /// until it has paid for it). For that long after it, and [`KEYFRAME_MARGIN`] more (a
 /// report's interval and round trip), the queue counts less by that much: a queue left
-/// over is a standing one. Each
-/// keyframe behind 400 kbit/s (15 KB: 300 ms of the link) made 50–130 ms of queue, cut
-/// the target by 15 % and set a ceiling there, at the start three times in 3 s.
+/// over is a standing one. Each keyframe behind 400 kbit/s (15 KB: 300 ms of the link)
+/// made 50–130 ms of queue, cut the target by 15 % and set a ceiling there, at the start
+/// three times in 3 s.
 pub const KEYFRAME_MARGIN: Duration = Duration::from_millis(250);
 /// The most queue one keyframe is allowed to explain.
 pub const KEYFRAME_MAX_QUEUE: Duration = Duration::from_secs(1);
@@ -232,6 +232,18 @@ mod tests {
         }
     }
 
+    /// A follower that took `kbps` as its first estimate, and the moment [`START`] ends.
+    fn past_start(kbps: u32) -> (Follower, Instant) {
+        let t0 = Instant::now();
+        let mut f = Follower::default();
+        f.follow(kbps, None, t0);
+        (f, t0 + START)
+    }
+
+    fn ms(m: u64) -> Option<Duration> {
+        Some(Duration::from_millis(m))
+    }
+
     #[test]
     fn the_start_leaves_no_ceiling() {
         let t0 = Instant::now();
@@ -270,10 +282,7 @@ mod tests {
 
     #[test]
     fn a_queue_holds_raises_and_cuts() {
-        let t0 = Instant::now();
-        let mut f = Follower::default();
-        f.follow(1000, None, t0);
-        let t = t0 + START;
+        let (mut f, t) = past_start(1000);
         assert_eq!(f.follow(800, None, t), 800);
         // A short queue: no raise.
         assert_eq!(
@@ -300,12 +309,8 @@ mod tests {
 
     #[test]
     fn a_queue_still_growing_after_a_cut_cuts_again() {
-        let t0 = Instant::now();
-        let mut f = Follower::default();
-        f.follow(500, None, t0);
-        let t = t0 + START;
+        let (mut f, t) = past_start(500);
         assert_eq!(f.follow(500, Some(Duration::ZERO), t), 500);
-        let ms = |m| Some(Duration::from_millis(m));
         assert_eq!(f.follow(500, ms(150), t + Duration::from_secs(1)), 425);
         // Too soon, or not grown by 20 ms: no second cut.
         assert_eq!(f.follow(500, ms(200), t + Duration::from_millis(1200)), 425);
@@ -318,11 +323,7 @@ mod tests {
 
     #[test]
     fn a_keyframes_own_queue_neither_cuts_nor_sets_a_ceiling() {
-        let t0 = Instant::now();
-        let mut f = Follower::default();
-        f.follow(300, None, t0);
-        let t = t0 + START;
-        let ms = |m| Some(Duration::from_millis(m));
+        let (mut f, t) = past_start(300);
         assert_eq!(f.follow(300, ms(0), t), 300);
         // 15 KB at 300 kbit/s: 400 ms of its own queue, for 650 ms.
         f.keyframe(120_000, t);
@@ -335,14 +336,12 @@ mod tests {
         assert_eq!(f.follow(400, ms(460), t + Duration::from_millis(200)), 238);
         assert_eq!(f.ceiling, Some(300.0));
         // Once it has drained, a queue counts whole again.
-        let mut g = Follower::default();
-        g.follow(300, None, t0);
+        let (mut g, t) = past_start(300);
         g.follow(300, ms(0), t);
         g.keyframe(120_000, t);
         assert_eq!(g.follow(300, ms(40), t + Duration::from_millis(700)), 255);
         // A keyframe into a queue that already stood explains nothing.
-        let mut h = Follower::default();
-        h.follow(300, None, t0);
+        let (mut h, t) = past_start(300);
         h.follow(300, ms(0), t);
         h.follow(300, ms(20), t + Duration::from_millis(100));
         h.keyframe(120_000, t + Duration::from_millis(100));
@@ -351,11 +350,7 @@ mod tests {
 
     #[test]
     fn the_ceiling_is_where_the_queue_formed_not_where_the_estimate_fell() {
-        let t0 = Instant::now();
-        let mut f = Follower::default();
-        f.follow(300, None, t0);
-        let t = t0 + START;
-        let ms = |m| Some(Duration::from_millis(m));
+        let (mut f, t) = past_start(300);
         assert_eq!(f.follow(290, ms(0), t), 290);
         // The estimate falls on the queue a moment before the queue is seen.
         assert_eq!(f.follow(204, ms(5), t + Duration::from_millis(300)), 204);
