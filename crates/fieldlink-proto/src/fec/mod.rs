@@ -168,6 +168,9 @@ impl Fec {
     /// Sends one datagram str0m wrote: `out` gets what goes on the wire (STUN as it is).
     pub fn send(&mut self, now: Instant, datagram: &[u8], out: &mut dyn FnMut(&[u8])) {
         let stun = datagram.first().is_some_and(|b| *b < 4);
+        if stun {
+            self.rtt.stun_sent(now, datagram);
+        }
         if stun || datagram.is_empty() || datagram.len() > MAX_DATAGRAM {
             out(datagram);
             return;
@@ -234,6 +237,7 @@ impl Fec {
     /// completes goes to `deliver`, once.
     pub fn receive(&mut self, now: Instant, wire: &[u8], deliver: &mut dyn FnMut(&[u8])) -> bool {
         if wire.first() != Some(&MAGIC) {
+            self.rtt.stun_received(now, wire);
             return false;
         }
         let Some(&kind) = wire.get(1) else {
@@ -276,7 +280,6 @@ impl Fec {
                     |i: usize| u32::from_be_bytes([wire[i], wire[i + 1], wire[i + 2], wire[i + 3]]);
                 let (received, expected) = (word(2), word(6));
                 let (stamp, echo, held) = (word(10), word(14), word(18));
-                self.estimate.report(now, received, expected);
                 let at = self.millis(now);
                 self.echo = Some((stamp, now));
                 // 0: nothing echoed yet (a stamp of 0 is sent as 1).
@@ -286,6 +289,10 @@ impl Fec {
                         self.rtt.sample(now, rtt);
                     }
                 }
+                // After the round trip this report measured: its loss counts only when
+                // no queue stood lately.
+                let queue = self.rtt.queue_lately(now);
+                self.estimate.report(now, received, expected, queue);
             }
             _ => {}
         }
@@ -354,9 +361,17 @@ struct Rtt {
     latest: Option<u32>,
     /// When a queue was last seen.
     queued: Option<Instant>,
+    /// When one round trip last stood [`QUEUE_LIMIT`] over the minimum (the smoothed
+    /// one, which `queued` follows, lags a short overflow).
+    spiked: Option<Instant>,
     /// Per 10 s bucket: its start and the least round trip in it.
     buckets: VecDeque<(Instant, u32)>,
+    /// STUN binding requests sent and not answered yet: transaction id, when first sent.
+    stun: VecDeque<([u8; 12], Instant)>,
 }
+
+/// STUN transactions timed at once, at most (ICE checks a few candidate pairs).
+const MAX_STUN: usize = 8;
 
 /// Queueing delay beyond which the path counts as congested.
 pub const QUEUE_LIMIT: Duration = Duration::from_millis(25);
@@ -371,13 +386,42 @@ const RTT_BUCKET: Duration = Duration::from_secs(10);
 const RTT_BUCKETS: usize = 12;
 
 impl Rtt {
-    fn sample(&mut self, now: Instant, ms: u32) {
-        let s = self
-            .srtt
-            .map_or(f64::from(ms), |s| s * 0.75 + f64::from(ms) * 0.25);
-        self.srtt = Some(s);
-        self.last = Some(now);
-        self.latest = Some(ms);
+    /// A STUN binding request going out. ICE checks the path before any media fills
+    /// it, so their round trips are the floor the queue is measured from; the reports'
+    /// first round trips come with the first keyframe and the estimator's probes, and
+    /// a floor taken from them (70 ms behind a 400 kbit/s `tc tbf`) hid the queue that
+    /// overflowed there. A retransmission keeps the first send's time (a floor too
+    /// high, never too low).
+    fn stun_sent(&mut self, now: Instant, datagram: &[u8]) {
+        let Some(id) = stun_transaction(datagram, 0x0001) else {
+            return;
+        };
+        if self.stun.iter().any(|(t, _)| *t == id) {
+            return;
+        }
+        if self.stun.len() >= MAX_STUN {
+            self.stun.pop_front();
+        }
+        self.stun.push_back((id, now));
+    }
+
+    /// A STUN binding success response: its request's round trip lowers the floor.
+    fn stun_received(&mut self, now: Instant, datagram: &[u8]) {
+        let Some(id) = stun_transaction(datagram, 0x0101) else {
+            return;
+        };
+        let Some(i) = self.stun.iter().position(|(t, _)| *t == id) else {
+            return;
+        };
+        let Some((_, sent)) = self.stun.remove(i) else {
+            return;
+        };
+        let ms = now.saturating_duration_since(sent).as_millis();
+        self.floor(now, u32::try_from(ms).unwrap_or(u32::MAX));
+    }
+
+    /// Lowers the least round trip of the current bucket to `ms`.
+    fn floor(&mut self, now: Instant, ms: u32) {
         match self.buckets.back_mut() {
             Some((start, min)) if now.saturating_duration_since(*start) < RTT_BUCKET => {
                 *min = (*min).min(ms);
@@ -387,11 +431,22 @@ impl Rtt {
         while self.buckets.len() > RTT_BUCKETS {
             self.buckets.pop_front();
         }
-        if self
-            .queue_ms()
-            .is_some_and(|q| q > QUEUE_LIMIT.as_millis() as f64)
-        {
+    }
+
+    fn sample(&mut self, now: Instant, ms: u32) {
+        let s = self
+            .srtt
+            .map_or(f64::from(ms), |s| s * 0.75 + f64::from(ms) * 0.25);
+        self.srtt = Some(s);
+        self.last = Some(now);
+        self.latest = Some(ms);
+        self.floor(now, ms);
+        let limit = QUEUE_LIMIT.as_millis() as f64;
+        if self.queue_ms().is_some_and(|q| q > limit) {
             self.queued = Some(now);
+        }
+        if self.queue_now_ms().is_some_and(|q| q > limit) {
+            self.spiked = Some(now);
         }
     }
 
@@ -406,6 +461,14 @@ impl Rtt {
         self.srtt.map(|s| (s.max(latest) - f64::from(min)).max(0.0))
     }
 
+    /// Whether a queue stood within [`CONGESTION_MEMORY`], even for one round trip.
+    fn queue_lately(&self, now: Instant) -> bool {
+        self.congested(now)
+            || self
+                .spiked
+                .is_some_and(|t| now.saturating_duration_since(t) < CONGESTION_MEMORY)
+    }
+
     fn congested(&self, now: Instant) -> bool {
         let Some(last) = self.last else {
             return false;
@@ -417,17 +480,49 @@ impl Rtt {
     }
 }
 
+/// The transaction id of a STUN message of type `kind` (RFC 8489: type, length, magic
+/// cookie, 12-byte id).
+fn stun_transaction(datagram: &[u8], kind: u16) -> Option<[u8; 12]> {
+    let header = datagram.get(..20)?;
+    let cookie = [0x21, 0x12, 0xA4, 0x42];
+    (header[..2] == kind.to_be_bytes() && header[4..8] == cookie)
+        .then(|| header[8..20].try_into().ok())
+        .flatten()
+}
+
 /// The loss the other side reports: the worse of the last second's and the last
 /// report's (when that one counted enough datagrams), so it rises at once and falls
 /// within a second.
+///
+/// Loss reported while a queue stands is left out: it is the queue overflowing, which
+/// parity only feeds. Counting it, parity resumed once the queue had drained (the
+/// memory of congestion is short) at the loss of the overflow, still in the last
+/// second's figure, and overflowed the queue again: behind a 400 kbit/s `tc tbf` the
+/// call's first probes and keyframe dropped a few datagrams, and parity then kept the
+/// link overflowing for 1–3 s (30–130 drops a second; none with FEC off).
 #[derive(Debug, Default)]
 struct Estimate {
+    /// Per report in the last second: when, and the datagrams received and expected
+    /// counted so far (those reported while no queue stood).
     history: VecDeque<(Instant, u32, u32)>,
+    /// The last report's figures as sent (wrapping counters).
+    last: Option<(u32, u32)>,
+    counted: (u32, u32),
     loss: f64,
 }
 
 impl Estimate {
-    fn report(&mut self, now: Instant, received: u32, expected: u32) {
+    fn report(&mut self, now: Instant, received: u32, expected: u32, queue: bool) {
+        if let Some((r0, e0)) = self.last {
+            let (r, e) = (received.wrapping_sub(r0), expected.wrapping_sub(e0));
+            // A report from before a reordering or a reset: nothing to add.
+            if !queue && e < 1 << 30 {
+                self.counted.0 = self.counted.0.wrapping_add(r.min(e));
+                self.counted.1 = self.counted.1.wrapping_add(e);
+            }
+        }
+        self.last = Some((received, expected));
+        let (received, expected) = self.counted;
         let share = |(_, r0, e0): (Instant, u32, u32), min: u32| {
             let (r, e) = (received.wrapping_sub(r0), expected.wrapping_sub(e0));
             (e >= min && e < 1 << 30).then(|| 1.0 - f64::from(r.min(e)) / f64::from(e))

@@ -242,3 +242,64 @@ fn parity_stops_when_reports_stop_coming() {
     assert!(parity_at(&mut a, t0 + Duration::from_millis(30)) > 0);
     assert_eq!(parity_at(&mut a, t0 + Duration::from_millis(1100)), 0);
 }
+
+/// A report to `a` at `at`: `received` of `expected` so far, echoing the stamp of a
+/// report sent `rtt` ms before (`a`'s report clock starts at `t0`).
+fn report_of(a: &mut Fec, t0: Instant, at: u32, received: u32, expected: u32, rtt: u32) {
+    let mut r = vec![MAGIC, KIND_REPORT];
+    for v in [received, expected, 1, (at - rtt).max(1), 0] {
+        r.extend_from_slice(&v.to_be_bytes());
+    }
+    a.receive(t0 + Duration::from_millis(at.into()), &r, &mut |_| {});
+}
+
+#[test]
+fn the_loss_of_a_queue_overflowing_brings_no_parity_after_it() {
+    // A clean 20 ms path; then one round trip 60 ms over it (a queue fills) with 40 % of
+    // the datagrams lost, and the next report, the queue drained, tells of 20 more lost
+    // in the overflow. The queue stood only for a moment, so parity is held back only a
+    // moment; the loss was the queue's, so none is sent after it either.
+    let mut a = Fec::new();
+    let t0 = Instant::now();
+    report_of(&mut a, t0, 0, 100, 100, 0);
+    report_of(&mut a, t0, 20, 200, 200, 20);
+    report_of(&mut a, t0, 120, 260, 300, 80);
+    report_of(&mut a, t0, 220, 340, 400, 20);
+    report_of(&mut a, t0, 450, 440, 500, 20);
+    assert_eq!(parity_at(&mut a, t0 + Duration::from_millis(460)), 0);
+    // Loss with the round trip at its minimum is random loss: parity for it.
+    report_of(&mut a, t0, 550, 520, 600, 20);
+    assert!(parity_at(&mut a, t0 + Duration::from_millis(560)) > 0);
+}
+
+/// A STUN message of `kind` with transaction id `id` (no attributes).
+fn stun(kind: u16, id: u8) -> Vec<u8> {
+    let mut m = kind.to_be_bytes().to_vec();
+    m.extend_from_slice(&[0, 0, 0x21, 0x12, 0xA4, 0x42]);
+    m.extend_from_slice(&[id; 12]);
+    m
+}
+
+#[test]
+fn ice_checks_set_the_floor_the_queue_is_measured_from() {
+    // ICE's check answered in 2 ms; the reports' round trips, from the first, 72 ms (the
+    // call's first keyframe filled a queue): a queue of 70 ms, not none.
+    let (mut with, mut without) = (Fec::new(), Fec::new());
+    let t0 = Instant::now();
+    let mut sent = Vec::new();
+    with.send(t0, &stun(0x0001, 7), &mut |w| sent.push(w.to_vec()));
+    assert_eq!(sent, vec![stun(0x0001, 7)], "STUN goes out as it is");
+    // An answer to another transaction, and an error response, change nothing.
+    let later = t0 + Duration::from_millis(1);
+    assert!(!with.receive(later, &stun(0x0101, 8), &mut |_| {}));
+    assert!(!with.receive(later, &stun(0x0111, 7), &mut |_| {}));
+    assert!(!with.receive(t0 + Duration::from_millis(2), &stun(0x0101, 7), &mut |_| {}));
+    for f in [&mut with, &mut without] {
+        report_of(f, t0, 0, 0, 0, 0);
+        report_of(f, t0, 100, 100, 100, 72);
+        report_of(f, t0, 200, 200, 200, 72);
+    }
+    let queue = |f: &Fec| f.stats().queue_ms.unwrap_or(-1.0);
+    assert!((69.0..=71.0).contains(&queue(&with)), "{}", queue(&with));
+    assert_eq!(queue(&without), 0.0);
+}
