@@ -499,7 +499,7 @@ fn stun_transaction(datagram: &[u8], kind: u16) -> Option<[u8; 12]> {
 /// memory of congestion is short) at the loss of the overflow, still in the last
 /// second's figure, and overflowed the queue again: behind a 400 kbit/s `tc tbf` the
 /// call's first probes and keyframe dropped a few datagrams, and parity then kept the
-/// link overflowing for 1–3 s (30–130 drops a second; none with FEC off).
+/// link overflowing for 1–3 s (10–56 drops a second; none with FEC off).
 #[derive(Debug, Default)]
 struct Estimate {
     /// Per report in the last second: when, and the datagrams received and expected
