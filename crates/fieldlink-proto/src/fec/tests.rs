@@ -195,13 +195,18 @@ fn parity_stops_while_a_queue_builds_and_resumes_after() {
     assert!(queued[215..].iter().all(|m| *m > 0), "{queued:?}");
 }
 
-/// `n`-th report to `a` at `at`: 80 % of 100 n received; stamp 1; echoing `echo`, held 0.
-fn report(a: &mut Fec, at: Instant, n: u32, echo: u32) {
+/// A report: `received` of `expected` so far; stamp 1; echoing `echo`, held 0.
+fn report_datagram(received: u32, expected: u32, echo: u32) -> Vec<u8> {
     let mut r = vec![MAGIC, KIND_REPORT];
-    for v in [80 * n, 100 * n, 1, echo, 0] {
+    for v in [received, expected, 1, echo, 0] {
         r.extend_from_slice(&v.to_be_bytes());
     }
-    a.receive(at, &r, &mut |_| {});
+    r
+}
+
+/// `n`-th report to `a` at `at`: 80 % of 100 n received, echoing `echo`.
+fn report(a: &mut Fec, at: Instant, n: u32, echo: u32) {
+    a.receive(at, &report_datagram(80 * n, 100 * n, echo), &mut |_| {});
 }
 
 /// Parity `a` sends for a one-datagram block at `at`.
@@ -246,10 +251,7 @@ fn parity_stops_when_reports_stop_coming() {
 /// A report to `a` at `at`: `received` of `expected` so far, echoing the stamp of a
 /// report sent `rtt` ms before (`a`'s report clock starts at `t0`).
 fn report_of(a: &mut Fec, t0: Instant, at: u32, received: u32, expected: u32, rtt: u32) {
-    let mut r = vec![MAGIC, KIND_REPORT];
-    for v in [received, expected, 1, (at - rtt).max(1), 0] {
-        r.extend_from_slice(&v.to_be_bytes());
-    }
+    let r = report_datagram(received, expected, (at - rtt).max(1));
     a.receive(t0 + Duration::from_millis(at.into()), &r, &mut |_| {});
 }
 
