@@ -29,7 +29,8 @@ pub const RAISE_PER_S: f64 = 0.15;
 /// a narrow link's rate for seconds before its own detector reacts (seen behind a
 /// 400 kbit/s `tc tbf`), and a source that followed built a backlog that made every
 /// frame late for 1–3 s. The queue is measured by the FEC reports' round trip against
-/// its two-minute minimum (`fieldlink_proto::fec`), every 100 ms.
+/// its two-minute minimum (`fieldlink_proto::fec`), every 100 ms, plus the backlog in
+/// our own pacer (`Peer::send_queue_ms`).
 pub const QUEUE_HOLD: Duration = Duration::from_millis(15);
 pub const QUEUE_CUT: Duration = Duration::from_millis(35);
 pub const QUEUE_CUT_TO: f64 = 0.85;

@@ -84,6 +84,19 @@ pub(crate) const DESIRED_BPS: u64 = 800_000;
 const PACE_AFTER_QUEUE: Duration = Duration::from_secs(30);
 const PACE_QUEUE_MS: f64 = 15.0;
 const PACE_LOSS: f64 = 0.02;
+/// Field: what str0m's pacer holds as a matter of course. Paced at 1.1 × the estimate,
+/// a frame of a source at 0.85 × it leaves within its frame interval (40 ms at 25 fps);
+/// a packet that has waited longer waits behind earlier frames (a backlog).
+const PACER_BURST: Duration = Duration::from_millis(40);
+
+/// The video m-lines that send: all of a field device's, none of a remote's.
+fn sent(sends_video: bool, video_mids: &[Mid]) -> &[Mid] {
+    if sends_video {
+        video_mids
+    } else {
+        &[]
+    }
+}
 
 pub(crate) struct Peer {
     rtc: Rtc,
@@ -337,12 +350,7 @@ impl Peer {
                 SdkError::new(ErrorCode::BadRequest, format!("SDP answer refused: {e}"))
             })?;
         let (packets, age) = fieldlink_media::RTX_CACHE;
-        let sending = if self.sends_video {
-            &self.video_mids[..]
-        } else {
-            &[]
-        };
-        for mid in sending {
+        for mid in sent(self.sends_video, &self.video_mids) {
             if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(*mid, None) {
                 tx.set_rtx_cache(packets, age, Some(fieldlink_media::RTX_RATIO_CAP));
             }
@@ -357,6 +365,34 @@ impl Peer {
     /// (`None` without FEC or before its first report).
     pub fn queue_ms(&self) -> Option<f64> {
         self.wire.fec_stats().and_then(|s| s.queue_ms)
+    }
+
+    /// Field: the queue the sources follow ([`crate::follow`]): the path's
+    /// ([`Peer::queue_ms`]) and the backlog in our own pacer beyond [`PACER_BURST`].
+    /// The pacer drains at the estimate, so a source above what the link carries queues
+    /// there first: behind 400 kbit/s the path's queue read 3–12 ms while the pacer's
+    /// oldest packet was 79–120 ms old, frames reached the remote 150–190 ms after
+    /// capture, and the follower, seeing no queue, raised the source further.
+    pub fn send_queue_ms(&mut self) -> Option<f64> {
+        let path = self.queue_ms();
+        let mut pacer: Option<Duration> = None;
+        for mid in sent(self.sends_video, &self.video_mids) {
+            let mut api = self.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(*mid, None) else {
+                continue;
+            };
+            if let Some(info) = tx.queue_info() {
+                let age = info.first_unsent().map_or(Duration::ZERO, |t| {
+                    info.created_at().saturating_duration_since(t)
+                });
+                let excess = age.saturating_sub(PACER_BURST);
+                pacer = Some(pacer.map_or(excess, |p| p.max(excess)));
+            }
+        }
+        match (path, pacer) {
+            (None, None) => None,
+            (p, b) => Some(p.unwrap_or(0.0) + b.map_or(0.0, |b| b.as_secs_f64() * 1000.0)),
+        }
     }
 
     /// Field: paces video while the network holds a source under its configured bitrate

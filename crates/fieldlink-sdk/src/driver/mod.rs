@@ -434,8 +434,8 @@ impl Driver {
                     }
                 }
             }
-            // The sources read the path's queue ([`crate::follow`]); u64::MAX: unknown.
-            let queue = conn.peer.queue_ms().map_or(u64::MAX, |q| q as u64);
+            // The sources read the queue ([`crate::follow`]); u64::MAX: unknown.
+            let queue = conn.peer.send_queue_ms().map_or(u64::MAX, |q| q as u64);
             self.shared
                 .queue_ms
                 .store(queue, std::sync::atomic::Ordering::Relaxed);
