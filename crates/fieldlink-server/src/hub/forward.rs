@@ -188,6 +188,22 @@ pub(super) fn external_pt(
         .map(|p| p.pt())
 }
 
+/// A frame's codec and whether it is a keyframe, found once per frame (a NAL scan).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FrameKind {
+    pub codec: VideoCodec,
+    pub keyframe: bool,
+}
+
+impl FrameKind {
+    pub fn of(codec: VideoCodec, data: &[u8]) -> FrameKind {
+        FrameKind {
+            codec,
+            keyframe: codec.is_keyframe(data),
+        }
+    }
+}
+
 impl Hub {
     /// Receivers still waiting for a keyframe ask again: a PLI can be lost on the way, and
     /// `ask_keyframe` spaces the requests by `KEYFRAME_REQUEST_RETRY`.
@@ -265,7 +281,8 @@ impl Hub {
         }) else {
             return Vec::new();
         };
-        let keyframe = codec_of(&d.params).is_keyframe(&d.data);
+        let kind = FrameKind::of(codec_of(&d.params), &d.data);
+        let keyframe = kind.keyframe;
         let in_t = d.time.rebase(Frequency::NINETY_KHZ).numer();
         if let Some(peer) = self.clients.get_mut(&from).and_then(|c| c.peer.as_mut()) {
             let i = stream as usize;
@@ -287,8 +304,7 @@ impl Hub {
             }
         }
         let source = Some((d.params, d.network_time, d.ext_vals.abs_capture_time));
-        let codec = codec_of(&d.params);
-        self.forward(&field, stream, &d.data, in_t, source, codec)
+        self.forward(&field, stream, &d.data, in_t, source, kind)
     }
 
     /// Forwards one frame of a field device's stream to every receiver that wants it. A
@@ -302,8 +318,9 @@ impl Hub {
         data: &Arc<[u8]>,
         in_t: u64,
         source: Option<(PayloadParams, Instant, Option<AbsCaptureTime>)>,
-        codec: VideoCodec,
+        kind: FrameKind,
     ) -> Vec<ConnId> {
+        let FrameKind { codec, keyframe } = kind;
         let members: Vec<ConnId> = self
             .fields
             .get(field)
@@ -314,7 +331,6 @@ impl Hub {
                     .collect()
             })
             .unwrap_or_default();
-        let keyframe = codec.is_keyframe(data);
         let want = Some((field.clone(), stream));
         let passthrough = self
             .by_device

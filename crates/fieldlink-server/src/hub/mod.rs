@@ -352,7 +352,8 @@ impl Hub {
                     .filter(|c| c.external.as_ref().is_some_and(|(n, _)| stream < *n))
                     .map(|c| c.info.device.clone());
                 if let Some(field) = field {
-                    let written = self.forward(&field, stream, &data.into(), rtp_time, None, codec);
+                    let kind = forward::FrameKind::of(codec, &data);
+                    let written = self.forward(&field, stream, &data.into(), rtp_time, None, kind);
                     for c in written {
                         if !self.dirty.contains(&c) {
                             self.dirty.push(c);
