@@ -369,10 +369,10 @@ impl Peer {
 
     /// Field: the queue the sources follow ([`crate::follow`]): the path's
     /// ([`Peer::queue_ms`]) and the backlog in our own pacer beyond [`PACER_BURST`].
-    /// The pacer drains at the estimate, so a source above what the link carries queues
-    /// there first: behind 400 kbit/s the path's queue read 3–12 ms while the pacer's
-    /// oldest packet was 79–120 ms old, frames reached the remote 150–190 ms after
-    /// capture, and the follower, seeing no queue, raised the source further.
+    /// The pacer drains at 1.1 × the estimate, so a source above what that lets through
+    /// queues there first: behind 400 kbit/s the path's queue read 3–12 ms while the
+    /// pacer's oldest packet was 79–120 ms old, frames reached the remote 150–190 ms
+    /// after capture, and the follower, seeing no queue, raised the source further.
     pub fn send_queue_ms(&mut self) -> Option<f64> {
         let path = self.queue_ms();
         let mut pacer: Option<Duration> = None;
