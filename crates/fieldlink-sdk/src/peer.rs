@@ -367,6 +367,13 @@ impl Peer {
         self.wire.fec_stats().and_then(|s| s.queue_ms)
     }
 
+    /// The FEC reports say the path loses at least [`PACE_LOSS`].
+    fn lossy(&self) -> bool {
+        self.wire
+            .fec_stats()
+            .is_some_and(|s| s.loss_estimate >= PACE_LOSS)
+    }
+
     /// Field: the queue the sources follow ([`crate::follow`]): the path's
     /// ([`Peer::queue_ms`]) and the backlog in our own pacer beyond [`PACER_BURST`].
     /// The pacer drains at 1.1 × the estimate, so a source above what that lets through
@@ -383,11 +390,7 @@ impl Peer {
     pub fn send_queue_ms(&mut self) -> Option<f64> {
         let path = self.queue_ms();
         let mut pacer: Option<Duration> = None;
-        let lossy = self
-            .wire
-            .fec_stats()
-            .is_some_and(|s| s.loss_estimate >= PACE_LOSS);
-        let counted = self.paced == Some(true) && !lossy;
+        let counted = self.paced == Some(true) && !self.lossy();
         for mid in sent(self.sends_video && counted, &self.video_mids) {
             let mut api = self.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(*mid, None) else {
@@ -426,11 +429,7 @@ impl Peer {
         let queue_seen = self
             .queued
             .is_some_and(|t| now.saturating_duration_since(t) < PACE_AFTER_QUEUE);
-        let random_loss = !queue_seen
-            && self
-                .wire
-                .fec_stats()
-                .is_some_and(|s| s.loss_estimate >= PACE_LOSS);
+        let random_loss = !queue_seen && self.lossy();
         let paced = held_down && !random_loss;
         if self.paced == Some(paced) || !self.sends_video {
             return;
