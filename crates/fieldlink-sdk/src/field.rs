@@ -104,9 +104,8 @@ impl FieldDevice {
                     u64::MAX => None,
                     ms => Some(std::time::Duration::from_millis(ms)),
                 };
-                // Leave headroom: encoders overshoot (keyframes), and a full link means loss.
                 let share_kbps = follower.follow(
-                    (est * 85 / 100 / 1000 / streams) as u32,
+                    (est as f64 * crate::follow::HEADROOM / 1000.0 / streams as f64) as u32,
                     queue,
                     std::time::Instant::now(),
                 );
@@ -153,9 +152,12 @@ impl FieldDevice {
                 }
                 match r {
                     Ok(Some(frame)) => {
-                        if frame.keyframe {
-                            follower.keyframe(frame.data.len() * 8, std::time::Instant::now());
-                        }
+                        follower.sent(
+                            frame.data.len() * 8,
+                            frame.keyframe,
+                            fps,
+                            std::time::Instant::now(),
+                        );
                         // A full queue drops the frame rather than falling behind.
                         if let Err(mpsc::error::TrySendError::Closed(_)) =
                             tx.try_send(Cmd::Video { stream: idx, frame })

@@ -61,16 +61,44 @@ pub const CEILING_MEMORY: Duration = Duration::from_secs(30);
 /// queue formed at 290), and raises crept at [`RAISE_NEAR_PER_S`] for 15 s.
 pub const PEAK_MEMORY: Duration = Duration::from_secs(1);
 
-/// A keyframe's own queue: a keyframe of `b` bits adds at most `b` / the source's target
+/// A burst's own queue: a frame of `b` bits much larger than the target's frame (a
+/// keyframe, or [`BURST_FRAMES`] frames' worth) adds at most `b` / the source's target
 /// (below the link's rate) to the queue, which drains by itself (the encoder skips frames
-/// until it has paid for it). For that long after it, and [`KEYFRAME_MARGIN`] more (a
+/// until it has paid for it). For that long after it, and [`BURST_MARGIN`] more (a
 /// report's interval and round trip), the queue counts less by that much: a queue left
 /// over is a standing one. Each keyframe behind 400 kbit/s (15 KB: 300 ms of the link)
 /// made 50–130 ms of queue, cut the target by 15 % and set a ceiling there, at the start
-/// three times in 3 s.
-pub const KEYFRAME_MARGIN: Duration = Duration::from_millis(250);
-/// The most queue one keyframe is allowed to explain.
-pub const KEYFRAME_MAX_QUEUE: Duration = Duration::from_secs(1);
+/// three times in 3 s. A transcoded camera's own keyframes do the same through the
+/// encoder: the picture after each is sharper than the one before, and the predicted
+/// frame that codes the difference was 8–26 KB (2–7 frames' worth) every 2 s behind
+/// 1 Mbit/s, each 40–80 ms of queue that cut the target.
+pub const BURST_MARGIN: Duration = Duration::from_millis(250);
+/// The most queue one burst is allowed to explain.
+pub const BURST_MAX_QUEUE: Duration = Duration::from_secs(1);
+/// A predicted frame this many times the target's frame is a burst.
+pub const BURST_FRAMES: f64 = 2.0;
+
+/// The share of the estimate a source takes: encoders overshoot (keyframes), and a full
+/// link means loss.
+pub const HEADROOM: f64 = 0.85;
+
+/// The estimate often falls on a burst's queue: GoogCC reads it as overuse and drops to
+/// 0.85 × what it saw acknowledged, then climbs back over 4–6 s (behind 1 Mbit/s, a 21 KB
+/// keyframe paced at 1.1 × an estimate 30 % above the link: 1296 → 798 kbit/s, the video
+/// at 40–55 % of the link for 3 s). A fall within [`BURST_FALL_WINDOW`] of the burst's
+/// own queue, with no queue left standing, is the burst's: for [`BURST_FALL_HOLD`] the
+/// target may stay up to the estimate itself (not [`HEADROOM`] of it), never above where
+/// it was before the burst. A queue that cuts ends it.
+pub const BURST_FALL_WINDOW: Duration = Duration::from_secs(1);
+pub const BURST_FALL_HOLD: Duration = Duration::from_secs(5);
+
+/// A burst that went out: when, the queue it explains, and the target before it.
+#[derive(Debug, Clone, Copy)]
+struct Burst {
+    at: Instant,
+    own: Duration,
+    before: f64,
+}
 
 /// One source's target, kbit/s.
 #[derive(Debug, Default)]
@@ -88,8 +116,11 @@ pub struct Follower {
     settled: bool,
     /// The highest target lately, and when ([`PEAK_MEMORY`]).
     peak: Option<(Instant, f64)>,
-    /// Until when the last keyframe may explain a queue, and how much of it.
-    keyframe: Option<(Instant, Duration)>,
+    /// The last burst ([`BURST_MARGIN`]).
+    burst: Option<Burst>,
+    /// Until when a fall on the last burst is held ([`BURST_FALL_HOLD`]), and the target
+    /// before the burst.
+    fall_held: Option<(Instant, f64)>,
     /// The queue the last call was given.
     last_queue: Duration,
 }
@@ -110,18 +141,27 @@ impl Follower {
         !self.starting(now) && self.settled
     }
 
-    /// A keyframe of `bits` went out at `now` ([`KEYFRAME_MARGIN`]). Not when a queue
-    /// already stood: the keyframe adds to it, and the link was full before it (behind
-    /// 1 Mbit/s, a periodic keyframe into a link held in the hold band overflowed its
-    /// queue and made 15 frames late while the discount kept the target up).
-    pub fn keyframe(&mut self, bits: usize, now: Instant) {
-        if self.kbps <= 0.0 || self.last_queue >= QUEUE_HOLD {
-            self.keyframe = None;
+    /// A frame of `bits` (`keyframe` or not) went out at `now`, at `fps`: a burst
+    /// ([`BURST_MARGIN`]) when it is a keyframe or [`BURST_FRAMES`] frames' worth. Not
+    /// when a queue already stood: the burst adds to it, and the link was full before it
+    /// (behind 1 Mbit/s, a periodic keyframe into a link held in the hold band overflowed
+    /// its queue and made 15 frames late while the discount kept the target up).
+    pub fn sent(&mut self, bits: usize, keyframe: bool, fps: f64, now: Instant) {
+        let target_bits = self.kbps * 1000.0;
+        let burst = keyframe || bits as f64 * fps.max(1.0) >= BURST_FRAMES * target_bits;
+        if !burst {
             return;
         }
-        let own =
-            Duration::from_secs_f64(bits as f64 / (self.kbps * 1000.0)).min(KEYFRAME_MAX_QUEUE);
-        self.keyframe = Some((now + own + KEYFRAME_MARGIN, own));
+        if self.kbps <= 0.0 || self.last_queue >= QUEUE_HOLD {
+            self.burst = None;
+            return;
+        }
+        let own = Duration::from_secs_f64(bits as f64 / target_bits).min(BURST_MAX_QUEUE);
+        self.burst = Some(Burst {
+            at: now,
+            own,
+            before: self.kbps,
+        });
     }
 
     /// The target for a share of `share_kbps` at `now` (0 = no estimate yet: 0), with
@@ -140,6 +180,24 @@ impl Follower {
         self.peak.map_or(self.kbps, |(_, p)| p.max(self.kbps))
     }
 
+    /// The share to follow: `share`, or up to the estimate while a fall on the last
+    /// burst is held ([`BURST_FALL_HOLD`]).
+    fn burst_fall(&mut self, share: f64, queue: Duration, now: Instant) -> f64 {
+        if let Some(b) = self.burst {
+            let in_window = now < b.at + b.own + BURST_FALL_WINDOW;
+            if in_window && share < self.kbps && queue < QUEUE_HOLD && self.fall_held.is_none() {
+                self.fall_held = Some((now + BURST_FALL_HOLD, b.before));
+            }
+        }
+        match self.fall_held {
+            Some((until, before)) if now < until => share.max((share / HEADROOM).min(before)),
+            _ => {
+                self.fall_held = None;
+                share
+            }
+        }
+    }
+
     fn follow_queue(&mut self, share_kbps: u32, queue: Option<Duration>, now: Instant) -> u32 {
         let share = f64::from(share_kbps);
         let queue = queue.unwrap_or_default();
@@ -148,12 +206,13 @@ impl Follower {
         }
         let raw = queue;
         self.last_queue = raw;
-        let queue = match self.keyframe {
-            Some((until, own)) if now < until => queue.saturating_sub(own),
+        let queue = match self.burst {
+            Some(b) if now < b.at + b.own + BURST_MARGIN => queue.saturating_sub(b.own),
             _ => queue,
         };
+        let share = self.burst_fall(share, queue, now);
         if raw >= QUEUE_HOLD && queue < QUEUE_HOLD && self.kbps > 0.0 {
-            // The keyframe's own queue: no raise into it (a falling estimate is still
+            // The burst's own queue: no raise into it (a falling estimate is still
             // followed), but it says nothing of where the link is.
             self.kbps = self.kbps.min(share);
             self.at = Some(now);
@@ -170,6 +229,7 @@ impl Follower {
         };
         if let Some(new_queue) = cut {
             self.cut = Some((now, queue));
+            self.fall_held = None;
             // The rate where the queue formed is the ceiling, not a recut's lower one.
             if new_queue && self.sets_ceiling(now) {
                 self.ceiling = Some(self.peak());
@@ -204,7 +264,7 @@ impl Follower {
         else {
             self.kbps = share;
             self.at = Some(now);
-            return share_kbps;
+            return share as u32;
         };
         let dt = now.saturating_duration_since(at).as_secs_f64();
         if self
@@ -327,26 +387,74 @@ mod tests {
         let (mut f, t) = past_start(300);
         assert_eq!(f.follow(300, ms(0), t), 300);
         // 15 KB at 300 kbit/s: 400 ms of its own queue, for 650 ms.
-        f.keyframe(120_000, t);
+        f.sent(120_000, true, 25.0, t);
         assert_eq!(f.follow(400, ms(130), t + Duration::from_millis(100)), 300);
         assert_eq!(f.ceiling, None);
-        // A falling estimate is followed all the same.
-        assert_eq!(f.follow(280, ms(130), t + Duration::from_millis(150)), 280);
+        // A falling estimate is followed (held at the estimate, not its share: a fall
+        // on the burst).
+        assert_eq!(f.follow(200, ms(130), t + Duration::from_millis(150)), 235);
         assert_eq!(f.cut, None);
         // More than it explains is a standing queue: cut, and the ceiling is set.
-        assert_eq!(f.follow(400, ms(460), t + Duration::from_millis(200)), 238);
+        assert_eq!(f.follow(400, ms(460), t + Duration::from_millis(200)), 200);
         assert_eq!(f.ceiling, Some(300.0));
         // Once it has drained, a queue counts whole again.
         let (mut g, t) = past_start(300);
         g.follow(300, ms(0), t);
-        g.keyframe(120_000, t);
+        g.sent(120_000, true, 25.0, t);
         assert_eq!(g.follow(300, ms(40), t + Duration::from_millis(700)), 255);
         // A keyframe into a queue that already stood explains nothing.
         let (mut h, t) = past_start(300);
         h.follow(300, ms(0), t);
         h.follow(300, ms(20), t + Duration::from_millis(100));
-        h.keyframe(120_000, t + Duration::from_millis(100));
+        h.sent(120_000, true, 25.0, t + Duration::from_millis(100));
         assert_eq!(h.follow(300, ms(60), t + Duration::from_millis(200)), 255);
+    }
+
+    #[test]
+    fn a_large_predicted_frame_is_a_burst_and_a_usual_one_is_not() {
+        // 300 kbit/s at 25 fps: 12 kbit a frame.
+        let (mut f, t) = past_start(300);
+        assert_eq!(f.follow(300, ms(0), t), 300);
+        // 18 kbit (1.5 frames' worth) explains nothing: 40 ms of queue cuts.
+        f.sent(18_000, false, 25.0, t);
+        assert_eq!(f.follow(300, ms(40), t + Duration::from_millis(100)), 255);
+        // 30 kbit (2.5 frames' worth, 100 ms at the target) is a burst: 80 ms does not.
+        let (mut g, t) = past_start(300);
+        g.follow(300, ms(0), t);
+        g.sent(30_000, false, 25.0, t);
+        assert_eq!(g.follow(300, ms(80), t + Duration::from_millis(100)), 300);
+        assert_eq!(g.ceiling, None);
+        // A usual frame after it leaves its window as it was.
+        g.sent(12_000, false, 25.0, t + Duration::from_millis(40));
+        assert_eq!(g.follow(300, ms(80), t + Duration::from_millis(140)), 300);
+    }
+
+    #[test]
+    fn a_fall_of_the_estimate_on_a_burst_is_followed_to_the_estimate_for_a_while() {
+        let (mut f, t) = past_start(850);
+        assert_eq!(f.follow(850, ms(0), t), 850);
+        let ms_after = |m: u64| t + Duration::from_millis(m);
+        // A 21 KB keyframe, then the estimate falls from 1000 to 800 kbit/s (share 680)
+        // with no queue left: held at the estimate, not its share.
+        f.sent(168_000, true, 25.0, t);
+        assert_eq!(f.follow(680, ms(5), ms_after(400)), 800);
+        // Not above where it was before the burst.
+        assert_eq!(f.follow(850, ms(0), ms_after(1000)), 850);
+        assert_eq!(f.follow(680, ms(0), ms_after(2000)), 800);
+        // Once the hold is over, the share again.
+        assert_eq!(f.follow(680, ms(0), ms_after(400 + 5001)), 680);
+        // A fall long after a burst is followed at once.
+        let (mut g, t) = past_start(850);
+        g.follow(850, ms(0), t);
+        g.sent(168_000, true, 25.0, t);
+        assert_eq!(g.follow(680, ms(0), t + Duration::from_secs(2)), 680);
+        // A queue that cuts ends the hold.
+        let (mut h, t) = past_start(850);
+        h.follow(850, ms(0), t);
+        h.sent(168_000, true, 25.0, t);
+        assert_eq!(h.follow(680, ms(5), t + Duration::from_millis(300)), 800);
+        assert_eq!(h.follow(680, ms(80), t + Duration::from_millis(900)), 680);
+        assert_eq!(h.follow(680, ms(0), t + Duration::from_millis(1200)), 680);
     }
 
     #[test]
