@@ -142,9 +142,15 @@ async fn behind_a_shaper(source: Source, link_kbps: u32, secs: u64) -> Option<Ve
 const SETTLE: u64 = 5;
 const MEASURE: u64 = 60;
 
+/// The least share of the link any 5 s of the measured minute may have, %. The goal is
+/// 70 %. Seen 2026-12-07 since a fall of the estimate on a burst is held
+/// (`follow::BURST_FALL_HOLD`), 12 runs of the four cases: 65.4–81.9 %; before it, 8
+/// runs alternated with those: 55.6–76.0 % (the source followed each such fall down).
+const LOWEST_5S: f64 = 55.0;
+
 /// The goals for `source` behind `link_kbps`: over the 60 s after the first 5, the video
 /// (the frames the remote gets, without packet headers) averages 70–95 % of the link
-/// and no 5 s of it falls under 30 %; under 1 % of its frames
+/// and no 5 s of it falls under [`LOWEST_5S`]; under 1 % of its frames
 /// arrive more than 150 ms after capture; the picture never stops for a second.
 async fn settles(source: Source, link_kbps: u32) {
     let Some(seconds) = behind_a_shaper(source, link_kbps, SETTLE + MEASURE).await else {
@@ -174,7 +180,7 @@ async fn settles(source: Source, link_kbps: u32) {
         (70.0..=95.0).contains(&share),
         "video at {share:.1} % of the link"
     );
-    assert!(lowest >= 30.0, "5 s at {lowest:.1} % of the link");
+    assert!(lowest >= LOWEST_5S, "5 s at {lowest:.1} % of the link");
     assert!(late_pct < 1.0, "{late} of {frames} frames late");
     assert!(gap < 1000, "no frame for {gap} ms");
 }
