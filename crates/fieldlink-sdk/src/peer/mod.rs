@@ -78,6 +78,7 @@ const RECV_BUFFER: usize = 2 << 20;
 pub(crate) const INITIAL_BPS: u64 = 300_000;
 /// Field: the rate the estimator probes towards, per video stream (bit/s).
 pub(crate) const DESIRED_BPS: u64 = 800_000;
+
 /// The video m-lines that send: all of a field device's, none of a remote's.
 fn sent(sends_video: bool, video_mids: &[Mid]) -> &[Mid] {
     if sends_video {

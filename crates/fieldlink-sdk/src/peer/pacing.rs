@@ -21,7 +21,7 @@ const PACER_BURST: Duration = Duration::from_millis(40);
 impl Peer {
     /// The queue on the path to the server as the FEC reports' round trip shows it
     /// (`None` without FEC or before its first report).
-    pub fn queue_ms(&self) -> Option<f64> {
+    fn queue_ms(&self) -> Option<f64> {
         self.wire.fec_stats().and_then(|s| s.queue_ms)
     }
 
