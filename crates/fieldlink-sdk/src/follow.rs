@@ -54,21 +54,6 @@ pub const QUEUE_RECUT_AFTER: Duration = Duration::from_millis(300);
 pub const RAISE_NEAR_PER_S: f64 = 0.03;
 pub const CEILING_MEMORY: Duration = Duration::from_secs(30);
 
-/// For this long after a queue, once a queue has come back (at least [`CEILING_EPISODE`]
-/// after the one before, within [`CEILING_MEMORY`]), raises stop at [`CEILING_NEAR`] of the
-/// ceiling instead of creeping past it: the link was full there, and creeping at
-/// [`RAISE_NEAR_PER_S`] crossed it again every ~10 s behind 400 kbit/s (the target reached
-/// 96 % of the link, the queue cut it twice and the estimate fell on the same queue: 5 s
-/// at 60–70 % of the link each time). Past it the source creeps up again, so a link that
-/// grew is found. Not at the first queue: one in the seconds after the start (the
-/// estimate still settling, the picture stepping up) set a ceiling 35 % under the link,
-/// and a hold there kept the test pattern at 61 % of a 1 Mbit/s link for 20 s.
-pub const CEILING_HOLD: Duration = Duration::from_secs(20);
-pub const CEILING_EPISODE: Duration = Duration::from_secs(3);
-/// Where raises slow ([`RAISE_NEAR_PER_S`]) or stop ([`CEILING_HOLD`]), as a share of the
-/// ceiling.
-pub const CEILING_NEAR: f64 = 0.95;
-
 /// The ceiling is the highest target of this long before the queue was seen: the queue
 /// comes from what was sent a round trip and a report or two ago, and the estimate often
 /// falls on the same queue a moment before the follower sees it. Taken at the fallen
@@ -101,18 +86,11 @@ pub const HEADROOM: f64 = 0.85;
 /// 0.85 × what it saw acknowledged, then climbs back over 4–6 s (behind 1 Mbit/s, a 21 KB
 /// keyframe paced at 1.1 × an estimate 30 % above the link: 1296 → 798 kbit/s, the video
 /// at 40–55 % of the link for 3 s). A fall within [`BURST_FALL_WINDOW`] of the burst's
-/// own queue, with no queue left standing, is the burst's: for [`FALL_HOLD`] the target
-/// may stay up to the estimate itself (not [`HEADROOM`] of it), never above where it was
-/// before the burst. A queue that cuts ends it.
-///
-/// So is a fall after a queue cut: the estimate falls on the queue the cut is draining,
-/// already to 0.85 × what got through, and [`HEADROOM`] on top of that took the source to
-/// 60 % of the link (behind 400 kbit/s: cut to 277, the estimate fell to 274, the target
-/// to 233). For [`FALL_HOLD`] after a cut (past [`START`]) the target may stay up to the
-/// estimate, never above the cut's target; a queue that still grows cuts again
-/// ([`QUEUE_GROWTH`]). Either hold counts only while no queue stands.
+/// own queue, with no queue left standing, is the burst's: for [`BURST_FALL_HOLD`] the
+/// target may stay up to the estimate itself (not [`HEADROOM`] of it), never above where
+/// it was before the burst. A queue that cuts ends it.
 pub const BURST_FALL_WINDOW: Duration = Duration::from_secs(1);
-pub const FALL_HOLD: Duration = Duration::from_secs(5);
+pub const BURST_FALL_HOLD: Duration = Duration::from_secs(5);
 
 /// A burst that went out: when, the queue it explains, and the target before it.
 #[derive(Debug, Clone, Copy)]
@@ -134,16 +112,14 @@ pub struct Follower {
     /// The target when a queue last held or cut it ([`RAISE_NEAR_PER_S`]), and when.
     ceiling: Option<f64>,
     queued: Option<Instant>,
-    /// A queue came back near the ceiling: raises stop under it ([`CEILING_HOLD`]).
-    confirmed: bool,
     /// The queue has been clear once since [`START`]: later queues are this source's.
     settled: bool,
     /// The highest target lately, and when ([`PEAK_MEMORY`]).
     peak: Option<(Instant, f64)>,
     /// The last burst ([`BURST_MARGIN`]).
     burst: Option<Burst>,
-    /// Until when a fall of the estimate is held ([`FALL_HOLD`]), and the most it is held
-    /// to (the target before the burst, or the cut's target).
+    /// Until when a fall on the last burst is held ([`BURST_FALL_HOLD`]), and the target
+    /// before the burst.
     fall_held: Option<(Instant, f64)>,
     /// The queue the last call was given.
     last_queue: Duration,
@@ -199,39 +175,21 @@ impl Follower {
         kbps
     }
 
-    /// A queue formed at `c` (kbit/s): the ceiling. One that comes back at least
-    /// [`CEILING_EPISODE`] after the last, while that is remembered, confirms where the link
-    /// is ([`CEILING_HOLD`]).
-    fn mark_ceiling(&mut self, c: f64, now: Instant) {
-        match self.queued.map(|t| now.saturating_duration_since(t)) {
-            Some(d) if d >= CEILING_MEMORY => self.confirmed = false,
-            Some(d) if d >= CEILING_EPISODE => self.confirmed = true,
-            Some(_) => {}
-            None => self.confirmed = false,
-        }
-        self.ceiling = Some(c);
-        self.queued = Some(now);
-    }
-
     /// The highest target of the last [`PEAK_MEMORY`].
     fn peak(&self) -> f64 {
         self.peak.map_or(self.kbps, |(_, p)| p.max(self.kbps))
     }
 
-    /// The share to follow: `share`, or up to the estimate while a fall is held
-    /// ([`FALL_HOLD`]).
+    /// The share to follow: `share`, or up to the estimate while a fall on the last
+    /// burst is held ([`BURST_FALL_HOLD`]).
     fn burst_fall(&mut self, share: f64, queue: Duration, now: Instant) -> f64 {
         if let Some(b) = self.burst {
             let in_window = now < b.at + b.own + BURST_FALL_WINDOW;
             if in_window && share < self.kbps && queue < QUEUE_HOLD && self.fall_held.is_none() {
-                self.fall_held = Some((now + FALL_HOLD, b.before));
+                self.fall_held = Some((now + BURST_FALL_HOLD, b.before));
             }
         }
         match self.fall_held {
-            // Not while a queue stands: the estimate is still falling on it, and a source
-            // kept up then fed the overuse (at the start: 875 → 388 kbit/s, against
-            // 576–718 without the hold).
-            Some((until, _)) if now < until && queue >= QUEUE_HOLD => share,
             Some((until, before)) if now < until => share.max((share / HEADROOM).min(before)),
             _ => {
                 self.fall_held = None;
@@ -271,9 +229,11 @@ impl Follower {
         };
         if let Some(new_queue) = cut {
             self.cut = Some((now, queue));
+            self.fall_held = None;
             // The rate where the queue formed is the ceiling, not a recut's lower one.
             if new_queue && self.sets_ceiling(now) {
-                self.mark_ceiling(self.peak(), now);
+                self.ceiling = Some(self.peak());
+                self.queued = Some(now);
             }
             let to = share.min(self.kbps * QUEUE_CUT_TO);
             tracing::debug!(
@@ -284,8 +244,6 @@ impl Follower {
                 "queue cut"
             );
             self.kbps = to;
-            // Not at the start: its estimate comes from the probes and still settles.
-            self.fall_held = (!self.starting(now)).then_some((now + FALL_HOLD, to));
             self.at = Some(now);
             return self.kbps as u32;
         }
@@ -293,7 +251,8 @@ impl Follower {
             // The link is about here: approach it slowly from now on (not from the
             // start's queues: the first keyframes at a rate not yet adapted).
             if self.sets_ceiling(now) {
-                self.mark_ceiling(self.peak().max(self.ceiling.unwrap_or(0.0)), now);
+                self.ceiling = Some(self.peak().max(self.ceiling.unwrap_or(0.0)));
+                self.queued = Some(now);
             }
             self.at = Some(now);
             return self.kbps as u32;
@@ -313,22 +272,12 @@ impl Follower {
             .is_some_and(|t| now.saturating_duration_since(t) > CEILING_MEMORY)
         {
             self.ceiling = None;
-            self.confirmed = false;
         }
-        let holding = self.confirmed
-            && self
-                .queued
-                .is_some_and(|t| now.saturating_duration_since(t) < CEILING_HOLD);
-        let (rate, most) = match self.ceiling {
-            Some(c) if holding => (RAISE_PER_S, c * CEILING_NEAR),
-            Some(c) if self.kbps >= c * CEILING_NEAR => (RAISE_NEAR_PER_S, f64::MAX),
-            _ => (RAISE_PER_S, f64::MAX),
+        let rate = match self.ceiling {
+            Some(c) if self.kbps >= c * 0.95 => RAISE_NEAR_PER_S,
+            _ => RAISE_PER_S,
         };
-        // Never down: a target above the hold's line (the estimate fell and came back
-        // during the hold) stays.
-        self.kbps = share
-            .min(self.kbps * (1.0 + rate * dt))
-            .min(most.max(self.kbps));
+        self.kbps = share.min(self.kbps * (1.0 + rate * dt));
         self.at = Some(now);
         self.kbps as u32
     }
@@ -417,33 +366,6 @@ mod tests {
             k = f.follow(2000, None, t + Duration::from_millis(3000 + 40 * i));
         }
         assert!((680..=700).contains(&k), "{k}");
-        assert!(!f.confirmed);
-        // A queue again, a new episode (3 s after the last): it confirms the ceiling
-        // and a cut; raises then stop at 95 % of the ceiling while the hold lasts.
-        let mut now = t + Duration::from_secs(8);
-        assert_eq!(
-            f.follow(2000, ms(80), now),
-            (k as f64 * QUEUE_CUT_TO) as u32
-        );
-        assert!(f.confirmed);
-        let line = (f.ceiling.unwrap_or_default() * CEILING_NEAR) as u32;
-        let hold_ends = now + CEILING_HOLD;
-        for _ in 0..75 {
-            now += Duration::from_millis(40);
-            k = f.follow(2000, None, now);
-        }
-        assert_eq!(k, line);
-        while now < hold_ends {
-            assert_eq!(f.follow(2000, None, now), line);
-            now += Duration::from_millis(40);
-        }
-        // Past it, slowly (3 %/s) up: the link may have grown.
-        for _ in 0..25 {
-            k = f.follow(2000, None, now);
-            now += Duration::from_millis(40);
-        }
-        let grown = f64::from(k) / f64::from(line);
-        assert!((1.02..=1.04).contains(&grown), "{line} -> {k}");
     }
 
     #[test]
@@ -533,31 +455,6 @@ mod tests {
         assert_eq!(h.follow(680, ms(5), t + Duration::from_millis(300)), 800);
         assert_eq!(h.follow(680, ms(80), t + Duration::from_millis(900)), 680);
         assert_eq!(h.follow(680, ms(0), t + Duration::from_millis(1200)), 680);
-    }
-
-    #[test]
-    fn a_fall_of_the_estimate_after_a_cut_is_followed_to_the_estimate_for_a_while() {
-        // A queue cuts the target from 400 to 340, then the estimate falls on the same
-        // queue to 274 (share 233).
-        let (mut f, t) = past_start(400);
-        let after = |m: u64| t + Duration::from_millis(m);
-        assert_eq!(f.follow(400, ms(0), t), 400);
-        assert_eq!(f.follow(400, ms(61), after(100)), 340);
-        // Followed while the queue stands (the estimate still falling on it)...
-        assert_eq!(f.follow(233, ms(40), after(300)), 233);
-        // ...then back up towards the estimate (at the usual pace), not its share.
-        let mut k = 0;
-        for i in 0..50 {
-            k = f.follow(233, ms(5), after(340 + 40 * i));
-        }
-        assert_eq!(k, 274);
-        // Once the hold is over, the share again.
-        assert_eq!(f.follow(233, ms(0), after(100 + 5001)), 233);
-        // A queue still growing cuts again (to the fallen share, the lower).
-        let (mut g, t) = past_start(400);
-        g.follow(400, ms(0), t);
-        g.follow(400, ms(61), t + Duration::from_millis(100));
-        assert_eq!(g.follow(233, ms(90), t + Duration::from_millis(400)), 233);
     }
 
     #[test]

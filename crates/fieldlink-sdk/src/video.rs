@@ -80,7 +80,8 @@ pub struct TestPatternConfig {
     pub fps: f64,
     /// Target bitrate, kbit/s.
     pub kbps: u32,
-    /// Frames between periodic keyframes.
+    /// Frames between periodic keyframes (none while the network holds the target under
+    /// 90 % of `kbps`: keyframes then come only when a receiver asks).
     pub gop: u32,
 }
 

@@ -144,7 +144,7 @@ const MEASURE: u64 = 60;
 
 /// The least share of the link any 5 s of the measured minute may have, %. The goal is
 /// 70 %. Seen 2026-12-07 since a fall of the estimate on a burst is held
-/// (`follow::FALL_HOLD`), 20 runs of the four cases (4 with a core busy):
+/// (`follow::BURST_FALL_HOLD`), 20 runs of the four cases (4 with a core busy):
 /// 61.0–81.9 %; before it, 8 runs alternated with some of those: 55.6–76.0 % (the source
 /// followed each such fall down).
 const LOWEST_5S: f64 = 55.0;
