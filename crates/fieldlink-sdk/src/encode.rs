@@ -390,6 +390,22 @@ mod tests {
     }
 
     #[test]
+    fn held_down_it_makes_keyframes_only_when_asked() {
+        // Configured at 1500 with a keyframe every 10 frames, held at 300 by the network.
+        let mut e = H264Encoder::new(25.0, 1500, 10).unwrap();
+        let mut keyframes = Vec::new();
+        for t in 0..60 {
+            e.set_target_kbps(300, 640, 360);
+            let force = t == 45;
+            if let Some((_, true)) = e.encode(&picture(640, 360, t), force).unwrap() {
+                keyframes.push(t);
+            }
+        }
+        // The first frame, and the one asked for.
+        assert_eq!(keyframes, [0, 45]);
+    }
+
+    #[test]
     fn at_its_configured_rate_every_frame_is_sent() {
         // Not held down by the network: a keyframe every 10 frames, none skipped.
         let mut e = H264Encoder::new(25.0, 300, 10).unwrap();
