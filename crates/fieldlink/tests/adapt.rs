@@ -144,9 +144,9 @@ const MEASURE: u64 = 60;
 
 /// The least share of the link any 5 s of the measured minute may have, %. The goal is
 /// 70 %. Seen 2026-12-08 with no periodic keyframes while held down, 12 runs of the four
-/// cases: 59.7–81.3 %, under 70 % twice (the test pattern behind 1 Mbit/s, whose start
-/// can halve the estimate and leave seconds 6–10 at 49–70 %: docs/benchmarks.md); on
-/// 2026-12-07, 20 runs: 61.0–81.9 %.
+/// cases: 59.7–81.3 %, under 70 % twice (once a start that halved the estimate and left
+/// seconds 6–10 at 60 %); then with the picture's first step at 5 s, 7 runs: 73.3–81.7 %
+/// (docs/benchmarks.md). On 2026-12-07, 20 runs: 61.0–81.9 %.
 const LOWEST_5S: f64 = 55.0;
 
 /// The goals for `source` behind `link_kbps`: over the 60 s after the first 5, the video
