@@ -55,18 +55,6 @@ pub const LADDER_FIRST: Duration = Duration::from_secs(5);
 /// each keyframe). Skipping the frames after it drains that excess at the link's rate.
 pub const MAX_DEBT_SECS: f64 = 0.05;
 
-/// While the network holds the target below 90 % of the configured bitrate, there are no
-/// periodic keyframes: a keyframe is only made when asked for (a receiver starts, or lost
-/// a frame: the server and the receiving SDK ask; libWebRTC's senders work the same way).
-/// Each costs 5–10 predicted frames of the link: at 1 Mbit/s a 640x360 keyframe takes
-/// ~200 ms to cross, it and the frames behind it are late (with the usual 2 s interval
-/// 2–8 % of all frames were), and, paced at 1.1 × an estimate above the link, it queues
-/// and the estimate falls by a third (traced behind 400 kbit/s and 1 Mbit/s: two of the
-/// three dips of a minute came at the keyframes of a 20 s interval).
-fn periodic_keyframes(narrow: bool) -> bool {
-    !narrow
-}
-
 /// The picture-size ladder: level `n` encodes at the configured size / 2^n.
 #[derive(Debug, Default)]
 pub struct Ladder {
@@ -193,7 +181,7 @@ impl H264Encoder {
         let config = EncoderConfig::new()
             .bitrate(BitRate::from_bps(kbps.saturating_mul(1000)))
             .max_frame_rate(FrameRate::from_hz(fps as f32))
-            // Periodic keyframes are asked for by `encode` ([`periodic_keyframes`]).
+            // Periodic keyframes are asked for by `encode` (none while held down).
             .intra_frame_period(IntraFramePeriod::from_num_frames(0))
             // The bitrate is a budget: the crate's default (quality mode) overshot a
             // 200 kbit/s target by 2x. Where even the coarsest quantizer does not fit it
@@ -244,8 +232,8 @@ impl H264Encoder {
     ) -> Result<Option<(Vec<u8>, bool)>, SdkError> {
         let level = self.ladder.level();
         // The network holds the target down: frames over budget and periodic keyframes
-        // cost latency ([`MAX_DEBT_SECS`], [`periodic_keyframes`]). Otherwise the link has room
-        // for a keyframe's burst, and every frame is sent.
+        // cost latency ([`MAX_DEBT_SECS`], and below). Otherwise the link has room for a
+        // keyframe's burst, and every frame is sent.
         let narrow = u64::from(self.current_kbps) * 10 < u64::from(self.max_kbps) * 9;
         let budget = f64::from(self.current_kbps) * 1000.0;
         self.debt_bits = (self.debt_bits - budget / self.fps.max(1.0)).max(0.0);
@@ -279,8 +267,15 @@ impl H264Encoder {
             scaled = YUVBuffer::from_vec(out, ow, oh);
             &scaled
         };
-        let keyframe_due =
-            periodic_keyframes(narrow) && self.since_keyframe + 1 >= u64::from(self.gop).max(1);
+        // Held down, no periodic keyframes: one is made only when asked for (a receiver
+        // starts, or lost a frame: the server and the receiving SDK ask; libWebRTC's
+        // senders work the same way). Each costs 5–10 predicted frames of the link: at
+        // 1 Mbit/s a 640x360 keyframe takes ~200 ms to cross, it and the frames behind it
+        // are late (with a 2 s interval 2–8 % of all frames were), and, paced at 1.1 × an
+        // estimate above the link, it queues and the estimate falls by a third (traced
+        // behind 400 kbit/s and 1 Mbit/s: two of the three dips of a minute came at the
+        // keyframes of a 20 s interval).
+        let keyframe_due = !narrow && self.since_keyframe + 1 >= u64::from(self.gop).max(1);
         if force_keyframe || keyframe_due {
             encoder.force_intra_frame();
         }
