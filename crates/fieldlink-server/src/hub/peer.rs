@@ -13,7 +13,7 @@ use std::time::Instant;
 use str0m::change::SdpOffer;
 use str0m::channel::ChannelId;
 use str0m::media::{MediaData, Mid};
-use str0m::rtp::Extension;
+use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, Event, IceConnectionState, Input, Rtc};
 
 use fieldlink_proto::signal::{BondGrant, BondOffer};
@@ -138,10 +138,7 @@ impl Hub {
             .enable_pcma(true, false)
             .enable_pcmu(true, false)
             .set_reordering_size_audio(0)
-            .set_extension(
-                fieldlink_rtc::EXT_ABS_CAPTURE_TIME,
-                Extension::AbsoluteCaptureTime,
-            )
+            .set_extension_map(extensions(client.info.role))
             // Receivers' RTCP figures feed their quality scores.
             .set_stats_interval(Some(std::time::Duration::from_secs(1)))
             .build(now);
@@ -509,6 +506,31 @@ impl Hub {
     }
 }
 
+/// The RTP header extensions a peer of `role` may negotiate: str0m's standard map and
+/// abs-capture-time, less transport-wide sequence numbers towards a remote. Those exist
+/// for congestion feedback, and only a field device's estimator uses it; the hub has none,
+/// so a remote's feedback on the video it receives (~19 datagrams a second per receiver,
+/// each a round of the hub's loop and a decryption; `fieldlink-bench sfu`) was work for
+/// nothing, and each packet to it carried 4 bytes more.
+fn extensions(role: Role) -> ExtensionMap {
+    let mut map = ExtensionMap::empty();
+    for (id, ext) in [
+        (1, Extension::AudioLevel),
+        (2, Extension::AbsoluteSendTime),
+        (3, Extension::TransportSequenceNumber),
+        (4, Extension::RtpMid),
+        (10, Extension::RtpStreamId),
+        (11, Extension::RepairedRtpStreamId),
+        (13, Extension::VideoOrientation),
+        (fieldlink_rtc::EXT_ABS_CAPTURE_TIME, Extension::AbsoluteCaptureTime),
+    ] {
+        if ext != Extension::TransportSequenceNumber || role == Role::Field {
+            map.set(id, ext);
+        }
+    }
+    map
+}
+
 /// Runs the shared driving loop on one peer: datagrams out on the hub's socket, the
 /// events the hub acts on collected for [`Hub::poll_all`]. Touches nothing but the peer
 /// (and the socket, which any thread may send on), so peers can be polled in parallel.
@@ -566,4 +588,42 @@ fn poll_peer(
         Polled::Ended(Ended::Panic) => events.push(PeerEvent::Dead("WebRTC panic")),
     }
     events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use str0m::media::{Direction, MediaKind};
+
+    /// The answer str0m makes to a device's offer (video and audio lines, Chrome's
+    /// extension ids) when the hub's side has the extensions of `role`.
+    fn answer_to_a(role: Role) -> String {
+        let now = Instant::now();
+        let mut device = Rtc::builder().build(now);
+        let mut change = device.sdp_api();
+        change.add_media(MediaKind::Video, Direction::SendRecv, None, None, None);
+        change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        let (offer, _) = change.apply().expect("an offer");
+        let mut hub = Rtc::builder()
+            .set_ice_lite(true)
+            .set_extension_map(extensions(role))
+            .build(now);
+        hub.sdp_api()
+            .accept_offer(offer)
+            .expect("accepted")
+            .to_sdp_string()
+    }
+
+    #[test]
+    fn only_a_field_device_gets_transport_wide_sequence_numbers() {
+        const TWCC: &str = "transport-wide-cc-extensions";
+        let field = answer_to_a(Role::Field);
+        let remote = answer_to_a(Role::Remote);
+        assert!(field.contains(TWCC), "{field}");
+        assert!(!remote.contains(TWCC), "{remote}");
+        // The rest is negotiated for both (the mid, which demultiplexes the lines).
+        for sdp in [&field, &remote] {
+            assert!(sdp.contains("urn:ietf:params:rtp-hdrext:sdes:mid"), "{sdp}");
+        }
+    }
 }
