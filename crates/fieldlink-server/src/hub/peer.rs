@@ -522,7 +522,10 @@ fn extensions(role: Role) -> ExtensionMap {
         (10, Extension::RtpStreamId),
         (11, Extension::RepairedRtpStreamId),
         (13, Extension::VideoOrientation),
-        (fieldlink_rtc::EXT_ABS_CAPTURE_TIME, Extension::AbsoluteCaptureTime),
+        (
+            fieldlink_rtc::EXT_ABS_CAPTURE_TIME,
+            Extension::AbsoluteCaptureTime,
+        ),
     ] {
         if ext != Extension::TransportSequenceNumber || role == Role::Field {
             map.set(id, ext);
