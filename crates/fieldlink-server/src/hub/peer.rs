@@ -511,7 +511,7 @@ impl Hub {
 /// for congestion feedback, and only a field device's estimator uses it; the hub has none,
 /// so a remote's feedback on the video it receives (~19 datagrams a second per receiver,
 /// each a round of the hub's loop and a decryption; `fieldlink-bench sfu`) was work for
-/// nothing, and each packet to it carried 4 bytes more.
+/// nothing, and each packet to it carried the extension (3 bytes and padding).
 fn extensions(role: Role) -> ExtensionMap {
     let mut map = ExtensionMap::empty();
     for (id, ext) in [
